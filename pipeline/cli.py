@@ -1,0 +1,152 @@
+"""The `vlmforge` command line: curate, stats, sample-data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+vlmforge: curate image-text pairs on Ray Data, then pretrain a vision-language model with DeepSpeed.
+
+  vlmforge sample-data demo/raw --n 2000          # a small web-crawl-like dataset to try things on
+  vlmforge curate configs/curate/default.yaml --input demo/raw --output demo/curated
+  vlmforge stats demo/curated                     # what each stage kept and dropped
+"""
+
+
+def _add_curate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "curate",
+        help="run a curation job (phase 1 filters, global dedup, Parquet shards)",
+        description="Run the curation recipe in CONFIG on Ray. Re-running the same command resumes: "
+        "finished parts and phases are reused, and a finished output is left as it is.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  vlmforge curate configs/curate/default.yaml --input shards/ --output curated/\n"
+        "  vlmforge curate cfg.yaml --address auto --set language.min_score=0.6 --set image.min_side=128",
+    )
+    p.add_argument("config", help="YAML recipe, e.g. configs/curate/default.yaml")
+    p.add_argument(
+        "--input", help="input: a directory, file or glob of .tar / .parquet / .jsonl (input.path)"
+    )
+    p.add_argument("--output", help="output directory (output.path)")
+    p.add_argument("--address", help="Ray cluster address ('auto' or HOST:PORT); default starts a local Ray")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set caption.max_chars=500 (repeatable)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an output that holds a different run")
+    p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+
+
+def _add_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stats",
+        help="print the funnel, languages and size distributions of an output",
+        description="Summarise a curated output from its manifest and column reads.",
+    )
+    p.add_argument("dir", help="output directory of `vlmforge curate`")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _add_sample_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample-data",
+        help="write a synthetic web-crawl-like dataset (webdataset tars + ground truth)",
+        description="Write N drawn-scene image-text pairs as img2dataset-style webdataset shards, with "
+        "injected defects (other languages, duplicates, boilerplate, broken images ...) recorded in "
+        "OUT/ground_truth.jsonl.",
+    )
+    p.add_argument("out", help="output directory")
+    p.add_argument("--n", type=int, default=2000, help="number of pairs (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shard-size", type=int, default=500, help="samples per tar shard (default 500)")
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+
+    overrides = list(args.set)
+    for key, value in (
+        ("input.path", args.input),
+        ("output.path", args.output),
+        ("ray.address", args.address),
+    ):
+        if value:
+            overrides.append(f"{key}={json.dumps(value)}")
+    cfg = load_config(args.config, overrides)
+    from pipeline.job import run_curation
+    from pipeline.stats import compute_stats, print_stats
+
+    manifest = run_curation(cfg, progress=not args.no_progress, overwrite=args.overwrite)
+    print_stats(compute_stats(cfg.output.path))
+    if not manifest.get("already_complete"):
+        reused = manifest["phases"]["phase1"]["reused"]
+        if reused:
+            print(
+                f"resumed: {reused} of {manifest['input']['parts']} phase-1 parts reused from an earlier run"
+            )
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from pipeline.stats import compute_stats, print_stats
+
+    stats = compute_stats(args.dir)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print_stats(stats)
+    return 0
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from pipeline.sample_data import write_sample_data
+
+    if args.n <= 0:
+        raise ValueError("--n must be positive")
+    summary = write_sample_data(
+        Path(args.out), n=args.n, seed=args.seed, shard_size=args.shard_size, progress=True
+    )
+    print(
+        f"wrote {summary['n']} pairs to {args.out}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items()))
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmforge", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_curate(sub)
+    _add_stats(sub)
+    _add_sample_data(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"curate": _curate, "stats": _stats, "sample-data": _sample_data}
+    from pipeline.config import ConfigError
+    from pipeline.job import AccountingError, JobError
+    from pipeline.readers import InputError
+
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, InputError, JobError, FileNotFoundError, ValueError) as e:
+        print(f"vlmforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except AccountingError as e:
+        print(f"vlmforge {args.command}: internal accounting error (please report): {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

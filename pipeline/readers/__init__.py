@@ -1,0 +1,90 @@
+"""Input discovery: split the input into parts (units of phase-1 work) and stream each part."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import InputConfig
+from pipeline.readers.common import InputPart
+from pipeline.readers.jsonl import read_jsonl
+from pipeline.readers.parquet import parquet_columns, read_parquet
+from pipeline.readers.webdataset import read_webdataset
+
+SUFFIXES = {"webdataset": (".tar",), "parquet": (".parquet",), "jsonl": (".jsonl", ".json")}
+READERS = {"webdataset": read_webdataset, "parquet": read_parquet, "jsonl": read_jsonl}
+
+
+class InputError(ValueError):
+    """The input path or format cannot be used."""
+
+
+def _files(path: str) -> list[Path]:
+    if any(ch in path for ch in "*?["):
+        return sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(("_", ".")))
+    raise InputError(f"input path not found: {path}")
+
+
+def detect_format(files: list[Path]) -> str:
+    """The input format implied by file suffixes (the most common known suffix wins)."""
+    counts = {fmt: sum(f.suffix.lower() in sfx for f in files) for fmt, sfx in SUFFIXES.items()}
+    fmt, n = max(counts.items(), key=lambda kv: kv[1])
+    if n == 0:
+        raise InputError(
+            "cannot detect the input format: no .tar, .parquet or .jsonl files; set input.format"
+        )
+    return fmt
+
+
+def discover_parts(cfg: InputConfig) -> list[InputPart]:
+    """List the input's parts in a deterministic order with deterministic names."""
+    if not cfg.path:
+        raise InputError("no input: pass --input PATH or set input.path")
+    files = _files(cfg.path)
+    fmt = cfg.format if cfg.format != "auto" else detect_format(files)
+    files = [f for f in files if f.suffix.lower() in SUFFIXES[fmt]]
+    if not files:
+        raise InputError(f"no {fmt} files under {cfg.path}")
+    parts: list[InputPart] = []
+    for i, f in enumerate(files):
+        if fmt != "parquet":
+            parts.append(InputPart(f"{i:05d}", str(f), fmt, cfg.root))
+            continue
+        parquet_columns(str(f), cfg)  # fail early, naming the missing column
+        meta = pq.ParquetFile(f).metadata
+        groups: list[int] = []
+        first = rows = 0
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows - first >= cfg.rows_per_part or g == meta.num_row_groups - 1:
+                parts.append(
+                    InputPart(f"{i:05d}-{len(parts):04d}", str(f), fmt, cfg.root, tuple(groups), first)
+                )
+                groups, first = [], rows
+    return parts
+
+
+def fingerprint(parts: list[InputPart]) -> str:
+    """Hash of the input files' paths, sizes and modification times."""
+    h = hashlib.sha256()
+    for path in sorted({p.path for p in parts}):
+        st = os.stat(path)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def read_part(part: InputPart, cfg: InputConfig, batch_rows: int) -> Iterator[pa.Table]:
+    """Stream one part as raw batches (RAW_SCHEMA)."""
+    return READERS[part.format](part, cfg, batch_rows)

@@ -1,0 +1,102 @@
+"""Pieces every reader shares: the work-unit description, a batch builder and safe file access."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.schema import RAW_SCHEMA
+
+
+@dataclass(frozen=True)
+class InputPart:
+    """One unit of phase-1 work: a file, or a run of row groups of one file."""
+
+    name: str
+    path: str
+    format: str
+    root: str | None = None
+    row_groups: tuple[int, ...] = field(default_factory=tuple)
+    first_row: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["row_groups"] = list(self.row_groups)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputPart:
+        return cls(**{**d, "row_groups": tuple(d.get("row_groups") or ())})
+
+
+class RawBatches:
+    """Collects raw rows and hands them out as Arrow batches of `batch_rows`."""
+
+    def __init__(self, batch_rows: int) -> None:
+        self.batch_rows = batch_rows
+        self.rows: dict[str, list] = {f.name: [] for f in RAW_SCHEMA}
+
+    def add(
+        self,
+        id: str,
+        source: str,
+        image: bytes | None = None,
+        caption: str | None = None,
+        url: str | None = None,
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> pa.Table | None:
+        """Add one row; return a full batch when one is ready."""
+        row = {
+            "id": id,
+            "source": source,
+            "url": url,
+            "image": image,
+            "caption": caption,
+            "read_error": error,
+            "read_detail": detail,
+        }
+        for k, v in row.items():
+            self.rows[k].append(v)
+        if len(self.rows["id"]) >= self.batch_rows:
+            return self.flush()
+        return None
+
+    def flush(self) -> pa.Table | None:
+        """Return the rows collected so far as a batch (None when empty)."""
+        if not self.rows["id"]:
+            return None
+        table = pa.Table.from_pydict(self.rows, schema=RAW_SCHEMA)
+        self.rows = {f.name: [] for f in RAW_SCHEMA}
+        return table
+
+
+def decode_caption(data: bytes) -> tuple[str | None, str | None]:
+    """UTF-8 caption bytes to text; returns (caption, error)."""
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+
+
+def read_image_file(root: Path, rel: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
+    """Read an image under `root`, refusing paths (or symlinks) that lead outside it.
+
+    Returns (bytes, error, detail).
+    """
+    root = root.resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        return None, "unsafe_path", f"{rel} leaves {root}"
+    if not target.is_file():
+        return None, "missing_image", f"{rel}: file not found"
+    size = os.path.getsize(target)
+    if size > max_bytes:
+        return None, "image_too_large_bytes", f"{size} bytes"
+    try:
+        return target.read_bytes(), None, None
+    except OSError as e:
+        return None, "unreadable_image", str(e)[:120]

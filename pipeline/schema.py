@@ -1,0 +1,71 @@
+"""Arrow schemas of the rows that flow between readers, stages and writers."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# What every reader yields. `read_error` set means the pair could not be assembled (missing half, bad bytes).
+RAW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("image", pa.binary()),
+        ("caption", pa.string()),
+        ("read_error", pa.string()),
+        ("read_detail", pa.string()),
+    ]
+)
+
+# The curated output row (DESIGN.md). Columns later stages fill stay null until those stages run.
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("image_format", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("sha256", pa.string()),
+        ("caption", pa.string()),
+        ("original_caption", pa.string()),
+        ("ocr_text", pa.string()),
+        ("synthetic_caption", pa.string()),
+        ("lang", pa.string()),
+        ("lang_score", pa.float32()),
+        ("caption_words", pa.int32()),
+        ("alignment_score", pa.float32()),
+        ("diversity_keep_prob", pa.float32()),
+        ("dup_cluster", pa.string()),
+        ("dup_cluster_size", pa.int32()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+    ]
+)
+
+# Columns phase 1 adds for phase 2 and drops before the final write.
+WORK_COLUMNS = pa.schema([("caption_key", pa.string()), ("part", pa.string())])
+
+PHASE1_SCHEMA = pa.schema(list(OUTPUT_SCHEMA) + list(WORK_COLUMNS))
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("source", pa.string()),
+        ("caption", pa.string()),
+    ]
+)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select, order and cast `table` to `schema`, adding absent columns as nulls."""
+    n = table.num_rows
+    cols = []
+    for field in schema:
+        if field.name in table.column_names:
+            cols.append(table.column(field.name).cast(field.type))
+        else:
+            cols.append(pa.nulls(n, field.type))
+    return pa.Table.from_arrays(cols, schema=schema)
