@@ -1,0 +1,229 @@
+"""Llama decoder: RMSNorm, RoPE with Llama 3 frequency scaling, grouped-query attention, SwiGLU.
+
+Parameter names follow HF's ``LlamaForCausalLM`` (without its ``model.`` prefix), so a Llama checkpoint
+loads by name. Also here: the KV cache and the decoding loop (greedy and top-p sampling) that the fused
+model reuses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.model.config import DecoderConfig
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Normal(0, std) for linear and embedding weights, zero biases (apply with ``module.apply``)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_frequencies(cfg: DecoderConfig, device: torch.device | None = None) -> Tensor:
+    """RoPE inverse frequencies; with ``rope_scaling`` the low frequencies are stretched as in Llama 3."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, device=device).float() / dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    medium = torch.where(wavelen < high_freq_wavelen, inv_freq, smoothed)
+    return torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, medium)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, S, head_dim) by position; the rotate-half layout of HF checkpoints."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """Keys and values of one attention layer for the tokens processed so far."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads and RoPE."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(k, v)
+        if past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:  # new tokens see all cached ones and, causally, each other
+            mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.mlp_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.mlp_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Decoder-only Llama: token ids (B, S) -> logits (B, S, vocab_size)."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(init_weights)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def rope(self, start: int, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin (length, head_dim) for positions start .. start + length - 1."""
+        inv_freq = rope_frequencies(self.cfg, like.device)
+        positions = torch.arange(start, start + length, device=like.device).float()
+        freqs = positions[:, None] * inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(like.dtype), emb.sin().to(like.dtype)
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache() for _ in self.layers]
+
+    def forward(self, input_ids: Tensor, caches: list[KVCache] | None = None) -> Tensor:
+        """Logits for ``input_ids``; with ``caches`` the ids continue the cached tokens."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rope(caches[0].length if caches else 0, input_ids.shape[1], x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, caches[i] if caches else None)
+        return self.lm_head(self.norm(x))
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: Tensor, max_new_tokens: int, use_cache: bool = True, **sampling: Any
+    ) -> Tensor:
+        """Prompt (B, S) -> prompt and new tokens (B, S + n). ``sampling``: see ``generate``."""
+        caches = self.new_caches() if use_cache else None
+        return generate(self, input_ids, max_new_tokens, caches, **sampling)
+
+
+def sample_next_token(
+    logits: Tensor, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """(B, V) logits -> (B,) ids: argmax at temperature 0, else nucleus (top-p) sampling."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def generate(
+    step: Callable[[Tensor, Any], Tensor],
+    input_ids: Tensor,
+    max_new_tokens: int,
+    caches: Any = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_token_id: int | list[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Decoding loop shared by the decoder and the fused model.
+
+    ``step(tokens, caches)`` returns logits for ``tokens``. With caches, the prompt is processed once and
+    each later step feeds only the new token; without, every step recomputes the whole sequence. Rows that
+    produced an end-of-sequence token keep emitting it; the loop stops when all rows have.
+    """
+    tokens = input_ids
+    new = input_ids
+    eos = None if eos_token_id is None else torch.tensor(eos_token_id, device=input_ids.device).flatten()
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        logits = step(new if caches is not None else tokens, caches)[:, -1]
+        next_ids = sample_next_token(logits, temperature, top_p, generator)
+        if eos is not None:
+            next_ids = torch.where(finished, eos[0], next_ids)
+            finished |= torch.isin(next_ids, eos)
+        tokens = torch.cat([tokens, next_ids[:, None]], dim=1)
+        new = next_ids[:, None]
+        if eos is not None and bool(finished.all()):
+            break
+    return tokens

@@ -1,0 +1,409 @@
+"""Fusion: gated cross-attention adapters between the blocks of a frozen decoder, and the fused model.
+
+A ``CrossAttentionBlock`` runs before decoder block i when (i + 1) % every == 0 (blocks 3, 7, 11, ... by
+default, Llama 3.2 Vision's placement). Queries come from the text stream, keys and values from the image
+tokens; q and k are RMS-normalised per head; the attention and MLP branches are added through tanh gates
+that start at zero, so the untrained fused model computes exactly the text model.
+
+``encoder_mask`` (B, S, num_images) says which images each text token sees. A token that sees none, in
+particular every token of a row that has no image, attends to all image tokens (so no NaN) and then has
+both branch outputs multiplied by zero: its hidden state passes the layer unchanged. Rows without images
+get a placeholder image and an all-false mask, so the encoder and every cross-attention layer run the
+same ops on every row and every rank (ZeRO-3 hangs when ranks skip layers, DESIGN.md).
+
+``FusionModel`` keeps encoder, projection head, decoder, fusion layers (and video adapters) as separate
+modules with a ``trainable`` switch each; by default only the decoder is frozen. New special tokens (the
+image token first) are learned in a small table of their own next to the frozen embedding table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from training.model.config import DecoderConfig, ModelConfig, TrainableConfig
+from training.model.decoder import MLP, Decoder, KVCache, RMSNorm, generate, init_weights
+from training.model.perceiver import PerceiverResampler, sample_frame_indices
+from training.model.vision import VisionEncoder, VisionProjection
+
+IGNORE_INDEX = -100
+
+
+def media_attention_mask(input_ids: Tensor, media_token_id: int, num_media: int) -> Tensor:
+    """(B, S, num_media) bool: which media (images, or a video) each token sees, from the media tokens.
+
+    The Mllama processor's rule, so training and serving agree: the n-th media token's media is seen from
+    that token up to the next media token; the media of a run of consecutive media tokens are all seen up
+    to the next media token after the run. Tokens before the first media token see nothing, nor does
+    anyone see media without a token in the row (padding).
+    """
+    b, s = input_ids.shape
+    mask = torch.zeros(b, s, num_media, dtype=torch.bool, device=input_ids.device)
+    for row in range(b):
+        starts = (input_ids[row] == media_token_id).nonzero().flatten().tolist()
+        ends = [*starts[1:], s][: len(starts)]
+        for n in reversed(range(len(starts) - 1)):
+            if starts[n] + 1 == starts[n + 1]:
+                ends[n] = ends[n + 1]
+        for n, (start, end) in enumerate(zip(starts[:num_media], ends[:num_media], strict=True)):
+            mask[row, start:end, n] = True
+    return mask
+
+
+class CrossAttention(nn.Module):
+    """Text queries attend to media tokens; grouped-query heads, RMSNorm on q and k, no positions."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor, media: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
+        """x (B, S, D), media (B, T, D), mask (B, S, T) bool; the cache keeps k and v of the media."""
+        b, s, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
+        if cache is not None and cache.length:
+            k, v = cache.k, cache.v
+        else:
+            t = media.shape[1]
+            k = self.k_norm(self.k_proj(media).view(b, t, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+            v = self.v_proj(media).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            if cache is not None:
+                cache.update(k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Gated cross-attention and gated SwiGLU MLP; both gates start at zero."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.cross_attn = CrossAttention(cfg)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.mlp_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, media: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
+        sees_media = mask.any(dim=-1, keepdim=True)
+        keep = sees_media.to(x.dtype)
+        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache) * keep
+        x = x + self.attn_gate.tanh() * h
+        h = self.mlp(self.post_attention_layernorm(x)) * keep
+        return x + self.mlp_gate.tanh() * h
+
+
+class FusionLayers(nn.Module):
+    """The image adapters: cross-attention blocks and the embedding rows of the new special tokens."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.fusion.num_new_tokens, cfg.decoder.dim)
+        self.layers = nn.ModuleList(CrossAttentionBlock(cfg.decoder) for _ in range(cfg.num_fusion_layers))
+
+
+class VideoFusion(nn.Module):
+    """The video adapters: Perceiver Resampler and video cross-attention blocks of their own."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        assert cfg.video is not None
+        self.resampler = PerceiverResampler(cfg.video, cfg.decoder.dim)
+        num_layers = cfg.num_fusion_layers // cfg.video.every
+        self.layers = nn.ModuleList(CrossAttentionBlock(cfg.decoder) for _ in range(num_layers))
+
+
+class Media(NamedTuple):
+    """Encoded media and token-level masks, ready for the cross-attention layers."""
+
+    image_tokens: Tensor  # (B, num_images * T, D)
+    image_mask: Tensor  # (B, S, num_images * T) bool
+    video_tokens: Tensor | None = None  # (B, num_groups * num_latents, D)
+    video_mask: Tensor | None = None  # (B, S, num_groups * num_latents) bool
+
+
+class ModelOutput(NamedTuple):
+    logits: Tensor  # (B, S, vocab_size)
+    loss: Tensor | None  # mean next-token cross entropy over labels != -100, when labels are given
+
+
+@dataclass
+class FusionCaches:
+    decoder: list[KVCache]
+    image: list[KVCache]
+    video: list[KVCache]
+
+
+class FusionModel(nn.Module):
+    """Image encoder + projection head + Llama decoder + gated cross-attention adapters (+ video)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg = copy.deepcopy(cfg)
+        self.encoder = VisionEncoder(cfg.vision)
+        self.projection = VisionProjection(cfg.vision, cfg.projection, cfg.decoder.dim)
+        self.decoder = Decoder(cfg.decoder)
+        self.fusion = FusionLayers(cfg)
+        self.video = VideoFusion(cfg) if cfg.video is not None else None
+        for module in (self.encoder, self.projection, self.fusion, self.video):
+            if module is not None:
+                module.apply(init_weights)
+        self.set_trainable(cfg.trainable)
+
+    # ------------------------------------------------------------------------------------------ switches
+
+    def set_trainable(self, trainable: TrainableConfig) -> None:
+        """Freeze or unfreeze whole components (``requires_grad`` only; nothing is rebuilt)."""
+        for name in ("encoder", "projection", "decoder", "fusion", "video"):
+            module = getattr(self, name)
+            if module is not None:
+                module.requires_grad_(getattr(trainable, name))
+        self.config = dataclasses.replace(self.config, trainable=trainable)
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups of the trainable parameters; no decay on embeddings, norms, gates, biases."""
+        embedding_ids = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        no_decay_names = ("position_embedding", "class_embedding", "latents", "frame_embedding")
+        decay, no_decay = [], []
+        for name, p in self.trainable_parameters():
+            skip = p.ndim < 2 or id(p) in embedding_ids or name.endswith(no_decay_names)
+            (no_decay if skip else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def resize_images(self, image_size: int) -> None:
+        """Store the encoder's position embedding at a new resolution (stage 1 -> stage 2)."""
+        self.encoder.resize_position_embedding(image_size)
+        self.config = dataclasses.replace(self.config, vision=self.encoder.cfg)
+
+    # ---------------------------------------------------------------------------------------- encoding
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Token embeddings: ids below vocab_size from the decoder's table, the rest from the new table."""
+        vocab = self.config.decoder.vocab_size
+        is_new = input_ids >= vocab
+        old = self.decoder.embed_tokens(input_ids.masked_fill(is_new, 0))
+        new = self.fusion.token_embedding((input_ids - vocab).clamp(min=0))
+        return torch.where(is_new[..., None], new, old)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, T, decoder_dim) image tokens."""
+        return self.projection(self.encoder(images))
+
+    def encode_video(self, videos: Tensor) -> Tensor:
+        """(B, F, C, H, W) with any F -> (B, num_groups * num_latents, decoder_dim) video tokens."""
+        assert self.video is not None and self.config.video is not None
+        b, num_frames = videos.shape[:2]
+        target = self.config.video.num_frames
+        index = sample_frame_indices(num_frames, target).to(videos.device)
+        if num_frames > target:  # drop unused frames before the encoder; short clips are encoded once
+            videos, index = videos[:, index], torch.arange(target, device=videos.device)
+        features = self.encode_images(videos.flatten(0, 1))
+        features = features.reshape(b, videos.shape[1], *features.shape[1:])[:, index]
+        return self.video.resampler(features)
+
+    def placeholder_images(self, batch: int, num: int = 1) -> Tensor:
+        v = self.encoder.cfg
+        w = self.encoder.patch_embedding.weight
+        return torch.zeros(
+            batch, num, v.num_channels, v.image_size, v.image_size, dtype=w.dtype, device=w.device
+        )
+
+    def encode_media(
+        self,
+        input_ids: Tensor,
+        images: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+        videos: Tensor | None = None,
+        video_mask: Tensor | None = None,
+    ) -> Media:
+        """Run the encoder (and video path) and expand the masks to media-token level.
+
+        Without images a placeholder with an all-false mask goes through, so the same layers run always.
+        """
+        b, s = input_ids.shape
+        if images is None:
+            if encoder_mask is not None:
+                raise ValueError("encoder_mask given without images")
+            images = self.placeholder_images(b)
+            encoder_mask = torch.zeros(b, s, 1, dtype=torch.bool, device=input_ids.device)
+        if images.dim() == 4:
+            images = images[:, None]
+        num_images = images.shape[1]
+        if encoder_mask is None:
+            encoder_mask = media_attention_mask(input_ids, self.config.image_token_id, num_images)
+        elif encoder_mask.dim() == 2:
+            encoder_mask = encoder_mask[..., None]
+        tokens = self.encode_images(images.flatten(0, 1))
+        per_image = tokens.shape[1]
+        image_tokens = tokens.reshape(b, num_images * per_image, -1)
+        image_mask = encoder_mask.bool().repeat_interleave(per_image, dim=-1)
+
+        if self.video is None:
+            if videos is not None:
+                raise ValueError("this model has no video path (config.video is None)")
+            return Media(image_tokens, image_mask)
+        if videos is None:
+            if video_mask is not None:
+                raise ValueError("video_mask given without videos")
+            videos = self.placeholder_images(b)
+            video_mask = torch.zeros(b, s, dtype=torch.bool, device=input_ids.device)
+        if video_mask is None:
+            video_mask = media_attention_mask(input_ids, self.config.video_token_id, 1)
+        video_tokens = self.encode_video(videos)
+        video_mask = video_mask.bool().reshape(b, s, 1).expand(b, s, video_tokens.shape[1])
+        return Media(image_tokens, image_mask, video_tokens, video_mask)
+
+    # ---------------------------------------------------------------------------------------- decoding
+
+    def decode(self, input_ids: Tensor, media: Media, caches: FusionCaches | None = None) -> Tensor:
+        """Logits for ``input_ids`` (which continue the cached tokens when ``caches`` is given)."""
+        x = self.embed(input_ids)
+        start, length = (caches.decoder[0].length if caches else 0), input_ids.shape[1]
+        cos, sin = self.decoder.rope(start, length, x)
+        image_mask = media.image_mask[:, start : start + length]
+        video_mask = None if media.video_mask is None else media.video_mask[:, start : start + length]
+        every = self.config.fusion.every
+        for i, block in enumerate(self.decoder.layers):
+            if (i + 1) % every == 0:
+                j = (i + 1) // every - 1
+                if self.video is not None and (j + 1) % self.config.video.every == 0:
+                    v = (j + 1) // self.config.video.every - 1
+                    x = self.video.layers[v](
+                        x, media.video_tokens, video_mask, caches.video[v] if caches else None
+                    )
+                x = self.fusion.layers[j](
+                    x, media.image_tokens, image_mask, caches.image[j] if caches else None
+                )
+            x = block(x, cos, sin, caches.decoder[i] if caches else None)
+        return self.decoder.lm_head(self.decoder.norm(x))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        images: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        videos: Tensor | None = None,
+        video_mask: Tensor | None = None,
+    ) -> ModelOutput:
+        """Logits, and the loss when ``labels`` are given.
+
+        input_ids: (B, S) token ids; ids >= vocab_size are the new special tokens (image token first).
+        images: (B, C, H, W) or (B, N, C, H, W); rows with fewer images pad with any image and mask it out.
+        encoder_mask: (B, S, N) or (B, S) bool, True where token s sees image n; default: built from the
+            image tokens in ``input_ids`` (``media_attention_mask``).
+        labels: (B, S) aligned with ``input_ids`` (shifted here), -100 where no loss is taken; new special
+            tokens are never targets (the output head covers the vocabulary only).
+        videos: (B, F, C, H, W), any F; video_mask: (B, S) bool, default from the video token.
+        """
+        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask)
+        logits = self.decode(input_ids, media)
+        loss = None
+        if labels is not None:
+            targets = labels[:, 1:].masked_fill(labels[:, 1:] >= self.config.decoder.vocab_size, IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+            )
+        return ModelOutput(logits, loss)
+
+    def new_caches(self) -> FusionCaches:
+        return FusionCaches(
+            decoder=self.decoder.new_caches(),
+            image=[KVCache() for _ in self.fusion.layers],
+            video=[KVCache() for _ in (self.video.layers if self.video is not None else [])],
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        images: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+        max_new_tokens: int = 32,
+        use_cache: bool = True,
+        videos: Tensor | None = None,
+        video_mask: Tensor | None = None,
+        **sampling: Any,
+    ) -> Tensor:
+        """Prompt (B, S) -> prompt and new tokens. New tokens see the media the last prompt token sees.
+
+        ``sampling``: temperature (0 = greedy), top_p, eos_token_id, generator (see decoder.generate).
+        """
+        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask)
+        total = input_ids.shape[1] + max_new_tokens
+
+        def extend(mask: Tensor | None) -> Tensor | None:
+            if mask is None:
+                return None
+            return torch.cat([mask, mask[:, -1:].expand(-1, total - mask.shape[1], -1)], dim=1)
+
+        media = Media(
+            media.image_tokens, extend(media.image_mask), media.video_tokens, extend(media.video_mask)
+        )
+        caches = self.new_caches() if use_cache else None
+        return generate(
+            lambda tokens, c: self.decode(tokens, media, c), input_ids, max_new_tokens, caches, **sampling
+        )
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def save_weights(self, path: str | Path, trainable_only: bool = True) -> list[str]:
+        """Write parameters (by default only the trainable ones) as safetensors, with the config inside.
+
+        Save these yourself rather than relying on DeepSpeed checkpoints (frozen weights get lost there,
+        DESIGN.md). Under ZeRO-3 gather the parameters first. Returns the names written.
+        """
+        tensors = {
+            name: p.detach().contiguous().cpu()
+            for name, p in self.named_parameters()
+            if p.requires_grad or not trainable_only
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", "config": json.dumps(self.config.to_dict())})
+        os.replace(tmp, path)
+        return sorted(tensors)
+
+    def load_weights(self, path: str | Path) -> list[str]:
+        """Copy the parameters stored in ``path`` into this model (names and shapes must match)."""
+        params = dict(self.named_parameters())
+        with safe_open(str(path), framework="pt") as f:
+            unknown = sorted(set(f.keys()) - set(params))
+            if unknown:
+                raise KeyError(f"{path}: parameters not in this model: {unknown[:5]}")
+            with torch.no_grad():
+                for name in f.keys():
+                    tensor = f.get_tensor(name)
+                    if tensor.shape != params[name].shape:
+                        raise ValueError(
+                            f"{name}: shape {tuple(tensor.shape)} != {tuple(params[name].shape)}"
+                        )
+                    params[name].copy_(tensor)
+            return sorted(f.keys())
+
+    @staticmethod
+    def config_from_weights(path: str | Path) -> ModelConfig:
+        with safe_open(str(path), framework="pt") as f:
+            return ModelConfig.from_dict(json.loads(f.metadata()["config"]))

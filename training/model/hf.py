@@ -1,0 +1,570 @@
+"""Hugging Face interop: Llama and CLIP checkpoints in, Mllama (Llama 3.2 Vision) format in and out.
+
+Everything here is plain json + safetensors; transformers is only needed by the tests that compare with it.
+
+Mllama export is exact for the single-tile model built here (``max_num_tiles = 1``): the tile machinery of
+Mllama's vision model (pre/post tile embeddings, tile position embedding and its gate) is written as
+zeros, and on import its single-tile ([1, 1]) part is folded into our position embedding and the bias of
+the post-encoder layer norm. Not representable, so refused or warned about: attention biases in the ViT
+(CLIP has them, Mllama has none), padding other than Mllama's multiple of 8, a decoder ``head_dim`` other
+than dim / num_heads, more than 8 new tokens, and the video adapters (not part of the Mllama format).
+
+One behaviour differs on the transformers side: for a text token that sees no image, HF's
+``MllamaCrossAttentionDecoderLayer`` zeroes only the MLP branch and lets the attention branch attend to
+all image tokens; Meta's reference code, vLLM and this model zero both branches. Logits agree wherever
+every token sees an image (e.g. the image token first); a token before the first image (such as BOS)
+differs in transformers once the attention gates are non-zero, and through self-attention so do the
+tokens after it. See tests/test_model_hf.py::test_mllama_text_before_image_known_difference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from training.model.config import (
+    DecoderConfig,
+    FusionConfig,
+    ModelConfig,
+    ProjectionConfig,
+    RopeScaling,
+    VisionConfig,
+)
+from training.model.decoder import Decoder
+from training.model.fusion import FusionModel
+from training.model.vision import VisionEncoder, VisionProjection
+
+MLLAMA_NEW_TOKENS = 8  # Mllama's embedding table has vocab_size + 8 rows
+
+
+class Checkpoint:
+    """Lazy random access to the tensors of a safetensors file or HF checkpoint directory (sharded or not)."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.is_file():
+            files = [path]
+        elif (path / "model.safetensors.index.json").exists():
+            weight_map = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+            files = sorted({path / name for name in weight_map.values()})
+        else:
+            files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no safetensors files in {path}")
+        self._handles: dict[str, Any] = {}
+        for file in files:
+            handle = safe_open(str(file), framework="pt")
+            for name in handle.keys():
+                self._handles[name] = handle
+
+    def keys(self) -> list[str]:
+        return list(self._handles)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._handles
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._handles:
+            raise KeyError(f"tensor {name!r} not in checkpoint")
+        return self._handles[name].get_tensor(name)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def load_parameters(module: nn.Module, source: Callable[[str], Tensor]) -> None:
+    """Fill every parameter of ``module`` with ``source(name)`` (shapes must match, dtype is converted)."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            tensor = source(name)
+            if tensor.shape != param.shape:
+                raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
+            param.copy_(tensor)
+
+
+def _empty(build: Callable[[], nn.Module], dtype: torch.dtype) -> nn.Module:
+    """Build a module without initialising it (every parameter is about to be overwritten)."""
+    with torch.device("meta"):
+        module = build()
+    return module.to(dtype).to_empty(device="cpu")
+
+
+def save_safetensors(tensors: dict[str, Tensor], directory: Path, max_shard_bytes: int) -> list[Path]:
+    """Write HF-style ``model.safetensors`` or numbered shards plus ``model.safetensors.index.json``."""
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.contiguous()
+        size += nbytes
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    for name, shard in zip(names, shards, strict=True):
+        _atomic_write(
+            directory / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"})
+        )
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+            "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key in shard},
+        }
+        _atomic_write_text(directory / "model.safetensors.index.json", json.dumps(index, indent=2))
+    return [directory / name for name in names]
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# -------------------------------------------------------------------------------------------------- Llama
+
+
+def llama_config(hf: dict[str, Any]) -> DecoderConfig:
+    """DecoderConfig from a ``LlamaForCausalLM`` config.json (transformers 4.x or 5.x layout)."""
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ValueError("Llama checkpoints with attention or MLP biases are not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}")
+    rope = hf.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or rope
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "llama3":
+        rope_scaling = RopeScaling(
+            factor=scaling["factor"],
+            low_freq_factor=scaling["low_freq_factor"],
+            high_freq_factor=scaling["high_freq_factor"],
+            original_max_position_embeddings=scaling["original_max_position_embeddings"],
+        )
+    elif rope_type == "default":
+        rope_scaling = None
+    else:
+        raise ValueError(f"unsupported rope type {rope_type!r}")
+    return DecoderConfig(
+        vocab_size=hf["vocab_size"],
+        dim=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim"),
+        mlp_dim=hf["intermediate_size"],
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+        pad_token_id=hf.get("pad_token_id"),
+    )
+
+
+def load_llama(
+    path: str | Path, decoder: Decoder | None = None, dtype: torch.dtype = torch.float32
+) -> Decoder:
+    """Load a Llama checkpoint directory (config.json + safetensors) into ``decoder`` or a new one."""
+    if decoder is None:
+        cfg = llama_config(read_config(path))
+        decoder = _empty(lambda: Decoder(cfg), dtype)
+    ckpt = Checkpoint(path)
+
+    def source(name: str) -> Tensor:
+        if name == "lm_head.weight" and name not in ckpt:  # tied checkpoints store the table once
+            return ckpt["model.embed_tokens.weight"]
+        return ckpt[name if name == "lm_head.weight" else "model." + name]
+
+    load_parameters(decoder, source)
+    return decoder
+
+
+# --------------------------------------------------------------------------------------------------- CLIP
+
+
+def clip_vision_config(hf: dict[str, Any], intermediate_layers: Iterable[int] | None = None) -> VisionConfig:
+    """VisionConfig from a ``CLIPVisionModel`` or ``CLIPModel`` config.json."""
+    v = hf["vision_config"] if "vision_config" in hf else hf
+    num_layers = v["num_hidden_layers"]
+    if intermediate_layers is None:  # Llama 3.2's choice where it fits, else quarter points
+        intermediate_layers = [i for i in VisionConfig().intermediate_layers if i < num_layers - 1]
+        intermediate_layers = intermediate_layers or sorted(
+            {num_layers // 4, num_layers // 2, 3 * num_layers // 4}
+        )
+    return VisionConfig(
+        image_size=v["image_size"],
+        patch_size=v["patch_size"],
+        num_channels=v.get("num_channels", 3),
+        dim=v["hidden_size"],
+        num_layers=num_layers,
+        num_heads=v["num_attention_heads"],
+        mlp_dim=v["intermediate_size"],
+        act=v.get("hidden_act", "quick_gelu"),
+        norm_eps=v.get("layer_norm_eps", 1e-5),
+        attn_bias=True,
+        intermediate_layers=tuple(intermediate_layers),
+        pad_to_multiple=1,
+    )
+
+
+def _clip_name(name: str) -> str:
+    """Encoder parameter name -> CLIP vision tower name (after any ``vision_model.`` prefix)."""
+    fixed = {
+        "patch_embedding.weight": "embeddings.patch_embedding.weight",
+        "class_embedding": "embeddings.class_embedding",
+        "position_embedding": "embeddings.position_embedding.weight",
+    }
+    if name in fixed:
+        return fixed[name]
+    name = re.sub(r"^ln_pre\.", "pre_layrnorm.", name)
+    name = re.sub(r"^layers\.", "encoder.layers.", name)
+    for ours, theirs in (
+        ("input_layernorm", "layer_norm1"),
+        ("post_attention_layernorm", "layer_norm2"),
+        ("self_attn.o_proj", "self_attn.out_proj"),
+    ):
+        name = name.replace(ours, theirs)
+    return name
+
+
+def load_clip_vision(
+    path: str | Path,
+    encoder: VisionEncoder | None = None,
+    projection: VisionProjection | None = None,
+    intermediate_layers: Iterable[int] | None = None,
+) -> VisionEncoder:
+    """Load a CLIP vision tower into ``encoder`` (or a new one); its post layer norm into ``projection``."""
+    if encoder is None:
+        cfg = clip_vision_config(read_config(path), intermediate_layers)
+        encoder = _empty(lambda: VisionEncoder(cfg), torch.float32)
+    ckpt = Checkpoint(path)
+    # "vision_model." in CLIPModel and transformers 4.x CLIPVisionModel checkpoints, nothing in 5.x ones
+    (cls_name,) = [k for k in ckpt.keys() if k.endswith("embeddings.class_embedding")]
+    prefix = cls_name.removesuffix("embeddings.class_embedding")
+    load_parameters(encoder, lambda name: ckpt[prefix + _clip_name(name)])
+    if projection is not None:
+        with torch.no_grad():
+            projection.ln_post.weight.copy_(ckpt[prefix + "post_layernorm.weight"])
+            projection.ln_post.bias.copy_(ckpt[prefix + "post_layernorm.bias"])
+    return encoder
+
+
+def fusion_model_from_hf(
+    llama_path: str | Path, clip_path: str | Path, config: ModelConfig | None = None
+) -> FusionModel:
+    """A fused model whose decoder is a Llama checkpoint and whose encoder starts from a CLIP tower.
+
+    Projection head, fusion layers and video adapters come from ``config`` and start from scratch.
+    """
+    base = config or ModelConfig()
+    clip_hf = read_config(clip_path)
+    depth = (clip_hf.get("vision_config") or clip_hf)["num_hidden_layers"]
+    layers = base.vision.intermediate_layers if max(base.vision.intermediate_layers) < depth else None
+    cfg = ModelConfig(
+        vision=clip_vision_config(clip_hf, layers),
+        projection=base.projection,
+        decoder=llama_config(read_config(llama_path)),
+        fusion=base.fusion,
+        video=base.video,
+        trainable=base.trainable,
+    )
+    model = FusionModel(cfg)
+    load_llama(llama_path, model.decoder)
+    load_clip_vision(clip_path, model.encoder, model.projection)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------- Mllama
+
+
+def _self_layer_index(i: int, every: int) -> int:
+    """Mllama layer index of decoder block i (cross-attention layers are entries of the same list)."""
+    return i + (i + 1) // every
+
+
+def _cross_layer_index(j: int, every: int) -> int:
+    return (j + 1) * every - 1 + j
+
+
+def mllama_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The config.json of ``MllamaForConditionalGeneration`` for this model (single tile)."""
+    v, d, every = cfg.vision, cfg.decoder, cfg.fusion.every
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": d.rope_theta}
+    if d.rope_scaling is not None:
+        rope = {"rope_type": "llama3", "rope_theta": d.rope_theta, **vars(d.rope_scaling)}
+    text = {
+        "model_type": "mllama_text_model",
+        "vocab_size": d.vocab_size,
+        "hidden_size": d.dim,
+        "intermediate_size": d.mlp_dim,
+        "num_hidden_layers": d.num_layers + cfg.num_fusion_layers,
+        "num_attention_heads": d.num_heads,
+        "num_key_value_heads": d.num_kv_heads,
+        "hidden_act": "silu",
+        "rms_norm_eps": d.norm_eps,
+        "max_position_embeddings": d.max_seq_len,
+        # transformers >= 5 reads rope_parameters; 4.x (and vLLM builds on it) read rope_theta/rope_scaling
+        "rope_parameters": rope,
+        "rope_theta": d.rope_theta,
+        "rope_scaling": {k: val for k, val in rope.items() if k != "rope_theta"} if d.rope_scaling else None,
+        "cross_attention_layers": [_cross_layer_index(j, every) for j in range(cfg.num_fusion_layers)],
+        "tie_word_embeddings": False,
+        "bos_token_id": d.bos_token_id,
+        "eos_token_id": d.eos_token_id,
+        "pad_token_id": d.pad_token_id,
+    }
+    vision = {
+        "model_type": "mllama_vision_model",
+        "hidden_size": v.dim,
+        "intermediate_size": v.mlp_dim,
+        "num_hidden_layers": v.num_layers,
+        "num_global_layers": cfg.projection.num_layers,
+        "attention_heads": v.num_heads,
+        "num_channels": v.num_channels,
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "hidden_act": v.act,
+        "norm_eps": v.norm_eps,
+        "max_num_tiles": 1,
+        "supported_aspect_ratios": [[1, 1]],
+        "intermediate_layers_indices": list(v.intermediate_layers),
+        "vision_output_dim": v.dim * (1 + len(v.intermediate_layers)),
+    }
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["MllamaForConditionalGeneration"],
+        "model_type": "mllama",
+        "image_token_index": cfg.image_token_id,
+        "torch_dtype": dtype_name,
+        "dtype": dtype_name,
+        "text_config": text,
+        "vision_config": vision,
+    }
+
+
+def model_config_from_mllama(hf: dict[str, Any]) -> ModelConfig:
+    """ModelConfig from an Mllama config.json; the fusion interval is read off ``cross_attention_layers``."""
+    t, v = hf["text_config"], hf["vision_config"]
+    cross = list(t["cross_attention_layers"])
+    every = cross[0] + 1
+    num_self = t["num_hidden_layers"] - len(cross)
+    if cross != [_cross_layer_index(j, every) for j in range(len(cross))] or num_self // every != len(cross):
+        raise ValueError(
+            f"cross_attention_layers {cross} are not one every {every} blocks before block 3, 7, ..."
+        )
+    decoder = llama_config({**t, "num_hidden_layers": num_self, "tie_word_embeddings": False})
+    if hf.get("image_token_index", t["vocab_size"]) != t["vocab_size"]:
+        raise ValueError("the image token must be the first id after the vocabulary")
+    vision = VisionConfig(
+        image_size=v["image_size"],
+        patch_size=v["patch_size"],
+        num_channels=v.get("num_channels", 3),
+        dim=v["hidden_size"],
+        num_layers=v["num_hidden_layers"],
+        num_heads=v["attention_heads"],
+        mlp_dim=v["intermediate_size"],
+        act=v.get("hidden_act", "gelu"),
+        norm_eps=v.get("norm_eps", 1e-5),
+        attn_bias=False,
+        intermediate_layers=tuple(v["intermediate_layers_indices"]),
+        pad_to_multiple=8,
+    )
+    return ModelConfig(
+        vision=vision,
+        projection=ProjectionConfig(num_layers=v["num_global_layers"]),
+        decoder=decoder,
+        fusion=FusionConfig(every=every, num_new_tokens=MLLAMA_NEW_TOKENS),
+    )
+
+
+def _mllama_name(name: str, every: int) -> str | None:
+    """Our parameter name -> Mllama hub name, for the parameters that map one to one (else None)."""
+    part, rest = name.split(".", 1)
+    if part == "encoder":
+        if rest.startswith("layers."):
+            return "vision_model.transformer." + rest
+        fixed = {"patch_embedding.weight": "patch_embedding.weight", "class_embedding": "class_embedding"}
+        fixed.update({f"ln_pre.{p}": f"layernorm_pre.{p}" for p in ("weight", "bias")})
+        return "vision_model." + fixed[rest] if rest in fixed else None
+    if part == "projection":
+        if rest.startswith("layers."):
+            return "vision_model.global_transformer." + rest
+        return {
+            "ln_post.weight": "vision_model.layernorm_post.weight",
+            "proj.bias": "multi_modal_projector.bias",
+        }.get(rest)
+    if part == "decoder":
+        if m := re.match(r"layers\.(\d+)\.(.*)", rest):
+            return f"language_model.model.layers.{_self_layer_index(int(m[1]), every)}.{m[2]}"
+        return {"norm.weight": "language_model.model.norm.weight"}.get(rest)
+    if part == "fusion" and (m := re.match(r"layers\.(\d+)\.(.*)", rest)):
+        inner = {"attn_gate": "cross_attn_attn_gate", "mlp_gate": "cross_attn_mlp_gate"}.get(m[2], m[2])
+        return f"language_model.model.layers.{_cross_layer_index(int(m[1]), every)}.{inner}"
+    return None
+
+
+def _projector_to_mllama(w: Tensor, dim: int, num_intermediate: int) -> Tensor:
+    """Mllama stacks intermediate features on a last axis (feature-major); we concatenate layer-major."""
+    final, inter = w[:, :dim], w[:, dim:]
+    inter = inter.reshape(-1, num_intermediate, dim).transpose(1, 2).reshape(-1, dim * num_intermediate)
+    return torch.cat([final, inter], dim=1)
+
+
+def _projector_from_mllama(w: Tensor, dim: int, num_intermediate: int) -> Tensor:
+    final, inter = w[:, :dim], w[:, dim:]
+    inter = inter.reshape(-1, dim, num_intermediate).transpose(1, 2).reshape(-1, dim * num_intermediate)
+    return torch.cat([final, inter], dim=1)
+
+
+def mllama_state_dict(model: FusionModel) -> dict[str, Tensor]:
+    """The model's weights under Mllama's hub names (the layout ``save_pretrained`` writes)."""
+    cfg = model.config
+    v, d = cfg.vision, cfg.decoder
+    if v.attn_bias:
+        raise ValueError("Mllama's ViT has no attention biases; this encoder has them (CLIP-initialised?)")
+    if v.pad_to_multiple != 8:
+        raise ValueError("Mllama pads vision tokens to a multiple of 8; set VisionConfig.pad_to_multiple=8")
+    if v.norm_eps != 1e-5:
+        raise ValueError("Mllama's pre/post layer norms use eps 1e-5")
+    if d.head_dim * d.num_heads != d.dim:
+        raise ValueError("Mllama derives head_dim as hidden_size / num_attention_heads")
+    if cfg.fusion.num_new_tokens > MLLAMA_NEW_TOKENS:
+        raise ValueError(
+            f"Mllama has room for {MLLAMA_NEW_TOKENS} new tokens, not {cfg.fusion.num_new_tokens}"
+        )
+    if model.video is not None:
+        warnings.warn(
+            "the video adapters have no place in the Mllama format and are not exported", stacklevel=2
+        )
+
+    out: dict[str, Tensor] = {}
+    for name, param in model.named_parameters():
+        hub = _mllama_name(name, cfg.fusion.every)
+        if hub is not None:
+            out[hub] = param.detach()
+    dtype = model.decoder.embed_tokens.weight.dtype
+
+    def zeros(*shape: int) -> Tensor:  # a fresh tensor each: safetensors refuses shared storage
+        return torch.zeros(*shape, dtype=dtype)
+
+    tokens = v.grid_size**2 + 1
+    new_rows = model.fusion.token_embedding.weight.detach()
+    padding = zeros(MLLAMA_NEW_TOKENS - new_rows.shape[0], d.dim)
+    out.update(
+        {
+            "language_model.model.embed_tokens.weight": torch.cat(
+                [model.decoder.embed_tokens.weight.detach(), new_rows, padding]
+            ),
+            "language_model.lm_head.weight": model.decoder.lm_head.weight.detach(),
+            "vision_model.gated_positional_embedding.embedding": model.encoder.position_embedding.detach(),
+            "vision_model.gated_positional_embedding.gate": zeros(1),
+            "vision_model.gated_positional_embedding.tile_embedding.weight": zeros(2, tokens * v.dim),
+            "vision_model.pre_tile_positional_embedding.embedding.weight": zeros(2, v.dim),
+            "vision_model.pre_tile_positional_embedding.gate": zeros(1),
+            "vision_model.post_tile_positional_embedding.embedding.weight": zeros(2, v.dim),
+            "vision_model.post_tile_positional_embedding.gate": zeros(1),
+            "vision_model.layernorm_post.bias": model.projection.ln_post.bias.detach(),
+            "multi_modal_projector.weight": _projector_to_mllama(
+                model.projection.proj.weight.detach(), v.dim, len(v.intermediate_layers)
+            ),
+        }
+    )
+    return out
+
+
+def export_mllama(model: FusionModel, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write ``model`` as an ``MllamaForConditionalGeneration`` checkpoint (config.json + safetensors)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = mllama_state_dict(model)
+    save_safetensors(tensors, path, max_shard_bytes)
+    config = mllama_config(model.config, model.decoder.embed_tokens.weight.dtype)
+    _atomic_write_text(path / "config.json", json.dumps(config, indent=2))
+    return path
+
+
+def _canonical_mllama_name(name: str) -> str:
+    """transformers >= 4.52 in-memory names -> the hub names used here."""
+    for new, old in (
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.vision_model.", "vision_model."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    ):
+        if name.startswith(new):
+            return old + name[len(new) :]
+    return name
+
+
+def import_mllama(path: str | Path, dtype: torch.dtype = torch.float32) -> FusionModel:
+    """Load an ``MllamaForConditionalGeneration`` checkpoint as a (single-tile) FusionModel.
+
+    The tile embeddings for the [1, 1] aspect ratio are folded in: the pre-tile embedding and the gated
+    tile position embedding into our position embedding, the post-tile embedding into the bias of the
+    layer norm that follows the encoder. For a checkpoint with max_num_tiles > 1 this reproduces a
+    single-tile image exactly as a 1-tile model would see it; transformers itself would pad such an image
+    to max_num_tiles tiles, whose padding tokens its vision attention does not mask out.
+    """
+    hf = read_config(path)
+    cfg = model_config_from_mllama(hf)
+    ckpt = Checkpoint(path)
+    tensors = {_canonical_mllama_name(k): k for k in ckpt.keys()}
+
+    def get(name: str) -> Tensor:
+        return ckpt[tensors[name]].float()
+
+    v, d = cfg.vision, cfg.decoder
+    max_tiles = hf["vision_config"].get("max_num_tiles", 4)
+    ratios = hf["vision_config"].get("supported_aspect_ratios") or [[1, 1]]
+    if max_tiles > 1:
+        warnings.warn(f"{path}: {max_tiles}-tile checkpoint imported as a single-tile model", stacklevel=2)
+    ratio_id = ratios.index([1, 1]) + 1  # id 0 is padding
+    tokens = v.grid_size**2 + 1
+
+    def tile_part(prefix: str, shape: tuple[int, ...]) -> Tensor:
+        gate = get(f"vision_model.{prefix}.gate").tanh()
+        return gate * get(f"vision_model.{prefix}.embedding.weight")[ratio_id].view(max_tiles, *shape)[0]
+
+    pos_gate = get("vision_model.gated_positional_embedding.gate").tanh()
+    tile_pos = get("vision_model.gated_positional_embedding.tile_embedding.weight")[ratio_id]
+    position = (1 - pos_gate) * get("vision_model.gated_positional_embedding.embedding")
+    position = position + pos_gate * tile_pos.view(max_tiles, tokens, v.dim)[0]
+    position[1:] += tile_part("pre_tile_positional_embedding", (v.dim,))
+    embed = get("language_model.model.embed_tokens.weight")
+    special = {
+        "encoder.position_embedding": position,
+        "projection.ln_post.bias": get("vision_model.layernorm_post.bias")
+        + tile_part("post_tile_positional_embedding", (v.dim,)),
+        "projection.proj.weight": _projector_from_mllama(
+            get("multi_modal_projector.weight"), v.dim, len(v.intermediate_layers)
+        ),
+        "decoder.embed_tokens.weight": embed[: d.vocab_size],
+        "fusion.token_embedding.weight": embed[d.vocab_size : d.vocab_size + MLLAMA_NEW_TOKENS],
+        "decoder.lm_head.weight": get("language_model.lm_head.weight"),
+    }
+    model = _empty(lambda: FusionModel(cfg), dtype)
+    assert isinstance(model, FusionModel)
+    load_parameters(
+        model, lambda name: special[name] if name in special else get(_mllama_name(name, cfg.fusion.every))
+    )
+    return model

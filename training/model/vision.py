@@ -1,0 +1,178 @@
+"""ViT image encoder and the projection head that carries its features into the decoder.
+
+Encoder: conv patch embedding, class token, learned position embedding (bilinearly interpolated when the
+input resolution differs from the stored one), pre-norm blocks. It returns the final output and the outputs
+of the configured intermediate blocks.
+
+Projection head (the Llama 3.2 Vision arrangement): layer norm, a few gated self-attention layers on the
+final output, concatenation with the intermediate outputs along the feature axis (5 intermediate + final
+of a 1280-wide ViT-H give 7680), and a linear map to the decoder width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.model.config import ProjectionConfig, VisionConfig
+
+
+class VisionOutput(NamedTuple):
+    last_hidden_state: Tensor  # (N, L, D); L counts padding tokens when cfg.pad_to_multiple > 1
+    hidden_states: list[Tensor]  # outputs of cfg.intermediate_layers, each (N, L, D)
+    num_tokens: int  # real tokens (class token + patches); positions num_tokens.. are padding
+
+
+def activation(name: str, x: Tensor) -> Tensor:
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "quick_gelu":
+        return x * torch.sigmoid(1.702 * x)
+    raise ValueError(f"unsupported vision activation {name!r}")
+
+
+def padding_mask(num_tokens: int, length: int, device: torch.device) -> Tensor | None:
+    """Mllama's attention mask for a padded sequence: True where attention is allowed.
+
+    Only padding-to-padding pairs are masked, so real tokens do attend to the padding tokens (zeros at the
+    input, then updated by every block). That is how Meta's reference and HF Mllama compute it; matching
+    it is what lets exported weights give the same outputs in transformers and vLLM.
+    """
+    if length == num_tokens:
+        return None
+    is_pad = torch.arange(length, device=device) >= num_tokens
+    return ~(is_pad[:, None] & is_pad[None, :])
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q_proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.attn_bias)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        n, length, dim = x.shape
+        q, k, v = (
+            proj(x).view(n, length, self.num_heads, -1).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(n, length, dim))
+
+
+class VisionMLP(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.act = cfg.act
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(activation(self.act, self.fc1(x)))
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm transformer block; with ``gate_init`` both residual branches are scaled by tanh(gate)."""
+
+    def __init__(self, cfg: VisionConfig, gate_init: float | None = None) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.self_attn = VisionAttention(cfg)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = VisionMLP(cfg)
+        self.gated = gate_init is not None
+        if self.gated:
+            self.gate_attn = nn.Parameter(torch.full((1,), float(gate_init)))
+            self.gate_ffn = nn.Parameter(torch.full((1,), float(gate_init)))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        h = self.self_attn(self.input_layernorm(x), mask)
+        x = x + (self.gate_attn.tanh() * h if self.gated else h)
+        h = self.mlp(self.post_attention_layernorm(x))
+        return x + (self.gate_ffn.tanh() * h if self.gated else h)
+
+
+def interpolate_position_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Resize a (1 + g*g, D) position table to a new patch grid, bilinearly; the class row is kept."""
+    cls, patches = pos[:1], pos[1:]
+    g = math.isqrt(patches.shape[0])
+    patches = patches.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=grid, mode="bilinear", align_corners=False)
+    patches = patches.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    return torch.cat([cls, patches])
+
+
+class VisionEncoder(nn.Module):
+    """ViT: images (N, C, H, W) -> final output and intermediate-layer outputs."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        if any(not 0 <= i < cfg.num_layers for i in cfg.intermediate_layers):
+            raise ValueError(f"intermediate_layers {cfg.intermediate_layers} outside 0..{cfg.num_layers - 1}")
+        self.cfg = cfg
+        scale = cfg.dim**-0.5
+        self.patch_embedding = nn.Conv2d(
+            cfg.num_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False
+        )
+        self.class_embedding = nn.Parameter(scale * torch.randn(cfg.dim))
+        self.position_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, cfg.dim))
+        self.ln_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
+
+    def position_embedding_for(self, grid: tuple[int, int]) -> Tensor:
+        if grid == (self.cfg.grid_size, self.cfg.grid_size):
+            return self.position_embedding
+        return interpolate_position_embedding(self.position_embedding, grid)
+
+    @torch.no_grad()
+    def resize_position_embedding(self, image_size: int) -> None:
+        """Store the position embedding at a new resolution (e.g. between training stages)."""
+        grid = image_size // self.cfg.patch_size
+        pos = interpolate_position_embedding(self.position_embedding.detach(), (grid, grid))
+        self.position_embedding = nn.Parameter(pos, requires_grad=self.position_embedding.requires_grad)
+        self.cfg = dataclasses.replace(self.cfg, image_size=image_size)
+
+    def forward(self, images: Tensor) -> VisionOutput:
+        x = self.patch_embedding(images.to(self.patch_embedding.weight.dtype))
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.position_embedding_for(grid)
+        x = self.ln_pre(x)
+
+        num_tokens = x.shape[1]
+        x = F.pad(x, (0, 0, 0, -num_tokens % self.cfg.pad_to_multiple))
+        mask = padding_mask(num_tokens, x.shape[1], x.device)
+        outputs = []
+        for layer in self.layers:
+            x = layer(x, mask)
+            outputs.append(x)
+        return VisionOutput(x, [outputs[i] for i in self.cfg.intermediate_layers], num_tokens)
+
+
+class VisionProjection(nn.Module):
+    """Projection head: (N, L, D) encoder output -> (N, num_tokens, decoder_dim) image tokens."""
+
+    def __init__(self, vision: VisionConfig, cfg: ProjectionConfig, out_dim: int) -> None:
+        super().__init__()
+        self.ln_post = nn.LayerNorm(vision.dim, eps=vision.norm_eps)
+        self.layers = nn.ModuleList(
+            VisionBlock(vision, gate_init=cfg.gate_init) for _ in range(cfg.num_layers)
+        )
+        self.proj = nn.Linear(vision.dim * (1 + len(vision.intermediate_layers)), out_dim)
+
+    def forward(self, out: VisionOutput) -> Tensor:
+        x = self.ln_post(out.last_hidden_state)
+        mask = padding_mask(out.num_tokens, x.shape[1], x.device)
+        for layer in self.layers:
+            x = layer(x, mask)
+        features = torch.cat([x, *out.hidden_states], dim=-1)[:, : out.num_tokens]
+        return self.proj(features)
