@@ -42,6 +42,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an output that holds a different run")
     p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+    p.set_defaults(handler=_curate)
 
 
 def _add_stats(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,7 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", help="output directory of `vlmforge curate`")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(handler=_stats)
 
 
 def _add_sample_data(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +68,7 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=2000, help="number of pairs (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--shard-size", type=int, default=500, help="samples per tar shard (default 500)")
+    p.set_defaults(handler=_sample_data)
 
 
 def _curate(args: argparse.Namespace) -> int:
@@ -128,18 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curate(sub)
     _add_stats(sub)
     _add_sample_data(sub)
+    from training.cli import register as register_training
+
+    register_training(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"curate": _curate, "stats": _stats, "sample-data": _sample_data}
     from pipeline.config import ConfigError
     from pipeline.job import AccountingError, JobError
     from pipeline.readers import InputError
 
     try:
-        return handlers[args.command](args)
+        return args.handler(args)
     except (ConfigError, InputError, JobError, FileNotFoundError, ValueError) as e:
         print(f"vlmforge {args.command}: error: {e}", file=sys.stderr)
         return 2
