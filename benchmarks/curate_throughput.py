@@ -88,17 +88,24 @@ def main() -> None:
         best["decode_only"] = min(best["decode_only"], t)
         rows = sum(r["rows"] for r in res)
         with tempfile.TemporaryDirectory() as work:
-            res, t = timed(lambda work=work: map_units(
-                units, Phase1Worker, {"cfg_json": cfg_json, "work": work}, workers, False))
+            res, t = timed(
+                lambda work=work: map_units(
+                    units, Phase1Worker, {"cfg_json": cfg_json, "work": work}, workers, False
+                )
+            )
         best["phase1"] = min(best["phase1"], t)
     stages = {s["stage"]: s for s in res[0]["stages"]}
     decode_rate, phase1_rate = rows / best["decode_only"], rows / best["phase1"]
     print(f"pairs: {rows} in {len(parts)} parts, {workers} Ray workers, best of {args.rounds} rounds")
-    print(f"| side | seconds | pairs/s |\n|---|---|---|\n| decode-only | {best['decode_only']:.1f} | "
-          f"{decode_rate:.0f} |\n| phase 1 | {best['phase1']:.1f} | {phase1_rate:.0f} |")
+    print(
+        f"| side | seconds | pairs/s |\n|---|---|---|\n| decode-only | {best['decode_only']:.1f} | "
+        f"{decode_rate:.0f} |\n| phase 1 | {best['phase1']:.1f} | {phase1_rate:.0f} |"
+    )
     print(f"phase 1 / decode-only = {phase1_rate / decode_rate:.2f}")
-    print(f"(first part: {stages['image']['counters'].get('decoded', 0)} of {res[0]['stages'][0]['rows_in']} "
-          "images decoded by phase 1)")
+    print(
+        f"(first part: {stages['image']['counters'].get('decoded', 0)} of {res[0]['stages'][0]['rows_in']} "
+        "images decoded by phase 1)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def ground_truth(sample_dir) -> dict[str, dict]:
 
 def curate(input_path: Path, output: Path, *overrides: str) -> dict:
     """Run the default recipe on `input_path` (Ray must be up)."""
-    cfg = load_config(ROOT / "configs/curate/default.yaml",
-                      [f"input.path={input_path}", f"output.path={output}", *overrides])
+    cfg = load_config(
+        ROOT / "configs/curate/default.yaml",
+        [f"input.path={input_path}", f"output.path={output}", *overrides],
+    )
     return run_curation(cfg, progress=False, log=lambda _: None)
 
 

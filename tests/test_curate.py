@@ -187,8 +187,9 @@ def test_other_config_on_same_output_is_refused(curated, sample_dir):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_stats_cli_json_matches_manifest(curated):
@@ -210,8 +211,14 @@ def test_cli_bad_config_names_the_field_before_ray_starts(tmp_path):
     r = _cli("curate", str(cfg), "--input", str(tmp_path), "--output", str(tmp_path / "o"))
     assert r.returncode == 2
     assert "image.max_aspect_ratio" in r.stderr
-    r = _cli("curate", str(ROOT / "configs/curate/default.yaml"), "--output", str(tmp_path / "o"),
-             "--input", str(tmp_path / "nothing-here"))
+    r = _cli(
+        "curate",
+        str(ROOT / "configs/curate/default.yaml"),
+        "--output",
+        str(tmp_path / "o"),
+        "--input",
+        str(tmp_path / "nothing-here"),
+    )
     assert r.returncode == 2 and "input path not found" in r.stderr
     r = _cli("stats", str(tmp_path))
     assert r.returncode == 2 and "no manifest.json" in r.stderr

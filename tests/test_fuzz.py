@@ -15,17 +15,23 @@ from PIL import Image
 
 def _png_bomb_header(width: int, height: int) -> bytes:
     """A PNG whose IHDR declares a huge size over a tiny body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
-        b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_with_declared_size(width: int, height: int) -> bytes:
     data = bytearray(jpeg((64, 64)))
     i = data.find(b"\xff\xc0")
-    data[i + 5:i + 9] = struct.pack(">HH", height, width)
+    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -37,41 +43,102 @@ def _bad_crc_png() -> bytes:
 
 # (key, members, expected (stage, reason) or None when the row must be kept)
 CASES = [
-    ("truncated", [("truncated.jpg", jpeg((200, 200))[:700]), ("truncated.txt", b"a cut off photo of a lake")],
-     ("image", "truncated_image")),
-    ("zerobytes", [("zerobytes.jpg", b""), ("zerobytes.txt", b"an empty file of a dog")],
-     ("image", "corrupt_image")),
-    ("pngbomb", [("pngbomb.png", _png_bomb_header(100_000, 100_000)), ("pngbomb.txt", b"a huge white field")],
-     ("image", "decompression_bomb")),
-    ("jpegbomb", [("jpegbomb.jpg", _jpeg_with_declared_size(60_000, 60_000)),
-                  ("jpegbomb.txt", b"a huge black field")], ("image", "decompression_bomb")),
-    ("textjpg", [("textjpg.jpg", b"<html>404 not found</html>"), ("textjpg.txt", b"a text file of a bird")],
-     ("image", "corrupt_image")),
-    ("badutf8", [("badutf8.jpg", jpeg()), ("badutf8.txt", b"caf\xe9 \xff\xfe in paris")],
-     ("read", "invalid_utf8")),
-    ("hugecaption", [("hugecaption.jpg", jpeg()), ("hugecaption.txt", b"word " * 220_000)],
-     ("read", "caption_too_large")),
-    ("longcaption", [("longcaption.jpg", jpeg()), ("longcaption.txt", b"a long story " * 3000)],
-     ("caption", "too_long")),
+    (
+        "truncated",
+        [("truncated.jpg", jpeg((200, 200))[:700]), ("truncated.txt", b"a cut off photo of a lake")],
+        ("image", "truncated_image"),
+    ),
+    (
+        "zerobytes",
+        [("zerobytes.jpg", b""), ("zerobytes.txt", b"an empty file of a dog")],
+        ("image", "corrupt_image"),
+    ),
+    (
+        "pngbomb",
+        [("pngbomb.png", _png_bomb_header(100_000, 100_000)), ("pngbomb.txt", b"a huge white field")],
+        ("image", "decompression_bomb"),
+    ),
+    (
+        "jpegbomb",
+        [("jpegbomb.jpg", _jpeg_with_declared_size(60_000, 60_000)), ("jpegbomb.txt", b"a huge black field")],
+        ("image", "decompression_bomb"),
+    ),
+    (
+        "textjpg",
+        [("textjpg.jpg", b"<html>404 not found</html>"), ("textjpg.txt", b"a text file of a bird")],
+        ("image", "corrupt_image"),
+    ),
+    (
+        "badutf8",
+        [("badutf8.jpg", jpeg()), ("badutf8.txt", b"caf\xe9 \xff\xfe in paris")],
+        ("read", "invalid_utf8"),
+    ),
+    (
+        "hugecaption",
+        [("hugecaption.jpg", jpeg()), ("hugecaption.txt", b"word " * 220_000)],
+        ("read", "caption_too_large"),
+    ),
+    (
+        "longcaption",
+        [("longcaption.jpg", jpeg()), ("longcaption.txt", b"a long story " * 3000)],
+        ("caption", "too_long"),
+    ),
     ("notxt", [("notxt.jpg", jpeg())], ("read", "missing_caption")),
     ("noimg", [("noimg.txt", b"a caption without its picture")], ("read", "missing_image")),
-    ("nanjson", [("nanjson.jpg", jpeg((128, 96), (10, 10, 250))), ("nanjson.txt", b"a blue rectangle in the sky"),
-                 ("nanjson.json", b'{"url": NaN, "width": Infinity}')], None),
-    ("deepjson", [("deepjson.jpg", jpeg((128, 96), (250, 250, 10))),
-                  ("deepjson.txt", b"a yellow rectangle on the table"), ("deepjson.json", b"[" * 50_000)], None),
-    ("dupkey", [("dupkey.jpg", jpeg((128, 96), (90, 10, 10))), ("dupkey.txt", b"a dark red wall in the city")],
-     None),
-    ("zwhitespace", [("zwhitespace.jpg", jpeg()), ("zwhitespace.txt", b" \n\t  ")], ("caption", "empty_caption")),
-    ("controlchars", [("controlchars.jpg", jpeg()), ("controlchars.txt", b"\x00\x01\x02\x03\x04\x05\x06")],
-     ("caption", "symbol_ratio")),
+    (
+        "nanjson",
+        [
+            ("nanjson.jpg", jpeg((128, 96), (10, 10, 250))),
+            ("nanjson.txt", b"a blue rectangle in the sky"),
+            ("nanjson.json", b'{"url": NaN, "width": Infinity}'),
+        ],
+        None,
+    ),
+    (
+        "deepjson",
+        [
+            ("deepjson.jpg", jpeg((128, 96), (250, 250, 10))),
+            ("deepjson.txt", b"a yellow rectangle on the table"),
+            ("deepjson.json", b"[" * 50_000),
+        ],
+        None,
+    ),
+    (
+        "dupkey",
+        [("dupkey.jpg", jpeg((128, 96), (90, 10, 10))), ("dupkey.txt", b"a dark red wall in the city")],
+        None,
+    ),
+    (
+        "zwhitespace",
+        [("zwhitespace.jpg", jpeg()), ("zwhitespace.txt", b" \n\t  ")],
+        ("caption", "empty_caption"),
+    ),
+    (
+        "controlchars",
+        [("controlchars.jpg", jpeg()), ("controlchars.txt", b"\x00\x01\x02\x03\x04\x05\x06")],
+        ("caption", "symbol_ratio"),
+    ),
     ("emoji", [("emoji.jpg", jpeg()), ("emoji.txt", "🔥🔥🔥 !!! ???".encode())], ("caption", "symbol_ratio")),
-    ("badcrc", [("badcrc.png", _bad_crc_png()), ("badcrc.txt", b"a green square on a wall")],
-     ("image", "corrupt_image")),
-    ("absolute", [("/etc/absolute.jpg", jpeg()), ("/etc/absolute.txt", b"a path outside the tar")],
-     ("read", "unsafe_path")),
-    ("dotdot", [("../dotdot.jpg", jpeg()), ("../dotdot.txt", b"a path that climbs out")], ("read", "unsafe_path")),
-    ("tinyimg", [("tinyimg.jpg", jpeg((8, 8))), ("tinyimg.txt", b"a very small red square")],
-     ("image", "too_small")),
+    (
+        "badcrc",
+        [("badcrc.png", _bad_crc_png()), ("badcrc.txt", b"a green square on a wall")],
+        ("image", "corrupt_image"),
+    ),
+    (
+        "absolute",
+        [("/etc/absolute.jpg", jpeg()), ("/etc/absolute.txt", b"a path outside the tar")],
+        ("read", "unsafe_path"),
+    ),
+    (
+        "dotdot",
+        [("../dotdot.jpg", jpeg()), ("../dotdot.txt", b"a path that climbs out")],
+        ("read", "unsafe_path"),
+    ),
+    (
+        "tinyimg",
+        [("tinyimg.jpg", jpeg((8, 8))), ("tinyimg.txt", b"a very small red square")],
+        ("image", "too_small"),
+    ),
 ]
 
 

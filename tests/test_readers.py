@@ -28,21 +28,38 @@ def test_split_key_follows_webdataset():
 
 def test_webdataset_pairs_and_defects(tmp_path):
     img = jpeg()
-    write_tar(tmp_path / "00000.tar", [
-        ("a.jpg", img), ("a.txt", b"a red square"), ("a.json", b'{"url": "https://x/a.jpg"}'),
-        ("b.jpg", img),                                   # no caption
-        ("c.txt", b"only a caption"),                     # no image
-        ("d.jpg", img), ("d.txt", b"\xff\xfe bad utf8"),  # invalid UTF-8
-        ("e.jpg", img), ("e.txt", b"x" * 2000),           # caption over the byte limit
-        ("a.jpg", img), ("a.txt", b"the same key again"), # duplicate key
-        ("/abs/f.jpg", img), ("/abs/f.txt", b"absolute"),
-        ("g.jpg", img), ("g.txt", b"fine"), ("g.json", b"[" * 100_000),  # hostile JSON is ignored
-    ])
+    write_tar(
+        tmp_path / "00000.tar",
+        [
+            ("a.jpg", img),
+            ("a.txt", b"a red square"),
+            ("a.json", b'{"url": "https://x/a.jpg"}'),
+            ("b.jpg", img),  # no caption
+            ("c.txt", b"only a caption"),  # no image
+            ("d.jpg", img),
+            ("d.txt", b"\xff\xfe bad utf8"),  # invalid UTF-8
+            ("e.jpg", img),
+            ("e.txt", b"x" * 2000),  # caption over the byte limit
+            ("a.jpg", img),
+            ("a.txt", b"the same key again"),  # duplicate key
+            ("/abs/f.jpg", img),
+            ("/abs/f.txt", b"absolute"),
+            ("g.jpg", img),
+            ("g.txt", b"fine"),
+            ("g.json", b"[" * 100_000),  # hostile JSON is ignored
+        ],
+    )
     t = _read_all(tmp_path, max_caption_bytes=1000)
     errors = _errors(t)
     assert errors == {
-        "a": None, "b": "missing_caption", "c": "missing_image", "d": "invalid_utf8",
-        "e": "caption_too_large", "a#1": "duplicate_key", "/abs/f": "unsafe_path", "g": None,
+        "a": None,
+        "b": "missing_caption",
+        "c": "missing_image",
+        "d": "invalid_utf8",
+        "e": "caption_too_large",
+        "a#1": "duplicate_key",
+        "/abs/f": "unsafe_path",
+        "g": None,
     }
     assert t.filter(pa.compute.equal(t["id"], "a"))["url"].to_pylist() == ["https://x/a.jpg"]
 
@@ -63,8 +80,11 @@ def test_not_a_tar_at_all(tmp_path):
 
 def test_parquet_bytes_column_and_ids(tmp_path):
     img = jpeg()
-    pq.write_table(pa.table({"caption": ["one", None, "three"], "image": [img, img, None]}),
-                   tmp_path / "p.parquet", row_group_size=2)
+    pq.write_table(
+        pa.table({"caption": ["one", None, "three"], "image": [img, img, None]}),
+        tmp_path / "p.parquet",
+        row_group_size=2,
+    )
     t = _read_all(tmp_path / "p.parquet", rows_per_part=1)
     assert t["id"].to_pylist() == ["p:0", "p:1", "p:2"]
     assert t["read_error"].to_pylist() == [None, "missing_caption", "missing_image"]
@@ -72,8 +92,10 @@ def test_parquet_bytes_column_and_ids(tmp_path):
 
 def test_parquet_hf_image_struct_and_id_column(tmp_path):
     img = jpeg()
-    pq.write_table(pa.table({"key": ["k1"], "text": ["hi there"], "img": [{"bytes": img, "path": "x.jpg"}]}),
-                   tmp_path / "p.parquet")
+    pq.write_table(
+        pa.table({"key": ["k1"], "text": ["hi there"], "img": [{"bytes": img, "path": "x.jpg"}]}),
+        tmp_path / "p.parquet",
+    )
     t = _read_all(tmp_path, caption_column="text", image_column="img", id_column="key")
     assert t["id"].to_pylist() == ["k1"] and t["image"][0].as_py() == img
 
@@ -104,8 +126,16 @@ def test_jsonl_paths_stay_inside_root(tmp_path):
     (root / "m.jsonl").write_text(text)
     t = _read_all(root / "m.jsonl", max_caption_bytes=1000)
     assert t["read_error"].to_pylist() == [
-        None, "unsafe_path", "unsafe_path", "unsafe_path", "missing_image", "missing_image",
-        "missing_caption", "bad_json", "bad_json", "line_too_large",
+        None,
+        "unsafe_path",
+        "unsafe_path",
+        "unsafe_path",
+        "missing_image",
+        "missing_image",
+        "missing_caption",
+        "bad_json",
+        "bad_json",
+        "line_too_large",
     ]
     assert t["id"].to_pylist()[:2] == ["m:1", "m:2"]
 
@@ -119,8 +149,9 @@ def test_format_detection_and_errors(tmp_path):
 
 
 def test_parts_are_deterministic_and_split_parquet(tmp_path):
-    pq.write_table(pa.table({"caption": ["c"] * 10, "image": [b"x"] * 10}), tmp_path / "a.parquet",
-                   row_group_size=2)
+    pq.write_table(
+        pa.table({"caption": ["c"] * 10, "image": [b"x"] * 10}), tmp_path / "a.parquet", row_group_size=2
+    )
     parts = discover_parts(InputConfig(path=str(tmp_path), rows_per_part=4))
     assert [p.name for p in parts] == ["00000-0000", "00000-0001", "00000-0002"]
     assert [p.first_row for p in parts] == [0, 4, 8]

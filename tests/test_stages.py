@@ -18,9 +18,11 @@ class EveryOther(Stage):
     name = "every_other"
 
     def decide(self, batch):
-        return Verdict(reasons=[None if i % 2 == 0 else "odd" for i in range(batch.num_rows)],
-                       details=[str(i) for i in range(batch.num_rows)],
-                       columns={"flag": pa.array([True] * batch.num_rows)})
+        return Verdict(
+            reasons=[None if i % 2 == 0 else "odd" for i in range(batch.num_rows)],
+            details=[str(i) for i in range(batch.num_rows)],
+            columns={"flag": pa.array([True] * batch.num_rows)},
+        )
 
 
 def test_base_splits_and_counts_every_row():
@@ -210,13 +212,28 @@ def test_rgb_jpeg_keeps_original_bytes():
     kept, _ = stage(raw_batch([{"image": data, "caption": "x"}]))
     assert kept["image"][0].as_py() == data
     assert (kept["width"][0].as_py(), kept["height"][0].as_py(), kept["image_format"][0].as_py()) == (
-        200, 150, "JPEG")
+        200,
+        150,
+        "JPEG",
+    )
 
 
 @pytest.mark.parametrize(
     "caption",
-    ["view image", "untitled image", "click here 881", "image not found", "no description", "default image",
-     "click to enlarge", "stock photo 74", "Screenshot_20240709.png", "P8565406.JPG", "DSCN4233", "n/a"],
+    [
+        "view image",
+        "untitled image",
+        "click here 881",
+        "image not found",
+        "no description",
+        "default image",
+        "click to enlarge",
+        "stock photo 74",
+        "Screenshot_20240709.png",
+        "P8565406.JPG",
+        "DSCN4233",
+        "n/a",
+    ],
 )
 def test_boilerplate_vocabulary(caption):
     assert CaptionChecks(CaptionConfig()).check(caption)[0] == "boilerplate"
