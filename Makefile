@@ -20,7 +20,8 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/vlmforge sample-data $(DEMO_DIR)/raw --n $(DEMO_N) --seed 0
 	$(BIN)/vlmforge curate configs/curate/default.yaml --input $(DEMO_DIR)/raw --output $(DEMO_DIR)/curated
-	$(BIN)/vlmforge stats $(DEMO_DIR)/curated
+	$(BIN)/vlmforge stats $(DEMO_DIR)/curated --html $(DEMO_DIR)/report.html
+	@echo "report: $(DEMO_DIR)/report.html"
 
 test: setup
 	$(BIN)/ruff check pipeline training tests benchmarks

@@ -48,11 +48,22 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
 def _add_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "stats",
-        help="print the funnel, languages and size distributions of an output",
-        description="Summarise a curated output from its manifest and column reads.",
+        help="print the funnel, languages and size distributions of an output; write an HTML report",
+        description="Summarise a curated output from its manifest and column reads.\nWith --html, write a "
+        "self-contained HTML report (charts, example gallery; it needs no network to view).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  vlmforge stats curated/ --html report.html\n"
+        "  vlmforge stats run_a/ --compare run_b/ --html a_vs_b.html   # side by side, kept-id difference",
     )
     p.add_argument("dir", help="output directory of `vlmforge curate`")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report to PATH")
+    p.add_argument("--compare", metavar="OTHER_DIR", help="a second output to compare with DIR, side by side")
+    p.add_argument("--gallery", type=int, default=24, metavar="N", help="kept pairs shown (default 24)")
+    p.add_argument(
+        "--per-reason", type=int, default=6, metavar="N", help="rejected pairs shown per reason (default 6)"
+    )
     p.set_defaults(handler=_stats)
 
 
@@ -98,13 +109,27 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from pipeline.stats import compute_stats, print_stats
+    from pipeline.stats import compare_kept_ids, compute_stats, print_stats
 
+    if args.html:
+        from pipeline.report import Options, write_report
+
+        dirs = [args.dir] + ([args.compare] if args.compare else [])
+        opts = Options(kept_examples=args.gallery, rejected_per_reason=args.per_reason)
+        info = write_report(dirs, args.html, opts)
+        print(f"wrote {args.html} ({info['bytes'] / 1e6:.1f} MB) in {info['total_s']:.1f} s")
+        return 0
     stats = compute_stats(args.dir)
+    other = compute_stats(args.compare) if args.compare else None
+    diff = compare_kept_ids(args.dir, args.compare) if args.compare else None
     if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print_stats(stats)
+        print(json.dumps({"a": stats, "b": other, "kept_ids": diff} if other else stats, indent=2))
+        return 0
+    print_stats(stats)
+    if other is not None:
+        print_stats(other)
+        print(f"kept ids: {diff['both']} in both, {diff['only_a']} only in {args.dir}, "
+              f"{diff['only_b']} only in {args.compare}")
     return 0
 
 
@@ -139,9 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipeline.config import ConfigError
-    from pipeline.job import AccountingError, JobError
-    from pipeline.readers import InputError
+    from pipeline.errors import AccountingError, ConfigError, InputError, JobError
 
     try:
         return args.handler(args)

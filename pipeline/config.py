@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message naming the offending field."""
+from pipeline.errors import ConfigError
 
 
 class _Section(BaseModel):
@@ -46,6 +45,9 @@ class OutputConfig(_Section):
     row_group_rows: int = Field(1_000, gt=0, description="Parquet row-group size")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     rejected_caption_chars: int = Field(300, ge=0, description="caption prefix kept with each rejected row")
+    gallery_per_reason: int = Field(
+        4, ge=0, description="rejected rows per reason per part stored with a thumbnail (report gallery)"
+    )
 
 
 class RayConfig(_Section):
@@ -134,6 +136,81 @@ class ExactDedupConfig(_Section):
     caption: bool = Field(True, description="drop rows whose normalised caption repeats")
 
 
+class CaptionNearDupConfig(_Section):
+    """Near-duplicate captions: MinHash LSH over word n-grams of the normalised caption."""
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard at which two captions match")
+    ngram: int = Field(2, ge=1, le=16, description="words per shingle")
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations")
+    seed: int = Field(1, ge=0, description="MinHash seed (datasketch's default is 1)")
+    bands: int | None = Field(None, gt=0, description="LSH bands; null = chosen from threshold and weights")
+    rows: int | None = Field(None, gt=0, description="signature values per band; set with bands")
+    verify: bool = Field(
+        True, description="keep a candidate pair only if its estimated Jaccard reaches threshold (false: all)"
+    )
+    weights: tuple[float, float] = Field(
+        (0.05, 0.95),
+        description="(false positive, false negative) weights of datasketch's band choice; candidates are "
+        "verified, so misses cost more than extra candidates",
+    )
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> CaptionNearDupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows ({self.bands} x {self.rows}) exceeds num_perm ({self.num_perm})")
+        return self
+
+    def band_shape(self) -> tuple[int, int]:
+        """(bands, rows): as configured, or as datasketch's MinHashLSH would choose them."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        from pipeline.minhash import optimal_bands
+
+        return optimal_bands(self.threshold, self.num_perm, *self.weights)
+
+
+class ImageNearDupConfig(_Section):
+    """Near-duplicate images: 64-bit perceptual hashes within a Hamming distance, via bit-sampling LSH."""
+
+    enabled: bool = True
+    max_distance: int = Field(8, ge=0, le=32, description="pHashes at most this many bits apart match")
+    bands: int = Field(16, gt=0, le=64, description="LSH bands of sampled hash bits")
+    band_bits: int = Field(16, ge=4, le=64, description="bits sampled per band")
+    seed: int = Field(0, ge=0, description="seed of the sampled bit positions")
+
+
+class NearDedupConfig(_Section):
+    """Near duplicates across the whole dataset, after exact dedup, resolved globally in phase 2."""
+
+    caption: CaptionNearDupConfig = Field(default_factory=CaptionNearDupConfig)
+    image: ImageNearDupConfig = Field(default_factory=ImageNearDupConfig)
+    survivor_rule: list[str] = Field(
+        default_factory=lambda: ["-alignment_score", "-caption_words", "id"],
+        description="columns ranking a cluster's rows, best first ('-' = descending); a column that is "
+        "absent or null is skipped",
+    )
+    bucket_window: int = Field(
+        64, ge=1, description="in an LSH bucket each row is compared with the next this many rows"
+    )
+    local_max_edges: int = Field(
+        2_000_000, ge=0, description="connected components in one process up to this many edges"
+    )
+
+    @model_validator(mode="after")
+    def _check_rule(self) -> NearDedupConfig:
+        for key in self.survivor_rule:
+            if not re.fullmatch(r"-?[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"survivor_rule entry {key!r} is not a column name with an optional '-'")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.caption.enabled or self.image.enabled
+
+
 class CurateConfig(_Section):
     """The whole curation recipe."""
 
@@ -144,6 +221,7 @@ class CurateConfig(_Section):
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
 
     @model_validator(mode="after")
     def _check_sides(self) -> CurateConfig:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pipeline
 from pipeline.config import CurateConfig
+from pipeline.errors import AccountingError, JobError
 from pipeline.exact_dedup import resolve_exact_duplicates
 from pipeline.finalize import FinalizeWorker
+from pipeline.near_dedup import resolve_near_duplicates
 from pipeline.phase1 import Phase1Worker, part_paths
 from pipeline.ray_runner import cluster_cpus, map_units, start_ray
 from pipeline.readers import discover_parts, fingerprint
@@ -19,14 +21,6 @@ from pipeline.stages.base import StageStats
 from pipeline.writer import read_json, write_json
 
 MANIFEST = "manifest.json"
-
-
-class JobError(RuntimeError):
-    """The job cannot run as asked (e.g. the output holds a different run)."""
-
-
-class AccountingError(RuntimeError):
-    """Rows were lost or invented: input != kept + rejected. Always a bug."""
 
 
 def merge_stage_stats(per_part: list[dict]) -> list[StageStats]:
@@ -60,6 +54,28 @@ def check_accounting(stages: list[StageStats], output_rows: int, rejected_rows: 
     if total_in != output_rows + rejected_rows:
         raise AccountingError(f"{total_in} input rows != {output_rows} written + {rejected_rows} rejected")
     return {"input_rows": total_in, "output_rows": output_rows, "rejected_rows": rejected_rows}
+
+
+def near_dedup_stage(cfg: CurateConfig, work: Path, parts: list, rows_in: int, log: Callable) -> StageStats:
+    """Run (or reuse) the near-duplicate resolution of phase 2; its stats as a stage."""
+    done = read_json(work / "near_dedup" / "_done.json")
+    if done is None:
+        log("phase 2: near duplicates across the dataset")
+        t0 = time.perf_counter()
+        workers = cfg.ray.workers or cluster_cpus()
+        bands = cfg.near_dedup.caption.band_shape()[0] if cfg.near_dedup.caption.enabled else 0
+        band_rows = rows_in * (bands + (cfg.near_dedup.image.bands if cfg.near_dedup.image.enabled else 0))
+        partitions = max(2 * workers, -(-band_rows // 4_000_000))
+        files = [(p.name, str(part_paths(work, p.name)[0])) for p in parts]
+        nd = cfg.near_dedup
+        done = resolve_near_duplicates(files, work / "phase2", work / "near_dedup", nd, partitions)
+        done["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json(work / "near_dedup" / "_done.json", done)
+    stage = StageStats("near_dedup", rows_in=rows_in, seconds=done["seconds"])
+    stage.reasons.update(done["reasons"])
+    stage.counters.update(done["counters"])
+    stage.rows_out = rows_in - stage.rejected
+    return stage
 
 
 def _check_output_dir(out: Path, recipe_hash: str, input_fp: str, overwrite: bool) -> None:
@@ -133,6 +149,7 @@ def run_curation(
         done2 = read_json(work / "phase2" / "_done.json")
         reused2 = done2 is not None
         if done2 is None:
+            shutil.rmtree(work / "near_dedup", ignore_errors=True)  # near dedup runs on exact survivors
             log("phase 2: exact duplicates across the dataset")
             kept_files = [str(part_paths(work, p.name)[0]) for p in parts]
             partitions = max(2 * cluster_cpus(), stages[-1].rows_out // 500_000)
@@ -144,6 +161,8 @@ def run_curation(
         dedup.reasons.update(done2["reasons"])
         dedup.rows_out = dedup_in - dedup.rejected
         stages.append(dedup)
+        if cfg.near_dedup.enabled:
+            stages.append(near_dedup_stage(cfg, work, parts, dedup.rows_out, log))
         phases["phase2"] = {"seconds": round(time.perf_counter() - t0, 3), "reused": reused2}
 
         t0 = time.perf_counter()

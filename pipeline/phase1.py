@@ -1,4 +1,5 @@
-"""Phase 1: a streaming map over input parts: text checks, language ID, dedup keys, image decode.
+"""Phase 1: a streaming map over input parts: text checks, language ID, dedup keys, image decode (with the
+perceptual hash), MinHash signatures.
 
 Text checks run before any image is decoded; each surviving image is decoded once. Each part's kept rows,
 rejected rows and stats are written atomically; the stats file is written last and marks the part done,
@@ -22,6 +23,7 @@ from pipeline.stages.dedup_keys import DedupKeys
 from pipeline.stages.image_decode import ImageDecode
 from pipeline.stages.language_id import LanguageId
 from pipeline.stages.read_check import ReadCheck
+from pipeline.stages.signatures import MinHashSignatures
 from pipeline.writer import AtomicParquetWriter, read_json, write_json
 
 
@@ -30,9 +32,12 @@ def build_stages(cfg: CurateConfig) -> list[Stage]:
     stages: list[Stage] = [ReadCheck(), CaptionChecks(cfg.caption)]
     if cfg.language.enabled:
         stages.append(LanguageId(cfg.language))
-    stages += [DedupKeys(), ImageDecode(cfg.image)]
+    stages += [DedupKeys(), ImageDecode(cfg.image, phash=cfg.near_dedup.image.enabled)]
+    if cfg.near_dedup.caption.enabled:
+        stages.append(MinHashSignatures(cfg.near_dedup.caption))
     for s in stages:
         s.rejected_caption_chars = cfg.output.rejected_caption_chars
+        s.gallery_per_reason = cfg.output.gallery_per_reason
     return stages
 
 

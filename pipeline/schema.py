@@ -42,8 +42,18 @@ OUTPUT_SCHEMA = pa.schema(
     ]
 )
 
-# Columns phase 1 adds for phase 2 and drops before the final write.
-WORK_COLUMNS = pa.schema([("caption_key", pa.string()), ("part", pa.string())])
+# Columns phase 1 adds for phase 2 and drops before the final write. Near-dup keys: the caption's MinHash
+# signature (num_perm little-endian uint32, fetched in phase 2 only for candidate pairs), its LSH band keys
+# (what phase 2 shuffles) and the image's 64-bit perceptual hash.
+WORK_COLUMNS = pa.schema(
+    [
+        ("caption_key", pa.string()),
+        ("part", pa.string()),
+        ("minhash", pa.binary()),
+        ("minhash_bands", pa.list_(pa.uint64())),
+        ("phash", pa.uint64()),
+    ]
+)
 
 PHASE1_SCHEMA = pa.schema(list(OUTPUT_SCHEMA) + list(WORK_COLUMNS))
 
@@ -55,6 +65,9 @@ REJECTED_SCHEMA = pa.schema(
         ("detail", pa.string()),
         ("source", pa.string()),
         ("caption", pa.string()),
+        # A ~96 px JPEG for the report's gallery: only a bounded sample per reason (output.gallery_per_reason)
+        # gets one; null for the rest and for images that do not decode.
+        ("thumbnail", pa.binary()),
     ]
 )
 

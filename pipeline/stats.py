@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from pipeline.schema import REJECTED_SCHEMA
 from pipeline.writer import read_json
 
 SUMMARY_COLUMNS = ["lang", "caption_words", "width", "height"]
+
+# A per-row measure of the kept rows: the columns it reads and how a batch of them becomes one array.
+Measure = tuple[tuple[str, ...], Callable[[pa.RecordBatch], pa.Array]]
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -28,12 +34,65 @@ def _summary(values: np.ndarray) -> dict:
     }
 
 
-def compute_stats(out_dir: str | Path) -> dict:
-    """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
+def load_manifest(out_dir: str | Path) -> dict:
+    """The manifest of a finished `vlmforge curate` output; FileNotFoundError when there is none."""
     out = Path(out_dir)
     manifest = read_json(out / "manifest.json")
     if manifest is None:
         raise FileNotFoundError(f"{out} has no manifest.json: is it a finished `vlmforge curate` output?")
+    return manifest
+
+
+def data_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
+    """The kept rows' shards listed in the manifest, or None when there are none."""
+    files = [str(Path(out_dir) / f) for f in manifest["files"]["data"]]
+    return pads.dataset(files, format="parquet") if files else None
+
+
+def rejected_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
+    """The rejected rows, read as REJECTED_SCHEMA (columns older runs lack read as nulls)."""
+    files = [str(Path(out_dir) / f) for f in manifest["files"].get("rejected", [])]
+    return pads.dataset(files, format="parquet", schema=REJECTED_SCHEMA) if files else None
+
+
+def scan_measures(
+    out_dir: str | Path, manifest: dict, measures: dict[str, Measure], batch_rows: int = 65_536
+) -> dict[str, pa.ChunkedArray]:
+    """Evaluate `measures` over the kept rows batch by batch, reading only the columns they need.
+
+    A measure whose columns the shards do not have is left out of the result.
+    """
+    ds = data_dataset(out_dir, manifest)
+    names = set(ds.schema.names) if ds is not None else set()
+    usable = {k: m for k, m in measures.items() if set(m[0]) <= names}
+    chunks: dict[str, list[pa.Array]] = {k: [] for k in usable}
+    columns = sorted({c for cols, _ in usable.values() for c in cols})
+    if ds is not None and columns:
+        for batch in ds.to_batches(columns=columns, batch_size=batch_rows):
+            for k, (_, fn) in usable.items():
+                chunks[k].append(fn(batch))
+    return {
+        k: pa.chunked_array(v) if v else pa.chunked_array([], pa.float64()) for k, v in chunks.items()
+    }
+
+
+def kept_ids(out_dir: str | Path, manifest: dict) -> pa.Array:
+    """The ids of the kept rows (one column read)."""
+    ds = data_dataset(out_dir, manifest)
+    return ds.to_table(columns=["id"])["id"].combine_chunks() if ds is not None else pa.array([], pa.string())
+
+
+def compare_kept_ids(dir_a: str | Path, dir_b: str | Path) -> dict:
+    """How many kept ids two outputs share, and how many only one of them kept."""
+    a, b = (kept_ids(d, load_manifest(d)) for d in (dir_a, dir_b))
+    both = int(pc.sum(pc.is_in(a, value_set=b)).as_py() or 0)
+    return {"both": both, "only_a": len(a) - both, "only_b": len(b) - both}
+
+
+def compute_stats(out_dir: str | Path) -> dict:
+    """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
+    out = Path(out_dir)
+    manifest = load_manifest(out)
     files = [str(out / f) for f in manifest["files"]["data"]]
     table = pads.dataset(files, format="parquet").to_table(columns=SUMMARY_COLUMNS) if files else None
     langs: dict[str, int] = {}

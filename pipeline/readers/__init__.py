@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
+from pipeline.errors import InputError
 from pipeline.readers.common import InputPart
 from pipeline.readers.jsonl import read_jsonl
 from pipeline.readers.parquet import parquet_columns, read_parquet
@@ -19,10 +20,6 @@ from pipeline.readers.webdataset import read_webdataset
 
 SUFFIXES = {"webdataset": (".tar",), "parquet": (".parquet",), "jsonl": (".jsonl", ".json")}
 READERS = {"webdataset": read_webdataset, "parquet": read_parquet, "jsonl": read_jsonl}
-
-
-class InputError(ValueError):
-    """The input path or format cannot be used."""
 
 
 def _files(path: str) -> list[Path]:

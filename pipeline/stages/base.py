@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.schema import REJECTED_SCHEMA
+from pipeline.thumbnails import gallery_thumbnails
 
 
 @dataclass
@@ -36,6 +37,8 @@ class StageStats:
     reasons: Counter = field(default_factory=Counter)
     counters: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    # Rejected rows sampled for a gallery thumbnail, per reason, in this part (not written to the manifest).
+    gallery: Counter = field(default_factory=Counter, repr=False, compare=False)
 
     @property
     def rejected(self) -> int:
@@ -72,9 +75,17 @@ class StageStats:
 
 
 def rejected_rows(
-    batch: pa.Table, stage: str, reasons: list[str], details: list[str | None], caption_chars: int
+    batch: pa.Table,
+    stage: str,
+    reasons: list[str],
+    details: list[str | None],
+    caption_chars: int,
+    thumbnails: pa.Array | None = None,
 ) -> pa.Table:
-    """Build the `rejected/` rows for `batch` (which holds only the rejected rows)."""
+    """Build the `rejected/` rows for `batch` (which holds only the rejected rows).
+
+    `thumbnails` (see `pipeline.thumbnails.gallery_thumbnails`) is null for every row when not given.
+    """
     n = batch.num_rows
     caption = batch.column("caption") if "caption" in batch.column_names else pa.nulls(n, pa.string())
     if caption_chars >= 0:
@@ -87,6 +98,7 @@ def rejected_rows(
             pa.array(details, pa.string()),
             batch.column("source") if "source" in batch.column_names else pa.nulls(n, pa.string()),
             caption,
+            thumbnails if thumbnails is not None else pa.nulls(n, pa.binary()),
         ],
         schema=REJECTED_SCHEMA,
     )
@@ -97,6 +109,7 @@ class Stage(ABC):
 
     name: ClassVar[str]
     rejected_caption_chars: int = 300
+    gallery_per_reason: int = 4  # rejected rows per reason per part (per `stats` object) given a thumbnail
 
     def __init__(self) -> None:
         self.stats = StageStats(self.name)
@@ -122,7 +135,10 @@ class Stage(ABC):
         reasons = [r for r in verdict.reasons if r is not None]
         details = verdict.details or [None] * batch.num_rows
         dropped_details = [d for r, d in zip(verdict.reasons, details, strict=True) if r is not None]
-        rejected = rejected_rows(dropped, self.name, reasons, dropped_details, self.rejected_caption_chars)
+        thumbnails = gallery_thumbnails(dropped, reasons, self.stats.gallery, self.gallery_per_reason)
+        rejected = rejected_rows(
+            dropped, self.name, reasons, dropped_details, self.rejected_caption_chars, thumbnails
+        )
         self.stats.rows_in += batch.num_rows
         self.stats.rows_out += kept.num_rows
         self.stats.reasons.update(reasons)

@@ -3,7 +3,8 @@
 Size, pixel-count and aspect checks use the declared header size, before any pixel is decoded, so a
 decompression bomb costs nothing. JPEGs already in RGB are decoded in draft mode (DCT scaling) only to
 prove the bytes are whole, and keep their original bytes. Other modes (CMYK, palette, alpha, 16-bit,
-greyscale) and animations are decoded in full, normalised to RGB and re-encoded as JPEG.
+greyscale) and animations are decoded in full, normalised to RGB and re-encoded as JPEG. When asked, the
+64-bit perceptual hash for near-duplicate images is taken from the image as decoded here (no second decode).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from pipeline.config import ImageConfig
+from pipeline.phash import phashes, thumbnail
 from pipeline.stages.base import Stage, Verdict
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -33,6 +35,7 @@ class ImageInfo:
     width: int | None = None
     height: int | None = None
     data: bytes | None = None  # set only when the image was normalised and re-encoded
+    thumb: np.ndarray | None = None  # 32x32 greyscale thumbnail for the pHash, when asked for
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -62,9 +65,10 @@ class ImageDecode(Stage):
 
     name = "image"
 
-    def __init__(self, cfg: ImageConfig) -> None:
+    def __init__(self, cfg: ImageConfig, phash: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.phash = phash
         self.formats = {f.upper() for f in cfg.formats}
         Image.MAX_IMAGE_PIXELS = cfg.max_pixels
 
@@ -110,12 +114,17 @@ class ImageDecode(Stage):
                 self.stats.counters["decoded"] += 1
                 img.load()
                 if not normalise:
-                    return ImageInfo(image_format=img.format, width=img.size[0], height=img.size[1])
+                    thumb = thumbnail(img) if self.phash else None
+                    w, h = img.size
+                    return ImageInfo(image_format=img.format, width=w, height=h, thumb=thumb)
                 rgb = _to_rgb(img)
                 out = io.BytesIO()
                 rgb.save(out, format="JPEG", quality=self.cfg.reencode_quality)
                 self.stats.counters["normalised"] += 1
-                return ImageInfo(image_format="JPEG", width=rgb.width, height=rgb.height, data=out.getvalue())
+                thumb = thumbnail(rgb) if self.phash else None
+                return ImageInfo(
+                    image_format="JPEG", width=rgb.width, height=rgb.height, data=out.getvalue(), thumb=thumb
+                )
             except Image.DecompressionBombError as e:
                 return ImageInfo("decompression_bomb", str(e)[:120])
             except Exception as e:
@@ -129,6 +138,14 @@ class ImageDecode(Stage):
             "width": pa.array([i.width for i in infos], pa.int32()),
             "height": pa.array([i.height for i in infos], pa.int32()),
         }
+        if self.phash:
+            hashed = [k for k, i in enumerate(infos) if i.reason is None and i.thumb is not None]
+            values = np.zeros(len(infos), np.uint64)
+            if hashed:
+                values[hashed] = phashes(np.stack([infos[k].thumb for k in hashed]))
+            valid = np.zeros(len(infos), bool)
+            valid[hashed] = True
+            columns["phash"] = pa.array(values, pa.uint64(), mask=~valid)
         if any(i.data is not None for i in infos):
             columns["image"] = pa.array(
                 [i.data if i.data is not None else b for i, b in zip(infos, images, strict=True)], pa.binary()
