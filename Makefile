@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_N ?= 2000
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-train test lint bench clean
 
 $(STAMP): pyproject.toml
 	bash scripts/system_deps.sh
@@ -22,6 +22,17 @@ demo: setup
 	$(BIN)/vlmforge curate configs/curate/default.yaml --input $(DEMO_DIR)/raw --output $(DEMO_DIR)/curated
 	$(BIN)/vlmforge stats $(DEMO_DIR)/curated --html $(DEMO_DIR)/report.html
 	@echo "report: $(DEMO_DIR)/report.html"
+
+# The whole training recipe on the demo output, on the CPU (about 15 minutes; run `make demo` first).
+# Stage 2 picks its subset by lang_score until curation fills alignment_score.
+demo-train: setup
+	$(BIN)/vlmforge train-tokenizer $(DEMO_DIR)/curated --output $(DEMO_DIR)/tokenizer.json
+	$(BIN)/vlmforge train configs/train/text_lm.yaml
+	$(BIN)/vlmforge train configs/train/clip.yaml
+	$(BIN)/vlmforge train configs/train/stage1.yaml
+	$(BIN)/vlmforge train configs/train/stage2.yaml --set data.subset.column=lang_score
+	$(BIN)/vlmforge eval configs/train/stage2.yaml --weights $(DEMO_DIR)/runs/stage2/model.safetensors \
+		--set data.subset.column=lang_score
 
 test: setup
 	$(BIN)/ruff check pipeline training tests benchmarks

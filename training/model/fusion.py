@@ -158,6 +158,9 @@ class FusionModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        # dtype/device of placeholder media. A buffer, not a weight: reading a ZeRO-3 partitioned weight
+        # on one rank only starts an all-gather the other ranks never join.
+        self.register_buffer("media_probe", torch.zeros(()), persistent=False)
         self.config = cfg = copy.deepcopy(cfg)
         self.encoder = VisionEncoder(cfg.vision)
         self.projection = VisionProjection(cfg.vision, cfg.projection, cfg.decoder.dim)
@@ -225,9 +228,9 @@ class FusionModel(nn.Module):
 
     def placeholder_images(self, batch: int, num: int = 1) -> Tensor:
         v = self.encoder.cfg
-        w = self.encoder.patch_embedding.weight
+        p = self.media_probe
         return torch.zeros(
-            batch, num, v.num_channels, v.image_size, v.image_size, dtype=w.dtype, device=w.device
+            batch, num, v.num_channels, v.image_size, v.image_size, dtype=p.dtype, device=p.device
         )
 
     def encode_media(

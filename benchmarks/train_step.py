@@ -1,0 +1,151 @@
+"""Step time of the training loop under DeepSpeed ZeRO-2 vs a plain PyTorch loop, same model and data.
+
+Both loops train the same fused model (frozen decoder; encoder, projection head and adapters train) from
+the same initial weights with AdamW, gradient clipping and the warmup + cosine schedule, on the same
+pre-built batches (fixed random captions and images, so data loading is not part of the timing). Single
+steps alternate between the two loops so that load from other processes hits both alike; the figures are
+median step times. On a GPU it also reports tokens/s and MFU of the DeepSpeed loop (bf16).
+
+    python benchmarks/train_step.py                      # tiny preset, CPU
+    python benchmarks/train_step.py --preset tiny --batch 64 --seq 48 --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training import vlm  # noqa: E402
+from training.config import load_train_config  # noqa: E402
+from training.flops import component_sizes, peak_flops, step_flops  # noqa: E402
+from training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision  # noqa: E402
+from training.train import init_distributed, model_config  # noqa: E402
+
+
+def make_batches(cfg_model, n: int, batch: int, seq: int, device: torch.device) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    vocab, size = cfg_model.decoder.vocab_size, cfg_model.vision.image_size
+    out = []
+    for _ in range(n):
+        ids = torch.randint(2, vocab, (batch, seq), generator=g)
+        ids[:, 0], ids[:, 1] = 0, cfg_model.image_token_id
+        labels = ids.clone()
+        labels[:, :2] = -100
+        images = torch.randn(batch, 3, size, size, generator=g)
+        out.append({"input_ids": ids.to(device), "labels": labels.to(device), "images": images.to(device)})
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=48)
+    p.add_argument("--steps", type=int, default=60, help="timed steps per loop (alternating)")
+    p.add_argument("--deepspeed", default="configs/deepspeed/zero2.json")
+    args = p.parse_args()
+
+    cfg = load_train_config(
+        "configs/train/stage1.yaml",
+        [
+            f"model.preset={args.preset}",
+            f"model.image_size={args.image_size}",
+            "model.init_from=[]",
+            f"train.micro_batch_size={args.batch}",
+            f"train.deepspeed={args.deepspeed}",
+            f"train.steps={args.steps + 3}",
+            "optim.warmup_steps=5",
+        ],
+    )
+    _, _, device = init_distributed()
+    import deepspeed
+
+    precision = resolve_precision(cfg)
+    mc = model_config(cfg)
+    torch.manual_seed(0)
+    plain = vlm.build_model(cfg, mc).to(device)
+    ds_model = copy.deepcopy(plain)
+    batches = make_batches(mc, 8, args.batch, args.seq, device)
+
+    opt = build_optimizer(plain, cfg)
+    sched = build_scheduler(opt, cfg)
+    trainable = [q for q in plain.parameters() if q.requires_grad]
+
+    def plain_step(batch: dict) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = vlm.loss(plain, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+
+    ds_opt = build_optimizer(ds_model, cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=ds_model,
+        optimizer=ds_opt,
+        lr_scheduler=build_scheduler(ds_opt, cfg),
+        config=deepspeed_config(cfg, precision),
+    )
+
+    def ds_step(batch: dict) -> None:
+        loss = vlm.loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+
+    def timed(step, batch: dict) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for batch in batches[:3]:  # warm-up
+        timed(plain_step, batch), timed(ds_step, batch)
+    times: dict[str, list[float]] = {"plain": [], "deepspeed": []}
+    for i in range(args.steps):  # alternate single steps, so both loops see the same machine load
+        batch = batches[i % len(batches)]
+        times["plain"].append(timed(plain_step, batch))
+        times["deepspeed"].append(timed(ds_step, batch))
+    plain_s, ds_s = statistics.median(times["plain"]), statistics.median(times["deepspeed"])
+    tokens = args.batch * args.seq
+    result = {
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} thread(s)",
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "seq": args.seq,
+        "zero_stage": engine.zero_optimization_stage(),
+        "precision": precision,
+        "plain_step_s": round(plain_s, 5),
+        "deepspeed_step_s": round(ds_s, 5),
+        "overhead": round(ds_s / plain_s - 1, 4),
+        "tokens_per_s_deepspeed": round(tokens / ds_s, 1),
+    }
+    peak = peak_flops(precision)
+    if peak is not None:
+        image_tokens = args.batch * ((mc.vision.image_size // mc.vision.patch_size) ** 2 + 1)
+        flops = step_flops(
+            component_sizes(engine.module), vlm.TOKENS, {"text": tokens, "image": image_tokens}
+        )
+        result["mfu_deepspeed"] = round(flops / ds_s / peak, 4)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Multi-process DeepSpeed on the CPU (gloo): ZeRO 1/2/3 agreement, text-only ranks, equal steps, resume.
+
+Every run trains the tiny fused model for STEPS steps on two shards of 48 rows, one with images and one
+without, so in every step one rank's batch carries no image (the ZeRO-3 hang of DeepSpeed issue 7170).
+The 1-process reference reads the same two slices with two dataloader workers and accumulates their two
+micro-batches, so its steps see exactly the samples of the 2-process runs: the losses must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_train_support import PYTHON, ROOT, clean_env, free_port, mixed_data, recipe_data
+
+from training.metrics import read_metrics
+
+STEPS = 12
+SAVE_EVERY = 4
+TIMEOUT = 150
+# 2-process losses vs the 1-process reference: same samples, different reduction order (fp32).
+ZERO_TOLERANCE = 1e-5
+
+
+def overrides(out: Path, **extra: object) -> list[str]:
+    _, tokenizer = recipe_data()
+    values = {
+        "task": "vlm",
+        "tokenizer": tokenizer,
+        "data.path": mixed_data(),
+        "data.heldout_fraction": 0,
+        "data.shuffle_buffer": 16,
+        "data.num_workers": 1,
+        "data.max_tokens": 40,
+        "model.init_from": "[]",
+        "train.output": out,
+        "train.steps": STEPS,
+        "train.micro_batch_size": 8,
+        "train.grad_accum": 1,
+        "train.save_every": SAVE_EVERY,
+        "train.progress": "false",
+        "optim.warmup_steps": 2,
+        "optim.lr": 3e-3,
+        **extra,
+    }
+    return [f"--set={k}={v}" for k, v in values.items()]
+
+
+def torchrun(nproc: int, out: Path, **extra: object) -> subprocess.CompletedProcess:
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "training.train",
+        "configs/train/stage1.yaml",
+        *overrides(out, **extra),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl", "train")}
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """1 process, ZeRO-2, two dataloader workers, two micro-batches per step."""
+    out = tmp_path_factory.mktemp("ref")
+    torchrun(
+        1,
+        out,
+        **{"data.num_workers": 2, "train.grad_accum": 2, "train.deepspeed": "configs/deepspeed/zero2.json"},
+    )
+    return out
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_processes_track_one_process(stage, reference, tmp_path):
+    extra = {"train.deepspeed": f"configs/deepspeed/zero{stage}.json"}
+    if stage == 3:
+        extra["train.activation_checkpointing"] = "true"  # recomputation under ZeRO-3's gather hooks
+    torchrun(2, tmp_path, **extra)
+    ref, got = losses(reference), losses(tmp_path)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert max(abs(got[s] - ref[s]) for s in ref) <= ZERO_TOLERANCE, (got, ref)
+    assert ref[STEPS] < ref[1]  # and it trains
+    s = summary(tmp_path)
+    assert s["zero_stage"] == stage and s["world_size"] == 2
+    assert s["micro_batches_per_rank"] == [STEPS, STEPS]  # equal steps on every rank
+    assert s["frozen_unchanged"]  # the frozen decoder's partitions are bit-identical after training
+    # One rank's batch had images and the other's none, at every step, and nothing hung.
+    assert {r["images"] for r in read_metrics(tmp_path / "metrics.jsonl", "train")} == {8}
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
+    """`vlmforge train` (DeepSpeed launcher), SIGKILL after a checkpoint, `--resume`: same losses and data."""
+    cli = [PYTHON, "-m", "pipeline.cli", "train", "configs/train/stage1.yaml", "--nproc", "1"]
+    args = overrides(
+        tmp_path,
+        **{"data.num_workers": 2, "train.grad_accum": 2, "train.deepspeed": "configs/deepspeed/zero2.json"},
+    )
+    flat = [x for a in args for x in ("--set", a.removeprefix("--set="))]
+    env = clean_env()
+    log = tmp_path / "killed.log"
+    with log.open("w") as stderr:  # a file, not a pipe: a full pipe would stall the run
+        killed = subprocess.Popen(
+            cli + flat, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not (tmp_path / "checkpoints" / "latest").exists():
+            assert killed.poll() is None, "ended before its first checkpoint: " + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.01)
+        os.killpg(killed.pid, signal.SIGKILL)
+    finally:
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+    assert not (tmp_path / "summary.json").exists(), "the run finished before it was killed"
+    resumed_from = int((tmp_path / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    assert resumed_from < STEPS
+
+    proc = subprocess.run(
+        cli + flat + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ref = {r["step"]: r for r in read_metrics(reference / "metrics.jsonl", "train")}
+    got = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl", "train")}
+    assert sorted(got) == list(range(1, STEPS + 1))  # the killed run's steps past its checkpoint were dropped
+    for step in range(resumed_from + 1, STEPS + 1):
+        assert got[step]["loss"] == ref[step]["loss"], step  # exact: CPU, fp32, same order
+        assert got[step]["data"] == ref[step]["data"], step  # the same samples in the same order
+    assert summary(tmp_path)["micro_batches_per_rank"] == [2 * (STEPS - resumed_from)]

@@ -1,0 +1,201 @@
+"""Training configuration: YAML validated by pydantic. Every default lives here.
+
+One file describes one run: the task (``text_lm``, ``clip`` or ``vlm``), the model, the data, the optimizer,
+the loop and the evaluation. ``--set key.sub=value`` overrides any key. Relative paths are taken from the
+current directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.config import ConfigError
+
+Task = Literal["text_lm", "clip", "vlm"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainableSection(_Section):
+    """Which components of the fused model train (the rest get requires_grad=False)."""
+
+    encoder: bool = True
+    projection: bool = True
+    decoder: bool = False
+    fusion: bool = True
+    video: bool = True
+
+
+class ModelSection(_Section):
+    """The model: a preset from training/model/config.py, the stage resolution, what to load first."""
+
+    preset: str = Field("tiny", description="model preset: tiny, tiny_video, llama32_11b, llama32_90b")
+    image_size: int | None = Field(
+        None, gt=0, description="stage resolution; position embeddings are interpolated to it (null: preset)"
+    )
+    init_from: list[str] = Field(
+        default_factory=list,
+        description="safetensors files loaded in order before training (e.g. text_lm, clip, stage 1 outputs)",
+    )
+    trainable: TrainableSection = Field(default_factory=TrainableSection)
+    # clip task only: the text tower, a small causal transformer over the same tokenizer
+    text_tower_layers: int = Field(2, gt=0, description="clip: text-tower transformer blocks")
+    embed_dim: int = Field(64, gt=0, description="clip: width of the shared image-text embedding")
+
+
+class SubsetSection(_Section):
+    """A high-quality subset: rows whose `column` is at least its `percentile`-th percentile."""
+
+    column: str = Field("alignment_score", description="numeric score column of the curated shards")
+    percentile: float = Field(50.0, ge=0, lt=100, description="keep rows scoring at or above this percentile")
+
+
+class DataSection(_Section):
+    """The curated Parquet shards and how samples are drawn from them."""
+
+    path: str | None = Field(None, description="curated output directory (holds data/*.parquet)")
+    subset: SubsetSection | None = Field(None, description="train on a score-selected subset (stage 2)")
+    heldout_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of rows (by a hash of their id) kept out of training for eval"
+    )
+    synthetic_caption_prob: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="chance of training on synthetic_caption instead of caption, when present",
+    )
+    shuffle_buffer: int = Field(512, gt=0, description="rows in the seeded shuffle buffer of each reader")
+    num_workers: int = Field(1, ge=0, description="dataloader worker processes per rank (0: in the loop)")
+    max_tokens: int = Field(64, gt=4, description="tokens per sequence, BOS, image token and EOS included")
+    seed: int = 0
+
+
+class OptimSection(_Section):
+    """AdamW on the trainable parameters; linear warmup then cosine decay."""
+
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="global gradient norm clip; 0 turns it off")
+
+
+class TrainSection(_Section):
+    """The loop: steps, batch, DeepSpeed, checkpoints, logging."""
+
+    output: str | None = Field(None, description="run directory: checkpoints, weights, metrics")
+    steps: int = Field(100, gt=0, description="optimizer steps")
+    micro_batch_size: int = Field(16, gt=0, description="samples per rank per forward pass")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    deepspeed: str = Field("configs/deepspeed/zero2.json", description="DeepSpeed JSON (ZeRO stage etc.)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    activation_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = Field(10, gt=0)
+    save_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = Field(2, gt=0, description="most recent DeepSpeed checkpoints kept")
+    peak_tflops: float | None = Field(None, gt=0, description="per-device peak for MFU; null: known GPUs")
+    progress: bool = True
+
+
+class EvalSection(_Section):
+    """Held-out evaluation (caption loss with the matching and with a shuffled image)."""
+
+    every: int = Field(0, ge=0, description="evaluate every N steps (0: only before and after training)")
+    max_rows: int = Field(256, gt=0, description="held-out rows evaluated")
+    micro_batch_size: int = Field(32, gt=1)
+
+
+class TrainConfig(_Section):
+    """One training run."""
+
+    task: Task = "vlm"
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json (Llama 3's, or `vlmforge train-tokenizer`)"
+    )
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.optim.warmup_steps > self.train.steps:
+            raise ValueError("optim.warmup_steps must not exceed train.steps")
+        if self.task == "clip" and self.train.micro_batch_size < 2:
+            raise ValueError("train.micro_batch_size must be at least 2 for clip (in-batch negatives)")
+        return self
+
+    def require(self, *fields: str) -> None:
+        """Raise ConfigError naming each of `fields` (dotted) that is unset."""
+        missing = [f for f in fields if _get(self, f) is None]
+        if missing:
+            raise ConfigError(
+                "missing config value(s): " + ", ".join(missing) + " (set them in the YAML or --set)"
+            )
+
+    def data_hash(self) -> str:
+        """Hash of everything that decides which samples come in which order (checked on resume)."""
+        keys = {"data": True, "train": {"micro_batch_size", "seed"}, "task": True}
+        payload = self.model_dump(mode="json", include=keys)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {field}: {msg}")
+    return "invalid train config:\n" + "\n".join(lines)
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML run config, apply `key.sub=value` overrides, validate; ConfigError names the field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        _apply_override(data, item)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None

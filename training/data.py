@@ -1,0 +1,438 @@
+"""Streaming dataset over curated Parquet shards, split by (rank, worker), shuffled, resumable exactly.
+
+Each epoch the shards are put in a seeded order and their rows laid end to end; that row sequence is cut
+into ``world_size * num_workers`` contiguous slices whose sizes differ by at most one row, one slice per
+reader (rank, dataloader worker): no row is read twice and none is skipped. Every reader yields the same
+number of batches per epoch (``rows // readers // micro_batch``; the short tail of a slice is dropped,
+a different one each epoch), so every rank runs the same number of steps (DESIGN.md, equal steps).
+
+Within its slice a reader streams rows through a seeded shuffle buffer. The buffer works on row positions,
+so the order it emits is a pure function of (seed, epoch, reader) and is computed up front; rows are then
+read a Parquet row group at a time, kept until emitted. That makes the position exact and cheap to restore:
+(epoch, samples emitted) per reader, reported as (epoch, shard, row) of the buffer's read cursor and kept in
+the checkpoint. A resumed run rebuilds the buffer's contents and emits exactly what an uninterrupted run
+would have emitted.
+
+Held-out rows (a hash of ``id``) never enter training; a stage-2 subset keeps the rows whose score column
+is at or above a percentile of that column over the whole curated set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from training.config import SubsetSection
+
+IGNORE_INDEX = -100
+# CLIP's normalisation, which Mllama's image processor uses too.
+IMAGE_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+IMAGE_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+ROW_COLUMNS = ["id", "image", "caption", "original_caption", "synthetic_caption"]
+
+
+# --------------------------------------------------------------------------------------------- the index
+
+
+@dataclass
+class ShardIndex:
+    """Which rows of which shards a split uses, and where each shard's row groups start."""
+
+    root: Path
+    files: list[str]
+    rows: list[np.ndarray]  # selected row numbers of each shard, ascending
+    group_starts: list[np.ndarray]  # first row of each row group, per shard
+    note: str = ""
+
+    @property
+    def total(self) -> int:
+        return int(sum(len(r) for r in self.rows))
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the shards or the selected rows change (a resume then refuses)."""
+        h = hashlib.sha256()
+        for name, rows in zip(self.files, self.rows, strict=True):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+
+def is_heldout(row_id: str, fraction: float) -> bool:
+    """A stable split by id: the same rows are held out in every stage and on every machine."""
+    digest = hashlib.blake2b(row_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def build_index(
+    curated_dir: str | Path, split: str, heldout_fraction: float, subset: SubsetSection | None = None
+) -> ShardIndex:
+    """Index the shards of a curated output for the "train" or "heldout" split (subset: train only)."""
+    data_dir = Path(curated_dir) / "data"
+    files = sorted(p.name for p in data_dir.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"data.path: no Parquet shards in {data_dir}")
+    ids, scores, group_starts = [], [], []
+    for name in files:
+        parquet = pq.ParquetFile(data_dir / name)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+        group_starts.append(np.cumsum([0, *sizes[:-1]]).astype(np.int64))
+        columns = ["id"] + ([subset.column] if subset and split == "train" else [])
+        missing = set(columns) - set(parquet.schema_arrow.names)
+        if missing:
+            raise ValueError(f"data.subset.column: {data_dir / name} has no column {sorted(missing)[0]!r}")
+        table = parquet.read(columns=columns)
+        ids.append(table.column("id").to_pylist())
+        if len(columns) > 1:
+            scores.append(table.column(subset.column).to_numpy(zero_copy_only=False).astype(np.float64))
+    want_heldout = split == "heldout"
+    rows = [
+        np.array(
+            [i for i, x in enumerate(s) if is_heldout(x, heldout_fraction) == want_heldout], dtype=np.int64
+        )
+        for s in ids
+    ]
+    note = f"{split}: {sum(map(len, rows))} of {sum(map(len, ids))} rows"
+    if scores:
+        every = np.concatenate(scores)
+        known = every[~np.isnan(every)]
+        if known.size == 0:
+            raise ValueError(f"data.subset.column: {subset.column!r} has no values in {data_dir}")
+        threshold = float(np.percentile(known, subset.percentile))
+        rows = [r[s[r] >= threshold] for r, s in zip(rows, scores, strict=True)]
+        note += (
+            f", {sum(map(len, rows))} with {subset.column} >= {threshold:.4g} "
+            f"(percentile {subset.percentile:g})"
+        )
+    return ShardIndex(data_dir, files, rows, group_starts, note)
+
+
+# ------------------------------------------------------------------------------------------ the split
+
+
+def slice_bounds(total: int, slot: int, num_slots: int) -> tuple[int, int]:
+    """Contiguous slice of `total` rows for reader `slot`; sizes differ by at most one, no gap."""
+    return slot * total // num_slots, (slot + 1) * total // num_slots
+
+
+def slot_rows(
+    index: ShardIndex, seed: int, epoch: int, slot: int, num_slots: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) of every row in this reader's slice for this epoch, in stream order."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(index.files))
+    start, end = slice_bounds(index.total, slot, num_slots)
+    shards, rows, offset = [], [], 0
+    for s in order:
+        r = index.rows[s]
+        lo, hi = max(start - offset, 0), min(end - offset, len(r))
+        if lo < hi:
+            shards.append(np.full(hi - lo, s, dtype=np.int64))
+            rows.append(r[lo:hi])
+        offset += len(r)
+        if offset >= end:
+            break
+    if not shards:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(shards), np.concatenate(rows)
+
+
+def shuffle_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """The order in which a shuffle buffer of `buffer` slots emits a stream of `n` items.
+
+    Fill the buffer; then for each new item emit a random slot's item and put the new one there; at the
+    end, emit what is left in random order. Item i is emitted at most `buffer` places before position i.
+    """
+    out = np.empty(n, dtype=np.int64)
+    slots = list(range(min(buffer, n)))
+    picks = rng.integers(0, buffer, size=max(n - buffer, 0))
+    for k, item in enumerate(range(len(slots), n)):
+        j = picks[k]
+        out[k] = slots[j]
+        slots[j] = item
+    rest = np.array(slots, dtype=np.int64)
+    rng.shuffle(rest)
+    out[max(n - buffer, 0) :] = rest
+    return out
+
+
+# ------------------------------------------------------------------------------------------- samples
+
+
+@dataclass
+class Sample:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    image: Tensor | None  # (3, H, W), normalised
+
+
+@dataclass
+class SampleFormat:
+    """How a row becomes a training sample (task-dependent)."""
+
+    bos_id: int
+    eos_id: int
+    image_token_id: int | None  # None: no image token in the text (text_lm, clip)
+    image_size: int | None  # None: images are not decoded (text_lm)
+    max_tokens: int
+    synthetic_caption_prob: float = 0.0
+    encode: Any = field(default=None, repr=False)  # str -> list[int]
+
+
+def load_image(data: bytes, size: int) -> Tensor:
+    """Decode, convert to RGB and resize to size x size (the whole image, no crop: captions name
+    positions), normalised with CLIP's mean and std."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
+        img = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        pixels = np.asarray(img, dtype=np.float32) / 255.0
+    return (torch.from_numpy(pixels).permute(2, 0, 1) - IMAGE_MEAN) / IMAGE_STD
+
+
+def choose_text(row: dict[str, Any], prob: float, rng: np.random.Generator) -> str:
+    """`caption` (original caption with OCR appended), or `synthetic_caption` with probability `prob`."""
+    synthetic = row.get("synthetic_caption")
+    if synthetic and prob > 0 and rng.random() < prob:
+        return synthetic
+    return row.get("caption") or row.get("original_caption") or ""
+
+
+def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator) -> Sample:
+    text = choose_text(row, fmt.synthetic_caption_prob, rng)
+    has_image = fmt.image_size is not None and row.get("image") is not None
+    prefix = [fmt.bos_id] + ([fmt.image_token_id] if has_image and fmt.image_token_id is not None else [])
+    body = fmt.encode(text)[: fmt.max_tokens - len(prefix) - 1] + [fmt.eos_id]
+    image = load_image(row["image"], fmt.image_size) if has_image else None
+    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image)
+
+
+def collate(samples: list[Sample], pad_id: int, image_size: int | None) -> dict[str, Any]:
+    """Right-padded ids and labels, and images stacked when the task uses them.
+
+    A row without an image gets a zero placeholder image (and no image token, so its mask is all false):
+    every batch, text-only or not, then runs the encoder and every cross-attention layer on the same
+    parameters in the same order, which ZeRO-3 needs on every rank (DESIGN.md, DeepSpeed issue 7170).
+    Passing ``images=None`` instead makes the model read a partitioned weight for the placeholder's dtype,
+    which under ZeRO-3 starts an all-gather on that rank alone, and the ranks' collectives no longer match.
+    """
+    length = max(len(s.input_ids) for s in samples)
+    input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(samples):
+        input_ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
+        labels[i, : len(s.labels)] = torch.tensor(s.labels)
+    images = None
+    if image_size is not None:
+        images = torch.zeros(len(samples), 3, image_size, image_size)
+        for i, s in enumerate(samples):
+            if s.image is not None:
+                images[i] = s.image
+    num_tokens = sum(len(s.input_ids) for s in samples)
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "images": images,
+        "ids": [s.id for s in samples],
+        "num_tokens": num_tokens,
+        "num_images": sum(s.image is not None for s in samples),
+    }
+
+
+# ---------------------------------------------------------------------------------------- reading rows
+
+
+class RowReader:
+    """Rows of one reader's slice, fetched a row group at a time and kept until emitted."""
+
+    def __init__(self, index: ShardIndex, shards: np.ndarray, rows: np.ndarray) -> None:
+        self.index, self.shards, self.rows = index, shards, rows
+        groups = np.array(
+            [
+                np.searchsorted(index.group_starts[s], r, side="right") - 1
+                for s, r in zip(shards, rows, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        keys = shards * (1 << 32) + groups
+        self._keys = keys
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        self._members = {int(k): np.flatnonzero(inverse == i) for i, k in enumerate(uniq)}
+        self._files: dict[int, pq.ParquetFile] = {}
+
+    def _file(self, shard: int) -> pq.ParquetFile:
+        if shard not in self._files:
+            if len(self._files) >= 4:
+                self._files.pop(next(iter(self._files))).close()
+            self._files[shard] = pq.ParquetFile(self.index.root / self.index.files[shard])
+        return self._files[shard]
+
+    def emit(self, order: np.ndarray, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(seq, row) for order[start:], where seq indexes this slice's stream."""
+        position = np.full(len(self.rows), -1, dtype=np.int64)  # -1: not emitted (the dropped tail)
+        position[order] = np.arange(len(order))
+        pending: dict[int, dict[str, Any]] = {}
+        for p in range(start, len(order)):
+            seq = int(order[p])
+            if seq not in pending:
+                key = int(self._keys[seq])
+                shard, group = key >> 32, key & 0xFFFFFFFF
+                members = self._members[key]
+                members = members[position[members] >= p]  # rows emitted before `start` are not kept
+                file = self._file(shard)
+                columns = [c for c in ROW_COLUMNS if c in file.schema_arrow.names]
+                table = file.read_row_group(group, columns=columns)
+                local = self.rows[members] - self.index.group_starts[shard][group]
+                for m, row in zip(members, table.take(local).to_pylist(), strict=True):
+                    pending[int(m)] = row
+            yield seq, pending.pop(seq)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+# ------------------------------------------------------------------------------------------- the stream
+
+
+@dataclass
+class StreamSpec:
+    """Everything that fixes the order of samples; part of the checkpoint."""
+
+    seed: int
+    shuffle_buffer: int
+    micro_batch_size: int
+    world_size: int
+    num_workers: int
+
+    @property
+    def readers_per_rank(self) -> int:
+        return max(self.num_workers, 1)
+
+    @property
+    def num_slots(self) -> int:
+        return self.world_size * self.readers_per_rank
+
+
+class CaptionStream(IterableDataset):
+    """Infinite stream of micro-batches for one rank; epochs follow each other."""
+
+    def __init__(
+        self, index: ShardIndex, fmt: SampleFormat, spec: StreamSpec, rank: int, start_batches: int = 0
+    ) -> None:
+        super().__init__()
+        self.index, self.fmt, self.spec, self.rank = index, fmt, spec, rank
+        self.start_batches = start_batches
+        self.batches_per_epoch = (index.total // spec.num_slots) // spec.micro_batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"data: {index.total} training rows cannot give each of {spec.num_slots} readers "
+                f"(ranks x data.num_workers) one batch of train.micro_batch_size {spec.micro_batch_size}"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Micro-batches a rank gets per epoch (the same on every rank)."""
+        return self.batches_per_epoch * self.spec.readers_per_rank
+
+    def slot(self, worker: int) -> int:
+        return self.rank * self.spec.readers_per_rank + worker
+
+    def worker_batches(self, rank_batches: int, reader: int) -> int:
+        """How many of the first `rank_batches` batches of this rank came from `reader` (round robin)."""
+        return len(range(reader, rank_batches, self.spec.readers_per_rank))
+
+    def epoch_order(self, epoch: int, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shards, rows = slot_rows(self.index, self.spec.seed, epoch, slot, self.spec.num_slots)
+        rng = np.random.default_rng([self.spec.seed, epoch, slot, 1])
+        order = shuffle_order(len(rows), self.spec.shuffle_buffer, rng)
+        return shards, rows, order[: self.batches_per_epoch * self.spec.micro_batch_size]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        # The DataLoader asks its workers in turn starting from worker 0, while rank batch k belongs to
+        # reader k % readers: after a resume at batch `start`, worker w serves reader (w + start) % readers.
+        worker = 0 if info is None else info.id
+        reader = (worker + self.start_batches) % self.spec.readers_per_rank
+        slot = self.slot(reader)
+        done = self.worker_batches(self.start_batches, reader)
+        epoch, batch = divmod(done, self.batches_per_epoch)
+        mb = self.spec.micro_batch_size
+        while True:
+            shards, rows, order = self.epoch_order(epoch, slot)
+            reader = RowReader(self.index, shards, rows)
+            samples: list[Sample] = []
+            for seq, row in reader.emit(order, batch * mb):
+                rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
+                samples.append(make_sample(row, self.fmt, rng))
+                if len(samples) == mb:
+                    yield collate(samples, self.fmt.eos_id, self.fmt.image_size)
+                    samples = []
+            reader.close()
+            epoch, batch = epoch + 1, 0
+
+    def position(self, rank_batches: int) -> dict[str, Any]:
+        """Where this rank's readers stand after `rank_batches` micro-batches: epoch, samples emitted, and
+        the (shard, row) the shuffle buffer reads next."""
+        readers = []
+        for reader in range(self.spec.readers_per_rank):
+            epoch, batch = divmod(self.worker_batches(rank_batches, reader), self.batches_per_epoch)
+            emitted = batch * self.spec.micro_batch_size
+            shards, rows = slot_rows(
+                self.index, self.spec.seed, epoch, self.slot(reader), self.spec.num_slots
+            )
+            cursor = min(emitted + self.spec.shuffle_buffer, len(rows))
+            at_end = cursor == len(rows)
+            readers.append(
+                {
+                    "reader": reader,
+                    "epoch": epoch,
+                    "emitted": emitted,
+                    "shard": None if at_end else self.index.files[int(shards[cursor])],
+                    "row": None if at_end else int(rows[cursor]),
+                }
+            )
+        return {"rank_batches": rank_batches, "readers": readers}
+
+
+def train_loader(
+    index: ShardIndex, fmt: SampleFormat, spec: StreamSpec, rank: int, start_batches: int = 0
+) -> tuple[CaptionStream, DataLoader]:
+    stream = CaptionStream(index, fmt, spec, rank, start_batches)
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=spec.num_workers,
+        prefetch_factor=2 if spec.num_workers else None,
+        persistent_workers=False,
+    )
+    return stream, loader
+
+
+def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:
+    """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
+    shards = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(index.rows)])
+    rows = np.concatenate(index.rows)[:max_rows]
+    shards = shards[:max_rows]
+    if len(rows) == 0:
+        raise ValueError("data.heldout_fraction: no held-out rows to evaluate on (raise the fraction)")
+    reader = RowReader(index, shards, rows)
+    samples = [
+        make_sample(row, fmt, np.random.default_rng(0)) for _, row in reader.emit(np.arange(len(rows)), 0)
+    ]
+    reader.close()
+    return [
+        collate(samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size)
+        for i in range(0, len(samples), micro_batch_size)
+    ]

@@ -1,0 +1,109 @@
+"""Start `training.train` on several processes: the DeepSpeed launcher, or torchrun where it cannot be used.
+
+``deepspeed`` covers one node and, with a hostfile, several (it reaches the other nodes over pdsh/ssh).
+torchrun is used when the ``deepspeed`` launcher script is missing or asked for; it covers one node. On a
+machine without a GPU the processes get ``DS_ACCELERATOR=cpu`` (gloo) and an even share of the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tool(name: str) -> str | None:
+    """The console script next to this interpreter, else on PATH."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else shutil.which(name)
+
+
+def launch_command(
+    config: str,
+    nproc: int,
+    hostfile: str | None = None,
+    resume: bool = False,
+    overrides: list[str] | None = None,
+    launcher: str = "auto",
+    master_port: int | None = None,
+) -> list[str]:
+    """The command line that starts `nproc` training processes per node."""
+    if nproc < 1:
+        raise ValueError("--nproc must be at least 1")
+    args = [config, *(["--resume"] if resume else []), *[f"--set={o}" for o in overrides or []]]
+    port = str(master_port or _free_port())
+    deepspeed = _tool("deepspeed")
+    if launcher == "auto":
+        launcher = "deepspeed" if deepspeed or hostfile else "torchrun"
+    if launcher == "deepspeed":
+        if deepspeed is None:
+            raise FileNotFoundError("the `deepspeed` launcher is not installed; use --launcher torchrun")
+        cmd = [deepspeed, "--num_gpus", str(nproc), "--master_port", port, "--no_local_rank"]
+        if hostfile:
+            if not Path(hostfile).is_file():
+                raise FileNotFoundError(f"--hostfile: file not found: {hostfile}")
+            cmd += ["--hostfile", hostfile]
+        return [*cmd, "--module", "training.train", *args]
+    if launcher == "torchrun":
+        if hostfile:
+            raise ValueError("--hostfile needs the deepspeed launcher (torchrun here runs on one node)")
+        torchrun = _tool("torchrun")
+        if torchrun is None:
+            raise FileNotFoundError("torchrun not found")
+        return [
+            torchrun,
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            port,
+            "-m",
+            "training.train",
+            *args,
+        ]
+    raise ValueError(f"--launcher must be auto, deepspeed or torchrun, got {launcher!r}")
+
+
+def launch_env(nproc: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (2 * nproc))))
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else root
+    return env
+
+
+def launch(
+    config: str,
+    nproc: int = 1,
+    hostfile: str | None = None,
+    resume: bool = False,
+    overrides: list[str] | None = None,
+    launcher: str = "auto",
+) -> int:
+    """Run the launcher in the foreground and return its exit code; Ctrl-C and SIGTERM are passed on."""
+    cmd = launch_command(config, nproc, hostfile, resume, overrides, launcher)
+    print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=launch_env(nproc))
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

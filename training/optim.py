@@ -1,0 +1,103 @@
+"""Optimizer, learning-rate schedule and the DeepSpeed config of a run.
+
+Only trainable parameters reach the optimizer, so a frozen LLM has no optimizer state and no gradients
+(ZeRO-3 included). Weight decay is off for embeddings, norms, gates and biases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import ConfigError
+from training.config import TrainConfig
+
+# Keys the run config owns; a DeepSpeed JSON that sets them is refused rather than silently overridden.
+OWNED_KEYS = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "optimizer",
+    "scheduler",
+    "bf16",
+    "fp16",
+)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters (the fused model's own grouping when it has one)."""
+    if hasattr(model, "param_groups"):
+        groups = model.param_groups(weight_decay)
+    else:
+        decay, no_decay = [], []
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                skip = p.ndim < 2 or id(p) in embeddings or name.endswith("embedding")
+                (no_decay if skip else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("model.trainable: nothing to train (every component is frozen)")
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.AdamW(
+        param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, foreach=False
+    )
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over `warmup` steps, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    o, steps = cfg.optim, cfg.train.steps
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, o.warmup_steps, steps, o.min_lr_ratio)
+    )
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
+def deepspeed_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:
+    """The JSON of `train.deepspeed` with batch size, accumulation, clipping and precision filled in."""
+    path = Path(cfg.train.deepspeed)
+    if not path.is_file():
+        raise ConfigError(f"train.deepspeed: file not found: {path}")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"train.deepspeed: {path} is not valid JSON: {e}") from e
+    owned = [k for k in OWNED_KEYS if k in ds]
+    if owned:
+        raise ConfigError(f"train.deepspeed: {path} sets {owned}; these come from the train config")
+    zero = ds.get("zero_optimization", {})
+    if zero.get("stage", 0) in (1, 2, 3) and not (
+        zero.get("contiguous_gradients", True) and zero.get("reduce_scatter", True)
+    ):
+        # ZeRO on CPU under gloo has dropped gradient buckets with both off (DESIGN.md, known traps).
+        raise ConfigError(f"train.deepspeed: {path} must keep contiguous_gradients and reduce_scatter on")
+    ds.update(
+        train_micro_batch_size_per_gpu=cfg.train.micro_batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        gradient_clipping=cfg.optim.grad_clip,
+        bf16={"enabled": precision == "bf16"},
+    )
+    return ds

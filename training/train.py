@@ -1,0 +1,357 @@
+"""The training loop: DeepSpeed ZeRO engine, streaming curated data, warmup + cosine, eval, checkpoints.
+
+One process per device, started by ``vlmforge train`` (the DeepSpeed launcher, or torchrun), or directly:
+
+    torchrun --nproc_per_node 2 -m training.train configs/train/stage1.yaml [--resume] [--set key=value]
+
+A run writes into ``train.output``: ``metrics.jsonl`` and ``tensorboard/`` (rank 0), ``checkpoints/``
+(DeepSpeed's, with the data position inside), the consolidated safetensors weights of the task
+(``model.safetensors``, for clip also ``encoder.safetensors``) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.config import ConfigError
+from training import clip, text_lm, vlm
+from training.activations import enable_activation_checkpointing
+from training.config import TrainConfig, load_train_config
+from training.data import StreamSpec, build_index, heldout_batches, train_loader
+from training.flops import component_sizes, peak_flops, step_flops
+from training.metrics import MetricsWriter
+from training.model.config import ModelConfig, get_config
+from training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
+from training.tokenizer import TextTokenizer
+from training.weights import gather_tensors, load_into, save_tensors
+
+TASKS: dict[str, ModuleType] = {"text_lm": text_lm, "clip": clip, "vlm": vlm}
+
+
+@dataclass
+class RunResult:
+    engine: Any  # the DeepSpeed engine; engine.module is the trained model
+    summary: dict[str, Any]
+    output: Path
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The preset, at the stage's resolution."""
+    try:
+        mc = get_config(cfg.model.preset)
+    except KeyError as e:
+        raise ConfigError(f"model.preset: {e.args[0]}") from None
+    if cfg.model.image_size is not None:
+        if cfg.model.image_size % mc.vision.patch_size:
+            raise ConfigError(
+                f"model.image_size: {cfg.model.image_size} is not a multiple of the patch size "
+                f"{mc.vision.patch_size}"
+            )
+        mc.vision = dataclasses.replace(mc.vision, image_size=cfg.model.image_size)
+    return mc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); a process started without a launcher becomes a world of one."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    device = torch.device(
+        accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu"
+    )
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Ranks share the cores; OpenMP threads spinning against each other slow small steps many times.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (2 * local_world)))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def frozen_digest(module: torch.nn.Module) -> list[str]:
+    """Digest of the frozen parameters' bytes on every rank (its ZeRO-3 partition, or the full tensor)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            local = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+            h.update(name.encode())
+            h.update(local.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digests: list[str] = [""] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, h.hexdigest())
+    return digests
+
+
+class Checkpoints:
+    """DeepSpeed checkpoints under OUTPUT/checkpoints, with the run's own state in client_state."""
+
+    def __init__(self, out: Path, keep: int, rank: int) -> None:
+        self.dir, self.keep, self.rank = out / "checkpoints", keep, rank
+
+    def save(self, engine: Any, step: int, state: dict[str, Any]) -> None:
+        engine.save_checkpoint(str(self.dir), tag=f"step{step:07d}", client_state={"vlmforge": state})
+        torch.distributed.barrier()
+        if self.rank == 0:
+            tags = sorted(p for p in self.dir.glob("step*") if p.is_dir())
+            for old in tags[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, engine: Any) -> dict[str, Any]:
+        if not (self.dir / "latest").exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.dir}")
+        path, client = engine.load_checkpoint(str(self.dir))
+        if path is None:
+            raise FileNotFoundError(f"--resume: could not load the latest checkpoint in {self.dir}")
+        return client["vlmforge"]
+
+
+def _check_resume(state: dict[str, Any], expect: dict[str, Any]) -> None:
+    for key, value in expect.items():
+        if state.get(key) != value:
+            raise ConfigError(
+                f"--resume: the checkpoint was made with {key}={state.get(key)!r}, this run has {value!r}; "
+                "resume with the same data, processes and data.num_workers (or start a new train.output)"
+            )
+
+
+def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
+    """Train as configured; every rank calls this. Returns the engine and the run summary."""
+    cfg.require("data.path", "tokenizer", "train.output")
+    rank, world, device = init_distributed()
+    import deepspeed
+
+    task = TASKS[cfg.task]
+    out = Path(cfg.train.output)
+    precision = resolve_precision(cfg)
+    seed_everything(cfg.train.seed)
+
+    tok = TextTokenizer(cfg.tokenizer)
+    mc = model_config(cfg)
+    tok.check_model(
+        mc.decoder.vocab_size, mc.image_token_id, mc.decoder.bos_token_id, mc.decoder.eos_token_id
+    )
+    model = task.build_model(cfg, mc)
+    for path in cfg.model.init_from:
+        load_into(model, path)
+    if cfg.train.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    sizes = component_sizes(model)
+
+    train_index = build_index(cfg.data.path, "train", cfg.data.heldout_fraction, cfg.data.subset)
+    eval_index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
+    fmt = task.sample_format(cfg, mc, tok)
+    eval_fmt = dataclasses.replace(fmt, synthetic_caption_prob=0.0)
+    eval_batches = []
+    if cfg.data.heldout_fraction > 0:  # 0: no held-out rows, no evaluation
+        eval_batches = [
+            to_device(b, device)
+            for b in heldout_batches(eval_index, eval_fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
+        ]
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision)
+    )
+    spec = StreamSpec(
+        cfg.data.seed, cfg.data.shuffle_buffer, cfg.train.micro_batch_size, world, cfg.data.num_workers
+    )
+    identity = {
+        "data_hash": cfg.data_hash(),
+        "fingerprint": train_index.fingerprint,
+        "world_size": world,
+        "num_workers": cfg.data.num_workers,
+    }
+    checkpoints = Checkpoints(out, cfg.train.keep_checkpoints, rank)
+    frozen_before = frozen_digest(engine.module)
+    start = 0
+    if resume:
+        state = checkpoints.load(engine)
+        _check_resume(state, identity)
+        start = state["step"]
+    accum = cfg.train.grad_accum
+    stream, loader = train_loader(train_index, fmt, spec, rank, start_batches=start * accum)
+    metrics = MetricsWriter(out, rank == 0, resume_step=start if resume else None)
+    say = tqdm.write if rank == 0 else (lambda *_: None)
+    if rank == 0:
+        (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        say(
+            f"{cfg.task}: {train_index.note}; {stream.steps_per_epoch} micro-batches per rank per epoch, "
+            f"{world} rank(s), ZeRO stage {engine.zero_optimization_stage()}, {precision}"
+        )
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not eval_batches:
+            return {}
+        engine.eval()
+        result = task.evaluate(engine, eval_batches)
+        engine.train()
+        metrics.log("eval", step, result)
+        say(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
+
+    before = evaluate(0) if start == 0 else None
+    peak = peak_flops(precision, cfg.train.peak_tflops)
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=start,
+        desc=cfg.task,
+        unit="step",
+        dynamic_ncols=True,
+        disable=rank != 0 or not cfg.train.progress,
+    )
+    batches = iter(loader)
+    step, loss, saved, micro_batches = start, float("nan"), start, 0
+    engine.train()
+    for step in range(start + 1, cfg.train.steps + 1):
+        t0 = time.perf_counter()
+        loss_sum, samples, tokens, images = 0.0, 0, 0, 0
+        digest = hashlib.blake2b(digest_size=8)
+        for _ in range(accum):
+            batch = next(batches)
+            digest.update("\n".join(batch["ids"]).encode())
+            batch = to_device(batch, device)
+            micro_loss = task.loss(engine, batch)
+            engine.backward(micro_loss)
+            engine.step()
+            loss_sum += float(micro_loss.detach())
+            samples += len(batch["ids"])
+            tokens += batch["num_tokens"]
+            images += batch["num_images"]
+            micro_batches += 1
+        loss, samples, tokens, images = _sum_across_ranks([loss_sum / accum, samples, tokens, images], device)
+        loss /= world
+        elapsed = time.perf_counter() - t0
+        record = {
+            "loss": loss,
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_s": samples / elapsed,
+            "tokens_per_s": tokens / elapsed,
+            "step_time_s": elapsed,
+            "images": int(images),  # rows with an image, all ranks
+            "data": digest.hexdigest(),  # of rank 0's sample ids
+        }
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        image_tokens = images * ((mc.vision.image_size // mc.vision.patch_size) ** 2 + 1)
+        flops = step_flops(sizes, task.TOKENS, {"text": tokens, "image": image_tokens})
+        if peak is not None:
+            record["mfu"] = flops / elapsed / (peak * world)
+        metrics.log("train", step, record)
+        bar.update(1)
+        postfix = {
+            "loss": f"{loss:.4f}",
+            "samples/s": f"{record['samples_per_s']:.1f}",
+            "tok/s": f"{record['tokens_per_s']:.0f}",
+        }
+        if "mfu" in record:
+            postfix["mfu"] = f"{record['mfu']:.1%}"
+        bar.set_postfix(postfix, refresh=False)
+        if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+            evaluate(step)
+        if cfg.train.save_every and step % cfg.train.save_every == 0:
+            checkpoints.save(engine, step, {"step": step, "data": stream.position(step * accum), **identity})
+            saved = step
+    bar.close()
+    after = evaluate(step)
+    if saved != step:
+        checkpoints.save(engine, step, {"step": step, "data": stream.position(step * accum), **identity})
+    frozen_after = frozen_digest(engine.module)
+    per_rank: list[int] = [0] * world
+    torch.distributed.all_gather_object(per_rank, micro_batches)
+    files = {}
+    for name, keep in task.exports(engine.module).items():
+        tensors = gather_tensors(engine.module, keep)
+        if rank == 0:
+            save_tensors(tensors, out / name, mc, cfg.model.init_from)
+        files[name] = str(out / name)
+    summary = {
+        "task": cfg.task,
+        "steps": step,
+        "world_size": world,
+        "zero_stage": engine.zero_optimization_stage(),
+        "precision": precision,
+        "micro_batches_per_rank": per_rank,  # in this process's part of the run (since a resume)
+        "frozen_unchanged": frozen_before == frozen_after,
+        "final_train_loss": loss,
+        "eval_before": before,
+        "eval_after": after,
+        "data": train_index.note,
+        "files": files,
+    }
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    metrics.close()
+    torch.distributed.barrier()
+    return RunResult(engine, summary, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="train config YAML, e.g. configs/train/stage1.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_train_config(args.config, args.set)
+        run(cfg, resume=args.resume)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"vlmforge train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Task ``vlm``: the fused model on image-caption pairs (stage 1 at low resolution, stage 2 at higher).
+
+The sequence is ``<|begin_of_text|> <|image|> caption <|end_of_text|>`` with the loss on the caption and
+EOS only. The decoder stays frozen (``model.trainable``); encoder, projection head and adapters train. The
+model is built at the stage's resolution, so weights from a lower-resolution stage get their position
+embeddings interpolated on load (training/weights.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import Tensor, nn
+
+from training.config import TrainConfig
+from training.data import SampleFormat
+from training.eval import image_gap
+from training.model.config import ModelConfig, TrainableConfig
+from training.model.fusion import FusionModel
+from training.tokenizer import TextTokenizer
+
+TOKENS = {"encoder": "image", "projection": "image", "decoder": "text", "fusion": "text", "video": "text"}
+
+
+def build_model(cfg: TrainConfig, model_cfg: ModelConfig) -> FusionModel:
+    model_cfg = dataclasses.replace(model_cfg, trainable=TrainableConfig(**cfg.model.trainable.model_dump()))
+    return FusionModel(model_cfg)
+
+
+def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) -> SampleFormat:
+    return SampleFormat(
+        bos_id=tok.bos_id,
+        eos_id=tok.eos_id,
+        image_token_id=model_cfg.image_token_id,
+        image_size=model_cfg.vision.image_size,
+        max_tokens=cfg.data.max_tokens,
+        synthetic_caption_prob=cfg.data.synthetic_caption_prob,
+        encode=tok.encode,
+    )
+
+
+def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+    return model(input_ids=batch["input_ids"], images=batch["images"], labels=batch["labels"]).loss
+
+
+def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
+    return image_gap(model, batches)
+
+
+def exports(model: nn.Module) -> dict[str, Any]:
+    """The trained parameters; the frozen decoder stays in the file the run was initialised from."""
+    return {"model.safetensors": lambda name, p: p.requires_grad}

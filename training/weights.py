@@ -1,0 +1,112 @@
+"""Consolidated safetensors weights: gathered from DeepSpeed (ZeRO-3 included), loaded across resolutions.
+
+DeepSpeed checkpoints are for resuming; these files are what a stage hands to the next one (DeepSpeed can
+lose frozen weights in its own checkpoints, DESIGN.md). A file holds the parameters a run trained, the
+model config, and the files the run was initialised from, so ``load_fusion_model`` can rebuild the whole
+model from the last file of a chain (text_lm -> clip -> stage 1 -> stage 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from training.model.config import ModelConfig
+from training.model.fusion import FusionModel
+from training.model.vision import interpolate_position_embedding
+
+
+def is_zero3(p: nn.Parameter) -> bool:
+    return hasattr(p, "ds_id")
+
+
+def gathered(p: nn.Parameter):
+    """Context in which a ZeRO-3 partitioned parameter holds its full value (a no-op otherwise)."""
+    if not is_zero3(p):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p], modifier_rank=None)
+
+
+def gather_tensors(module: nn.Module, keep: Callable[[str, nn.Parameter], bool]) -> dict[str, Tensor]:
+    """Full CPU copies of the kept parameters; one parameter gathered at a time (collective on ZeRO-3)."""
+    tensors = {}
+    for name, p in module.named_parameters():
+        if keep(name, p):
+            with gathered(p):
+                tensors[name] = p.detach().to("cpu", copy=True).contiguous()
+    return tensors
+
+
+def save_tensors(
+    tensors: dict[str, Tensor], path: str | Path, config: ModelConfig | None, init_from: list[str]
+) -> None:
+    """Write atomically, with the model config and the init chain in the metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parents = [str(Path(p).resolve()) for p in init_from]
+    metadata = {"format": "pt", "init_from": json.dumps(parents)}
+    if config is not None:
+        metadata["config"] = json.dumps(config.to_dict())
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_into(module: nn.Module, path: str | Path, strict_names: bool = True) -> list[str]:
+    """Copy the tensors of `path` into `module` by name; position embeddings stored at another resolution
+    are interpolated (stage 1 -> stage 2). Returns the names loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: weights file not found: {path}")
+    params = dict(module.named_parameters())
+    with safe_open(str(path), framework="pt") as f:
+        names = list(f.keys())
+        unknown = [n for n in names if n not in params]
+        if unknown and strict_names:
+            raise KeyError(f"{path}: parameters not in this model: {unknown[:5]}")
+        with torch.no_grad():
+            for name in names:
+                if name not in params:
+                    continue
+                tensor, target = f.get_tensor(name), params[name]
+                if tensor.shape != target.shape and name.endswith("position_embedding"):
+                    g = int(round((target.shape[0] - 1) ** 0.5))
+                    tensor = interpolate_position_embedding(tensor, (g, g))
+                if tensor.shape != target.shape:
+                    raise ValueError(
+                        f"{path}: {name} has shape {tuple(tensor.shape)}, model {tuple(target.shape)}"
+                    )
+                target.copy_(tensor)
+    return names
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def load_fusion_model(path: str | Path) -> FusionModel:
+    """The fused model a training run left in `path`: its config, its init chain, then its own tensors."""
+    meta = read_metadata(path)
+    if "config" not in meta:
+        raise ValueError(f"{path}: no model config in the metadata (not written by a vlm training run)")
+    model = FusionModel(ModelConfig.from_dict(json.loads(meta["config"])))
+    load_chain(model, path)
+    return model
+
+
+def load_chain(module: nn.Module, path: str | Path) -> None:
+    """Load the files `path` was initialised from (recursively, oldest first), then `path` itself."""
+    for parent in json.loads(read_metadata(path).get("init_from", "[]")):
+        load_chain(module, parent)
+    load_into(module, path, strict_names=False)
