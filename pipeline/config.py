@@ -6,12 +6,14 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -237,13 +239,13 @@ class CurateConfig(_Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_errors(err: ValidationError) -> str:
+def _format_errors(err: ValidationError, label: str) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"  {field}: {msg}")
-    return "invalid config:\n" + "\n".join(lines)
+    return f"invalid {label}:\n" + "\n".join(lines)
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
@@ -259,8 +261,10 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> CurateConfig:
-    """Load a YAML recipe, apply `key.sub=value` overrides, validate. Raises ConfigError naming the field."""
+def load_yaml_model(
+    model: type[ModelT], path: str | Path | None, overrides: list[str] | None = None, label: str = "config"
+) -> ModelT:
+    """Load YAML into the pydantic `model`, after `key.sub=value` overrides; ConfigError names the field."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -275,6 +279,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     for item in overrides or []:
         _apply_override(data, item)
     try:
-        return CurateConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e)) from None
+        raise ConfigError(_format_errors(e, label)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> CurateConfig:
+    """Load a curation recipe (YAML), apply `key.sub=value` overrides, validate."""
+    return load_yaml_model(CurateConfig, path, overrides)
