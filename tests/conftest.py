@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_N = 2000
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny matmuls on a shared 2-core box run far faster single-threaded (no OpenMP spin contention)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray started once; stopped at the end only if this fixture started it."""

@@ -9,14 +9,7 @@ import torch
 from training.model.config import get_config
 from training.model.decoder import Decoder, rope_frequencies, sample_next_token
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls on a shared 2-core box run far faster single-threaded (no OpenMP spin contention).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

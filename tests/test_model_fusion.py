@@ -11,14 +11,7 @@ from training.model.fusion import FusionModel, media_attention_mask
 from training.model.perceiver import sample_frame_indices
 from training.model.vision import VisionEncoder, interpolate_position_embedding
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls on a shared 2-core box run far faster single-threaded (no OpenMP spin contention).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_model(preset: str = "tiny", seed: int = 0) -> FusionModel:

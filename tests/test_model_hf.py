@@ -22,13 +22,7 @@ from training.model.hf import (  # noqa: E402
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls on a shared 2-core box run far faster single-threaded (no OpenMP spin contention).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def randomize(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
