@@ -67,18 +67,23 @@ def script_share(text: str, scripts: set[str] | frozenset[str]) -> float:
 
 
 @cache
-def _frequencies(lang: str) -> dict[str, float] | None:
+def _frequencies(lang: str, wordlist: str) -> dict[str, float] | None:
     """wordfreq's word -> frequency table of `lang` (shipped inside the package), or None."""
     import wordfreq
 
-    if lang not in wordfreq.available_languages():
+    if lang not in wordfreq.available_languages(wordlist):
         return None
-    return wordfreq.get_frequency_dict(lang)
+    return wordfreq.get_frequency_dict(lang, wordlist=wordlist)
 
 
-def lexicon_evidence(words: list[str], lang: str, min_zipf: float) -> tuple[float, float] | None:
-    """(share of `words` known in `lang`, their mean Zipf frequency there), or None without a lexicon."""
-    table = _frequencies(lang)
+def lexicon_evidence(
+    words: list[str], lang: str, min_zipf: float, wordlist: str = "large"
+) -> tuple[float, float] | None:
+    """(share of `words` known in `lang`, their mean Zipf frequency there), or None without a lexicon.
+
+    The "small" lists (words down to Zipf 3) load 14x faster than the "large" ones (down to Zipf 1).
+    """
+    table = _frequencies(lang, wordlist)
     if table is None or not words:
         return None
     zipf = [math.log10(f) + 9 if (f := table.get(w, 0.0)) > 0 else 0.0 for w in words]
@@ -112,13 +117,17 @@ class LanguageId(Stage):
         rivals = [lang for lang, _ in top if lang not in self.wanted]
         if self.scripts is not None:  # a rival in another script was ruled out by the script check
             rivals = [lang for lang in rivals if _SCRIPTS.get(lang) == self.scripts]
-        rival_zipf = max(
-            (ev[1] for lang in rivals if (ev := lexicon_evidence(words, lang, cfg.lexicon_min_zipf))),
-            default=0.0,
-        )
         for lang in self.cfg.languages:
             ev = lexicon_evidence(words, lang, cfg.lexicon_min_zipf)
-            if ev is not None and ev[0] >= need and ev[1] > rival_zipf:
+            if ev is None or ev[0] < need:
+                continue
+            # Rivals' tables are loaded only here, for captions the wanted lexicon already covers; their
+            # small lists suffice, since a rival must beat a caption whose words are common in English.
+            rival_zipf = max(
+                (r[1] for x in rivals if (r := lexicon_evidence(words, x, cfg.lexicon_min_zipf, "small"))),
+                default=0.0,
+            )
+            if ev[1] > rival_zipf:
                 return lang
         return None
 
