@@ -31,7 +31,8 @@ _BIT_WEIGHTS = (np.uint64(1) << np.arange(_LOW * _LOW - 1, -1, -1, dtype=np.uint
 
 def thumbnail(img: Image.Image) -> np.ndarray:
     """The 32x32 greyscale pixels a pHash is computed from."""
-    return np.asarray(img.convert("L").resize((_SIDE, _SIDE), Image.Resampling.BOX), dtype=np.float64)
+    grey = img if img.mode == "L" else img.convert("L")
+    return np.asarray(grey.resize((_SIDE, _SIDE), Image.Resampling.BOX), dtype=np.float64)
 
 
 def phashes(thumbs: np.ndarray) -> np.ndarray:

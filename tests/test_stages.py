@@ -242,3 +242,11 @@ def test_boilerplate_vocabulary(caption):
 @pytest.mark.parametrize("caption", ["view from the bridge", "a photo of a red fox", "stock market chart"])
 def test_boilerplate_words_inside_real_captions_are_kept(caption):
     assert CaptionChecks(CaptionConfig()).check(caption)[0] is None
+
+
+def test_large_jpeg_reports_its_full_size_after_draft_decode():
+    stage = _img_stage()
+    data = jpeg((1600, 1200))
+    info = stage.inspect(data)
+    assert (info.reason, info.width, info.height, info.data) == (None, 1600, 1200, None)
+    assert stage.stats.counters["decoded"] == 1

@@ -1,7 +1,7 @@
 """Image decode and validation: each image is opened once, checked from its header, then decoded once.
 
 Size, pixel-count and aspect checks use the declared header size, before any pixel is decoded, so a
-decompression bomb costs nothing. JPEGs already in RGB are decoded in draft mode (DCT scaling) only to
+decompression bomb costs nothing. JPEGs already in RGB are decoded in draft mode (DCT scaling, luma only) to
 prove the bytes are whole, and keep their original bytes. Other modes (CMYK, palette, alpha, 16-bit,
 greyscale) and animations are decoded in full, normalised to RGB and re-encoded as JPEG. When asked, the
 64-bit perceptual hash for near-duplicate images is taken from the image as decoded here (no second decode).
@@ -109,13 +109,14 @@ class ImageDecode(Stage):
                 normalise = (
                     img.mode != "RGB" or img.format not in _KEEP_AS_IS or getattr(img, "n_frames", 1) > 1
                 )
+                w, h = img.size  # before draft mode shrinks it
                 if not normalise and img.format == "JPEG":
-                    img.draft("RGB", (self.cfg.decode_side, self.cfg.decode_side))
+                    # Luma only, DCT-scaled: proves the stream is whole and is all the pHash needs.
+                    img.draft("L", (self.cfg.decode_side, self.cfg.decode_side))
                 self.stats.counters["decoded"] += 1
                 img.load()
                 if not normalise:
                     thumb = thumbnail(img) if self.phash else None
-                    w, h = img.size
                     return ImageInfo(image_format=img.format, width=w, height=h, thumb=thumb)
                 rgb = _to_rgb(img)
                 out = io.BytesIO()

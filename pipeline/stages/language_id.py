@@ -59,6 +59,8 @@ def load_fasttext(path: str | Path | None):
 
 def script_share(text: str, scripts: set[str] | frozenset[str]) -> float:
     """Share of the letters in `text` written in one of `scripts` (1.0 when there are no letters)."""
+    if text.isascii() and "LATIN" in scripts:  # fast path: ASCII letters are Latin
+        return 1.0
     letters = [ch for ch in text if ch.isalpha()]
     if not letters:
         return 1.0
