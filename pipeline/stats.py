@@ -93,8 +93,8 @@ def compute_stats(out_dir: str | Path) -> dict:
     """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
     out = Path(out_dir)
     manifest = load_manifest(out)
-    files = [str(out / f) for f in manifest["files"]["data"]]
-    table = pads.dataset(files, format="parquet").to_table(columns=SUMMARY_COLUMNS) if files else None
+    dataset = data_dataset(out, manifest)
+    table = dataset.to_table(columns=SUMMARY_COLUMNS) if dataset is not None else None
     langs: dict[str, int] = {}
     words = widths = heights = np.array([])
     if table is not None and table.num_rows:
