@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.stats import rejected_dataset
 from pipeline.thumbnails import make_thumbnail, sample_order
 
-KEPT_COLUMNS = ["id", "image", "caption", "width", "height", "lang", "alignment_score", "dup_cluster_size",
+KEPT_COLUMNS = ["id", "image", "caption", "width", "height", "lang", "clip_score", "dup_cluster_size",
                 "ocr_text"]
 
 
@@ -69,8 +69,8 @@ class KeptIndex:
 def _meta(r: dict) -> list[str]:
     """Short facts about a kept row for its gallery card."""
     meta = [f"{r['width']}×{r['height']}" if r.get("width") else "", r.get("lang") or ""]
-    if r.get("alignment_score") is not None:
-        meta.append(f"align {r['alignment_score']:.2f}")
+    if r.get("clip_score") is not None:
+        meta.append(f"align {r['clip_score']:.2f}")
     if (r.get("dup_cluster_size") or 1) > 1:
         meta.append(f"{r['dup_cluster_size']} in dup cluster")
     return [m for m in meta if m]

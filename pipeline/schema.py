@@ -33,7 +33,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("lang", pa.string()),
         ("lang_score", pa.float32()),
         ("caption_words", pa.int32()),
-        ("alignment_score", pa.float32()),
+        ("clip_score", pa.float32()),
         ("diversity_keep_prob", pa.float32()),
         ("dup_cluster", pa.string()),
         ("dup_cluster_size", pa.int32()),

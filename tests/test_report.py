@@ -38,7 +38,7 @@ def _sections(html: str) -> dict[str, tuple[str, str]]:
     return {sid: (status, body) for sid, status, body in found}
 
 
-LATER_COLUMNS = ("alignment_score", "dup_cluster", "dup_cluster_size", "ocr_text", "diversity_keep_prob")
+LATER_COLUMNS = ("clip_score", "dup_cluster", "dup_cluster_size", "ocr_text", "diversity_keep_prob")
 
 
 def _variant(src: Path, dst: Path, filled: bool) -> dict:
@@ -54,7 +54,7 @@ def _variant(src: Path, dst: Path, filled: bool) -> dict:
         ocr_rows += sum(o is not None for o in ocr)
         total += t.num_rows
         cols = {
-            "alignment_score": pa.array([0.2 + 0.6 * (x % 1000) / 1000 for x in h], pa.float32()),
+            "clip_score": pa.array([0.2 + 0.6 * (x % 1000) / 1000 for x in h], pa.float32()),
             "dup_cluster": t["id"],
             "dup_cluster_size": pa.array([1 + (x % 7 == 0) * (1 + x % 5) for x in h], pa.int32()),
             "ocr_text": pa.array(ocr, pa.string()),

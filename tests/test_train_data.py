@@ -163,8 +163,8 @@ def test_heldout_split_is_disjoint_and_stable(data):
 
 def test_subset_keeps_rows_at_or_above_the_percentile(data):
     full = build_index(data[0], "train", 0.1)
-    top = build_index(data[0], "train", 0.1, SubsetSection(column="alignment_score", percentile=75))
-    assert 0.2 < top.total / full.total < 0.3 and "alignment_score >=" in top.note
+    top = build_index(data[0], "train", 0.1, SubsetSection(column="clip_score", percentile=75))
+    assert 0.2 < top.total / full.total < 0.3 and "clip_score >=" in top.note
     with pytest.raises(ValueError, match="data.subset.column: .*'nope'"):
         build_index(data[0], "train", 0.1, SubsetSection(column="nope"))
     with pytest.raises(ValueError, match="'synthetic_caption' has no values"):

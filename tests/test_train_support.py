@@ -73,7 +73,7 @@ def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
                     "original_caption": caption,
                     "lang": "en",
                     "caption_words": len(caption.split()),
-                    "alignment_score": score(key),
+                    "clip_score": score(key),
                     "source": f"{tar_path.name}/{key}",
                 }
             )

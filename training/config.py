@@ -53,7 +53,7 @@ class ModelSection(_Section):
 class SubsetSection(_Section):
     """A high-quality subset: rows whose `column` is at least its `percentile`-th percentile."""
 
-    column: str = Field("alignment_score", description="numeric score column of the curated shards")
+    column: str = Field("clip_score", description="numeric score column of the curated shards")
     percentile: float = Field(50.0, ge=0, lt=100, description="keep rows scoring at or above this percentile")
 
 
