@@ -1,7 +1,8 @@
-"""Phase 5: write the curated shards under data/ and every dropped row under rejected/, per part.
+"""Finalize: write the curated shards under data/ and every dropped row under rejected/, per part.
 
-Exact-duplicate losers are dropped with stage `exact_dedup`, near-duplicate losers with stage `near_dedup`;
-with near dedup on, every kept row records its near-duplicate cluster (the survivor's id) and its size.
+Rows a global stage dropped (exact and near dedup, alignment, diversity) go to rejected/ under that stage;
+kept rows get the columns the later phases computed (near-dup cluster and its size, alignment score,
+diversity keep probability and score, OCR text, synthetic caption), and their caption the OCR text.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import CurateConfig
-from pipeline.exact_dedup import losers_of_part
-from pipeline.near_dedup import results_of_part
+from pipeline.config import CurateConfig, OutputConfig
 from pipeline.phase1 import part_paths
 from pipeline.schema import OUTPUT_SCHEMA, REJECTED_SCHEMA, conform
 from pipeline.stages.base import rejected_rows
+from pipeline.survivors import annotations_of_part, attach, drops_of_part
 from pipeline.thumbnails import gallery_thumbnails
 from pipeline.writer import AtomicParquetWriter, ShardedParquetWriter, read_json, write_json
 
@@ -30,9 +30,8 @@ def finalize_part(part: str, cfg: CurateConfig, work: Path, out: Path) -> dict:
     if (done := read_json(done_path)) is not None:
         return {**done, "reused": True}
     kept_path, phase1_rejected, _ = part_paths(work, part)
-    losers = losers_of_part(work / "phase2", part)
-    loser_ids = losers["id"]
-    near = results_of_part(work / "near_dedup", part)
+    drops = drops_of_part(work, part)
+    annotations = annotations_of_part(work, part)
     oc = cfg.output
     gallery: Counter = Counter()  # rejected rows given a thumbnail, per reason, in this part
     rejected_path = out / "rejected" / f"part-{part}.parquet"
@@ -45,27 +44,12 @@ def finalize_part(part: str, cfg: CurateConfig, work: Path, out: Path) -> dict:
         rej.write(pq.read_table(phase1_rejected))
         for batch in pq.ParquetFile(kept_path).iter_batches(batch_size=oc.row_group_rows):
             table = pa.Table.from_batches([batch])
-            dropped = pc.is_in(table["id"], value_set=loser_ids)
-            gone = table.filter(dropped)
-            if gone.num_rows:
-                idx = pc.index_in(gone["id"], value_set=loser_ids)
-                reasons = pc.take(losers["reason"], idx).to_pylist()
-                rej.write(
-                    rejected_rows(
-                        gone,
-                        "exact_dedup",
-                        reasons,
-                        pc.take(losers["detail"], idx).to_pylist(),
-                        oc.rejected_caption_chars,
-                        gallery_thumbnails(gone, reasons, gallery, oc.gallery_per_reason),
-                    )
-                )
-            table = table.filter(pc.invert(dropped))
-            if cfg.near_dedup.enabled:
-                table = drop_near_duplicates(
-                    table, near, rej, oc.rejected_caption_chars, gallery, oc.gallery_per_reason
-                )
-            data.write(conform(table, OUTPUT_SCHEMA))
+            idx = pc.index_in(table["id"], value_set=drops["id"])
+            gone = pc.is_valid(idx)
+            if pc.any(gone).as_py():
+                write_dropped(table.filter(gone), drops.take(idx.drop_null()), rej, oc, gallery)
+                table = table.filter(pc.invert(gone))
+            data.write(conform(training_columns(attach(table, annotations), cfg), OUTPUT_SCHEMA))
     result = {
         "part": part,
         "data": data.files,
@@ -77,38 +61,33 @@ def finalize_part(part: str, cfg: CurateConfig, work: Path, out: Path) -> dict:
     return {**result, "reused": False}
 
 
-def drop_near_duplicates(
-    table: pa.Table,
-    near: pa.Table,
-    rej: AtomicParquetWriter,
-    caption_chars: int,
-    gallery: Counter,
-    per_reason: int,
-) -> pa.Table:
-    """Write the near-dup losers of `table` to `rej`; return the rest with `dup_cluster` and its size (a row
-    in no cluster is its own cluster of one)."""
-    idx = pc.index_in(table["id"], value_set=near["id"])
-    reason = pc.take(near["reason"], idx)
-    gone = pc.is_valid(reason)
-    if pc.any(gone).as_py():
-        lost = table.filter(gone)
-        reasons = reason.filter(gone).to_pylist()
+def write_dropped(
+    lost: pa.Table, decisions: pa.Table, rej: AtomicParquetWriter, oc: OutputConfig, gallery: Counter
+) -> None:
+    """Write the rows the global stages dropped, each with its stage, reason and detail."""
+    for stage in pc.unique(decisions["stage"]).to_pylist():
+        mine = pc.equal(decisions["stage"], stage)
+        rows, why = lost.filter(mine), decisions.filter(mine)
+        reasons = why["reason"].to_pylist()
+        thumbs = gallery_thumbnails(rows, reasons, gallery, oc.gallery_per_reason)
         rej.write(
-            rejected_rows(
-                lost,
-                "near_dedup",
-                reasons,
-                pc.take(near["detail"], idx).filter(gone).to_pylist(),
-                caption_chars,
-                gallery_thumbnails(lost, reasons, gallery, per_reason),
-            )
+            rejected_rows(rows, stage, reasons, why["detail"].to_pylist(), oc.rejected_caption_chars, thumbs)
         )
-    keep = pc.invert(pc.fill_null(gone, False))
-    table, idx = table.filter(keep), idx.filter(keep)
-    cluster = pc.coalesce(pc.take(near["dup_cluster"], idx), table["id"])
-    size = pc.coalesce(pc.take(near["dup_cluster_size"], idx), pa.scalar(1, pa.int32()))
-    for name, col in (("dup_cluster", cluster), ("dup_cluster_size", size)):
-        table = table.set_column(table.column_names.index(name), name, col)
+
+
+def training_columns(table: pa.Table, cfg: CurateConfig) -> pa.Table:
+    """Fill the columns derived at the end: a row in no near-dup cluster is its own cluster of one, and
+    the training caption is the caption followed by the OCR text (`original_caption` stays as it was)."""
+    if cfg.near_dedup.enabled:
+        cluster = pc.coalesce(table["dup_cluster"], table["id"])
+        size = pc.coalesce(table["dup_cluster_size"], pa.scalar(1, pa.int32()))
+        for name, col in (("dup_cluster", cluster), ("dup_cluster_size", size)):
+            table = table.set_column(table.column_names.index(name), name, col)
+    if "ocr_text" in table.column_names:
+        joined = pc.binary_join_element_wise(table["caption"], table["ocr_text"], cfg.ocr.separator)
+        table = table.set_column(
+            table.column_names.index("caption"), "caption", pc.coalesce(joined, table["caption"])
+        )
     return table
 
 

@@ -13,14 +13,17 @@ from pipeline.config import CurateConfig
 from pipeline.errors import AccountingError, JobError
 from pipeline.exact_dedup import resolve_exact_duplicates
 from pipeline.finalize import FinalizeWorker
+from pipeline.later_phases import alignment_phase, diversity_phase, enrichment_phase
 from pipeline.near_dedup import resolve_near_duplicates
 from pipeline.phase1 import Phase1Worker, part_paths
 from pipeline.ray_runner import cluster_cpus, map_units, start_ray
 from pipeline.readers import discover_parts, fingerprint
 from pipeline.stages.base import StageStats
+from pipeline.survivors import ENRICHMENTS
 from pipeline.writer import read_json, write_json
 
 MANIFEST = "manifest.json"
+LATER_STAGES = ("alignment", "diversity", *ENRICHMENTS)
 
 
 def merge_stage_stats(per_part: list[dict]) -> list[StageStats]:
@@ -71,11 +74,7 @@ def near_dedup_stage(cfg: CurateConfig, work: Path, parts: list, rows_in: int, l
         done = resolve_near_duplicates(files, work / "phase2", work / "near_dedup", nd, partitions)
         done["seconds"] = round(time.perf_counter() - t0, 3)
         write_json(work / "near_dedup" / "_done.json", done)
-    stage = StageStats("near_dedup", rows_in=rows_in, seconds=done["seconds"])
-    stage.reasons.update(done["reasons"])
-    stage.counters.update(done["counters"])
-    stage.rows_out = rows_in - stage.rejected
-    return stage
+    return StageStats.from_done("near_dedup", rows_in, done)
 
 
 def _check_output_dir(out: Path, recipe_hash: str, input_fp: str, overwrite: bool) -> None:
@@ -120,6 +119,10 @@ def run_curation(
         log(f"{out} is already complete for this config and input: nothing to do")
         return {**manifest, "already_complete": True}
     _check_output_dir(out, recipe_hash, input_fp, overwrite)
+    if cfg.ocr.enabled:
+        from pipeline.stages.ocr import check_tesseract
+
+        check_tesseract(cfg.ocr)
     write_json(work / "state.json", {"recipe_hash": recipe_hash, "input_fingerprint": input_fp})
 
     started = start_ray(cfg.ray.address, cfg.ray.num_cpus)
@@ -165,6 +168,20 @@ def run_curation(
             stages.append(near_dedup_stage(cfg, work, parts, dedup.rows_out, log))
         phases["phase2"] = {"seconds": round(time.perf_counter() - t0, 3), "reused": reused2}
 
+        names, cpus = [p.name for p in parts], cluster_cpus()
+        diversity_stats: dict = {}
+        if cfg.alignment.enabled:
+            stages.append(alignment_phase(cfg, work, names, stages[-1].rows_out, cpus, progress, log))
+        if cfg.diversity.enabled:
+            stage, diversity_stats = diversity_phase(cfg, work, names, stages[-1].rows_out, cpus, log)
+            stages.append(stage)
+        for kind in ENRICHMENTS:
+            if getattr(cfg, kind).enabled:
+                stages.append(
+                    enrichment_phase(kind, cfg, work, names, stages[-1].rows_out, cpus, progress, log)
+                )
+        phases.update({s.name: {"seconds": s.seconds} for s in stages if s.name in LATER_STAGES})
+
         t0 = time.perf_counter()
         log("finalize: writing data/ and rejected/")
         fin = map_units(
@@ -194,6 +211,7 @@ def run_curation(
             },
             "totals": totals,
             "stages": [s.to_dict() for s in stages],
+            "diversity": diversity_stats,
             "phases": phases,
             "files": {
                 "data": [f"data/{f}" for r in fin for f in r["data"]],

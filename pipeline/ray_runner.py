@@ -37,8 +37,11 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def map_units(units: list[dict], worker: type, kwargs: dict, workers: int, progress: bool) -> list[dict]:
-    """Run `worker(**kwargs)` actors over `units`, one unit per call; return their results sorted by part."""
+def map_units(
+    units: list[dict], worker: type, kwargs: dict, workers: int, progress: bool, num_gpus: float = 0
+) -> list[dict]:
+    """Run `worker(**kwargs)` actors (`num_gpus` each) over `units`, one unit per call; return their results
+    sorted by part."""
     from ray.data import DataContext
 
     if not units:
@@ -52,6 +55,7 @@ def map_units(units: list[dict], worker: type, kwargs: dict, workers: int, progr
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(units)))),
         num_cpus=1,
+        num_gpus=num_gpus or None,
     )
     results = [json.loads(r["result"]) for r in ds.iter_rows()]
     return sorted(results, key=lambda r: r["part"])

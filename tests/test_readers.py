@@ -142,6 +142,9 @@ def test_jsonl_paths_stay_inside_root(tmp_path):
 
 def test_format_detection_and_errors(tmp_path):
     assert detect_format([tmp_path / "a.tar", tmp_path / "b.tar", tmp_path / "x.json"]) == "webdataset"
+    # One shard next to more metadata files (sample-data's ground truth) is still a webdataset input.
+    assert detect_format([tmp_path / "a.tar", tmp_path / "g.jsonl", tmp_path / "s.json"]) == "webdataset"
+    assert detect_format([tmp_path / "a.parquet", tmp_path / "g.jsonl"]) == "parquet"
     with pytest.raises(InputError, match="cannot detect"):
         detect_format([tmp_path / "a.csv"])
     with pytest.raises(InputError, match="not found"):

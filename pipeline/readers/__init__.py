@@ -34,14 +34,12 @@ def _files(path: str) -> list[Path]:
 
 
 def detect_format(files: list[Path]) -> str:
-    """The input format implied by file suffixes (the most common known suffix wins)."""
-    counts = {fmt: sum(f.suffix.lower() in sfx for f in files) for fmt, sfx in SUFFIXES.items()}
-    fmt, n = max(counts.items(), key=lambda kv: kv[1])
-    if n == 0:
-        raise InputError(
-            "cannot detect the input format: no .tar, .parquet or .jsonl files; set input.format"
-        )
-    return fmt
+    """The input format implied by file suffixes: tar shards, else Parquet, else JSON lines (so metadata
+    such as a ground_truth.jsonl next to the shards is not taken for the data)."""
+    for fmt, sfx in SUFFIXES.items():
+        if any(f.suffix.lower() in sfx for f in files):
+            return fmt
+    raise InputError("cannot detect the input format: no .tar, .parquet or .jsonl files; set input.format")
 
 
 def discover_parts(cfg: InputConfig) -> list[InputPart]:

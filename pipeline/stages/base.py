@@ -63,6 +63,15 @@ class StageStats:
         }
 
     @classmethod
+    def from_done(cls, name: str, rows_in: int, done: dict) -> StageStats:
+        """The stats of a global stage from its `_done.json` (seconds, reasons, counters)."""
+        stage = cls(name, rows_in=rows_in, seconds=done["seconds"])
+        stage.reasons.update(done["reasons"])
+        stage.counters.update(done["counters"])
+        stage.rows_out = rows_in - stage.rejected
+        return stage
+
+    @classmethod
     def from_dict(cls, d: dict) -> StageStats:
         return cls(
             name=d["stage"],

@@ -1,0 +1,115 @@
+"""What the global phases decided about a part's rows, and which rows are still in.
+
+Each global stage (exact dedup, near dedup, alignment, diversity) leaves per-part results: the rows it
+dropped (reason, detail) and columns it gives the rows it kept. Enrichments (OCR, synthetic captions) only
+add columns. Later phases read a part's survivors through `surviving_batches`, finalize joins everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.phase1 import part_paths
+
+
+@dataclass(frozen=True)
+class GlobalStage:
+    """A stage decided across the dataset: its accounting name, its directory under _work, the columns it
+    gives kept rows."""
+
+    name: str
+    dir: str
+    columns: tuple[str, ...] = ()
+
+
+EXACT = GlobalStage("exact_dedup", "phase2")
+NEAR = GlobalStage("near_dedup", "near_dedup", ("dup_cluster", "dup_cluster_size"))
+ALIGNMENT = GlobalStage("alignment", "alignment", ("clip_score",))
+DIVERSITY = GlobalStage("diversity", "diversity", ("diversity_keep_prob", "diversity_score"))
+GLOBAL_STAGES = (EXACT, NEAR, ALIGNMENT, DIVERSITY)
+DROP_SCHEMA = pa.schema(
+    [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+# Enrichments: directory under _work -> the columns they add. They drop nothing.
+ENRICHMENTS = {"ocr": ("ocr_text",), "synthetic_caption": ("synthetic_caption",)}
+
+
+def stage_results(work: Path, stage: GlobalStage, part: str) -> pa.Table | None:
+    """One part's results of `stage`: id, reason (null = kept), detail and the stage's columns; None when
+    the stage did not run."""
+    if stage is EXACT:
+        from pipeline.exact_dedup import losers_of_part
+
+        return losers_of_part(work / stage.dir, part) if (work / stage.dir).is_dir() else None
+    path = work / stage.dir / f"{part}.parquet"
+    return pq.read_table(path) if path.is_file() else None
+
+
+def drops_of_part(work: Path, part: str, stages: tuple[GlobalStage, ...] = GLOBAL_STAGES) -> pa.Table:
+    """(id, stage, reason, detail) of the part's rows that `stages` dropped, earliest stage first."""
+    pieces = [DROP_SCHEMA.empty_table()]
+    for stage in stages:
+        results = stage_results(work, stage, part)
+        if results is None or not results.num_rows:
+            continue
+        dropped = results.filter(pc.is_valid(results["reason"]))
+        stage_col = pa.array([stage.name] * dropped.num_rows, pa.string())
+        pieces.append(
+            pa.table([dropped["id"], stage_col, dropped["reason"], dropped["detail"]], schema=DROP_SCHEMA)
+        )
+    return pa.concat_tables(pieces)
+
+
+def surviving_batches(
+    work: Path, part: str, columns: list[str], stages: tuple[GlobalStage, ...], batch_rows: int = 1024
+) -> Iterator[pa.Table]:
+    """The part's phase-1 rows that `stages` kept, `columns` only, in batches."""
+    dropped = drops_of_part(work, part, stages)["id"]
+    for batch in pq.ParquetFile(part_paths(work, part)[0]).iter_batches(
+        batch_size=batch_rows, columns=columns
+    ):
+        table = pa.Table.from_batches([batch])
+        if len(dropped):
+            table = table.filter(pc.invert(pc.is_in(table["id"], value_set=dropped)))
+        if table.num_rows:
+            yield table
+
+
+def surviving_rows(work: str, part: str, columns: list[str], stages: tuple[GlobalStage, ...]) -> pa.Table:
+    """All of `surviving_batches` as one table (for text columns; picklable as a partial for Ray tasks)."""
+    schema = pq.read_schema(part_paths(Path(work), part)[0])
+    empty = pa.schema([schema.field(c) for c in columns]).empty_table()
+    return pa.concat_tables([empty, *surviving_batches(Path(work), part, columns, stages)])
+
+
+def annotations_of_part(work: Path, part: str) -> list[pa.Table]:
+    """The kept-row columns every finished global stage and enrichment gives this part (id first)."""
+    tables = []
+    for stage in GLOBAL_STAGES:
+        results = stage_results(work, stage, part) if stage.columns else None
+        if results is not None and results.num_rows:
+            tables.append(results.select(["id", *stage.columns]))
+    for name, columns in ENRICHMENTS.items():
+        path = work / name / f"{part}.parquet"
+        if path.is_file():
+            tables.append(pq.read_table(path, columns=["id", *columns]))
+    return tables
+
+
+def attach(table: pa.Table, annotations: list[pa.Table]) -> pa.Table:
+    """`table` with each annotation's columns joined by id (null where an annotation has no row)."""
+    for ann in annotations:
+        idx = pc.index_in(table["id"], value_set=ann["id"])
+        for name in ann.column_names[1:]:
+            col = pc.take(ann[name], idx)
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, col)
+            else:
+                table = table.append_column(name, col)
+    return table
