@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from collections.abc import Callable
@@ -100,10 +101,53 @@ def _check_output_dir(out: Path, recipe_hash: str, input_fp: str, overwrite: boo
                 target.unlink()
 
 
+WRITE_ERRNOS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def output_fault(exc: BaseException) -> OSError | None:
+    """The write failure (disk full, read-only, no permission) behind `exc`, also when a Ray worker raised
+    it; None for any other error."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
 def run_curation(
     cfg: CurateConfig, progress: bool = True, overwrite: bool = False, log: Callable[[str], None] = print
 ) -> dict:
-    """Run (or resume) the curation job described by `cfg`; returns the manifest."""
+    """Run (or resume) the curation job described by `cfg`; returns the manifest.
+
+    A write failure under the output (disk full, read-only, no permission) ends the job with a JobError
+    that says so; finished parts stay, nothing partial is visible, and the same command resumes.
+    """
+    try:
+        return _run_curation(cfg, progress, overwrite, log)
+    except Exception as e:
+        fault = output_fault(e)
+        if fault is None:
+            raise
+        raise JobError(
+            f"cannot write under {cfg.output.path}: {WRITE_ERRNOS[fault.errno]} "
+            f"({fault.strerror}: {fault.filename or 'a file'}). Free space or fix the permissions, then run "
+            "the same command again: finished work is reused."
+        ) from None
+
+
+def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Callable[[str], None]) -> dict:
     if not cfg.output.path:
         raise JobError("no output: pass --output DIR or set output.path")
     out = Path(cfg.output.path)
@@ -169,9 +213,10 @@ def run_curation(
         phases["phase2"] = {"seconds": round(time.perf_counter() - t0, 3), "reused": reused2}
 
         names, cpus = [p.name for p in parts], cluster_cpus()
-        diversity_stats: dict = {}
+        alignment, diversity_stats = {}, {}
         if cfg.alignment.enabled:
-            stages.append(alignment_phase(cfg, work, names, stages[-1].rows_out, cpus, progress, log))
+            stage, alignment = alignment_phase(cfg, work, names, stages[-1].rows_out, cpus, progress, log)
+            stages.append(stage)
         if cfg.diversity.enabled:
             stage, diversity_stats = diversity_phase(cfg, work, names, stages[-1].rows_out, cpus, log)
             stages.append(stage)
@@ -211,6 +256,7 @@ def run_curation(
             },
             "totals": totals,
             "stages": [s.to_dict() for s in stages],
+            "alignment": alignment,
             "diversity": diversity_stats,
             "phases": phases,
             "files": {

@@ -61,8 +61,9 @@ def model_workers(configured: int | None, num_gpus: float, cpus: int) -> int:
 
 def alignment_phase(
     cfg: CurateConfig, work: Path, parts: list[str], rows_in: int, cpus: int, progress: bool, log: Callable
-) -> StageStats:
-    """Score every surviving pair, then drop those below the absolute threshold or the global percentile."""
+) -> tuple[StageStats, dict]:
+    """Score every surviving pair, then drop those below the absolute threshold or the global percentile;
+    its stats and the threshold applied."""
     from pipeline.stages.alignment import score_histogram, threshold_from
 
     ac = cfg.alignment
@@ -84,7 +85,7 @@ def alignment_phase(
             "counters": dict(counters),
         }
         write_json(work / ALIGNMENT.dir / "_done.json", done)
-    return StageStats.from_done("alignment", rows_in, done)
+    return StageStats.from_done("alignment", rows_in, done), {"threshold": done["threshold"]}
 
 
 def write_alignment_results(work: Path, part: str, scores: pa.Table, threshold: float | None) -> int:

@@ -229,8 +229,13 @@ def _figs(*parts: str) -> str:
 
 
 def _threshold(key: str, name: str) -> Callable[[Run], list[tuple[float, str]]]:
+    """The threshold of `key` in the run's config, else the one its phase resolved (e.g. from a percentile)
+    and recorded as manifest[section]["threshold"]."""
+
     def get(run: Run) -> list[tuple[float, str]]:
         v = run.config(key)
+        if v is None:
+            v = (run.manifest.get(key.split(".")[0]) or {}).get("threshold")
         return [(float(v), name)] if isinstance(v, int | float) and not isinstance(v, bool) else []
 
     return get

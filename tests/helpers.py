@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 from PIL import Image
 
 from pipeline.schema import RAW_SCHEMA
@@ -44,3 +46,10 @@ def write_tar(path, members: list[tuple[str, bytes]]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def outcomes(out: Path) -> tuple[list[str], dict[str, dict]]:
+    """A curated output's kept ids and its rejected rows by id."""
+    kept = pads.dataset(out / "data").to_table(columns=["id"])["id"].to_pylist()
+    rejected = pads.dataset(out / "rejected").to_table().to_pylist()
+    return kept, {r["id"]: r for r in rejected}

@@ -12,16 +12,11 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from conftest import ROOT, SAMPLE_N, curate
+from helpers import outcomes
 
 from pipeline.config import LanguageConfig
 from pipeline.schema import OUTPUT_SCHEMA, REJECTED_SCHEMA
 from pipeline.stages.language_id import LanguageId
-
-
-def _outcomes(out: Path) -> tuple[list[str], dict[str, dict]]:
-    kept = pads.dataset(out / "data").to_table(columns=["id"])["id"].to_pylist()
-    rejected = pads.dataset(out / "rejected").to_table().to_pylist()
-    return kept, {r["id"]: r for r in rejected}
 
 
 def _stage(manifest: dict, name: str) -> dict:
@@ -30,7 +25,7 @@ def _stage(manifest: dict, name: str) -> dict:
 
 def test_accounting_every_input_id_exactly_once(curated, ground_truth):
     out, manifest = curated
-    kept, rejected = _outcomes(out)
+    kept, rejected = outcomes(out)
     all_ids = kept + list(rejected)
     assert len(all_ids) == len(set(all_ids)) == SAMPLE_N
     assert set(all_ids) == set(ground_truth)
@@ -49,7 +44,7 @@ def test_accounting_every_input_id_exactly_once(curated, ground_truth):
 
 def test_injected_defects_land_with_the_right_stage_and_reason(curated, ground_truth):
     out, manifest = curated
-    kept, rejected = _outcomes(out)
+    kept, rejected = outcomes(out)
     order = [s["stage"] for s in manifest["stages"]]
     wrong, early = [], []
     for key, g in ground_truth.items():
@@ -91,7 +86,7 @@ def _language_rates(decide, rows: list[dict], captions: dict[str, str]) -> dict:
 
 def test_language_beats_single_threshold_on_short_captions(curated, ground_truth, sample_dir):
     out, _ = curated
-    kept, rejected = _outcomes(out)
+    kept, rejected = outcomes(out)
     lang_rejected = {k for k, r in rejected.items() if r["stage"] == "language"}
     rows = [(k, g) for k, g in ground_truth.items() if g["kind"] in ("clean", "non_english")]
     assert sum(g["n_words"] <= 4 for _, g in rows) >= 300  # many short captions
@@ -173,7 +168,7 @@ def test_rerun_does_no_work_and_resume_reuses_finished_parts(curated, sample_dir
     resumed = curate(sample_dir, crashed)
     assert resumed["phases"]["phase1"]["reused"] == 2
     assert resumed["totals"] == manifest["totals"]
-    assert sorted(_outcomes(crashed)[0]) == sorted(_outcomes(out)[0])
+    assert sorted(outcomes(crashed)[0]) == sorted(outcomes(out)[0])
 
 
 def test_other_config_on_same_output_is_refused(curated, sample_dir):
