@@ -226,6 +226,9 @@ class AlignmentConfig(_Section):
     model_name: str | None = Field(
         None, description="open_clip: architecture name or path of a model config JSON (never downloaded)"
     )
+    tokenizer: str | None = Field(
+        None, description="vlmforge_clip: tokenizer.json; null = the path the run's config.json names"
+    )
     min_score: float | None = Field(None, description="drop rows scoring below this (cosine, -1..1)")
     drop_percentile: float | None = Field(
         None, ge=0, lt=100, description="drop the rows below this global percentile of scores instead"
@@ -264,6 +267,19 @@ class DiversityConfig(_Section):
     )
     n_features: int = Field(1 << 22, ge=1 << 10, description="hashed n-gram space (HashingVectorizer)")
     seed: int = Field(0, ge=0, description="seed of the per-row sampling")
+    cache_ngrams: bool = Field(
+        True, description="keep each part's n-gram matrix in Ray's object store between counting and "
+        "resampling (about 8 B per n-gram occurrence) instead of tokenising the captions twice"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DiversityConfig:
+        low, high = self.ngram_range
+        if not 1 <= low <= high:
+            raise ValueError("diversity.ngram_range must be (min, max) with 1 <= min <= max")
+        if self.reference and not self.reference.endswith((".txt", ".parquet")):
+            raise ValueError("diversity.reference must be a .txt or a .parquet file")
+        return self
 
 
 class OcrConfig(_Section):
@@ -278,6 +294,11 @@ class OcrConfig(_Section):
     separator: str = Field(" ", description="between the original caption and the OCR text")
     detect: bool = Field(True, description="run tesseract only on images the text detector flags")
     workers: int | None = Field(None, gt=0, description="OCR actors; null = one per CPU")
+    text_px: int = Field(
+        40, gt=0, description="images are upscaled so the detected text is about this tall for tesseract"
+    )
+    max_upscale: float = Field(4.0, ge=1, description="largest upscale factor before tesseract")
+    max_side: int = Field(2000, gt=0, description="larger images are downscaled to this long side first")
 
 
 class SyntheticCaptionConfig(_Section):
@@ -285,6 +306,10 @@ class SyntheticCaptionConfig(_Section):
 
     enabled: bool = False
     checkpoint: str | None = Field(None, description="a vlmforge vlm run directory or an exported Mllama dir")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json; null = the run's `tokenizer`, or tokenizer.json in the Mllama dir"
+    )
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="model weights and activations")
     prompt: str = Field("", description="text after the image token that generation continues")
     max_new_tokens: int = Field(32, gt=0, description="length cap of a generated caption")
     temperature: float = Field(0.0, ge=0, description="0 = greedy")

@@ -115,7 +115,26 @@ def diversity_phase(
         done = resolve_diversity(parts, load, work / DIVERSITY.dir, cfg.diversity, cpus)
         done["seconds"] = round(time.perf_counter() - t0, 3)
         write_json(work / DIVERSITY.dir / "_done.json", done)
-    return StageStats.from_done("diversity", rows_in, done), done.get("stats", {})
+    return StageStats.from_done("diversity", rows_in, done), report_stats(done)
+
+
+def report_stats(done: dict) -> dict:
+    """The diversity summary for the manifest: n-gram statistics before/after, and the top n-grams with
+    their share of captions on each side (the shape `vlmforge stats --html` draws)."""
+    stats, counters = done.get("stats") or {}, done.get("counters") or {}
+    if not stats:
+        return {}
+    rows, kept = max(counters.get("rows", 0), 1), max(counters.get("kept", 0), 1)
+    top = stats.get("top_ngrams", [])
+    after = sorted(top, key=lambda g: -g["after"])
+    return {
+        "before": stats["before"],
+        "after": stats["after"],
+        "top_ngrams": {
+            "before": [[g["ngram"], g["before"] / rows] for g in top],
+            "after": [[g["ngram"], g["after"] / kept] for g in after],
+        },
+    }
 
 
 def enrichment_phase(
