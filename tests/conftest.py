@@ -1,4 +1,4 @@
-"""Session fixtures: one local Ray for all tests, one sample dataset, one curated output."""
+"""Session fixtures: one local Ray, one sample dataset, one curated output, one trained tiny recipe."""
 
 from __future__ import annotations
 
@@ -64,3 +64,56 @@ def curate(input_path: Path, output: Path, *overrides: str) -> dict:
 def curated(sample_dir, ray_local, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("curated")
     return out, curate(sample_dir, out)
+
+
+# The tiny training recipe, shortened from configs/train so the chain text_lm -> clip -> stage 1 -> stage 2
+# runs in about a minute (DeepSpeed ZeRO-2, one rank, CPU, in this process); the demo runs it at full length.
+TEXT_STEPS, CLIP_STEPS, STAGE1_STEPS, STAGE2_STEPS = 150, 30, 300, 30
+
+
+def train(config: str, out: Path, *overrides: str):
+    """Train `config` on the recipe data (tests/test_train_support.py); returns the RunResult."""
+    from test_train_support import recipe_data
+
+    from training.config import load_train_config
+    from training.train import run
+
+    curated, tokenizer = recipe_data()
+    cfg = load_train_config(
+        config,
+        [
+            f"data.path={curated}",
+            f"tokenizer={tokenizer}",
+            f"train.output={out}",
+            "train.progress=false",
+            "train.save_every=0",
+            "eval.every=0",
+            *overrides,
+        ],
+    )
+    return run(cfg)
+
+
+@pytest.fixture(scope="session")
+def recipe(tmp_path_factory) -> dict:
+    """RunResults of the tiny recipe, by task: text_lm, clip, stage1, stage2."""
+    import torch
+
+    threads = torch.get_num_threads()
+    root = tmp_path_factory.mktemp("recipe")
+    try:
+        text = train("configs/train/text_lm.yaml", root / "text_lm", f"train.steps={TEXT_STEPS}")
+        clip = train(
+            "configs/train/clip.yaml",
+            root / "clip",
+            f"train.steps={CLIP_STEPS}",
+            "train.micro_batch_size=32",
+            "optim.warmup_steps=5",
+        )
+        init1 = f"model.init_from=[{root / 'text_lm/model.safetensors'},{root / 'clip/encoder.safetensors'}]"
+        stage1 = train("configs/train/stage1.yaml", root / "stage1", f"train.steps={STAGE1_STEPS}", init1)
+        init2 = f"model.init_from=[{root / 'text_lm/model.safetensors'},{root / 'stage1/model.safetensors'}]"
+        stage2 = train("configs/train/stage2.yaml", root / "stage2", f"train.steps={STAGE2_STEPS}", init2)
+    finally:
+        torch.set_num_threads(threads)  # the run sets one thread per rank; give the other tests theirs back
+    return {"text_lm": text, "clip": clip, "stage1": stage1, "stage2": stage2}

@@ -1,15 +1,12 @@
 """The tiny recipe in this process (DeepSpeed ZeRO-2, one rank, CPU): text_lm -> clip -> stage 1 -> stage 2.
 
-Shortened from the configs in configs/train so the whole chain runs in about a minute; the demo runs them
-at full length (see benchmarks/RESULTS_train.md for its figures).
+The runs are the session fixture ``recipe`` (tests/conftest.py), shared with the synthetic-caption tests.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 from test_train_support import recipe_data
@@ -17,50 +14,8 @@ from test_train_support import recipe_data
 from training.config import load_train_config
 from training.data import build_index, heldout_batches
 from training.metrics import read_metrics
-from training.train import RunResult, run
 from training.vlm import sample_format
 from training.weights import load_fusion_model
-
-TEXT_STEPS, CLIP_STEPS, STAGE1_STEPS, STAGE2_STEPS = 150, 30, 300, 30
-
-
-def train(config: str, out: Path, *overrides: str) -> RunResult:
-    curated, tokenizer = recipe_data()
-    cfg = load_train_config(
-        config,
-        [
-            f"data.path={curated}",
-            f"tokenizer={tokenizer}",
-            f"train.output={out}",
-            "train.progress=false",
-            "train.save_every=0",
-            "eval.every=0",
-            *overrides,
-        ],
-    )
-    return run(cfg)
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> dict[str, RunResult]:
-    threads = torch.get_num_threads()
-    root = tmp_path_factory.mktemp("recipe")
-    try:
-        text = train("configs/train/text_lm.yaml", root / "text_lm", f"train.steps={TEXT_STEPS}")
-        clip = train(
-            "configs/train/clip.yaml",
-            root / "clip",
-            f"train.steps={CLIP_STEPS}",
-            "train.micro_batch_size=32",
-            "optim.warmup_steps=5",
-        )
-        init1 = f"model.init_from=[{root / 'text_lm/model.safetensors'},{root / 'clip/encoder.safetensors'}]"
-        stage1 = train("configs/train/stage1.yaml", root / "stage1", f"train.steps={STAGE1_STEPS}", init1)
-        init2 = f"model.init_from=[{root / 'text_lm/model.safetensors'},{root / 'stage1/model.safetensors'}]"
-        stage2 = train("configs/train/stage2.yaml", root / "stage2", f"train.steps={STAGE2_STEPS}", init2)
-    finally:
-        torch.set_num_threads(threads)  # the run sets one thread per rank; give the other tests theirs back
-    return {"text_lm": text, "clip": clip, "stage1": stage1, "stage2": stage2}
 
 
 def test_text_lm_and_clip_learn(recipe):
@@ -127,10 +82,11 @@ def test_stage2_starts_from_stage1_at_higher_resolution(recipe):
 
 def test_metrics_and_event_files(recipe):
     out = recipe["stage1"].output
+    steps = json.loads((out / "config.json").read_text())["train"]["steps"]  # as asked, before the run
     train = read_metrics(out / "metrics.jsonl", "train")
-    assert [r["step"] for r in train] == list(range(1, STAGE1_STEPS + 1))
+    assert [r["step"] for r in train] == list(range(1, steps + 1))
     assert all(r["samples_per_s"] > 0 and r["tokens_per_s"] > r["samples_per_s"] for r in train)
     assert "mfu" not in train[0]  # MFU only where a GPU's peak is known
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl", "eval")] == [0, STAGE1_STEPS]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl", "eval")] == [0, steps]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((out / "summary.json").read_text())["zero_stage"] == 2

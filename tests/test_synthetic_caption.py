@@ -1,0 +1,128 @@
+"""Synthetic captions from the tiny recipe's stage-2 checkpoint, on the held-out rows of its data."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_train_support import recipe_data
+
+from pipeline.config import SyntheticCaptionConfig
+from pipeline.stages.synthetic_caption import SyntheticCaption, load_captioner
+from training.data import is_heldout
+from training.model.hf import export_mllama
+
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def word_f1(a: str | None, b: str) -> float:
+    """F1 of the two captions' word sets (lower case); 0 for a missing caption."""
+    x, y = set(WORD.findall((a or "").lower())), set(WORD.findall(b.lower()))
+    common = len(x & y)
+    return 2 * common / (len(x) + len(y)) if common else 0.0
+
+
+@pytest.fixture(scope="module")
+def heldout() -> pa.Table:
+    """id, image, caption of the rows every training stage held out (data.heldout_fraction 0.05)."""
+    curated, _ = recipe_data()
+    table = pa.concat_tables(
+        pq.read_table(f, columns=["id", "image", "caption"])
+        for f in sorted((curated / "data").glob("*.parquet"))
+    )
+    return table.filter(pa.array([is_heldout(i, 0.05) for i in table.column("id").to_pylist()]))
+
+
+@pytest.fixture(scope="module")
+def config(recipe) -> SyntheticCaptionConfig:
+    return SyntheticCaptionConfig(checkpoint=str(recipe["stage2"].output), batch_rows=64)
+
+
+@pytest.fixture(scope="module")
+def greedy(config, heldout, torch_one_thread) -> tuple[SyntheticCaption, list[str | None]]:
+    captioner = SyntheticCaption(config)
+    out = captioner(heldout.select(["id", "image"]))
+    assert out.column("id").equals(heldout.column("id"))
+    return captioner, out.column("synthetic_caption").to_pylist()
+
+
+def test_captions_are_non_empty_and_depend_on_the_image(greedy, heldout):
+    captioner, captions = greedy
+    n = heldout.num_rows
+    assert n >= 80
+    empty = captions.count(None)
+    assert captioner.counters == {"rows": n, "generated": n - empty} | ({"empty": empty} if empty else {})
+    assert n - empty >= 0.99 * n
+    assert all(c == " ".join(c.split()) for c in captions if c)  # whitespace-normalised
+    # Every row has the same prompt, so a model that ignores the image writes one caption for all rows
+    # under greedy decoding (as the untrained fused model, whose gates are zero, does).
+    assert len(set(captions)) >= 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the tiny recipe's short stage 1 barely uses the image (held-out image_gap ~0.9995): its greedy "
+    "captions match a random row's caption as well as their own (word F1 ~0.22 both)",
+)
+def test_captions_are_closer_to_their_own_caption_than_to_another_rows(greedy, heldout):
+    captions = greedy[1]
+    truth = heldout.column("caption").to_pylist()
+    own = statistics.mean(word_f1(c, t) for c, t in zip(captions, truth, strict=True))
+    other = statistics.mean(word_f1(c, t) for c, t in zip(captions, truth[1:] + truth[:1], strict=True))
+    print(f"word F1 with own caption {own:.3f}, with the next row's {other:.3f}")
+    assert own > other + 0.03, (own, other)
+
+
+def test_bad_image_gives_null_and_is_counted(config, heldout, torch_one_thread):
+    good = heldout.column("image")[0].as_py()
+    batch = pa.table(
+        {
+            "id": ["good", "garbage", "truncated", "missing"],
+            "image": [good, b"not an image", good[: len(good) // 3], None],
+        }
+    )
+    captioner = SyntheticCaption(config)
+    out = captioner(batch)
+    assert out.column("id").to_pylist() == batch.column("id").to_pylist()
+    captions = out.column("synthetic_caption").to_pylist()
+    assert captions[0] and captions[1:] == [None, None, None]
+    assert captioner.counters == {"rows": 4, "bad_image": 3, "generated": 1}
+
+
+def test_greedy_captions_do_not_depend_on_the_batch(config, greedy, heldout, torch_one_thread):
+    rows = heldout.slice(0, 16).select(["id", "image"])
+    one = SyntheticCaption(config.model_copy(update={"batch_rows": 1}))(rows)
+    eight = SyntheticCaption(config.model_copy(update={"batch_rows": 8}))(rows)
+    assert one.column("synthetic_caption").equals(eight.column("synthetic_caption"))
+    assert one.column("synthetic_caption").to_pylist() == greedy[1][:16]
+
+
+def test_top_p_sampling_is_seeded_by_seed_and_rows(config, greedy, heldout, torch_one_thread):
+    rows = heldout.slice(0, 16).select(["id", "image"])
+    sample = config.model_copy(update={"temperature": 1.0, "top_p": 0.9})
+    captioner = SyntheticCaption(sample)
+    first = captioner(rows).column("synthetic_caption").to_pylist()
+    assert captioner(rows).column("synthetic_caption").to_pylist() == first
+    other_seed = SyntheticCaption(sample.model_copy(update={"seed": 1}))(rows)
+    assert other_seed.column("synthetic_caption").to_pylist() != first
+    assert first != greedy[1][:16]
+
+
+def test_exported_mllama_directory_gives_the_same_captions(
+    config, greedy, heldout, tmp_path, torch_one_thread
+):
+    model, tok = load_captioner(config.checkpoint)
+    export_mllama(model, tmp_path)
+    shutil.copy(tok.path, tmp_path / "tokenizer.json")
+    rows = heldout.slice(0, 16).select(["id", "image"])
+    out = SyntheticCaption(config.model_copy(update={"checkpoint": str(tmp_path)}))(rows)
+    assert out.column("synthetic_caption").to_pylist() == greedy[1][:16]
+
+
+def test_checkpoint_of_another_task_is_refused(recipe):
+    with pytest.raises(ValueError, match="neither a vlm training run"):
+        SyntheticCaption(SyntheticCaptionConfig(checkpoint=str(recipe["clip"].output)))
