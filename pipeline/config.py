@@ -295,7 +295,7 @@ class OcrConfig(_Section):
     detect: bool = Field(True, description="run tesseract only on images the text detector flags")
     workers: int | None = Field(None, gt=0, description="OCR actors; null = one per CPU")
     text_px: int = Field(
-        40, gt=0, description="images are upscaled so the detected text is about this tall for tesseract"
+        20, gt=0, description="detected text is scaled to about this height (px) before tesseract"
     )
     max_upscale: float = Field(4.0, ge=1, description="largest upscale factor before tesseract")
     max_side: int = Field(2000, gt=0, description="larger images are downscaled to this long side first")
