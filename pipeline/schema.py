@@ -35,6 +35,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("caption_words", pa.int32()),
         ("clip_score", pa.float32()),
         ("diversity_keep_prob", pa.float32()),
+        ("diversity_score", pa.float32()),
         ("dup_cluster", pa.string()),
         ("dup_cluster_size", pa.int32()),
         ("source", pa.string()),
