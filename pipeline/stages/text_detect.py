@@ -1,0 +1,211 @@
+"""A cheap text-presence test (numpy, Pillow, scipy.ndimage; no OCR), run before tesseract.
+
+The image is analysed as greyscale, at most `WORK_SIDE` pixels on its long side. Ink is what a
+morphological closing (dark ink) or opening (light ink) removes by more than `MIN_CONTRAST`: strokes a few
+pixels wide, not large shapes, and soft shading or gradients cancel out. Ink blobs of a character's size are
+chained into lines (neighbours of similar height, vertically overlapping, less than about a height apart).
+A line is text when it holds at least two different letter-like blobs (not narrow bars, solid blocks or
+dots, and not copies or mirror images of each other) that are not mostly copies of one shape: rows of
+identical drawn shapes, stripes and dot patterns are not text, while words mix letter shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+WORK_SIDE = 640  # longest side analysed; larger images are downscaled first
+MIN_CONTRAST = 40.0  # luma difference from the background that makes a pixel ink
+MIN_CHAR_PX, MAX_CHAR_SHARE = 6, 0.4  # blob height in pixels, and at most this share of the image height
+MIN_BLOB_PX = 12  # blobs with fewer ink pixels are noise
+# not letter-like: narrower than BAR_WIDTH x its height, filling SOLID_FILL of its box, or a round DOT_FILL
+BAR_WIDTH, SOLID_FILL, DOT_FILL = 0.35, 0.8, 0.72
+MAX_GAP, MAX_HEIGHT_RATIO = 1.2, 2.2  # neighbours in a line: gap (x the taller height), height ratio
+PAIR_HEIGHT_RATIO, PAIR_ALIGN, PAIR_GAP = 1.3, 0.15, 0.6  # a line of two blobs must be this tight
+PATTERN_COPIES, PATTERN_SHARE = 4, 0.75  # this many copies of one shape, making this share, is a pattern
+SIGNATURE = 8  # side of the scaled mask that compares blob shapes
+SAME_SHAPE_DIFF = 0.15  # mean cell difference under which two scaled masks are copies of one shape
+_EIGHT = np.ones((3, 3), bool)
+BLOCK = 4  # pooling block of the background estimate, in analysis pixels
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """A chain of character-like blobs, in input-image pixels."""
+
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in input-image pixels
+    chars: int
+    height: float  # median blob height
+
+
+def to_grey(image: Image.Image) -> Image.Image:
+    """8-bit luma ("L") of any Pillow mode; 16/32-bit greyscale keeps its top 8 of 16 bits."""
+    if image.mode.startswith("I"):
+        deep = np.asarray(image, np.int64)
+        deep = deep >> 8 if deep.max(initial=0) > 255 else deep
+        return Image.fromarray(deep.clip(0, 255).astype(np.uint8))
+    return image.convert("L")
+
+
+def greyscale(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> tuple[np.ndarray, float]:
+    """Luma (int16, 0-255) at most `max_side` on the long side, and the input-to-analysis scale factor."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        image = Image.open(io.BytesIO(image))
+        image.draft("L", (max_side, max_side))  # JPEG: decode at a reduced DCT scale, luma only
+    size = image.size
+    grey = to_grey(image)
+    scale = min(1.0, max_side / max(grey.size))
+    if scale < 1.0:
+        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
+                           Image.Resampling.BOX)
+    return np.asarray(grey, np.int16), grey.width / size[0]
+
+
+def _pool(grey: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """`op` (np.maximum or np.minimum) over BLOCK x BLOCK blocks; the edges are padded by replication."""
+    h, w = grey.shape
+    padded = np.pad(grey, ((0, -h % BLOCK), (0, -w % BLOCK)), mode="edge")
+    rows = functools.reduce(op, [padded[i::BLOCK] for i in range(BLOCK)])
+    return functools.reduce(op, [rows[:, j::BLOCK] for j in range(BLOCK)])
+
+
+def _filter3(a: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """`op` over each 3x3 neighbourhood (edges replicated)."""
+    p = np.pad(a, 1, mode="edge")
+    rows = op(op(p[:-2], p[1:-1]), p[2:])
+    return op(op(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+
+
+def ink(grey: np.ndarray, dark: bool) -> np.ndarray:
+    """How much darker (`dark`) or lighter than their local background the pixels of thin strokes are.
+
+    The background is a morphological closing (for dark ink) or opening (for light ink) by 3 blocks on a
+    block-pooled copy: strokes up to ~3 blocks wide vanish from it, larger shapes stay. One more erosion
+    (dilation) by a block keeps the edges of large shapes out of the ink. Soft shading cancels out.
+    """
+    h, w = grey.shape
+    grow, shrink = (np.maximum, np.minimum) if dark else (np.minimum, np.maximum)
+    coarse = _filter3(_filter3(_filter3(_pool(grey, grow), grow), shrink), shrink)
+    behind = np.repeat(np.repeat(coarse, BLOCK, axis=0), BLOCK, axis=1)[:h, :w]
+    return behind - grey if dark else grey - behind
+
+
+@dataclass(frozen=True, slots=True)
+class _Blob:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    signature: np.ndarray
+    letter: bool  # shaped like a letter: not a narrow bar, a solid block or a dot
+
+    @property
+    def h(self) -> int:
+        return self.y1 - self.y0
+
+
+def _blobs(mask: np.ndarray, max_h: float) -> list[_Blob]:
+    """Connected components of a character's size; each marked letter-like or not."""
+    labels, _ = ndimage.label(mask, structure=_EIGHT)
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        ys, xs = sl
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        if not MIN_CHAR_PX <= h <= max_h or w > 3 * h:
+            continue
+        crop = labels[sl] == i
+        fill = crop.sum() / (h * w)
+        if fill * h * w < MIN_BLOB_PX:
+            continue
+        dot = fill >= DOT_FILL and 0.7 <= w / h <= 1.4
+        letter = w > BAR_WIDTH * h and fill < SOLID_FILL and not dot
+        out.append(_Blob(xs.start, ys.start, xs.stop, ys.stop, _signature(crop), letter))
+    return out
+
+
+def _signature(mask: np.ndarray) -> np.ndarray:
+    """A blob's mask scaled to SIGNATURE x SIGNATURE cells (ink share per cell): size and aspect removed."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((SIGNATURE, SIGNATURE), Image.Resampling.BOX), np.float32) / 255
+
+
+def _same_shape(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two blob signatures are copies, or mirror images, of one shape."""
+    return min(np.abs(a - b).mean(), np.abs(a - b[:, ::-1]).mean()) < SAME_SHAPE_DIFF
+
+
+def _lines(blobs: list[_Blob]) -> list[list[_Blob]]:
+    """Group blobs into lines (union-find over aligned neighbours of similar height)."""
+    parent = list(range(len(blobs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    order = sorted(range(len(blobs)), key=lambda i: blobs[i].x0)
+    for n, i in enumerate(order):
+        a = blobs[i]
+        for j in order[n + 1 :]:
+            b = blobs[j]
+            tall, short = max(a.h, b.h), min(a.h, b.h)
+            if b.x0 - a.x1 > MAX_GAP * tall:
+                break
+            if tall <= MAX_HEIGHT_RATIO * short and min(a.y1, b.y1) - max(a.y0, b.y0) >= 0.5 * short:
+                parent[find(j)] = find(i)
+    groups: dict[int, list[_Blob]] = {}
+    for i, blob in enumerate(blobs):
+        groups.setdefault(find(i), []).append(blob)
+    return list(groups.values())
+
+
+def _is_text(line: list[_Blob]) -> bool:
+    """At least two different letter shapes, not mostly copies of one; a pair only when tightly set."""
+    letters = [b for b in line if b.letter]
+    kinds: list[tuple[np.ndarray, int]] = []  # (signature, copies)
+    for blob in letters:
+        k = next((k for k, (sig, _) in enumerate(kinds) if _same_shape(blob.signature, sig)), None)
+        if k is None:
+            kinds.append((blob.signature, 1))
+        else:
+            kinds[k] = (kinds[k][0], kinds[k][1] + 1)
+    if len(kinds) < 2:
+        return False
+    copies = max(c for _, c in kinds)
+    if copies >= PATTERN_COPIES and copies >= PATTERN_SHARE * len(letters):
+        return False
+    if len(line) > 2:
+        return True
+    a, b = sorted(line, key=lambda blob: blob.x0)
+    return (
+        max(a.h, b.h) <= PAIR_HEIGHT_RATIO * min(a.h, b.h)
+        and abs(a.y1 - b.y1) <= PAIR_ALIGN * max(a.h, b.h)
+        and b.x0 - a.x1 <= PAIR_GAP * max(a.h, b.h)
+    )
+
+
+def text_lines(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> list[TextLine]:
+    """The text-like lines found in `image` (empty when it likely holds no text)."""
+    grey, scale = greyscale(image, max_side)
+    max_h = max(MIN_CHAR_PX, MAX_CHAR_SHARE * grey.shape[0])
+    found = []
+    for dark in (True, False):
+        for line in _lines(_blobs(ink(grey, dark) > MIN_CONTRAST, max_h)):
+            if len(line) < 2 or not _is_text(line):
+                continue
+            x0, y0 = min(b.x0 for b in line), min(b.y0 for b in line)
+            x1, y1 = max(b.x1 for b in line), max(b.y1 for b in line)
+            box = (int(x0 / scale), int(y0 / scale), int(np.ceil(x1 / scale)), int(np.ceil(y1 / scale)))
+            found.append(TextLine(box, len(line), float(np.median([b.h for b in line])) / scale))
+    return found
+
+
+def has_text(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> bool:
+    """Whether `image` likely contains text."""
+    return bool(text_lines(image, max_side))

@@ -1,0 +1,187 @@
+"""OCR stage: accuracy on rendered text, the text detector on the sample data, and failure handling.
+
+Accuracy cases are single-line phrases rendered here with DejaVu and Liberation fonts (regular, bold, italic,
+serif, mono, condensed), 14-40 px, rotated up to 5 degrees, on shaded backgrounds, stored as JPEG. They are
+the text tesseract is expected to read: font size >= READABLE_PX and luma contrast >= READABLE_CONTRAST
+(the sample data draws text at >= 14 px and >= 90 luma). Smaller or fainter text is not rendered here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from multiprocessing import get_context
+from pathlib import Path
+
+import pyarrow as pa
+import pytesseract
+import pytest
+import wordfreq
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.config import OcrConfig
+from pipeline.errors import JobError
+from pipeline.sample_data import write_sample_data
+from pipeline.stages.ocr import OcrText, check_tesseract
+from pipeline.stages.text_detect import has_text
+
+FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
+FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf",
+    "DejaVuSans-Oblique.ttf", "DejaVuSansCondensed.ttf", "LiberationSans-Regular.ttf",
+    "LiberationSans-Bold.ttf", "LiberationSerif-Regular.ttf", "LiberationSerif-Italic.ttf",
+    "LiberationMono-Regular.ttf", "LiberationSansNarrow-Regular.ttf",
+)
+READABLE_PX, MAX_PX, READABLE_CONTRAST = 14, 40, 60.0
+N_CASES, MAX_CER = 200, 0.05
+WORDS = [w for w in wordfreq.top_n_list("en", 3000) if w.isalpha() and len(w) >= 3]
+
+
+def _font_path(name: str) -> Path:
+    path = next((d / name for d in FONT_DIRS if (d / name).exists()), None)
+    if path is None:
+        pytest.skip(f"font {name} missing: apt-get install fonts-dejavu-core fonts-liberation")
+    return path
+
+
+def _luma(rgb: tuple[int, int, int]) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def _phrase(rng: random.Random) -> str:
+    words = rng.sample(WORDS, rng.randint(1, 3))
+    if rng.random() < 0.2:
+        words.append(str(rng.randint(2, 2099)))
+    case = rng.choice((str.lower, str.title, str.upper, lambda s: s))
+    return case(" ".join(words))
+
+
+def render_case(seed: int) -> tuple[bytes, str]:
+    """One JPEG with a known phrase: random font, size, colours, shading and a rotation within 5 degrees."""
+    rng = random.Random(seed)
+    text = _phrase(rng)
+    font_file = _font_path(rng.choice(FONTS))
+    size = rng.randint(READABLE_PX, MAX_PX)
+    font = ImageFont.truetype(str(font_file), size)
+    while font.getlength(text) > 560 and size > READABLE_PX:
+        size -= 1
+        font = ImageFont.truetype(str(font_file), size)
+    left, top, right, bottom = font.getbbox(text)
+    layer = Image.new("L", (int(right - left) + 4, int(bottom - top) + 4), 0)
+    ImageDraw.Draw(layer).text((2 - left, 2 - top), text, fill=255, font=font)
+    layer = layer.rotate(rng.uniform(-5, 5), resample=Image.Resampling.BICUBIC, expand=True)
+    width, height = layer.width + rng.randint(20, 120), layer.height + rng.randint(20, 120)
+    while True:
+        bg = tuple(rng.randrange(256) for _ in range(3))
+        fg = tuple(rng.randrange(256) for _ in range(3))
+        if abs(_luma(bg) - _luma(fg)) >= READABLE_CONTRAST:
+            break
+    ramp = Image.linear_gradient("L").rotate(rng.choice((0, 90, 180, 270))).resize((width, height))
+    shade = rng.uniform(0.0, 0.2)  # the background darkens by up to 20% across the image
+    image = Image.merge("RGB", [ramp.point(lambda v, c=c: c * (1 - shade * v / 255)) for c in bg])
+    xy = (rng.randint(0, width - layer.width), rng.randint(0, height - layer.height))
+    image.paste(Image.new("RGB", layer.size, fg), xy, layer)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=rng.randint(80, 95))
+    return buf.getvalue(), text
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _read_cases(seeds: list[int]) -> list[tuple[str, str]]:
+    ocr = OcrText(OcrConfig())
+    return [(text, ocr.read(data) or "") for data, text in map(render_case, seeds)]
+
+
+def test_ocr_character_error_rate_on_rendered_text():
+    seeds = list(range(N_CASES))
+    with get_context("spawn").Pool(2) as pool:
+        pairs = [p for chunk in pool.map(_read_cases, [seeds[0::2], seeds[1::2]]) for p in chunk]
+    errors = sum(min(edit_distance(truth, read), len(truth)) for truth, read in pairs)
+    chars = sum(len(truth) for truth, _ in pairs)
+    worst = sorted(pairs, key=lambda p: -edit_distance(*p))[:5]
+    assert errors / chars <= MAX_CER, f"CER {errors / chars:.3f} over {len(pairs)} images; worst: {worst}"
+
+
+def _sample_images(directory: Path) -> list[tuple[bytes, str | None]]:
+    """(image bytes, text drawn in it) of every sample image that decodes."""
+    truth = {}
+    with open(directory / "ground_truth.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            truth[row["key"]] = row["text_in_image"]
+    out = []
+    for shard in sorted(directory.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, ext = member.name.split(".", 1)
+                if ext in ("json", "txt"):
+                    continue
+                data = tar.extractfile(member).read()
+                try:
+                    Image.open(io.BytesIO(data)).load()
+                except Exception:  # noqa: BLE001 - the sample's corrupt rows
+                    continue
+                out.append((data, truth[key]))
+    return out
+
+
+def test_detector_recall_and_skip_rate_on_sample_data(tmp_path):
+    write_sample_data(tmp_path, n=1000, seed=7)
+    images = _sample_images(tmp_path)
+    with_text = [has_text(data) for data, text in images if text]
+    without = [has_text(data) for data, text in images if not text]
+    assert len(with_text) >= 80 and len(without) >= 700
+    recall = sum(with_text) / len(with_text)
+    flagged = sum(without) / len(without)
+    assert recall >= 0.95, f"recall {recall:.3f} on {len(with_text)} text images"
+    assert flagged <= 0.10, f"{flagged:.3f} of {len(without)} text-free images flagged"
+
+
+def test_check_tesseract_names_missing_language_and_binary(monkeypatch):
+    check_tesseract(OcrConfig(languages="eng"))
+    with pytest.raises(JobError, match=r"no language pack for xyz.*apt-get install tesseract-ocr-xyz"):
+        check_tesseract(OcrConfig(languages="eng+xyz"))
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    with pytest.raises(JobError, match="apt-get install tesseract-ocr"):
+        check_tesseract(OcrConfig())
+
+
+def test_ocr_stage_nulls_and_counts_bad_input_and_timeouts():
+    data, text = render_case(0)
+    blank = Image.new("RGB", (200, 120), (90, 140, 200))
+    buf = io.BytesIO()
+    blank.save(buf, "PNG")
+    batch = pa.table({"id": ["bad", "text", "none", "blank"], "image": [b"not an image", data, None,
+                                                                       buf.getvalue()]})
+    ocr = OcrText(OcrConfig())
+    out = ocr(batch)
+    assert out.column_names == ["id", "ocr_text"]
+    assert out.column("id").to_pylist() == ["bad", "text", "none", "blank"]
+    assert out.column("ocr_text").to_pylist() == [None, text, None, None]
+    assert ocr.counters["bad_image"] == 2 and ocr.counters["images"] == 4
+    # the blank image skipped tesseract
+    assert ocr.counters["ocr_run"] == 1 and ocr.counters["with_text"] == 1
+
+    slow = OcrText(OcrConfig(timeout_s=0.001))
+    assert slow(batch.slice(1, 1)).column("ocr_text").to_pylist() == [None]
+    assert slow.counters["timeouts"] == 1
+
+
+def test_clip_words_and_text_cap():
+    from pipeline.stages.ocr import clip_words
+
+    assert clip_words("  a\n b\tc ", 10) == "a b c"
+    assert clip_words("hello wonderful world", 17) == "hello wonderful"
+    assert clip_words("abcdefghij", 4) == "abcd"
+    assert len(clip_words("x " * 300, 200)) == 199
