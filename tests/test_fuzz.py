@@ -1,16 +1,32 @@
-"""Broken and hostile inputs: the job finishes, nothing crashes, every row is accounted with a reason."""
+"""Broken and hostile inputs: the job finishes, nothing crashes, every row is accounted with a reason.
+
+Paths that climb out of a JSON-lines manifest's image root (`../../etc/passwd`, symlinks) are refused by
+the reader: tests/test_readers.py::test_jsonl_paths_stay_inside_root.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
 import struct
+import subprocess
+import sys
 import tarfile
+import time
 import zlib
+from pathlib import Path
 
+import numpy as np
+import psutil
 import pyarrow.dataset as pads
-from conftest import curate
+from conftest import ROOT
 from helpers import encode, jpeg, write_tar
 from PIL import Image
+
+CURATE = [sys.executable, "-m", "pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
+MAX_PEAK_RSS = 1 << 30  # any one process of the job (driver, Ray's own, workers); 285 MiB measured
 
 
 def _png_bomb_header(width: int, height: int) -> bytes:
@@ -142,6 +158,79 @@ CASES = [
 ]
 
 
+class _Filler(io.RawIOBase):
+    """A file of `size` bytes, `head` + `fill` repeated + `tail`, produced as read (never whole in memory)."""
+
+    def __init__(self, head: bytes, fill: bytes, tail: bytes, size: int) -> None:
+        self.head, self.tail, self.pos, self.size = head, tail, 0, size
+        self.block = fill * max(1, (1 << 20) // len(fill))
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
+        out = bytearray()
+        while len(out) < n:
+            at = self.pos + len(out)
+            if at < len(self.head):
+                out += self.head[at : at + n - len(out)]
+            elif at >= self.size - len(self.tail):
+                t = at - (self.size - len(self.tail))
+                out += self.tail[t : t + n - len(out)]
+            else:
+                out += self.block[: min(n - len(out), self.size - len(self.tail) - at)]
+        self.pos += n
+        return bytes(out)
+
+
+def _noise_jpeg(seed: int) -> bytes:
+    """A JPEG of random pixels: no perceptual-hash neighbour among the other cases' images."""
+    arr = np.random.default_rng(seed).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    return encode(Image.fromarray(arr), "JPEG", quality=90)
+
+
+# Members too large to build in memory, as CASES; a tuple stands for the _Filler(*tuple) written in its place.
+# A JSON sidecar is optional metadata (img2dataset's url, sizes ...): when it is too large, too deep or not
+# JSON, the reader ignores it (no url) and the pair itself is judged as usual.
+HUGE_JSON_BYTES, HUGE_CAPTION_BYTES, DEEP_JSON_LEVELS = 50_000_000, 100_000_000, 100_000
+LARGE_CASES = [
+    (
+        "hugejson",
+        [
+            ("hugejson.jpg", _noise_jpeg(1)),
+            ("hugejson.txt", b"a purple rectangle on the floor"),
+            ("hugejson.json", (b'{"url": "http://x/', b"a", b'"}', HUGE_JSON_BYTES)),  # a _Filler
+        ],
+        None,
+    ),
+    (
+        "deepjson100k",
+        [
+            ("deepjson100k.jpg", _noise_jpeg(2)),
+            ("deepjson100k.txt", b"a cyan circle near the window"),
+            ("deepjson100k.json", b"[" * DEEP_JSON_LEVELS + b"]" * DEEP_JSON_LEVELS),  # well-formed
+        ],
+        None,
+    ),
+    (
+        "caption100mb",
+        [
+            ("caption100mb.jpg", _noise_jpeg(3)),
+            ("caption100mb.txt", (b"", b"word ", b"", HUGE_CAPTION_BYTES)),
+        ],
+        ("read", "caption_too_large"),
+    ),
+]
+
+
+def _write_large_tar(path: Path) -> None:
+    with tarfile.open(path, "w") as tar:
+        for _, members, _ in LARGE_CASES:
+            for name, data in members:
+                f = _Filler(*data) if isinstance(data, tuple) else io.BytesIO(data)
+                info = tarfile.TarInfo(name)
+                info.size = f.size if isinstance(f, _Filler) else len(data)
+                tar.addfile(info, f)
+
+
 def _build(tmp_path):
     (tmp_path / "in").mkdir()
     members = [m for _, ms, _ in CASES for m in ms]
@@ -164,17 +253,63 @@ def _build(tmp_path):
     data = (tmp_path / "in" / "00002.tar").read_bytes()
     (tmp_path / "in" / "00002.tar").write_bytes(data[:900])
     (tmp_path / "in" / "00003.tar").write_bytes(b"definitely not a tar archive\n" * 40)
+    _write_large_tar(tmp_path / "in" / "00004.tar")
 
 
-def test_hostile_webdataset_is_fully_accounted(tmp_path, ray_local):
+def _run_measuring_rss(cmd: list[str], log: Path, timeout: float = 600) -> tuple[int, int, int]:
+    """Run `cmd` (which starts its own Ray, so Ray's processes are its descendants), polling the process
+    tree; returns (exit code, the largest peak RSS of any one process, the largest summed RSS of the tree)."""
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    top = psutil.Process(proc.pid)
+    peak_one = peak_sum = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            total = 0
+            for p in [top, *top.children(recursive=True)]:
+                try:
+                    rss = p.memory_info().rss
+                    status = Path(f"/proc/{p.pid}/status")
+                    hwm = [ln for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")]
+                    peak_one = max(peak_one, rss, int(hwm[0].split()[1]) * 1024 if hwm else 0)
+                    total += rss
+                except (psutil.Error, OSError):
+                    pass  # a process that ended between the listing and the read
+            peak_sum = max(peak_sum, total)
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    return proc.returncode, peak_one, peak_sum
+
+
+def test_hostile_webdataset_is_fully_accounted(tmp_path):
     _build(tmp_path)
-    manifest = curate(tmp_path / "in", tmp_path / "out", "input.max_caption_bytes=1000000")
-    kept = set(pads.dataset(tmp_path / "out" / "data").to_table(columns=["id"])["id"].to_pylist())
-    rejected = {r["id"]: r for r in pads.dataset(tmp_path / "out" / "rejected").to_table().to_pylist()}
+    out = tmp_path / "out"
+    cmd = [
+        *CURATE,
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(out),
+        "--set",
+        "input.max_caption_bytes=1000000",
+    ]
+    rc, peak_one, peak_sum = _run_measuring_rss(cmd, tmp_path / "job.log")
+    assert rc == 0, (tmp_path / "job.log").read_text()[-4000:]
+    mib = 2**20
+    print(f"hostile input: peak RSS {peak_one / mib:.0f} MiB in one process, {peak_sum / mib:.0f} MiB summed")
+    assert peak_one < MAX_PEAK_RSS, f"a process of the job peaked at {peak_one / 2**20:.0f} MiB"
+    manifest = json.loads((out / "manifest.json").read_text())
+    kept_rows = pads.dataset(out / "data").to_table(columns=["id", "url"]).to_pylist()
+    kept = {r["id"] for r in kept_rows}
+    rejected = {r["id"]: r for r in pads.dataset(out / "rejected").to_table().to_pylist()}
     assert not kept & set(rejected)
     t = manifest["totals"]
     assert t["input_rows"] == len(kept) + len(rejected) == t["output_rows"] + t["rejected_rows"]
-    for key, _, expected in CASES:
+    for key, _, expected in CASES + LARGE_CASES:
         key = f"/etc/{key}" if key == "absolute" else ("../dotdot" if key == "dotdot" else key)
         if expected is None:
             assert key in kept, (key, rejected.get(key))
@@ -186,3 +321,6 @@ def test_hostile_webdataset_is_fully_accounted(tmp_path, ray_local):
     assert rejected["00003#unreadable"]["reason"] == "corrupt_tar"
     assert len({(r["stage"], r["reason"]) for r in rejected.values()}) >= 15
     assert all(r["reason"] for r in rejected.values())
+    urls = {r["id"]: r["url"] for r in kept_rows}
+    assert urls["hugejson"] is None and urls["deepjson100k"] is None  # the sidecars were ignored
+    assert "100000000 bytes" in rejected["caption100mb"]["detail"]

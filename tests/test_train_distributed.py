@@ -90,12 +90,23 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def two_processes_zero2(tmp_path_factory) -> Path:
+    """2 processes, ZeRO-2, uninterrupted: a ZeRO case below and the 2-process resume test's reference."""
+    out = tmp_path_factory.mktemp("zero2x2")
+    torchrun(2, out, **{"train.deepspeed": "configs/deepspeed/zero2.json"})
+    return out
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_two_processes_track_one_process(stage, reference, tmp_path):
-    extra = {"train.deepspeed": f"configs/deepspeed/zero{stage}.json"}
-    if stage == 3:
-        extra["train.activation_checkpointing"] = "true"  # recomputation under ZeRO-3's gather hooks
-    torchrun(2, tmp_path, **extra)
+def test_two_processes_track_one_process(stage, reference, tmp_path, request):
+    if stage == 2:
+        tmp_path = request.getfixturevalue("two_processes_zero2")
+    else:
+        extra = {"train.deepspeed": f"configs/deepspeed/zero{stage}.json"}
+        if stage == 3:
+            extra["train.activation_checkpointing"] = "true"  # recomputation under ZeRO-3's gather hooks
+        torchrun(2, tmp_path, **extra)
     ref, got = losses(reference), losses(tmp_path)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert max(abs(got[s] - ref[s]) for s in ref) <= ZERO_TOLERANCE, (got, ref)
@@ -108,13 +119,21 @@ def test_two_processes_track_one_process(stage, reference, tmp_path):
     assert {r["images"] for r in read_metrics(tmp_path / "metrics.jsonl", "train")} == {8}
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
-    """`vlmforge train` (DeepSpeed launcher), SIGKILL after a checkpoint, `--resume`: same losses and data."""
-    cli = [PYTHON, "-m", "pipeline.cli", "train", "configs/train/stage1.yaml", "--nproc", "1"]
-    args = overrides(
-        tmp_path,
-        **{"data.num_workers": 2, "train.grad_accum": 2, "train.deepspeed": "configs/deepspeed/zero2.json"},
-    )
+# Processes: (the fixture of the uninterrupted run to match, the overrides that run was made with).
+RESUME_CASES = {
+    1: ("reference", {"data.num_workers": 2, "train.grad_accum": 2}),
+    2: ("two_processes_zero2", {}),
+}
+
+
+@pytest.mark.parametrize("nproc", sorted(RESUME_CASES))
+def test_sigkill_then_resume_matches_uninterrupted_run(nproc, request, tmp_path):
+    """`vlmforge train --nproc N` (DeepSpeed launcher, ZeRO-2), SIGKILL of every rank after a checkpoint,
+    `--resume`: the same losses and data as the uninterrupted N-process run."""
+    fixture, extra = RESUME_CASES[nproc]
+    reference = request.getfixturevalue(fixture)
+    cli = [PYTHON, "-m", "pipeline.cli", "train", "configs/train/stage1.yaml", "--nproc", str(nproc)]
+    args = overrides(tmp_path, **extra, **{"train.deepspeed": "configs/deepspeed/zero2.json"})
     flat = [x for a in args for x in ("--set", a.removeprefix("--set="))]
     env = clean_env()
     log = tmp_path / "killed.log"
@@ -146,5 +165,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
     assert sorted(got) == list(range(1, STEPS + 1))  # the killed run's steps past its checkpoint were dropped
     for step in range(resumed_from + 1, STEPS + 1):
         assert got[step]["loss"] == ref[step]["loss"], step  # exact: CPU, fp32, same order
-        assert got[step]["data"] == ref[step]["data"], step  # the same samples in the same order
-    assert summary(tmp_path)["micro_batches_per_rank"] == [2 * (STEPS - resumed_from)]
+        assert got[step]["data"] == ref[step]["data"], step  # the same samples in the same order (rank 0)
+        assert got[step]["images"] == ref[step]["images"], step  # and as many with an image on all ranks
+    accum = extra.get("train.grad_accum", 1)
+    assert summary(tmp_path)["micro_batches_per_rank"] == [accum * (STEPS - resumed_from)] * nproc

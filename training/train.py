@@ -137,9 +137,15 @@ class Checkpoints:
         self.dir, self.keep, self.rank = out / "checkpoints", keep, rank
 
     def save(self, engine: Any, step: int, state: dict[str, Any]) -> None:
-        engine.save_checkpoint(str(self.dir), tag=f"step{step:07d}", client_state={"vlmforge": state})
+        tag = f"step{step:07d}"
+        # `latest` only after every rank's shards are written: DeepSpeed 0.19.8 lets rank 0 write it before
+        # the other ranks finish, so a kill in between would leave a resumable-looking, half-written tag.
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"vlmforge": state}, save_latest=False)
         torch.distributed.barrier()
         if self.rank == 0:
+            tmp = self.dir / "latest.tmp"
+            tmp.write_text(tag)
+            os.replace(tmp, self.dir / "latest")
             tags = sorted(p for p in self.dir.glob("step*") if p.is_dir())
             for old in tags[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
