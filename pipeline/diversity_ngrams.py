@@ -36,7 +36,10 @@ def vectorizer(cfg: DiversityConfig) -> HashingVectorizer:
 
 
 def ngram_matrix(vec: HashingVectorizer, texts: list[str]) -> sp.csr_matrix:
-    """Rows x n-gram ids, n-gram counts; indices sorted and unique within a row."""
+    """Rows x n-gram ids, n-gram counts; indices sorted and unique within a row (a part with no surviving
+    rows gives an empty matrix: scikit-learn fails on an empty list)."""
+    if not texts:
+        return sp.csr_matrix((0, vec.n_features), dtype=np.float64)
     return sp.csr_matrix(vec.transform(texts))
 
 
@@ -123,6 +126,8 @@ def idf(df: np.ndarray, n_rows: int) -> np.ndarray:
 def scores(x: sp.csr_matrix, weights: np.ndarray) -> np.ndarray:
     """Each row's diversity score: the largest TF-IDF weight (sublinear tf, no norm) of its vocabulary
     n-grams, i.e. about the idf of its rarest n-gram; 0 for a row without one."""
+    if x.shape[0] == 0:  # scikit-learn refuses an empty matrix
+        return np.zeros(0, np.float64)
     tfidf = TfidfTransformer(norm=None, sublinear_tf=True)
     tfidf.idf_ = weights
     return np.asarray(tfidf.transform(x).max(axis=1).todense()).ravel()

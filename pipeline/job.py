@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -110,9 +111,15 @@ WRITE_ERRNOS = {
 }
 
 
+def remove_temporaries(out: Path) -> None:
+    """Delete temporary files a killed writer left (a finished run has no writer left to own them)."""
+    for tmp in out.rglob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
 def output_fault(exc: BaseException) -> OSError | None:
     """The write failure (disk full, read-only, no permission) behind `exc`, also when a Ray worker raised
-    it; None for any other error."""
+    it (Ray passes the worker's traceback on as text, so its message is searched too); None otherwise."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -123,6 +130,10 @@ def output_fault(exc: BaseException) -> OSError | None:
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
             return e
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    text = str(exc)
+    for code in WRITE_ERRNOS:
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code), "a file written by a Ray worker")
     return None
 
 
@@ -140,6 +151,7 @@ def run_curation(
         fault = output_fault(e)
         if fault is None:
             raise
+        remove_temporaries(Path(cfg.output.path))  # of writers the failure stopped (Ray is down by now)
         raise JobError(
             f"cannot write under {cfg.output.path}: {WRITE_ERRNOS[fault.errno]} "
             f"({fault.strerror}: {fault.filename or 'a file'}). Free space or fix the permissions, then run "
@@ -265,6 +277,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
             },
         }
         write_json(out / MANIFEST, manifest)
+        remove_temporaries(out)
         return manifest
     finally:
         if started:

@@ -43,7 +43,7 @@ ENRICHMENTS = {"ocr": ("ocr_text",), "synthetic_caption": ("synthetic_caption",)
 def stage_results(work: Path, stage: GlobalStage, part: str) -> pa.Table | None:
     """One part's results of `stage`: id, reason (null = kept), detail and the stage's columns; None when
     the stage did not run."""
-    if stage is EXACT:
+    if stage == EXACT:  # by value: stages arrive pickled in Ray tasks
         from pipeline.exact_dedup import losers_of_part
 
         return losers_of_part(work / stage.dir, part) if (work / stage.dir).is_dir() else None

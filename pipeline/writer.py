@@ -39,7 +39,11 @@ class AtomicParquetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()  # may itself fail (disk full): the temporary file must still go
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         if exc_type is None:
             os.replace(self.tmp, self.path)
         else:

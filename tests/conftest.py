@@ -11,6 +11,9 @@ from pipeline.config import load_config
 from pipeline.job import run_curation
 from pipeline.ray_runner import start_ray
 from pipeline.sample_data import write_sample_data
+from pipeline.torchvision_cpu import declare_torchvision_ops
+
+declare_torchvision_ops()  # transformers (the HF comparison tests) imports torchvision when it is installed
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_N = 2000

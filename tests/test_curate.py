@@ -138,7 +138,7 @@ def test_output_schema_row_groups_and_manifest(curated):
         assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
     for f in manifest["files"]["rejected"]:
         assert pq.read_schema(out / f) == REJECTED_SCHEMA
-    assert set(manifest["phases"]) == {"phase1", "phase2", "finalize"}
+    assert set(manifest["phases"]) == {"phase1", "phase2", "diversity", "ocr", "finalize"}
     assert manifest["input"]["format"] == "webdataset"
     kept = pads.dataset(out / "data").to_table(columns=["lang", "width", "caption", "original_caption"])
     assert set(kept["lang"].to_pylist()) == {"en"}

@@ -3,20 +3,26 @@ captions (phase 5), with the tiny recipe's own CLIP and stage-1 checkpoints, on 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.dataset as pads
 import pytest
 from conftest import curate
 from helpers import outcomes
 
+from pipeline.sample_data.vocab import COLOURS, SHAPES
+
 LATER = ["alignment", "diversity", "ocr", "synthetic_caption"]
 
 
-def every_phase(recipe: dict) -> list[str]:
-    """Overrides turning on every later phase, with the tiny recipe's CLIP and stage-1 checkpoints."""
+def every_phase(recipe: dict, reference: Path) -> list[str]:
+    """Overrides turning on every later phase, with the tiny recipe's CLIP and stage-1 checkpoints and a
+    diversity vocabulary of the sample data's colour and shape words."""
     return [
         "alignment.enabled=true",
         f"alignment.checkpoint={recipe['clip'].output}",
         "alignment.drop_percentile=10",
+        f"diversity.reference={reference}",
         "diversity.threshold=40",
         "synthetic_caption.enabled=true",
         f"synthetic_caption.checkpoint={recipe['stage1'].output}",
@@ -27,8 +33,10 @@ def every_phase(recipe: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def full(recipe, sample_dir, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    manifest = curate(sample_dir, out, *every_phase(recipe))
-    return out, manifest
+    reference = out.parent / "reference.txt"
+    reference.write_text("\n".join(name.replace("_", " ") for name in [*COLOURS, *SHAPES]) + "\n")
+    manifest = curate(sample_dir, out, *every_phase(recipe, reference))
+    return out, manifest, reference
 
 
 def _stage(manifest: dict, name: str) -> dict:
@@ -36,7 +44,7 @@ def _stage(manifest: dict, name: str) -> dict:
 
 
 def test_later_stages_run_in_order_and_account_for_every_row(full, curated):
-    out, m = full
+    out, m, _ = full
     names = [s["stage"] for s in m["stages"]]
     assert names[-6:] == ["exact_dedup", "near_dedup", *LATER]
     kept, rejected = outcomes(out)
@@ -48,7 +56,7 @@ def test_later_stages_run_in_order_and_account_for_every_row(full, curated):
 
 
 def test_alignment_drops_the_global_percentile(full):
-    out, m = full
+    out, m, _ = full
     s = _stage(m, "alignment")
     assert s["reasons"]["low_alignment"] == pytest.approx(0.10 * s["rows_in"], abs=0.02 * s["rows_in"])
     threshold = m["alignment"]["threshold"]
@@ -60,7 +68,7 @@ def test_alignment_drops_the_global_percentile(full):
 
 
 def test_diversity_resamples_and_records_its_statistics(full):
-    out, m = full
+    out, m, _ = full
     s = _stage(m, "diversity")
     assert 0 < s["reasons"]["diversity_resample"] < s["rows_in"]
     d = m["diversity"]
@@ -70,7 +78,7 @@ def test_diversity_resamples_and_records_its_statistics(full):
 
 
 def test_ocr_text_is_appended_to_the_caption(full, ground_truth):
-    out, _ = full
+    out, _, _ = full
     rows = pads.dataset(out / "data").to_table(columns=["id", "caption", "original_caption", "ocr_text"])
     with_text = [r for r in rows.to_pylist() if r["ocr_text"]]
     assert with_text, "no OCR text in any kept row"
@@ -83,13 +91,13 @@ def test_ocr_text_is_appended_to_the_caption(full, ground_truth):
 
 
 def test_synthetic_captions_fill_nearly_every_row(full):
-    out, _ = full
+    out, _, _ = full
     captions = pads.dataset(out / "data").to_table(columns=["synthetic_caption"])["synthetic_caption"]
     filled = sum(bool(c and c.strip()) for c in captions.to_pylist())
     assert filled >= 0.99 * len(captions)
 
 
 def test_rerun_with_every_phase_is_a_no_op(full, recipe, sample_dir):
-    out, m = full
-    again = curate(sample_dir, out, *every_phase(recipe))
+    out, m, reference = full
+    again = curate(sample_dir, out, *every_phase(recipe, reference))
     assert again.get("already_complete") is True and again["totals"] == m["totals"]

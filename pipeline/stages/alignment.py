@@ -9,10 +9,8 @@ every part is scored and histogrammed, the histograms are summed into a global t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from pipeline.config import AlignmentConfig
+from pipeline.torchvision_cpu import declare_torchvision_ops
 from training import clip
 from training.config import TrainConfig
 from training.data import Sample, SampleFormat, collate, make_sample
@@ -100,27 +99,9 @@ class VlmforgeClipScorer:
         return _scatter((image * text).sum(dim=-1), ok)
 
 
-_TORCHVISION_SCHEMAS: list[torch.library.Library] = []  # kept alive: a Library unregisters when collected
-
-
 def import_open_clip() -> ModuleType:
-    """open_clip, importable beside torch's CPU build.
-
-    open_clip imports torchvision. PyPI's torchvision wheels are CUDA builds whose C ops cannot load beside
-    a CPU torch, and torchvision 0.28 then fails at import registering fake kernels for ``torchvision::nms``
-    and ``qnms`` ("operator torchvision::nms does not exist"). Declaring those two schemas first lets its
-    pure-Python part (the transforms open_clip uses) import; the detection ops stay unavailable.
-    """
-    spec = importlib.util.find_spec("torchvision")
-    if spec is not None and spec.origin and "torchvision" not in sys.modules:
-        try:
-            torch.ops.load_library(str(Path(spec.origin).parent / "_C.so"))
-        except OSError:
-            if not _TORCHVISION_SCHEMAS:
-                lib = torch.library.Library("torchvision", "FRAGMENT")
-                for op in ("nms", "qnms"):
-                    lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-                _TORCHVISION_SCHEMAS.append(lib)
+    """open_clip, importable beside torch's CPU build (see `pipeline.torchvision_cpu`)."""
+    declare_torchvision_ops()
     import open_clip
 
     return open_clip
