@@ -22,6 +22,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.config import CurateConfig, load_config
+from pipeline.fingerprints import Layout
 from pipeline.phase1 import Phase1Worker
 from pipeline.ray_runner import cluster_cpus, map_units, start_ray
 from pipeline.readers import discover_parts, read_part
@@ -80,7 +81,10 @@ def main() -> None:
     small = units[:workers]  # one part per worker: start-up cost plus a little work
     sides = {
         "decode_only": (DecodeOnlyWorker, lambda work: {"cfg_json": cfg_json}),
-        "phase1": (Phase1Worker, lambda work: {"cfg_json": cfg_json, "work": work}),
+        "phase1": (
+            Phase1Worker,
+            lambda work: {"cfg_json": cfg_json, "layout_json": Layout.build(cfg, parts, work).to_json()},
+        ),
     }
     best: dict[str, dict[str, float]] = {name: {"all": float("inf"), "small": float("inf")} for name in sides}
     rows = {}

@@ -448,6 +448,7 @@ def phase1_cost(n: int, workdir: Path, rounds: int) -> list[dict]:
     import shutil
 
     from pipeline.config import load_config
+    from pipeline.fingerprints import Layout
     from pipeline.job import merge_stage_stats
     from pipeline.phase1 import Phase1Worker
     from pipeline.ray_runner import cluster_cpus, map_units, start_ray
@@ -467,7 +468,8 @@ def phase1_cost(n: int, workdir: Path, rounds: int) -> list[dict]:
             work = workdir / "phase1-cost"
             shutil.rmtree(work, ignore_errors=True)
             parts = discover_parts(cfg.input)
-            kwargs = {"cfg_json": cfg.model_dump_json(), "work": str(work)}
+            layout = Layout.build(cfg, parts, work)
+            kwargs = {"cfg_json": cfg.model_dump_json(), "layout_json": layout.to_json()}
             t = time.perf_counter()
             results = map_units([p.to_dict() for p in parts], Phase1Worker, kwargs, cluster_cpus(), False)
             seconds = time.perf_counter() - t

@@ -1,6 +1,6 @@
 """Model passes over each part's surviving rows in Ray actor pools: alignment scores (phase 3), OCR text and
 synthetic captions (enrichment). A model is loaded once per actor; each part's result is written atomically
-under _work/<kind>/, so a re-run skips finished parts.
+in the pass's cache directory, so a re-run skips finished parts.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CurateConfig
+from pipeline.fingerprints import Layout
 from pipeline.survivors import ALIGNMENT, DIVERSITY, EXACT, NEAR, GlobalStage, surviving_batches
 from pipeline.writer import AtomicParquetWriter, read_json, write_json
 
@@ -66,16 +66,16 @@ def build_model(kind: str, cfg: CurateConfig) -> Any:
     return SyntheticCaption(cfg.synthetic_caption)
 
 
-def annotate_part(part: str, ann: Annotation, model: Any, cfg: CurateConfig, work: Path) -> dict:
+def annotate_part(part: str, ann: Annotation, model: Any, cfg: CurateConfig, layout: Layout) -> dict:
     """Run `model` over the part's surviving rows; write id + its columns; return rows, counters, seconds."""
-    done_path = work / ann.kind / f"{part}.json"
+    done_path = layout.dir(ann.kind) / f"{part}.json"
     if (done := read_json(done_path)) is not None:
         return {**done, "reused": True}
     start = time.perf_counter()
     before = Counter(getattr(model, "counters", {}))
     rows = 0
-    with AtomicParquetWriter(work / ann.kind / f"{part}.parquet", ann.writes) as w:
-        for batch in surviving_batches(work, part, list(ann.reads), ann.after, cfg.ray.batch_rows):
+    with AtomicParquetWriter(layout.dir(ann.kind) / f"{part}.parquet", ann.writes) as w:
+        for batch in surviving_batches(layout, part, list(ann.reads), ann.after, cfg.ray.batch_rows):
             w.write(model(batch).select(ann.writes.names))
             rows += batch.num_rows
     counters = Counter(getattr(model, "counters", {}))
@@ -88,20 +88,20 @@ def annotate_part(part: str, ann: Annotation, model: Any, cfg: CurateConfig, wor
 class AnnotateWorker:
     """Ray Data callable: builds the model once per actor, then annotates whole parts."""
 
-    def __init__(self, cfg_json: str, work: str, kind: str) -> None:
+    def __init__(self, cfg_json: str, layout_json: str, kind: str) -> None:
         self.cfg = CurateConfig.model_validate_json(cfg_json)
-        self.work, self.ann = Path(work), ANNOTATIONS[kind]
+        self.layout, self.ann = Layout.from_json(layout_json), ANNOTATIONS[kind]
         self.model = build_model(kind, self.cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = [
-            annotate_part(json.loads(p)["part"], self.ann, self.model, self.cfg, self.work)
+            annotate_part(json.loads(p)["part"], self.ann, self.model, self.cfg, self.layout)
             for p in batch.column("part").to_pylist()
         ]
         return pa.table({"result": [json.dumps(r) for r in results]})
 
 
-def read_annotation(work: Path, kind: str, part: str) -> pa.Table:
+def read_annotation(layout: Layout, kind: str, part: str) -> pa.Table:
     """One part's output of an annotation pass (empty when the part had no surviving rows)."""
-    path = work / kind / f"{part}.parquet"
+    path = layout.dir(kind) / f"{part}.parquet"
     return pq.read_table(path) if path.is_file() else ANNOTATIONS[kind].writes.empty_table()

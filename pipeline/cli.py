@@ -20,12 +20,15 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "curate",
         help="run a curation job (phase 1 filters, global dedup, Parquet shards)",
-        description="Run the curation recipe in CONFIG on Ray. Re-running the same command resumes: "
-        "finished parts and phases are reused, and a finished output is left as it is.",
+        description="Run the curation recipe in CONFIG on Ray. Every phase's results are cached under a "
+        "fingerprint of its input and the config keys it reads, so a re-run resumes after a crash, and a "
+        "run with a changed config on the same output recomputes only from the first phase the change "
+        "affects (see --plan). A finished output with the same config is left as it is.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  vlmforge curate configs/curate/default.yaml --input shards/ --output curated/\n"
-        "  vlmforge curate cfg.yaml --address auto --set language.min_score=0.6 --set image.min_side=128",
+        "  vlmforge curate cfg.yaml --address auto --set language.min_score=0.6 --set image.min_side=128\n"
+        "  vlmforge curate cfg.yaml --output curated/ --set near_dedup.caption.threshold=0.9 --plan",
     )
     p.add_argument("config", help="YAML recipe, e.g. configs/curate/default.yaml")
     p.add_argument(
@@ -40,7 +43,12 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set caption.max_chars=500 (repeatable)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an output that holds a different run")
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard the output and its cache, then run from scratch"
+    )
+    p.add_argument(
+        "--plan", action="store_true", help="print which phases would be reused or run, and why; run nothing"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
     p.set_defaults(handler=_curate)
 
@@ -94,6 +102,8 @@ def _curate(args: argparse.Namespace) -> int:
         if value:
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = load_config(args.config, overrides)
+    if args.plan:
+        return _print_plan(cfg)
     from pipeline.job import run_curation
     from pipeline.stats import compute_stats, print_stats
 
@@ -108,8 +118,46 @@ def _curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_plan(cfg) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.cache import plan
+
+    if not cfg.output.path:
+        raise ValueError("--plan needs an output: pass --output DIR or set output.path")
+    table = Table(title=f"plan for {cfg.output.path}")
+    for col in ("phase", "action", "why"):
+        table.add_column(col)
+    for row in plan(cfg):
+        table.add_row(row["phase"], row["action"], row["why"])
+    Console().print(table)
+    return 0
+
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache",
+        help="manage the phase cache of curated outputs",
+        description="`vlmforge cache gc OUT [OUT ...]` deletes the cached phase results that none of the "
+        "given outputs' manifests refers to (results of earlier configs), keeping what those runs need to "
+        "be re-run or resumed.",
+    )
+    p.add_argument("action", choices=["gc"], help="gc: delete unreferenced cache entries")
+    p.add_argument("outputs", nargs="+", help="curated output directories whose runs to keep")
+    p.set_defaults(handler=_cache)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from pipeline.cache import gc
+
+    freed = gc([Path(o) for o in args.outputs])
+    print(f"removed {freed['entries']} cache entries, {freed['bytes'] / 1e6:.1f} MB")
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
-    from pipeline.stats import compare_kept_ids, compute_stats, print_stats
+    from pipeline.stats import compare_kept_ids, compute_stats, config_diff, load_manifest, print_stats
 
     if args.html:
         from pipeline.report import Options, write_report
@@ -122,14 +170,20 @@ def _stats(args: argparse.Namespace) -> int:
     stats = compute_stats(args.dir)
     other = compute_stats(args.compare) if args.compare else None
     diff = compare_kept_ids(args.dir, args.compare) if args.compare else None
+    changed = config_diff(load_manifest(args.dir), load_manifest(args.compare)) if args.compare else None
     if args.json:
-        print(json.dumps({"a": stats, "b": other, "kept_ids": diff} if other else stats, indent=2))
+        both = {"a": stats, "b": other, "kept_ids": diff, "config_diff": changed}
+        print(json.dumps(both if other else stats, indent=2, default=str))
         return 0
     print_stats(stats)
     if other is not None:
         print_stats(other)
         print(f"kept ids: {diff['both']} in both, {diff['only_a']} only in {args.dir}, "
               f"{diff['only_b']} only in {args.compare}")
+        for c in changed:
+            print(f"config {c['key']}: {c['a']!r} -> {c['b']!r}  (reruns from {c['phase'] or 'nothing'})")
+        if not changed:
+            print("config: the two runs used the same recipe")
     return 0
 
 
@@ -156,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curate(sub)
     _add_stats(sub)
     _add_sample_data(sub)
+    _add_cache(sub)
     from training.cli import register as register_training
 
     register_training(sub)

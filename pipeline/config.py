@@ -43,6 +43,9 @@ class OutputConfig(_Section):
     """Where and how curated shards are written."""
 
     path: str | None = Field(None, description="output directory; --output overrides it")
+    cache: str | None = Field(
+        None, description="where phase results are cached for reuse across runs; null = <output>/_work"
+    )
     rows_per_shard: int = Field(10_000, gt=0, description="upper bound on rows in one data shard")
     row_group_rows: int = Field(1_000, gt=0, description="Parquet row-group size")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
@@ -352,7 +355,8 @@ class CurateConfig(_Section):
 
     def recipe_hash(self) -> str:
         """Hash of everything that changes results (not where things are or how Ray runs)."""
-        payload = self.model_dump(mode="json", exclude={"input": {"path"}, "output": {"path"}, "ray": True})
+        exclude = {"input": {"path"}, "output": {"path", "cache"}, "ray": True}
+        payload = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

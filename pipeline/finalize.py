@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import CurateConfig, OutputConfig
-from pipeline.phase1 import part_paths
+from pipeline.fingerprints import Layout
 from pipeline.schema import OUTPUT_SCHEMA, REJECTED_SCHEMA, conform
 from pipeline.stages.base import rejected_rows
 from pipeline.survivors import annotations_of_part, attach, drops_of_part
@@ -24,14 +24,15 @@ from pipeline.thumbnails import gallery_thumbnails
 from pipeline.writer import AtomicParquetWriter, ShardedParquetWriter, read_json, write_json
 
 
-def finalize_part(part: str, cfg: CurateConfig, work: Path, out: Path) -> dict:
-    """Split one part's phase-1 rows into data shards and rejected rows; returns the files written."""
-    done_path = work / "finalize" / f"{part}.json"
+def finalize_part(part: str, key: str, cfg: CurateConfig, layout: Layout, out: Path) -> dict:
+    """Split one part's phase-1 rows (cache `key`) into data shards and rejected rows named after the input
+    part; returns the files written."""
+    done_path = layout.dir("finalize") / f"{part}.json"
     if (done := read_json(done_path)) is not None:
         return {**done, "reused": True}
-    kept_path, phase1_rejected, _ = part_paths(work, part)
-    drops = drops_of_part(work, part)
-    annotations = annotations_of_part(work, part)
+    kept_path, phase1_rejected, _ = layout.phase1(key)
+    drops = drops_of_part(layout, key)
+    annotations = annotations_of_part(layout, key)
     oc = cfg.output
     gallery: Counter = Counter()  # rejected rows given a thumbnail, per reason, in this part
     rejected_path = out / "rejected" / f"part-{part}.parquet"
@@ -94,13 +95,13 @@ def training_columns(table: pa.Table, cfg: CurateConfig) -> pa.Table:
 class FinalizeWorker:
     """Ray Data callable running `finalize_part` over parts."""
 
-    def __init__(self, cfg_json: str, work: str, out: str) -> None:
+    def __init__(self, cfg_json: str, layout_json: str, out: str) -> None:
         self.cfg = CurateConfig.model_validate_json(cfg_json)
-        self.work, self.out = Path(work), Path(out)
+        self.layout, self.out = Layout.from_json(layout_json), Path(out)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        results = [
-            finalize_part(json.loads(p)["part"], self.cfg, self.work, self.out)
-            for p in batch.column("part").to_pylist()
-        ]
+        results = []
+        for unit in map(json.loads, batch.column("part").to_pylist()):
+            part = unit["part"]
+            results.append(finalize_part(part, self.layout.parts[part], self.cfg, self.layout, self.out))
         return pa.table({"result": [json.dumps(r) for r in results]})

@@ -11,20 +11,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pipeline
+from pipeline.cache import MANIFEST, cache_dir
 from pipeline.config import CurateConfig
 from pipeline.errors import AccountingError, JobError
 from pipeline.exact_dedup import resolve_exact_duplicates
 from pipeline.finalize import FinalizeWorker
+from pipeline.fingerprints import Layout
 from pipeline.later_phases import alignment_phase, diversity_phase, enrichment_phase
 from pipeline.near_dedup import resolve_near_duplicates
-from pipeline.phase1 import Phase1Worker, part_paths
+from pipeline.phase1 import Phase1Worker
 from pipeline.ray_runner import cluster_cpus, map_units, start_ray
 from pipeline.readers import discover_parts, fingerprint
 from pipeline.stages.base import StageStats
 from pipeline.survivors import ENRICHMENTS
 from pipeline.writer import read_json, write_json
 
-MANIFEST = "manifest.json"
 LATER_STAGES = ("alignment", "diversity", *ENRICHMENTS)
 
 
@@ -61,9 +62,25 @@ def check_accounting(stages: list[StageStats], output_rows: int, rejected_rows: 
     return {"input_rows": total_in, "output_rows": output_rows, "rejected_rows": rejected_rows}
 
 
-def near_dedup_stage(cfg: CurateConfig, work: Path, parts: list, rows_in: int, log: Callable) -> StageStats:
+def exact_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Callable) -> StageStats:
+    """Run (or reuse) the exact-duplicate resolution of phase 2; its stats as a stage."""
+    out_dir = layout.dir("exact_dedup")
+    done = read_json(out_dir / "_done.json")
+    if done is None:
+        log("phase 2: exact duplicates across the dataset")
+        t0 = time.perf_counter()
+        kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
+        partitions = max(2 * cluster_cpus(), rows_in // 500_000)
+        counts = resolve_exact_duplicates(kept_files, out_dir, cfg.exact_dedup, partitions)
+        done = {"seconds": round(time.perf_counter() - t0, 3), "reasons": dict(counts), "counters": {}}
+        write_json(out_dir / "_done.json", done)
+    return StageStats.from_done("exact_dedup", rows_in, done)
+
+
+def near_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Callable) -> StageStats:
     """Run (or reuse) the near-duplicate resolution of phase 2; its stats as a stage."""
-    done = read_json(work / "near_dedup" / "_done.json")
+    out_dir = layout.dir("near_dedup")
+    done = read_json(out_dir / "_done.json")
     if done is None:
         log("phase 2: near duplicates across the dataset")
         t0 = time.perf_counter()
@@ -71,35 +88,37 @@ def near_dedup_stage(cfg: CurateConfig, work: Path, parts: list, rows_in: int, l
         bands = cfg.near_dedup.caption.band_shape()[0] if cfg.near_dedup.caption.enabled else 0
         band_rows = rows_in * (bands + (cfg.near_dedup.image.bands if cfg.near_dedup.image.enabled else 0))
         partitions = max(2 * workers, -(-band_rows // 4_000_000))
-        files = [(p.name, str(part_paths(work, p.name)[0])) for p in parts]
-        nd = cfg.near_dedup
-        done = resolve_near_duplicates(files, work / "phase2", work / "near_dedup", nd, partitions)
+        files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
+        done = resolve_near_duplicates(files, layout.dir("exact_dedup"), out_dir, cfg.near_dedup, partitions)
         done["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(work / "near_dedup" / "_done.json", done)
+        write_json(out_dir / "_done.json", done)
     return StageStats.from_done("near_dedup", rows_in, done)
 
 
-def _check_output_dir(out: Path, recipe_hash: str, input_fp: str, overwrite: bool) -> None:
-    state = read_json(out / "_work" / "state.json")
-    if state is None and out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        if not overwrite:
-            raise JobError(
-                f"output directory {out} is not empty and holds no vlmforge run; "
-                "choose another --output or pass --overwrite"
-            )
-    if state and (state["recipe_hash"], state["input_fingerprint"]) != (recipe_hash, input_fp):
-        if not overwrite:
-            raise JobError(
-                f"output directory {out} holds a run of a different config or input; "
-                "choose another --output or pass --overwrite to replace it"
-            )
-    if overwrite and out.exists():
-        for sub in ("_work", "data", "rejected", MANIFEST):
-            target = out / sub
+def _check_output_dir(out: Path, cache: Path, overwrite: bool) -> None:
+    """Refuse an output directory that holds something other than a vlmforge run, unless `overwrite`;
+    with `overwrite`, clear the run's outputs and its cache."""
+    ours = (out / MANIFEST).exists() or (cache / "state.json").exists()
+    if out.exists() and any(out.iterdir()) and not ours and not overwrite:
+        raise JobError(
+            f"output directory {out} is not empty and holds no vlmforge run; "
+            "choose another --output or pass --overwrite"
+        )
+    if overwrite:
+        for target in (cache, out / "data", out / "rejected", out / MANIFEST):
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+
+
+def remove_stale_outputs(out: Path, files: dict[str, list[str]]) -> None:
+    """Delete shards under data/ and rejected/ that this run did not write (an earlier config's)."""
+    keep = {out / f for names in files.values() for f in names}
+    for sub in ("data", "rejected"):
+        for f in (out / sub).glob("*.parquet"):
+            if f not in keep:
+                f.unlink()
 
 
 WRITE_ERRNOS = {
@@ -111,10 +130,11 @@ WRITE_ERRNOS = {
 }
 
 
-def remove_temporaries(out: Path) -> None:
-    """Delete temporary files a killed writer left (a finished run has no writer left to own them)."""
-    for tmp in out.rglob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
+def remove_temporaries(*dirs: Path) -> None:
+    """Delete temporary files killed writers left under `dirs` (once no writer of this run is left)."""
+    for d in dirs:
+        for tmp in d.rglob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
 
 
 def output_fault(exc: BaseException) -> OSError | None:
@@ -151,7 +171,8 @@ def run_curation(
         fault = output_fault(e)
         if fault is None:
             raise
-        remove_temporaries(Path(cfg.output.path))  # of writers the failure stopped (Ray is down by now)
+        # of the writers the failure stopped (Ray is down by now)
+        remove_temporaries(Path(cfg.output.path), cache_dir(cfg))
         raise JobError(
             f"cannot write under {cfg.output.path}: {WRITE_ERRNOS[fault.errno]} "
             f"({fault.strerror}: {fault.filename or 'a file'}). Free space or fix the permissions, then run "
@@ -162,29 +183,28 @@ def run_curation(
 def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Callable[[str], None]) -> dict:
     if not cfg.output.path:
         raise JobError("no output: pass --output DIR or set output.path")
-    out = Path(cfg.output.path)
-    work = out / "_work"
+    out, cache = Path(cfg.output.path), cache_dir(cfg)
     parts = discover_parts(cfg.input)
-    input_fp, recipe_hash = fingerprint(parts), cfg.recipe_hash()
+    layout = Layout.build(cfg, parts, cache)
     manifest = read_json(out / MANIFEST)
-    if (
-        manifest
-        and (manifest["recipe_hash"], manifest["input"]["fingerprint"]) == (recipe_hash, input_fp)
-        and not overwrite
-    ):
+    if manifest and manifest.get("fingerprints") == layout.fps and not overwrite:
         log(f"{out} is already complete for this config and input: nothing to do")
         return {**manifest, "already_complete": True}
-    _check_output_dir(out, recipe_hash, input_fp, overwrite)
+    _check_output_dir(out, cache, overwrite)
     if cfg.ocr.enabled:
         from pipeline.stages.ocr import check_tesseract
 
         check_tesseract(cfg.ocr)
-    write_json(work / "state.json", {"recipe_hash": recipe_hash, "input_fingerprint": input_fp})
+    state = read_json(cache / "state.json") or {}
+    if state.get("finalizing") != layout.fps["finalize"]:
+        # data/ may hold another config's shards by now: this fingerprint's finalize markers are stale
+        shutil.rmtree(layout.dir("finalize"), ignore_errors=True)
+    write_json(cache / "state.json", {"finalizing": layout.fps["finalize"]})
 
     started = start_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         workers = cfg.ray.workers or cluster_cpus()
-        cfg_json = cfg.model_dump_json()
+        cfg_json, layout_json = cfg.model_dump_json(), layout.to_json()
         phases: dict[str, dict] = {}
 
         t0 = time.perf_counter()
@@ -192,7 +212,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         p1 = map_units(
             [p.to_dict() for p in parts],
             Phase1Worker,
-            {"cfg_json": cfg_json, "work": str(work)},
+            {"cfg_json": cfg_json, "layout_json": layout_json},
             workers,
             progress,
         )
@@ -205,37 +225,24 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         }
 
         t0 = time.perf_counter()
-        done2 = read_json(work / "phase2" / "_done.json")
-        reused2 = done2 is not None
-        if done2 is None:
-            shutil.rmtree(work / "near_dedup", ignore_errors=True)  # near dedup runs on exact survivors
-            log("phase 2: exact duplicates across the dataset")
-            kept_files = [str(part_paths(work, p.name)[0]) for p in parts]
-            partitions = max(2 * cluster_cpus(), stages[-1].rows_out // 500_000)
-            counts = resolve_exact_duplicates(kept_files, work / "phase2", cfg.exact_dedup, partitions)
-            done2 = {"reasons": dict(counts)}
-            write_json(work / "phase2" / "_done.json", done2)
-        dedup_in = stages[-1].rows_out
-        dedup = StageStats("exact_dedup", rows_in=dedup_in)
-        dedup.reasons.update(done2["reasons"])
-        dedup.rows_out = dedup_in - dedup.rejected
-        stages.append(dedup)
+        reused2 = layout.done("exact_dedup") and (not layout.has("near_dedup") or layout.done("near_dedup"))
+        stages.append(exact_dedup_stage(cfg, layout, stages[-1].rows_out, log))
         if cfg.near_dedup.enabled:
-            stages.append(near_dedup_stage(cfg, work, parts, dedup.rows_out, log))
+            stages.append(near_dedup_stage(cfg, layout, stages[-1].rows_out, log))
         phases["phase2"] = {"seconds": round(time.perf_counter() - t0, 3), "reused": reused2}
 
-        names, cpus = [p.name for p in parts], cluster_cpus()
+        keys, cpus = list(layout.parts.values()), cluster_cpus()
         alignment, diversity_stats = {}, {}
         if cfg.alignment.enabled:
-            stage, alignment = alignment_phase(cfg, work, names, stages[-1].rows_out, cpus, progress, log)
+            stage, alignment = alignment_phase(cfg, layout, keys, stages[-1].rows_out, cpus, progress, log)
             stages.append(stage)
         if cfg.diversity.enabled:
-            stage, diversity_stats = diversity_phase(cfg, work, names, stages[-1].rows_out, cpus, log)
+            stage, diversity_stats = diversity_phase(cfg, layout, keys, stages[-1].rows_out, cpus, log)
             stages.append(stage)
         for kind in ENRICHMENTS:
             if getattr(cfg, kind).enabled:
                 stages.append(
-                    enrichment_phase(kind, cfg, work, names, stages[-1].rows_out, cpus, progress, log)
+                    enrichment_phase(kind, cfg, layout, keys, stages[-1].rows_out, cpus, progress, log)
                 )
         phases.update({s.name: {"seconds": s.seconds} for s in stages if s.name in LATER_STAGES})
 
@@ -244,7 +251,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         fin = map_units(
             [{"part": p.name} for p in parts],
             FinalizeWorker,
-            {"cfg_json": cfg_json, "work": str(work), "out": str(out)},
+            {"cfg_json": cfg_json, "layout_json": layout_json, "out": str(out)},
             workers,
             progress,
         )
@@ -258,14 +265,16 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         manifest = {
             "vlmforge_version": pipeline.__version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "recipe_hash": recipe_hash,
+            "recipe_hash": cfg.recipe_hash(),
             "config": cfg.model_dump(mode="json"),
             "input": {
                 "path": cfg.input.path,
                 "format": parts[0].format,
                 "parts": len(parts),
-                "fingerprint": input_fp,
+                "fingerprint": fingerprint(parts),
             },
+            "fingerprints": layout.fps,
+            "part_keys": layout.parts,
             "totals": totals,
             "stages": [s.to_dict() for s in stages],
             "alignment": alignment,
@@ -277,7 +286,8 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
             },
         }
         write_json(out / MANIFEST, manifest)
-        remove_temporaries(out)
+        remove_stale_outputs(out, manifest["files"])
+        remove_temporaries(out, cache)
         return manifest
     finally:
         if started:

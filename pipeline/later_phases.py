@@ -2,8 +2,8 @@
 alignment scores and their filter (phase 3), diversity resampling (phase 4), OCR text and synthetic captions
 (phase 5, enrichment, run last so the models see only rows that will be written).
 
-Each returns its stage's stats for the accounting and leaves per-part results under _work/ (see
-`pipeline.survivors`); a finished phase writes `_done.json` and is reused by a re-run.
+Each returns its stage's stats for the accounting and leaves per-part results in its cache directory (see
+`pipeline.survivors`); a finished phase writes `_done.json` and is reused by any run with its fingerprint.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.annotate import ALIGNMENT_SCORES, ANNOTATIONS, AnnotateWorker, read_annotation
 from pipeline.config import CurateConfig
+from pipeline.fingerprints import Layout
 from pipeline.ray_runner import map_units
 from pipeline.stages.base import StageStats
-from pipeline.survivors import ALIGNMENT, DIVERSITY, EXACT, NEAR, surviving_rows
+from pipeline.survivors import ALIGNMENT, EXACT, NEAR, surviving_rows
 from pipeline.writer import AtomicParquetWriter, read_json, write_json
 
 ALIGNMENT_SCHEMA = pa.schema(
@@ -30,14 +30,20 @@ ALIGNMENT_SCHEMA = pa.schema(
 
 
 def run_annotation(
-    kind: str, cfg: CurateConfig, work: Path, parts: list[str], num_gpus: float, workers: int, progress: bool
+    kind: str,
+    cfg: CurateConfig,
+    layout: Layout,
+    parts: list[str],
+    num_gpus: float,
+    workers: int,
+    progress: bool,
 ) -> tuple[Counter, float]:
     """Run one annotation pass over every part; its merged counters and seconds."""
     t0 = time.perf_counter()
     results = map_units(
         [{"part": p} for p in parts],
         AnnotateWorker,
-        {"cfg_json": cfg.model_dump_json(), "work": str(work), "kind": kind},
+        {"cfg_json": cfg.model_dump_json(), "layout_json": layout.to_json(), "kind": kind},
         workers,
         progress,
         num_gpus,
@@ -60,61 +66,69 @@ def model_workers(configured: int | None, num_gpus: float, cpus: int) -> int:
 
 
 def alignment_phase(
-    cfg: CurateConfig, work: Path, parts: list[str], rows_in: int, cpus: int, progress: bool, log: Callable
+    cfg: CurateConfig,
+    layout: Layout,
+    parts: list[str],
+    rows_in: int,
+    cpus: int,
+    progress: bool,
+    log: Callable,
 ) -> tuple[StageStats, dict]:
     """Score every surviving pair, then drop those below the absolute threshold or the global percentile;
     its stats and the threshold applied."""
     from pipeline.stages.alignment import score_histogram, threshold_from
 
     ac = cfg.alignment
-    done = read_json(work / ALIGNMENT.dir / "_done.json")
+    done = read_json(layout.dir("alignment") / "_done.json")
     if done is None:
         log("phase 3: image-text alignment")
         workers = model_workers(ac.workers, ac.num_gpus, cpus)
         counters, seconds = run_annotation(
-            ALIGNMENT_SCORES.kind, cfg, work, parts, ac.num_gpus, workers, progress
+            ALIGNMENT_SCORES.kind, cfg, layout, parts, ac.num_gpus, workers, progress
         )
-        scores = {p: read_annotation(work, ALIGNMENT_SCORES.kind, p) for p in parts}
+        scores = {p: read_annotation(layout, ALIGNMENT_SCORES.kind, p) for p in parts}
         hist = sum(score_histogram(t["clip_score"].drop_null().to_numpy()) for t in scores.values())
         threshold = threshold_from(ac, hist) if parts else None
-        dropped = sum(write_alignment_results(work, p, t, threshold) for p, t in scores.items())
+        dropped = sum(write_alignment_results(layout, p, t, threshold) for p, t in scores.items())
         done = {
             "seconds": round(seconds, 3),
             "threshold": threshold,
             "reasons": {"low_alignment": dropped} if dropped else {},
             "counters": dict(counters),
         }
-        write_json(work / ALIGNMENT.dir / "_done.json", done)
+        write_json(layout.dir("alignment") / "_done.json", done)
     return StageStats.from_done("alignment", rows_in, done), {"threshold": done["threshold"]}
 
 
-def write_alignment_results(work: Path, part: str, scores: pa.Table, threshold: float | None) -> int:
+def write_alignment_results(layout: Layout, part: str, scores: pa.Table, threshold: float | None) -> int:
     """Write one part's alignment results (a row below `threshold` is dropped); the rows dropped."""
     score = scores["clip_score"].to_numpy(zero_copy_only=False)  # null -> nan, which is never below
     low = score < threshold if threshold is not None else np.zeros(len(score), bool)
     reason = pa.array(np.where(low, "low_alignment", None), pa.string())
     detail = np.full(len(score), None, object)
     detail[low] = [f"score {s:.3f} < {threshold:.3f}" for s in score[low]]
-    with AtomicParquetWriter(work / ALIGNMENT.dir / f"{part}.parquet", ALIGNMENT_SCHEMA) as w:
+    with AtomicParquetWriter(layout.dir("alignment") / f"{part}.parquet", ALIGNMENT_SCHEMA) as w:
         w.write(pa.table([scores["id"], scores["clip_score"], reason, pa.array(detail, pa.string())],
                          schema=ALIGNMENT_SCHEMA))  # fmt: skip
     return int(low.sum())
 
 
 def diversity_phase(
-    cfg: CurateConfig, work: Path, parts: list[str], rows_in: int, cpus: int, log: Callable
+    cfg: CurateConfig, layout: Layout, parts: list[str], rows_in: int, cpus: int, log: Callable
 ) -> tuple[StageStats, dict]:
     """Phase 4: n-gram frequency resampling over the captions that are still in; its stats and summary."""
     from pipeline.diversity import resolve_diversity
 
-    done = read_json(work / DIVERSITY.dir / "_done.json")
+    done = read_json(layout.dir("diversity") / "_done.json")
     if done is None:
         log("phase 4: diversity resampling")
         t0 = time.perf_counter()
-        load = partial(surviving_rows, str(work), columns=["id", "caption"], stages=(EXACT, NEAR, ALIGNMENT))
-        done = resolve_diversity(parts, load, work / DIVERSITY.dir, cfg.diversity, cpus)
+        load = partial(
+            surviving_rows, layout.to_json(), columns=["id", "caption"], stages=(EXACT, NEAR, ALIGNMENT)
+        )
+        done = resolve_diversity(parts, load, layout.dir("diversity"), cfg.diversity, cpus)
         done["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(work / DIVERSITY.dir / "_done.json", done)
+        write_json(layout.dir("diversity") / "_done.json", done)
     return StageStats.from_done("diversity", rows_in, done), report_stats(done)
 
 
@@ -138,19 +152,19 @@ def report_stats(done: dict) -> dict:
 
 
 def enrichment_phase(
-    kind: str, cfg: CurateConfig, work: Path, parts: list[str], rows_in: int, cpus: int, progress: bool,
+    kind: str, cfg: CurateConfig, layout: Layout, parts: list[str], rows_in: int, cpus: int, progress: bool,
     log: Callable,
 ) -> StageStats:  # fmt: skip
     """Phase 5: one enrichment (OCR or synthetic captions) over the rows that will be written."""
     section = cfg.ocr if kind == "ocr" else cfg.synthetic_caption
-    done = read_json(work / kind / "_done.json")
+    done = read_json(layout.dir(kind) / "_done.json")
     if done is None:
         log(f"phase 5: {kind.replace('_', ' ')}")
         num_gpus = getattr(section, "num_gpus", 0)
         workers = model_workers(section.workers, num_gpus, cpus)
         counters, seconds = run_annotation(
-            ANNOTATIONS[kind].kind, cfg, work, parts, num_gpus, workers, progress
+            ANNOTATIONS[kind].kind, cfg, layout, parts, num_gpus, workers, progress
         )
         done = {"seconds": round(seconds, 3), "reasons": {}, "counters": dict(counters)}
-        write_json(work / kind / "_done.json", done)
+        write_json(layout.dir(kind) / "_done.json", done)
     return StageStats.from_done(kind, rows_in, done)

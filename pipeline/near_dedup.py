@@ -33,7 +33,7 @@ import ray
 from pipeline.components import components_distributed, components_local, to_refs, unique_pairs
 from pipeline.config import NearDedupConfig
 from pipeline.exact_dedup import losers_of_part
-from pipeline.minhash import estimated_jaccard
+from pipeline.minhash import band_keys, estimated_jaccard
 from pipeline.phash import band_keys as image_band_keys
 from pipeline.phash import hamming
 from pipeline.shuffle import Refs, column, exchange, gather_stats, map_each, shuffle
@@ -100,17 +100,18 @@ def live_rows(part: Part, exact_dir: str, columns: list[str]) -> tuple[pa.Table,
     return table, nodes
 
 
-def caption_band_rows(parts: list[Part], exact_dir: str) -> pa.Table:
-    """(key, node) for every band of every live caption with shingles."""
+def caption_band_rows(parts: list[Part], exact_dir: str, bands: int, rows: int, num_perm: int) -> pa.Table:
+    """(key, node) for every band of every live caption with shingles, derived from its signature here so
+    that a new threshold or band shape reuses phase 1."""
     keys, nodes = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
     for part in parts:
-        table, ids = live_rows(part, exact_dir, ["minhash_bands"])
-        if "minhash_bands" not in table.column_names or not table.num_rows:
+        table, ids = live_rows(part, exact_dir, ["minhash"])
+        if "minhash" not in table.column_names or not table.num_rows:
             continue
-        bands = table["minhash_bands"].combine_chunks()
-        lengths = pc.fill_null(pc.list_value_length(bands), 0).to_numpy()
-        keys.append(pc.list_flatten(bands).to_numpy().astype(np.uint64, copy=False))
-        nodes.append(np.repeat(ids, lengths))
+        sigs = signature_matrix(table["minhash"], num_perm)
+        has_shingles = (sigs != np.uint32(0xFFFFFFFF)).any(axis=1)
+        keys.append(band_keys(sigs[has_shingles], bands, rows).reshape(-1))
+        nodes.append(np.repeat(ids[has_shingles], bands))
     return pa.table({"key": np.concatenate(keys), "node": np.concatenate(nodes)})
 
 
@@ -347,9 +348,11 @@ def find_edges(
         edge_refs += refs
     if cfg.caption.enabled:
         cc = cfg.caption
+        bands, rows = cc.band_shape()
         cand, cand_stats = shuffle(
-            caption_band_rows, groups, "key", partitions, caption_candidates, window=cfg.bucket_window
-        )
+            caption_band_rows, [(*g, bands, rows, cc.num_perm) for g in groups], "key", partitions,
+            caption_candidates, window=cfg.bucket_window,
+        )  # fmt: skip
         if cc.verify:
             with_lo, _ = exchange(
                 cand, "part_lo", partitions, with_low_signatures, paths=paths, num_perm=cc.num_perm

@@ -217,7 +217,6 @@ CAPTION_PART_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("caption_words", pa.int32()),
         ("minhash", pa.binary()),
-        ("minhash_bands", pa.list_(pa.uint64())),
     ]
 )
 

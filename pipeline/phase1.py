@@ -2,18 +2,19 @@
 perceptual hash), MinHash signatures.
 
 Text checks run before any image is decoded; each surviving image is decoded once. Each part's kept rows,
-rejected rows and stats are written atomically; the stats file is written last and marks the part done,
-so a re-run skips finished parts.
+rejected rows and stats are written atomically under the part's cache key (its input and phase 1's config);
+the stats file is written last and marks the part done, so a re-run, or a run whose config changed only in
+later phases, skips finished parts.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.config import CurateConfig
+from pipeline.fingerprints import Layout
 from pipeline.readers import read_part
 from pipeline.readers.common import InputPart
 from pipeline.schema import PHASE1_SCHEMA, REJECTED_SCHEMA, conform
@@ -41,17 +42,11 @@ def build_stages(cfg: CurateConfig) -> list[Stage]:
     return stages
 
 
-def part_paths(work: Path, name: str) -> tuple[Path, Path, Path]:
-    """(kept rows, rejected rows, stats) of one part."""
-    d = work / "phase1"
-    return d / f"{name}.parquet", d / f"{name}.rejected.parquet", d / f"{name}.stats.json"
-
-
-def run_part(part: InputPart, cfg: CurateConfig, stages: list[Stage], work: Path) -> dict:
-    """Run phase 1 over one part and write its outputs; returns the part's stats."""
-    kept_path, rejected_path, stats_path = part_paths(work, part.name)
+def run_part(part: InputPart, key: str, cfg: CurateConfig, stages: list[Stage], layout: Layout) -> dict:
+    """Run phase 1 over one part and write its outputs under its cache `key`; returns the part's stats."""
+    kept_path, rejected_path, stats_path = layout.phase1(key)
     if (done := read_json(stats_path)) is not None:
-        return {**done, "reused": True}
+        return {**done, "part": part.name, "reused": True}
     for s in stages:
         s.stats = StageStats(s.name)
     out = cfg.output
@@ -63,7 +58,7 @@ def run_part(part: InputPart, cfg: CurateConfig, stages: list[Stage], work: Path
             for stage in stages:
                 batch, rejected = stage(batch)
                 rej_w.write(rejected)
-            batch = batch.append_column("part", pa.array([part.name] * batch.num_rows, pa.string()))
+            batch = batch.append_column("part", pa.array([key] * batch.num_rows, pa.string()))
             kept_w.write(conform(batch, PHASE1_SCHEMA))
     stats = {"part": part.name, "stages": [s.stats.to_dict() for s in stages]}
     write_json(stats_path, stats)
@@ -73,14 +68,14 @@ def run_part(part: InputPart, cfg: CurateConfig, stages: list[Stage], work: Path
 class Phase1Worker:
     """Ray Data callable: loads the models once per actor, then runs whole parts."""
 
-    def __init__(self, cfg_json: str, work: str) -> None:
+    def __init__(self, cfg_json: str, layout_json: str) -> None:
         self.cfg = CurateConfig.model_validate_json(cfg_json)
-        self.work = Path(work)
+        self.layout = Layout.from_json(layout_json)
         self.stages = build_stages(self.cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        results = [
-            run_part(InputPart.from_dict(json.loads(p)), self.cfg, self.stages, self.work)
-            for p in batch.column("part").to_pylist()
-        ]
+        results = []
+        for unit in map(json.loads, batch.column("part").to_pylist()):
+            part = InputPart.from_dict(unit)
+            results.append(run_part(part, self.layout.parts[part.name], self.cfg, self.stages, self.layout))
         return pa.table({"result": [json.dumps(r) for r in results]})

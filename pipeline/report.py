@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pipeline
 from pipeline import charts
 from pipeline.gallery import Example, KeptIndex, kept_examples, rejected_examples, rejected_reasons
-from pipeline.stats import Measure, load_manifest, rejected_dataset, scan_measures
+from pipeline.stats import Measure, config_diff, load_manifest, rejected_dataset, scan_measures
 
 
 def _col(name: str) -> Measure:
@@ -599,6 +599,13 @@ def _compare(runs: list[Run], opts: Options) -> Body:
         ("kept by both", both), (f"kept only by {a.tag}", only_a), (f"kept only by {b.tag}", only_b))]
     rows.append(["Jaccard similarity of kept ids", f"{both / union:.4f}" if union else "–"])
     html = _table(["kept ids", "rows"], rows, (1,))
+    changed = config_diff(a.manifest, b.manifest)
+    html += "<h3>Config differences</h3>" + (
+        _table(["key", escape(a.tag), escape(b.tag), "first phase it changes"],
+               [[f"<code>{escape(c['key'])}</code>", escape(json.dumps(c["a"])), escape(json.dumps(c["b"])),
+                 escape(c["phase"] or "–")] for c in changed])
+        if changed else "<p>none: the two runs used the same recipe</p>"
+    )
     parts = []
     for this, other, mask, n in ((a, b, ~in_b, only_a), (b, a, ~in_a, only_b)):
         title = f"Kept only by {this.tag} ({_n(n)})"

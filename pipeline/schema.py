@@ -44,14 +44,13 @@ OUTPUT_SCHEMA = pa.schema(
 )
 
 # Columns phase 1 adds for phase 2 and drops before the final write. Near-dup keys: the caption's MinHash
-# signature (num_perm little-endian uint32, fetched in phase 2 only for candidate pairs), its LSH band keys
-# (what phase 2 shuffles) and the image's 64-bit perceptual hash.
+# signature (num_perm little-endian uint32: phase 2 derives from it the LSH band keys it shuffles, and reads
+# whole signatures back only for candidate pairs) and the image's 64-bit perceptual hash.
 WORK_COLUMNS = pa.schema(
     [
         ("caption_key", pa.string()),
         ("part", pa.string()),
         ("minhash", pa.binary()),
-        ("minhash_bands", pa.list_(pa.uint64())),
         ("phash", pa.uint64()),
     ]
 )

@@ -89,6 +89,25 @@ def compare_kept_ids(dir_a: str | Path, dir_b: str | Path) -> dict:
     return {"both": both, "only_a": len(a) - both, "only_b": len(b) - both}
 
 
+def config_diff(manifest_a: dict, manifest_b: dict) -> list[dict]:
+    """The config keys two runs set differently (paths and Ray settings left out), with the phase whose
+    fingerprint each changes."""
+    from pipeline.fingerprints import PHASE_KEYS, flatten
+
+    a, b = (flatten(m["config"]) for m in (manifest_a, manifest_b))
+    ignore = ("input.path", "output.path", "output.cache", "ray.")
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        if key.startswith(ignore) or a.get(key) == b.get(key):
+            continue
+        phase = next(
+            (p for p, keys in PHASE_KEYS.items() if any(key == k or key.startswith(k + ".") for k in keys)),
+            None,
+        )
+        out.append({"key": key, "a": a.get(key), "b": b.get(key), "phase": phase})
+    return out
+
+
 def compute_stats(out_dir: str | Path) -> dict:
     """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
     out = Path(out_dir)

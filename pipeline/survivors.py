@@ -9,53 +9,53 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.phase1 import part_paths
+from pipeline.fingerprints import Layout
 
 
 @dataclass(frozen=True)
 class GlobalStage:
-    """A stage decided across the dataset: its accounting name, its directory under _work, the columns it
-    gives kept rows."""
+    """A stage decided across the dataset (also its phase in the cache layout) and the columns it gives
+    kept rows."""
 
     name: str
-    dir: str
     columns: tuple[str, ...] = ()
 
 
-EXACT = GlobalStage("exact_dedup", "phase2")
-NEAR = GlobalStage("near_dedup", "near_dedup", ("dup_cluster", "dup_cluster_size"))
-ALIGNMENT = GlobalStage("alignment", "alignment", ("clip_score",))
-DIVERSITY = GlobalStage("diversity", "diversity", ("diversity_keep_prob", "diversity_score"))
+EXACT = GlobalStage("exact_dedup")
+NEAR = GlobalStage("near_dedup", ("dup_cluster", "dup_cluster_size"))
+ALIGNMENT = GlobalStage("alignment", ("clip_score",))
+DIVERSITY = GlobalStage("diversity", ("diversity_keep_prob", "diversity_score"))
 GLOBAL_STAGES = (EXACT, NEAR, ALIGNMENT, DIVERSITY)
 DROP_SCHEMA = pa.schema(
     [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
 )
-# Enrichments: directory under _work -> the columns they add. They drop nothing.
+# Enrichments: phase -> the columns they add. They drop nothing.
 ENRICHMENTS = {"ocr": ("ocr_text",), "synthetic_caption": ("synthetic_caption",)}
 
 
-def stage_results(work: Path, stage: GlobalStage, part: str) -> pa.Table | None:
+def stage_results(layout: Layout, stage: GlobalStage, part: str) -> pa.Table | None:
     """One part's results of `stage`: id, reason (null = kept), detail and the stage's columns; None when
-    the stage did not run."""
+    the stage is not in the recipe or has not run."""
+    if not layout.has(stage.name):
+        return None
     if stage == EXACT:  # by value: stages arrive pickled in Ray tasks
         from pipeline.exact_dedup import losers_of_part
 
-        return losers_of_part(work / stage.dir, part) if (work / stage.dir).is_dir() else None
-    path = work / stage.dir / f"{part}.parquet"
+        return losers_of_part(layout.dir(stage.name), part) if layout.dir(stage.name).is_dir() else None
+    path = layout.dir(stage.name) / f"{part}.parquet"
     return pq.read_table(path) if path.is_file() else None
 
 
-def drops_of_part(work: Path, part: str, stages: tuple[GlobalStage, ...] = GLOBAL_STAGES) -> pa.Table:
+def drops_of_part(layout: Layout, part: str, stages: tuple[GlobalStage, ...] = GLOBAL_STAGES) -> pa.Table:
     """(id, stage, reason, detail) of the part's rows that `stages` dropped, earliest stage first."""
     pieces = [DROP_SCHEMA.empty_table()]
     for stage in stages:
-        results = stage_results(work, stage, part)
+        results = stage_results(layout, stage, part)
         if results is None or not results.num_rows:
             continue
         dropped = results.filter(pc.is_valid(results["reason"]))
@@ -67,13 +67,11 @@ def drops_of_part(work: Path, part: str, stages: tuple[GlobalStage, ...] = GLOBA
 
 
 def surviving_batches(
-    work: Path, part: str, columns: list[str], stages: tuple[GlobalStage, ...], batch_rows: int = 1024
+    layout: Layout, part: str, columns: list[str], stages: tuple[GlobalStage, ...], batch_rows: int = 1024
 ) -> Iterator[pa.Table]:
     """The part's phase-1 rows that `stages` kept, `columns` only, in batches."""
-    dropped = drops_of_part(work, part, stages)["id"]
-    for batch in pq.ParquetFile(part_paths(work, part)[0]).iter_batches(
-        batch_size=batch_rows, columns=columns
-    ):
+    dropped = drops_of_part(layout, part, stages)["id"]
+    for batch in pq.ParquetFile(layout.phase1(part)[0]).iter_batches(batch_size=batch_rows, columns=columns):
         table = pa.Table.from_batches([batch])
         if len(dropped):
             table = table.filter(pc.invert(pc.is_in(table["id"], value_set=dropped)))
@@ -81,23 +79,26 @@ def surviving_batches(
             yield table
 
 
-def surviving_rows(work: str, part: str, columns: list[str], stages: tuple[GlobalStage, ...]) -> pa.Table:
+def surviving_rows(
+    layout_json: str, part: str, columns: list[str], stages: tuple[GlobalStage, ...]
+) -> pa.Table:
     """All of `surviving_batches` as one table (for text columns; picklable as a partial for Ray tasks)."""
-    schema = pq.read_schema(part_paths(Path(work), part)[0])
+    layout = Layout.from_json(layout_json)
+    schema = pq.read_schema(layout.phase1(part)[0])
     empty = pa.schema([schema.field(c) for c in columns]).empty_table()
-    return pa.concat_tables([empty, *surviving_batches(Path(work), part, columns, stages)])
+    return pa.concat_tables([empty, *surviving_batches(layout, part, columns, stages)])
 
 
-def annotations_of_part(work: Path, part: str) -> list[pa.Table]:
+def annotations_of_part(layout: Layout, part: str) -> list[pa.Table]:
     """The kept-row columns every finished global stage and enrichment gives this part (id first)."""
     tables = []
     for stage in GLOBAL_STAGES:
-        results = stage_results(work, stage, part) if stage.columns else None
+        results = stage_results(layout, stage, part) if stage.columns else None
         if results is not None and results.num_rows:
             tables.append(results.select(["id", *stage.columns]))
     for name, columns in ENRICHMENTS.items():
-        path = work / name / f"{part}.parquet"
-        if path.is_file():
+        path = layout.dir(name) / f"{part}.parquet" if layout.has(name) else None
+        if path is not None and path.is_file():
             tables.append(pq.read_table(path, columns=["id", *columns]))
     return tables
 

@@ -160,9 +160,11 @@ def test_rerun_does_no_work_and_resume_reuses_finished_parts(curated, sample_dir
     # Simulate a crash after phase 1 finished two parts: copy the run, drop later work.
     crashed = tmp_path / "crashed"
     shutil.copytree(out, crashed)
-    for name in ("data", "rejected", "manifest.json", "_work/phase2", "_work/finalize"):
-        p = crashed / name
+    for p in [crashed / "data", crashed / "rejected", crashed / "manifest.json"]:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for p in (crashed / "_work").iterdir():
+        if p.is_dir() and p.name != "phase1":
+            shutil.rmtree(p)
     for stats in sorted((crashed / "_work/phase1").glob("*.stats.json"))[2:]:
         stats.unlink()
     resumed = curate(sample_dir, crashed)
@@ -171,14 +173,14 @@ def test_rerun_does_no_work_and_resume_reuses_finished_parts(curated, sample_dir
     assert sorted(outcomes(crashed)[0]) == sorted(outcomes(out)[0])
 
 
-def test_other_config_on_same_output_is_refused(curated, sample_dir):
-    out, _ = curated
+def test_output_holding_other_files_is_refused(sample_dir, tmp_path):
     import pytest
 
     from pipeline.job import JobError
 
-    with pytest.raises(JobError, match="different config"):
-        curate(sample_dir, out, "image.min_side=100")
+    (tmp_path / "notes.txt").write_text("not a vlmforge run")
+    with pytest.raises(JobError, match="holds no vlmforge run"):
+        curate(sample_dir, tmp_path)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

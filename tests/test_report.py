@@ -309,6 +309,11 @@ def test_compare_shows_both_runs_and_the_kept_id_difference(compare_report, cura
     for sid in ("funnel", "languages", "captions", "images", "gallery-kept", "gallery-rejected"):
         assert sections[sid][1].count('class="run-tag"') == 2, sid
     assert "min_side 150" in sections["images"][1] and "min_side 64" in sections["images"][1]
+    # The recipe difference, with the first phase each key reruns.
+    assert "<code>image.min_side</code>" in body and "<code>exact_dedup.image</code>" in body
+    cell = r"</td><td[^>]*>"
+    changed = re.search(rf"<code>image.min_side</code>{cell}(\d+){cell}(\d+){cell}(\w+)", body)
+    assert changed and changed.groups() == ("64", "150", "phase1")
 
 
 def test_report_in_headless_chromium(report, enriched_report, compare_report, tmp_path):

@@ -1,4 +1,5 @@
-"""Caption MinHash signatures and their LSH band keys, computed in phase 1 for the global near-dup phase."""
+"""Caption MinHash signatures, computed in phase 1 for the global near-dup phase (which derives the LSH band
+keys from them, so a new threshold or band shape needs no phase-1 rerun)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import CaptionNearDupConfig
-from pipeline.minhash import band_keys, signatures
+from pipeline.minhash import signatures
 from pipeline.stages.base import Stage, Verdict
 
 
@@ -34,33 +35,18 @@ def signature_matrix(column: pa.Array | pa.ChunkedArray, num_perm: int) -> np.nd
     return np.frombuffer(column.buffers()[2], dtype="<u4")[first : first + n * num_perm].reshape(n, num_perm)
 
 
-def band_column(keys: np.ndarray, has_shingles: np.ndarray) -> pa.Array:
-    """Band keys as list<uint64>; a caption without shingles gets an empty list (it matches nothing)."""
-    kept = keys[has_shingles]
-    lengths = np.where(has_shingles, keys.shape[1], 0)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(kept.reshape(-1), pa.uint64()))
-
-
 class MinHashSignatures(Stage):
-    """Attaches `minhash` (the caption's signature) and `minhash_bands` (its LSH band keys); never rejects."""
+    """Attaches `minhash`, the caption's signature (all 0xFFFFFFFF for a caption without shingles); never
+    rejects."""
 
     name = "minhash"
 
     def __init__(self, cfg: CaptionNearDupConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.bands, self.rows = cfg.band_shape()
 
     def decide(self, batch: pa.Table) -> Verdict:
         cfg = self.cfg
         texts = batch.column("caption").to_pylist()
         sigs = signatures([t or "" for t in texts], cfg.ngram, cfg.num_perm, cfg.seed)
-        has_shingles = (sigs != np.uint32(0xFFFFFFFF)).any(axis=1)
-        return Verdict(
-            reasons=[None] * batch.num_rows,
-            columns={
-                "minhash": signature_column(sigs),
-                "minhash_bands": band_column(band_keys(sigs, self.bands, self.rows), has_shingles),
-            },
-        )
+        return Verdict(reasons=[None] * batch.num_rows, columns={"minhash": signature_column(sigs)})
