@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import CurateConfig
@@ -67,19 +68,36 @@ def build_model(kind: str, cfg: CurateConfig) -> Any:
 
 
 def annotate_part(part: str, ann: Annotation, model: Any, cfg: CurateConfig, layout: Layout) -> dict:
-    """Run `model` over the part's surviving rows; write id + its columns; return rows, counters, seconds."""
+    """Run `model` over the part's surviving rows; write id + its columns; return rows, counters, seconds.
+
+    Rows the pass already saw with this config (in any earlier run, whatever the phases before it decided)
+    come from the row cache (`cached` in the counters); only new rows reach the model.
+    """
     done_path = layout.dir(ann.kind) / f"{part}.json"
     if (done := read_json(done_path)) is not None:
         return {**done, "reused": True}
     start = time.perf_counter()
     before = Counter(getattr(model, "counters", {}))
-    rows = 0
+    cache_path = layout.row_cache(ann.kind, part)
+    cached = pq.read_table(cache_path) if cache_path.is_file() else ann.writes.empty_table()
+    fresh, rows, hits = [ann.writes.empty_table()], 0, 0
     with AtomicParquetWriter(layout.dir(ann.kind) / f"{part}.parquet", ann.writes) as w:
         for batch in surviving_batches(layout, part, list(ann.reads), ann.after, cfg.ray.batch_rows):
-            w.write(model(batch).select(ann.writes.names))
+            idx = pc.index_in(batch["id"], value_set=cached["id"])
+            seen = pc.is_valid(idx)
+            new = batch.filter(pc.invert(seen))
+            if new.num_rows:
+                fresh.append(model(new).select(ann.writes.names).cast(ann.writes))
+                w.write(fresh[-1])
+            w.write(cached.take(idx.drop_null()))
             rows += batch.num_rows
+            hits += batch.num_rows - new.num_rows
+    if len(fresh) > 1:
+        with AtomicParquetWriter(cache_path, ann.writes) as c:
+            c.write(pa.concat_tables([cached, *fresh]))
     counters = Counter(getattr(model, "counters", {}))
     counters.subtract(before)
+    counters["cached"] = hits
     result = {"part": part, "rows": rows, "counters": dict(+counters), "seconds": time.perf_counter() - start}
     write_json(done_path, result)
     return {**result, "reused": False}

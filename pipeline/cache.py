@@ -77,9 +77,10 @@ def gc(outputs: list[Path]) -> dict:
         names = keep.setdefault(cache, {"state.json"})
         names.update(f"phase1/{k}" for k in manifest.get("part_keys", {}).values())
         names.update(f"{phase}/{fp}" for phase, fp in manifest.get("fingerprints", {}).items())
+        names.update(f"rows/{phase}/{fp}" for phase, fp in manifest.get("row_caches", {}).items())
     freed = {"entries": 0, "bytes": 0}
     for cache, names in keep.items():
-        for entry in sorted(cache.glob("*/*")) + sorted(cache.glob("*")):
+        for entry in sorted(cache.glob("rows/*/*")) + sorted(cache.glob("*/*")) + sorted(cache.glob("*")):
             rel = entry.relative_to(cache).as_posix()
             name = rel.split(".")[0] if rel.startswith("phase1/") else rel
             if not entry.exists() or name in names or any(n.startswith(rel + "/") for n in names):

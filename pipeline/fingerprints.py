@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ PHASE_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "finalize": ("output.rows_per_shard", "output.row_group_rows", "output.compression", "ocr.separator"),
 }  # fmt: skip
+# Model passes whose per-row results are also cached by row id, whatever the phases before them decided: a
+# changed threshold upstream then costs only the rows not seen before.
+ROW_CACHED = ("alignment_scores", "ocr", "synthetic_caption")
 # Files a phase loads whose contents change its results (their size and modification time are hashed).
 PHASE_FILES = {
     "alignment_scores": "alignment.checkpoint",
@@ -104,11 +107,15 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def part_key(part: InputPart, cfg_dict: dict) -> str:
-    """A phase-1 part's cache key: its input bytes (path, size, mtime, row groups) and phase 1's config."""
+def input_identity(part: InputPart) -> list:
+    """What identifies an input part's bytes: path, size, modification time, row groups."""
     st = os.stat(part.path)
-    identity = [part.path, st.st_size, st.st_mtime_ns, part.format, list(part.row_groups), part.first_row]
-    return digest("phase1", VERSIONS["phase1"], identity, phase_config(cfg_dict, "phase1"))
+    return [part.path, st.st_size, st.st_mtime_ns, part.format, list(part.row_groups), part.first_row]
+
+
+def part_key(part: InputPart, cfg_dict: dict) -> str:
+    """A phase-1 part's cache key: its input bytes and phase 1's config."""
+    return digest("phase1", VERSIONS["phase1"], input_identity(part), phase_config(cfg_dict, "phase1"))
 
 
 def enabled_phases(cfg: CurateConfig) -> list[str]:
@@ -132,18 +139,24 @@ class Layout:
     cache: str
     parts: dict[str, str] = field(default_factory=dict)
     fps: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # part key -> digest of its input's identity
+    rows: dict[str, str] = field(default_factory=dict)  # row-cached pass -> digest of its config and files
 
     @classmethod
     def build(cls, cfg: CurateConfig, parts: list[InputPart], cache: str | Path) -> Layout:
         cfg_dict = cfg.model_dump(mode="json")
         keys = {p.name: part_key(p, cfg_dict) for p in parts}
+        inputs = {keys[p.name]: digest(input_identity(p)) for p in parts}
         fps: dict[str, str] = {}
+        rows: dict[str, str] = {}
         previous = digest(sorted(keys.values()))
         for phase in enabled_phases(cfg):
             files = file_identity(lookup(cfg_dict, PHASE_FILES[phase])) if phase in PHASE_FILES else []
             config = phase_config(cfg_dict, phase)
             previous = fps[phase] = digest(phase, VERSIONS[phase], previous, config, files)
-        return cls(str(cache), keys, fps)
+            if phase in ROW_CACHED:
+                rows[phase] = digest(phase, VERSIONS[phase], config, files)
+        return cls(str(cache), keys, fps, inputs, rows)
 
     def phase1(self, key: str) -> tuple[Path, Path, Path]:
         """(kept rows, rejected rows, stats) of one phase-1 part; the stats file marks it done."""
@@ -153,6 +166,10 @@ class Layout:
     def dir(self, phase: str) -> Path:
         return Path(self.cache) / phase / self.fps[phase]
 
+    def row_cache(self, phase: str, key: str) -> Path:
+        """The per-row results of a model pass over one input part's rows, ever computed with this config."""
+        return Path(self.cache) / "rows" / phase / self.rows[phase] / f"{self.inputs[key]}.parquet"
+
     def has(self, phase: str) -> bool:
         return phase in self.fps
 
@@ -160,7 +177,7 @@ class Layout:
         return self.has(phase) and (self.dir(phase) / "_done.json").is_file()
 
     def to_json(self) -> str:
-        return json.dumps({"cache": self.cache, "parts": self.parts, "fps": self.fps})
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> Layout:

@@ -275,6 +275,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
             },
             "fingerprints": layout.fps,
             "part_keys": layout.parts,
+            "row_caches": layout.rows,
             "totals": totals,
             "stages": [s.to_dict() for s in stages],
             "alignment": alignment,

@@ -40,6 +40,9 @@ def test_new_near_dup_threshold_reuses_phase1_and_equals_a_fresh_run(curated, sa
 
     manifest = curate(sample_dir, out, change)
     assert manifest["phases"]["phase1"]["reused"] == manifest["input"]["parts"]
+    # OCR reran as a phase, but every surviving row was read in the first run: no tesseract call.
+    ocr = next(s for s in manifest["stages"] if s["stage"] == "ocr")
+    assert ocr["counters"]["cached"] == ocr["rows_in"] > 0 and "ocr_run" not in ocr["counters"]
     assert manifest["fingerprints"]["exact_dedup"] == curated[1]["fingerprints"]["exact_dedup"]
     assert manifest["fingerprints"]["near_dedup"] != curated[1]["fingerprints"]["near_dedup"]
     fresh = tmp_path / "fresh"
