@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import CurateConfig
 from pipeline.readers.common import InputPart
+from pipeline.writer import read_json, write_json
 
 # Bump a phase's version when its code changes its results: its cache entries (and those after it) then
 # stop matching.
@@ -169,6 +172,20 @@ class Layout:
     def row_cache(self, phase: str, key: str) -> Path:
         """The per-row results of a model pass over one input part's rows, ever computed with this config."""
         return Path(self.cache) / "rows" / phase / self.rows[phase] / f"{self.inputs[key]}.parquet"
+
+    def run_once(
+        self, phase: str, compute: Callable[[], dict], log: Callable[[str], None], message: str
+    ) -> dict:
+        """The phase's summary (`_done.json`): as cached, else from `compute()` now, timed and written."""
+        path = self.dir(phase) / "_done.json"
+        if (done := read_json(path)) is not None:
+            return done
+        log(message)
+        t0 = time.perf_counter()
+        done = compute()
+        done["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json(path, done)
+        return done
 
     def has(self, phase: str) -> bool:
         return phase in self.fps

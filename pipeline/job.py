@@ -64,34 +64,30 @@ def check_accounting(stages: list[StageStats], output_rows: int, rejected_rows: 
 
 def exact_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Callable) -> StageStats:
     """Run (or reuse) the exact-duplicate resolution of phase 2; its stats as a stage."""
-    out_dir = layout.dir("exact_dedup")
-    done = read_json(out_dir / "_done.json")
-    if done is None:
-        log("phase 2: exact duplicates across the dataset")
-        t0 = time.perf_counter()
+
+    def compute() -> dict:
         kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
         partitions = max(2 * cluster_cpus(), rows_in // 500_000)
-        counts = resolve_exact_duplicates(kept_files, out_dir, cfg.exact_dedup, partitions)
-        done = {"seconds": round(time.perf_counter() - t0, 3), "reasons": dict(counts), "counters": {}}
-        write_json(out_dir / "_done.json", done)
+        counts = resolve_exact_duplicates(kept_files, layout.dir("exact_dedup"), cfg.exact_dedup, partitions)
+        return {"reasons": dict(counts), "counters": {}}
+
+    done = layout.run_once("exact_dedup", compute, log, "phase 2: exact duplicates across the dataset")
     return StageStats.from_done("exact_dedup", rows_in, done)
 
 
 def near_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Callable) -> StageStats:
     """Run (or reuse) the near-duplicate resolution of phase 2; its stats as a stage."""
-    out_dir = layout.dir("near_dedup")
-    done = read_json(out_dir / "_done.json")
-    if done is None:
-        log("phase 2: near duplicates across the dataset")
-        t0 = time.perf_counter()
-        workers = cfg.ray.workers or cluster_cpus()
-        bands = cfg.near_dedup.caption.band_shape()[0] if cfg.near_dedup.caption.enabled else 0
-        band_rows = rows_in * (bands + (cfg.near_dedup.image.bands if cfg.near_dedup.image.enabled else 0))
-        partitions = max(2 * workers, -(-band_rows // 4_000_000))
+
+    def compute() -> dict:
+        nd = cfg.near_dedup
+        bands = nd.caption.band_shape()[0] if nd.caption.enabled else 0
+        band_rows = rows_in * (bands + (nd.image.bands if nd.image.enabled else 0))
+        partitions = max(2 * (cfg.ray.workers or cluster_cpus()), -(-band_rows // 4_000_000))
         files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
-        done = resolve_near_duplicates(files, layout.dir("exact_dedup"), out_dir, cfg.near_dedup, partitions)
-        done["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(out_dir / "_done.json", done)
+        exact_dir, out_dir = layout.dir("exact_dedup"), layout.dir("near_dedup")
+        return resolve_near_duplicates(files, exact_dir, out_dir, nd, partitions)
+
+    done = layout.run_once("near_dedup", compute, log, "phase 2: near duplicates across the dataset")
     return StageStats.from_done("near_dedup", rows_in, done)
 
 

@@ -8,7 +8,6 @@ Each returns its stage's stats for the accounting and leaves per-part results in
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -22,7 +21,7 @@ from pipeline.fingerprints import Layout
 from pipeline.ray_runner import map_units
 from pipeline.stages.base import StageStats
 from pipeline.survivors import ALIGNMENT, EXACT, NEAR, surviving_rows
-from pipeline.writer import AtomicParquetWriter, read_json, write_json
+from pipeline.writer import AtomicParquetWriter
 
 ALIGNMENT_SCHEMA = pa.schema(
     [("id", pa.string()), ("clip_score", pa.float32()), ("reason", pa.string()), ("detail", pa.string())]
@@ -37,9 +36,8 @@ def run_annotation(
     num_gpus: float,
     workers: int,
     progress: bool,
-) -> tuple[Counter, float]:
-    """Run one annotation pass over every part; its merged counters and seconds."""
-    t0 = time.perf_counter()
+) -> Counter:
+    """Run one annotation pass over every part; its merged counters."""
     results = map_units(
         [{"part": p} for p in parts],
         AnnotateWorker,
@@ -51,7 +49,7 @@ def run_annotation(
     counters: Counter = Counter()
     for r in results:
         counters.update(r["counters"])
-    return counters, time.perf_counter() - t0
+    return counters
 
 
 def model_workers(configured: int | None, num_gpus: float, cpus: int) -> int:
@@ -79,24 +77,19 @@ def alignment_phase(
     from pipeline.stages.alignment import score_histogram, threshold_from
 
     ac = cfg.alignment
-    done = read_json(layout.dir("alignment") / "_done.json")
-    if done is None:
-        log("phase 3: image-text alignment")
+
+    def compute() -> dict:
         workers = model_workers(ac.workers, ac.num_gpus, cpus)
-        counters, seconds = run_annotation(
-            ALIGNMENT_SCORES.kind, cfg, layout, parts, ac.num_gpus, workers, progress
-        )
+        kind = ALIGNMENT_SCORES.kind
+        counters = run_annotation(kind, cfg, layout, parts, ac.num_gpus, workers, progress)
         scores = {p: read_annotation(layout, ALIGNMENT_SCORES.kind, p) for p in parts}
         hist = sum(score_histogram(t["clip_score"].drop_null().to_numpy()) for t in scores.values())
         threshold = threshold_from(ac, hist) if parts else None
         dropped = sum(write_alignment_results(layout, p, t, threshold) for p, t in scores.items())
-        done = {
-            "seconds": round(seconds, 3),
-            "threshold": threshold,
-            "reasons": {"low_alignment": dropped} if dropped else {},
-            "counters": dict(counters),
-        }
-        write_json(layout.dir("alignment") / "_done.json", done)
+        reasons = {"low_alignment": dropped} if dropped else {}
+        return {"threshold": threshold, "reasons": reasons, "counters": dict(counters)}
+
+    done = layout.run_once("alignment", compute, log, "phase 3: image-text alignment")
     return StageStats.from_done("alignment", rows_in, done), {"threshold": done["threshold"]}
 
 
@@ -119,16 +112,12 @@ def diversity_phase(
     """Phase 4: n-gram frequency resampling over the captions that are still in; its stats and summary."""
     from pipeline.diversity import resolve_diversity
 
-    done = read_json(layout.dir("diversity") / "_done.json")
-    if done is None:
-        log("phase 4: diversity resampling")
-        t0 = time.perf_counter()
-        load = partial(
-            surviving_rows, layout.to_json(), columns=["id", "caption"], stages=(EXACT, NEAR, ALIGNMENT)
-        )
-        done = resolve_diversity(parts, load, layout.dir("diversity"), cfg.diversity, cpus)
-        done["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(layout.dir("diversity") / "_done.json", done)
+    def compute() -> dict:
+        stages = (EXACT, NEAR, ALIGNMENT)
+        load = partial(surviving_rows, layout.to_json(), columns=["id", "caption"], stages=stages)
+        return resolve_diversity(parts, load, layout.dir("diversity"), cfg.diversity, cpus)
+
+    done = layout.run_once("diversity", compute, log, "phase 4: diversity resampling")
     return StageStats.from_done("diversity", rows_in, done), report_stats(done)
 
 
@@ -157,14 +146,12 @@ def enrichment_phase(
 ) -> StageStats:  # fmt: skip
     """Phase 5: one enrichment (OCR or synthetic captions) over the rows that will be written."""
     section = cfg.ocr if kind == "ocr" else cfg.synthetic_caption
-    done = read_json(layout.dir(kind) / "_done.json")
-    if done is None:
-        log(f"phase 5: {kind.replace('_', ' ')}")
+
+    def compute() -> dict:
         num_gpus = getattr(section, "num_gpus", 0)
         workers = model_workers(section.workers, num_gpus, cpus)
-        counters, seconds = run_annotation(
-            ANNOTATIONS[kind].kind, cfg, layout, parts, num_gpus, workers, progress
-        )
-        done = {"seconds": round(seconds, 3), "reasons": {}, "counters": dict(counters)}
-        write_json(layout.dir(kind) / "_done.json", done)
+        counters = run_annotation(ANNOTATIONS[kind].kind, cfg, layout, parts, num_gpus, workers, progress)
+        return {"reasons": {}, "counters": dict(counters)}
+
+    done = layout.run_once(kind, compute, log, f"phase 5: {kind.replace('_', ' ')}")
     return StageStats.from_done(kind, rows_in, done)
