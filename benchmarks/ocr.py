@@ -12,22 +12,19 @@ the drawn text and how many outputs the two agree on; on the text-free images, h
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import random
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import OcrConfig  # noqa: E402
 from pipeline.sample_data import write_sample_data  # noqa: E402
+from pipeline.sample_data.reading import images_with_text  # noqa: E402
 from pipeline.stages.ocr import OcrText  # noqa: E402
 
 
@@ -45,23 +42,9 @@ def sample_images(n_text: int, n_plain: int, seed: int) -> list[tuple[str, bytes
     """(key, image bytes, drawn text) for n_text images with text and n_plain without, shuffled."""
     with tempfile.TemporaryDirectory() as tmp:
         write_sample_data(tmp, n=max(1000, round(n_text / 0.12)), seed=seed)
-        truth = {}
-        for line in (Path(tmp) / "ground_truth.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            truth[row["key"]] = row["text_in_image"]
         texts, plain = [], []
-        for shard in sorted(Path(tmp).glob("*.tar")):
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    key, ext = member.name.split(".", 1)
-                    if ext in ("json", "txt"):
-                        continue
-                    data = tar.extractfile(member).read()
-                    try:
-                        Image.open(io.BytesIO(data)).load()
-                    except Exception:  # noqa: BLE001 - the sample's corrupt rows
-                        continue
-                    (texts if truth[key] else plain).append((key, data, truth[key]))
+        for key, data, text in images_with_text(Path(tmp)):
+            (texts if text else plain).append((key, data, text))
     if len(texts) < n_text or len(plain) < n_plain:
         raise SystemExit(f"sample has {len(texts)} text and {len(plain)} plain images; ask for fewer")
     rows = texts[:n_text] + plain[:n_plain]

@@ -9,9 +9,7 @@ the text tesseract is expected to read: font size >= READABLE_PX and luma contra
 from __future__ import annotations
 
 import io
-import json
 import random
-import tarfile
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.config import OcrConfig
 from pipeline.errors import JobError
 from pipeline.sample_data import write_sample_data
+from pipeline.sample_data.reading import images_with_text
 from pipeline.stages.ocr import OcrText, check_tesseract
 from pipeline.stages.text_detect import has_text
 
@@ -113,32 +112,9 @@ def test_ocr_character_error_rate_on_rendered_text():
     assert errors / chars <= MAX_CER, f"CER {errors / chars:.3f} over {len(pairs)} images; worst: {worst}"
 
 
-def _sample_images(directory: Path) -> list[tuple[bytes, str | None]]:
-    """(image bytes, text drawn in it) of every sample image that decodes."""
-    truth = {}
-    with open(directory / "ground_truth.jsonl") as f:
-        for line in f:
-            row = json.loads(line)
-            truth[row["key"]] = row["text_in_image"]
-    out = []
-    for shard in sorted(directory.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, ext = member.name.split(".", 1)
-                if ext in ("json", "txt"):
-                    continue
-                data = tar.extractfile(member).read()
-                try:
-                    Image.open(io.BytesIO(data)).load()
-                except Exception:  # noqa: BLE001 - the sample's corrupt rows
-                    continue
-                out.append((data, truth[key]))
-    return out
-
-
 def test_detector_recall_and_skip_rate_on_sample_data(tmp_path):
     write_sample_data(tmp_path, n=1000, seed=7)
-    images = _sample_images(tmp_path)
+    images = [(data, text) for _, data, text in images_with_text(tmp_path)]
     with_text = [has_text(data) for data, text in images if text]
     without = [has_text(data) for data, text in images if not text]
     assert len(with_text) >= 80 and len(without) >= 700
