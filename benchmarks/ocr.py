@@ -24,18 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import OcrConfig  # noqa: E402
 from pipeline.sample_data import write_sample_data  # noqa: E402
-from pipeline.sample_data.reading import images_with_text  # noqa: E402
+from pipeline.sample_data.reading import edit_distance, images_with_text  # noqa: E402
 from pipeline.stages.ocr import OcrText  # noqa: E402
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def sample_images(n_text: int, n_plain: int, seed: int) -> list[tuple[str, bytes, str | None]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from pipeline.config import load_config
 from pipeline.job import run_curation
 from pipeline.ray_runner import start_ray
 from pipeline.sample_data import write_sample_data
+from pipeline.sample_data.reading import read_ground_truth
 from pipeline.torchvision_cpu import declare_torchvision_ops
 
 declare_torchvision_ops()  # transformers (the HF comparison tests) imports torchvision when it is installed
@@ -50,8 +50,7 @@ def sample_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ground_truth(sample_dir) -> dict[str, dict]:
-    with open(sample_dir / "ground_truth.jsonl") as f:
-        return {row["key"]: row for row in map(json.loads, f)}
+    return read_ground_truth(sample_dir)
 
 
 def curate(input_path: Path, output: Path, *overrides: str) -> dict:

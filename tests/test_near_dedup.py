@@ -32,6 +32,7 @@ from pipeline.neardup_eval import (
     write_caption_part,
 )
 from pipeline.phash import hamming, phash
+from pipeline.sample_data.reading import read_ground_truth
 from pipeline.stages.image_decode import ImageDecode
 from pipeline.writer import AtomicParquetWriter
 
@@ -106,10 +107,7 @@ def test_caption_precision_recall_against_brute_force(ray_local, tmp_path):
 
 
 def _sample_images(sample_dir: Path, limit: int) -> dict[str, bytes]:
-    truth = {}
-    with open(sample_dir / "ground_truth.jsonl") as f:
-        for row in map(json.loads, f):
-            truth[row["key"]] = row["kind"]
+    truth = {key: row["kind"] for key, row in read_ground_truth(sample_dir).items()}
     images = {}
     for shard in sorted(sample_dir.glob("*.tar")):
         with tarfile.open(shard) as tar:

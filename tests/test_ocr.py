@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.config import OcrConfig
 from pipeline.errors import JobError
 from pipeline.sample_data import write_sample_data
-from pipeline.sample_data.reading import images_with_text
+from pipeline.sample_data.reading import edit_distance, images_with_text
 from pipeline.stages.ocr import OcrText, check_tesseract
 from pipeline.stages.text_detect import has_text
 
@@ -85,16 +85,6 @@ def render_case(seed: int) -> tuple[bytes, str]:
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=rng.randint(80, 95))
     return buf.getvalue(), text
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def _read_cases(seeds: list[int]) -> list[tuple[str, str]]:

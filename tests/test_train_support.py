@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.sample_data import write_sample_data
+from pipeline.sample_data.reading import read_ground_truth
 from pipeline.schema import OUTPUT_SCHEMA, conform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +45,7 @@ def score(row_id: str) -> float:
 def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
     """The clean rows of `n` sample pairs as OUTPUT_SCHEMA dicts (what curation would keep)."""
     write_sample_data(raw_dir, n, seed)
-    kinds = {}
-    for line in (raw_dir / "ground_truth.jsonl").read_text().splitlines():
-        t = json.loads(line)
-        kinds[t["key"]] = t["kind"]
+    kinds = {key: row["kind"] for key, row in read_ground_truth(raw_dir).items()}
     rows = []
     for tar_path in sorted(raw_dir.glob("*.tar")):
         members: dict[str, dict[str, bytes]] = {}
