@@ -19,7 +19,7 @@ from pipeline.config import CurateConfig, OutputConfig
 from pipeline.fingerprints import Layout
 from pipeline.schema import OUTPUT_SCHEMA, REJECTED_SCHEMA, conform
 from pipeline.stages.base import rejected_rows
-from pipeline.survivors import annotations_of_part, attach, drops_of_part
+from pipeline.survivors import attach, dropped_rows, kept_columns, results_of_part
 from pipeline.thumbnails import gallery_thumbnails
 from pipeline.writer import AtomicParquetWriter, ShardedParquetWriter, read_json, write_json
 
@@ -31,8 +31,8 @@ def finalize_part(part: str, key: str, cfg: CurateConfig, layout: Layout, out: P
     if (done := read_json(done_path)) is not None:
         return {**done, "reused": True}
     kept_path, phase1_rejected, _ = layout.phase1(key)
-    drops = drops_of_part(layout, key)
-    annotations = annotations_of_part(layout, key)
+    results = results_of_part(layout, key)
+    drops, columns = dropped_rows(results), kept_columns(layout, key, results)
     oc = cfg.output
     gallery: Counter = Counter()  # rejected rows given a thumbnail, per reason, in this part
     rejected_path = out / "rejected" / f"part-{part}.parquet"
@@ -50,7 +50,7 @@ def finalize_part(part: str, key: str, cfg: CurateConfig, layout: Layout, out: P
             if pc.any(gone).as_py():
                 write_dropped(table.filter(gone), drops.take(idx.drop_null()), rej, oc, gallery)
                 table = table.filter(pc.invert(gone))
-            data.write(conform(training_columns(attach(table, annotations), cfg), OUTPUT_SCHEMA))
+            data.write(conform(training_columns(attach(table, columns), cfg), OUTPUT_SCHEMA))
     result = {
         "part": part,
         "data": data.files,

@@ -51,14 +51,19 @@ def stage_results(layout: Layout, stage: GlobalStage, part: str) -> pa.Table | N
     return pq.read_table(path) if path.is_file() else None
 
 
-def drops_of_part(layout: Layout, part: str, stages: tuple[GlobalStage, ...] = GLOBAL_STAGES) -> pa.Table:
-    """(id, stage, reason, detail) of the part's rows that `stages` dropped, earliest stage first."""
+def results_of_part(
+    layout: Layout, part: str, stages: tuple[GlobalStage, ...] = GLOBAL_STAGES
+) -> list[tuple[GlobalStage, pa.Table]]:
+    """The results of each of `stages` that ran, for one part, each read once."""
+    found = [(stage, stage_results(layout, stage, part)) for stage in stages]
+    return [(stage, results) for stage, results in found if results is not None and results.num_rows]
+
+
+def dropped_rows(results: list[tuple[GlobalStage, pa.Table]]) -> pa.Table:
+    """(id, stage, reason, detail) of the rows the stages' `results` dropped, earliest stage first."""
     pieces = [DROP_SCHEMA.empty_table()]
-    for stage in stages:
-        results = stage_results(layout, stage, part)
-        if results is None or not results.num_rows:
-            continue
-        dropped = results.filter(pc.is_valid(results["reason"]))
+    for stage, table in results:
+        dropped = table.filter(pc.is_valid(table["reason"]))
         stage_col = pa.array([stage.name] * dropped.num_rows, pa.string())
         pieces.append(
             pa.table([dropped["id"], stage_col, dropped["reason"], dropped["detail"]], schema=DROP_SCHEMA)
@@ -70,7 +75,7 @@ def surviving_batches(
     layout: Layout, part: str, columns: list[str], stages: tuple[GlobalStage, ...], batch_rows: int = 1024
 ) -> Iterator[pa.Table]:
     """The part's phase-1 rows that `stages` kept, `columns` only, in batches."""
-    dropped = drops_of_part(layout, part, stages)["id"]
+    dropped = dropped_rows(results_of_part(layout, part, stages))["id"]
     for batch in pq.ParquetFile(layout.phase1(part)[0]).iter_batches(batch_size=batch_rows, columns=columns):
         table = pa.Table.from_batches([batch])
         if len(dropped):
@@ -89,13 +94,10 @@ def surviving_rows(
     return pa.concat_tables([empty, *surviving_batches(layout, part, columns, stages)])
 
 
-def annotations_of_part(layout: Layout, part: str) -> list[pa.Table]:
-    """The kept-row columns every finished global stage and enrichment gives this part (id first)."""
-    tables = []
-    for stage in GLOBAL_STAGES:
-        results = stage_results(layout, stage, part) if stage.columns else None
-        if results is not None and results.num_rows:
-            tables.append(results.select(["id", *stage.columns]))
+def kept_columns(layout: Layout, part: str, results: list[tuple[GlobalStage, pa.Table]]) -> list[pa.Table]:
+    """The kept-row columns the global stages' `results` and every finished enrichment give this part
+    (id first)."""
+    tables = [table.select(["id", *stage.columns]) for stage, table in results if stage.columns]
     for name, columns in ENRICHMENTS.items():
         path = layout.dir(name) / f"{part}.parquet" if layout.has(name) else None
         if path is not None and path.is_file():
