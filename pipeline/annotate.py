@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import CurateConfig
 from pipeline.fingerprints import Layout
+from pipeline.row_cache import RowCache
 from pipeline.survivors import ALIGNMENT, DIVERSITY, EXACT, NEAR, GlobalStage, surviving_batches
 from pipeline.writer import AtomicParquetWriter, read_json, write_json
 
@@ -78,26 +78,15 @@ def annotate_part(part: str, ann: Annotation, model: Any, cfg: CurateConfig, lay
         return {**done, "reused": True}
     start = time.perf_counter()
     before = Counter(getattr(model, "counters", {}))
-    cache_path = layout.row_cache(ann.kind, part)
-    cached = pq.read_table(cache_path) if cache_path.is_file() else ann.writes.empty_table()
-    fresh, rows, hits = [ann.writes.empty_table()], 0, 0
+    cache, rows = RowCache(layout.row_cache(ann.kind, part), ann.writes, "id"), 0
     with AtomicParquetWriter(layout.dir(ann.kind) / f"{part}.parquet", ann.writes) as w:
         for batch in surviving_batches(layout, part, list(ann.reads), ann.after, cfg.ray.batch_rows):
-            idx = pc.index_in(batch["id"], value_set=cached["id"])
-            seen = pc.is_valid(idx)
-            new = batch.filter(pc.invert(seen))
-            if new.num_rows:
-                fresh.append(model(new).select(ann.writes.names).cast(ann.writes))
-                w.write(fresh[-1])
-            w.write(cached.take(idx.drop_null()))
+            w.write(cache.results(batch, model))
             rows += batch.num_rows
-            hits += batch.num_rows - new.num_rows
-    if len(fresh) > 1:
-        with AtomicParquetWriter(cache_path, ann.writes) as c:
-            c.write(pa.concat_tables([cached, *fresh]))
+    cache.save()
     counters = Counter(getattr(model, "counters", {}))
     counters.subtract(before)
-    counters["cached"] = hits
+    counters["cached"] = cache.hits
     result = {"part": part, "rows": rows, "counters": dict(+counters), "seconds": time.perf_counter() - start}
     write_json(done_path, result)
     return {**result, "reused": False}

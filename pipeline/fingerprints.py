@@ -32,14 +32,16 @@ VERSIONS = {
     "synthetic_caption": 1,
     "finalize": 1,
 }
-# The config keys each phase reads (a section, or a dotted key). How work is spread (workers, GPUs per actor,
-# batch sizes) is left out: it does not change results.
+# How the readers assemble each input row: a row's content at an ordinal of its part depends on these.
+READER_KEYS = (
+    "input.format", "input.caption_column", "input.image_column", "input.image_path_column",
+    "input.id_column", "input.root", "input.max_caption_bytes", "input.max_image_bytes",
+)  # fmt: skip
 PHASE_KEYS: dict[str, tuple[str, ...]] = {
     "phase1": (
-        "input.format", "input.caption_column", "input.image_column", "input.image_path_column",
-        "input.id_column", "input.root", "input.max_caption_bytes", "input.max_image_bytes",
-        "caption", "language", "image", "near_dedup.caption.enabled", "near_dedup.caption.ngram",
-        "near_dedup.caption.num_perm", "near_dedup.caption.seed", "near_dedup.image.enabled",
+        *READER_KEYS, "caption", "language", "image", "near_dedup.caption.enabled",
+        "near_dedup.caption.ngram", "near_dedup.caption.num_perm", "near_dedup.caption.seed",
+        "near_dedup.image.enabled",
         "output.rejected_caption_chars", "output.gallery_per_reason",
     ),
     "exact_dedup": ("exact_dedup",),
@@ -58,11 +60,22 @@ PHASE_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "finalize": ("output.rows_per_shard", "output.row_group_rows", "output.compression", "ocr.separator"),
 }  # fmt: skip
+# Phase-1 stages that keep their per-row measurements (`MeasuredStage`), and the config keys a measurement
+# depends on. Thresholds are left out: a run with a new threshold re-decides from the cached measurements.
+MEASURE_KEYS: dict[str, tuple[str, ...]] = {
+    "language": (*READER_KEYS, "language.model_path", "language.top_k"),
+    "image": (*READER_KEYS, "image.max_pixels", "image.decode_side", "image.reencode_quality",
+              "near_dedup.image.enabled"),
+    "minhash": (*READER_KEYS, "near_dedup.caption.ngram", "near_dedup.caption.num_perm",
+                "near_dedup.caption.seed"),
+}  # fmt: skip
 # Model passes whose per-row results are also cached by row id, whatever the phases before them decided: a
 # changed threshold upstream then costs only the rows not seen before.
 ROW_CACHED = ("alignment_scores", "ocr", "synthetic_caption")
-# Files a phase loads whose contents change its results (their size and modification time are hashed).
+# Files a phase (or a measured phase-1 stage) loads whose contents change its results (their size and
+# modification time are hashed).
 PHASE_FILES = {
+    "language": "language.model_path",
     "alignment_scores": "alignment.checkpoint",
     "diversity": "diversity.reference",
     "synthetic_caption": "synthetic_caption.checkpoint",
@@ -75,10 +88,10 @@ def lookup(data: dict, dotted: str) -> Any:
     return data
 
 
-def phase_config(cfg_dict: dict, phase: str) -> dict[str, Any]:
-    """The config values `phase` reads, flattened to dotted keys."""
+def phase_config(cfg_dict: dict, phase: str, keys: dict[str, tuple[str, ...]] = PHASE_KEYS) -> dict[str, Any]:
+    """The config values `phase` reads (its `keys`), flattened to dotted keys."""
     out: dict[str, Any] = {}
-    for key in PHASE_KEYS[phase]:
+    for key in keys[phase]:
         value = lookup(cfg_dict, key)
         if isinstance(value, dict):
             out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
@@ -143,7 +156,7 @@ class Layout:
     parts: dict[str, str] = field(default_factory=dict)
     fps: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # part key -> digest of its input's identity
-    rows: dict[str, str] = field(default_factory=dict)  # row-cached pass -> digest of its config and files
+    rows: dict[str, str] = field(default_factory=dict)  # row-cached pass or stage -> digest of its config
 
     @classmethod
     def build(cls, cfg: CurateConfig, parts: list[InputPart], cache: str | Path) -> Layout:
@@ -152,6 +165,10 @@ class Layout:
         inputs = {keys[p.name]: digest(input_identity(p)) for p in parts}
         fps: dict[str, str] = {}
         rows: dict[str, str] = {}
+        for stage in MEASURE_KEYS:
+            files = file_identity(lookup(cfg_dict, PHASE_FILES[stage])) if stage in PHASE_FILES else []
+            config = phase_config(cfg_dict, stage, MEASURE_KEYS)
+            rows[stage] = digest(stage, VERSIONS["phase1"], config, files)
         previous = digest(sorted(keys.values()))
         for phase in enabled_phases(cfg):
             files = file_identity(lookup(cfg_dict, PHASE_FILES[phase])) if phase in PHASE_FILES else []
@@ -170,7 +187,8 @@ class Layout:
         return Path(self.cache) / phase / self.fps[phase]
 
     def row_cache(self, phase: str, key: str) -> Path:
-        """The per-row results of a model pass over one input part's rows, ever computed with this config."""
+        """The per-row results of a model pass (or a phase-1 stage's measurements) over one input part's rows,
+        ever computed with this config."""
         return Path(self.cache) / "rows" / phase / self.rows[phase] / f"{self.inputs[key]}.parquet"
 
     def run_once(

@@ -19,10 +19,11 @@ from pipeline.finalize import FinalizeWorker
 from pipeline.fingerprints import Layout
 from pipeline.later_phases import alignment_phase, diversity_phase, enrichment_phase
 from pipeline.near_dedup import resolve_near_duplicates
-from pipeline.phase1 import Phase1Worker
+from pipeline.phase1 import Phase1Worker, cached_result
 from pipeline.ray_runner import cluster_cpus, map_units, start_ray
 from pipeline.readers import discover_parts, fingerprint
 from pipeline.stages.base import StageStats
+from pipeline.stages.language_id import fasttext_path
 from pipeline.survivors import ENRICHMENTS
 from pipeline.writer import read_json, write_json
 
@@ -191,6 +192,8 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         from pipeline.stages.ocr import check_tesseract
 
         check_tesseract(cfg.ocr)
+    if cfg.language.enabled and not (model := fasttext_path(cfg.language.model_path)).is_file():
+        raise JobError(f"language.model_path: no fastText model at {model}")
     state = read_json(cache / "state.json") or {}
     if state.get("finalizing") != layout.fps["finalize"]:
         # data/ may hold another config's shards by now: this fingerprint's finalize markers are stale
@@ -204,14 +207,13 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         phases: dict[str, dict] = {}
 
         t0 = time.perf_counter()
-        log(f"phase 1: {len(parts)} parts, {workers} workers")
-        p1 = map_units(
-            [p.to_dict() for p in parts],
-            Phase1Worker,
-            {"cfg_json": cfg_json, "layout_json": layout_json},
-            workers,
-            progress,
-        )
+        cached = {p.name: done for p in parts if (done := cached_result(p, layout)) is not None}
+        todo = [p.to_dict() for p in parts if p.name not in cached]
+        log(f"phase 1: {len(todo)} of {len(parts)} parts to run ({len(cached)} cached), {workers} workers")
+        p1 = list(cached.values())
+        if todo:
+            worker_args = {"cfg_json": cfg_json, "layout_json": layout_json}
+            p1 += map_units(todo, Phase1Worker, worker_args, workers, progress)
         stages = merge_stage_stats(p1)
         reused = sum(r["reused"] for r in p1)
         phases["phase1"] = {

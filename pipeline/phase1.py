@@ -4,7 +4,9 @@ perceptual hash), MinHash signatures.
 Text checks run before any image is decoded; each surviving image is decoded once. Each part's kept rows,
 rejected rows and stats are written atomically under the part's cache key (its input and phase 1's config);
 the stats file is written last and marks the part done, so a re-run, or a run whose config changed only in
-later phases, skips finished parts.
+later phases, skips finished parts. The costly measurements (fastText's predictions, image decodes and
+hashes, MinHash signatures) are also kept per row, keyed by the row's ordinal in its input part, so a run
+whose phase-1 thresholds changed re-decides from them without a model call or a decode.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pipeline.config import CurateConfig
 from pipeline.fingerprints import Layout
 from pipeline.readers import read_part
 from pipeline.readers.common import InputPart
+from pipeline.row_cache import RowCache
 from pipeline.schema import PHASE1_SCHEMA, REJECTED_SCHEMA, conform
-from pipeline.stages.base import Stage, StageStats
+from pipeline.stages.base import MeasuredStage, Stage, StageStats
 from pipeline.stages.caption_checks import CaptionChecks
 from pipeline.stages.dedup_keys import DedupKeys
 from pipeline.stages.image_decode import ImageDecode
@@ -42,24 +45,38 @@ def build_stages(cfg: CurateConfig) -> list[Stage]:
     return stages
 
 
+def cached_result(part: InputPart, layout: Layout) -> dict | None:
+    """The stats of a part phase 1 already ran with this config, or None."""
+    done = read_json(layout.phase1(layout.parts[part.name])[2])
+    return None if done is None else {**done, "part": part.name, "reused": True}
+
+
 def run_part(part: InputPart, key: str, cfg: CurateConfig, stages: list[Stage], layout: Layout) -> dict:
     """Run phase 1 over one part and write its outputs under its cache `key`; returns the part's stats."""
     kept_path, rejected_path, stats_path = layout.phase1(key)
-    if (done := read_json(stats_path)) is not None:
-        return {**done, "part": part.name, "reused": True}
+    if (done := cached_result(part, layout)) is not None:
+        return done
+    memos = {}
     for s in stages:
         s.stats = StageStats(s.name)
-    out = cfg.output
+        if isinstance(s, MeasuredStage):
+            s.memo = memos[s.name] = RowCache(layout.row_cache(s.name, key), s.measures, "row")
+    out, rows = cfg.output, 0
     with (
         AtomicParquetWriter(kept_path, PHASE1_SCHEMA, out.compression, out.row_group_rows) as kept_w,
         AtomicParquetWriter(rejected_path, REJECTED_SCHEMA, out.compression, out.row_group_rows) as rej_w,
     ):
         for batch in read_part(part, cfg.input, cfg.ray.batch_rows):
+            # The row's ordinal in its part keys the measurement caches (ids need not be unique).
+            batch = batch.append_column("row", pa.array(range(rows, rows + batch.num_rows), pa.int64()))
+            rows += batch.num_rows
             for stage in stages:
                 batch, rejected = stage(batch)
                 rej_w.write(rejected)
             batch = batch.append_column("part", pa.array([key] * batch.num_rows, pa.string()))
             kept_w.write(conform(batch, PHASE1_SCHEMA))
+    for memo in memos.values():
+        memo.save()
     stats = {"part": part.name, "stages": [s.stats.to_dict() for s in stages]}
     write_json(stats_path, stats)
     return {**stats, "reused": False}

@@ -85,3 +85,22 @@ def test_a_new_input_shard_runs_phase1_for_that_shard_only(tmp_path, ray_local):
     fresh = curate(raw, tmp_path / "fresh")
     _same_outcomes(out, tmp_path / "fresh")
     assert fresh["totals"] == second["totals"]
+
+
+def test_a_new_language_threshold_re_decides_phase1_without_decoding(curated, sample_dir, tmp_path):
+    out = tmp_path / "incremental"
+    shutil.copytree(curated[0], out)
+    change = ("language.min_score=0.95", "language.lexicon_min_zipf=3.5")
+    steps = _plan(sample_dir, out, *change)
+    assert steps["phase1"]["action"] == "run" and "language.min_score" in steps["phase1"]["why"]
+
+    manifest = curate(sample_dir, out, *change)
+    stages = {s["stage"]: s for s in manifest["stages"]}
+    assert stages["language"]["rejected"] > {s["stage"]: s for s in curated[1]["stages"]}["language"]["rejected"]
+    # Every measurement came from phase 1's row caches: no fastText call, no image decode, no signature.
+    for name in ("language", "image", "minhash"):
+        assert stages[name]["counters"]["cached"] == stages[name]["rows_in"] > 0, name
+    assert "decoded" not in stages["image"]["counters"]
+    fresh = curate(sample_dir, tmp_path / "fresh", *change)
+    assert manifest["totals"] == fresh["totals"]
+    _same_outcomes(out, tmp_path / "fresh")

@@ -7,6 +7,7 @@ from helpers import encode, jpeg, raw_batch
 from PIL import Image
 
 from pipeline.config import CaptionConfig, ImageConfig, LanguageConfig
+from pipeline.row_cache import RowCache
 from pipeline.stages.base import Stage, Verdict
 from pipeline.stages.caption_checks import CaptionChecks
 from pipeline.stages.image_decode import ImageDecode
@@ -115,7 +116,7 @@ def test_script_share():
     ],
 )
 def test_language_judgement(lang, text, keep):
-    _, _, reason, _ = lang.judge(text, len(text.split()))
+    _, _, reason, _ = lang.judge_one(text, len(text.split()), lang.predict(text))
     assert (reason is None) == keep
 
 
@@ -133,6 +134,10 @@ def _img_stage(**kw) -> ImageDecode:
     return ImageDecode(ImageConfig(**kw))
 
 
+def _reason(stage: ImageDecode, data: bytes) -> str | None:
+    return stage.verdict(stage.inspect(data))[0]
+
+
 def test_image_rejections_by_header_and_decode():
     stage = _img_stage()
     good = jpeg((128, 96))
@@ -145,7 +150,7 @@ def test_image_rejections_by_header_and_decode():
         "aspect": (jpeg((640, 80)), "aspect_ratio"),
     }
     for name, (data, reason) in cases.items():
-        assert stage.inspect(data).reason == reason, name
+        assert _reason(stage, data) == reason, name
 
 
 def test_png_bomb_rejected_from_header_without_decoding():
@@ -153,13 +158,12 @@ def test_png_bomb_rejected_from_header_without_decoding():
     bomb = encode(Image.new("1", (30000, 30000)), "PNG")
     assert len(bomb) < 200_000
     stage = _img_stage()
-    info = stage.inspect(bomb)
-    assert info.reason == "decompression_bomb"
+    assert _reason(stage, bomb) == "decompression_bomb"
     assert stage.stats.counters["decoded"] == 0
 
 
 def test_too_large_side_rejected():
-    assert _img_stage(max_side=100).inspect(jpeg((128, 96))).reason == "too_large"
+    assert _reason(_img_stage(max_side=100), jpeg((128, 96))) == "too_large"
 
 
 @pytest.mark.parametrize(
@@ -200,10 +204,33 @@ def test_animated_gif_keeps_first_frame():
     assert r > 200 and b < 60
 
 
+def test_image_memo_decodes_only_the_images_a_looser_threshold_lets_through(tmp_path):
+    pngs = [encode(Image.new("P", size), "PNG") for size in [(128, 96), (40, 40)]]
+    batch = raw_batch([{"image": d, "caption": "x"} for d in [jpeg((128, 96)), *pngs, b"junk"]])
+    batch = batch.append_column("row", pa.array(range(4), pa.int64()))
+
+    def run(min_side: int) -> tuple[ImageDecode, pa.Table]:
+        stage = _img_stage(min_side=min_side)
+        stage.memo = RowCache(tmp_path / "image.parquet", ImageDecode.measures, "row")
+        kept, _ = stage(batch)
+        stage.memo.save()
+        return stage, kept
+
+    strict, _ = run(64)
+    assert strict.stats.counters["decoded"] == 2 and strict.stats.reasons["too_small"] == 1
+    loose, kept = run(32)
+    # Only the 40 px image, never decoded under min_side 64, is decoded now; the normalised PNG's
+    # re-encoded bytes come from the cache.
+    assert loose.stats.counters["decoded"] == 1 and loose.stats.counters["cached"] == 3
+    fresh_kept, _ = _img_stage(min_side=32)(batch)
+    assert kept.equals(fresh_kept) and kept.num_rows == 3
+    again, _ = run(32)
+    assert "decoded" not in again.stats.counters and again.stats.counters["cached"] == 4
+
+
 def test_unsupported_format():
-    assert _img_stage(formats=["JPEG"]).inspect(encode(Image.new("RGB", (96, 96)), "PNG")).reason == (
-        "unsupported_format"
-    )
+    png = encode(Image.new("RGB", (96, 96)), "PNG")
+    assert _reason(_img_stage(formats=["JPEG"]), png) == "unsupported_format"
 
 
 def test_rgb_jpeg_keeps_original_bytes():

@@ -11,9 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.row_cache import RowCache
 from pipeline.schema import REJECTED_SCHEMA
 from pipeline.thumbnails import gallery_thumbnails
 
@@ -153,3 +155,33 @@ class Stage(ABC):
         self.stats.reasons.update(reasons)
         self.stats.seconds += time.perf_counter() - start
         return kept, rejected
+
+
+class MeasuredStage(Stage):
+    """A stage whose costly per-row measurement (a fastText call, an image decode) is kept apart from the
+    cheap decision on it. With a `memo` (the part's measurements from earlier runs, keyed by the row's
+    ordinal in its part), a run whose thresholds changed re-decides without measuring again."""
+
+    measures: ClassVar[pa.Schema]  # the measurement columns, plus `row`
+    memo: RowCache | None = None
+
+    @abstractmethod
+    def measure(self, batch: pa.Table) -> pa.Table:
+        """The measurements of every row of `batch` (the `measures` columns other than `row`)."""
+
+    @abstractmethod
+    def judge(self, batch: pa.Table, measured: pa.Table) -> Verdict:
+        """The verdict on `batch` from its rows' measurements (same order)."""
+
+    def usable(self, measured: pa.Table) -> np.ndarray:
+        """Which cached measurements serve this run (all, unless a stage measures only what it needs)."""
+        return np.ones(measured.num_rows, bool)
+
+    def decide(self, batch: pa.Table) -> Verdict:
+        if self.memo is None:
+            return self.judge(batch, self.measure(batch))
+        hits = self.memo.hits
+        measured = self.memo.results(batch, self.measure, self.usable)
+        if self.memo.hits > hits:
+            self.stats.counters["cached"] += self.memo.hits - hits
+        return self.judge(batch, measured)

