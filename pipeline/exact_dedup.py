@@ -1,6 +1,6 @@
-"""Phase 2: exact duplicates resolved across the whole dataset on Ray Data.
+"""Phase 2: exact duplicates resolved across the whole dataset on Ray tasks.
 
-Rows are hash-partitioned by key across the cluster, so all rows sharing a key meet in one block, where
+Rows are hash-partitioned by key across the cluster, so all rows sharing a key meet in one task, where
 duplicates are found with one vectorised sort. Image duplicates (same sha256) are resolved first, then
 caption duplicates (same normalised caption) among the survivors. The survivor of a group is its first
 occurrence (smallest id), so the result does not depend on worker count or batch size. Only the losers
@@ -10,6 +10,7 @@ occurrence (smallest id), so the result does not depend on worker count or batch
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 
 from pipeline.config import ExactDedupConfig
+from pipeline.shuffle import exchange, gather_stats, shuffle
 
 KEY_COLUMNS = ["id", "part", "sha256", "caption_key"]
 LOSER_SCHEMA = pa.schema(
@@ -54,12 +55,42 @@ def select_rows(batch: pa.Table, losers: bool) -> pa.Table:
     )
 
 
+def with_hash(table: pa.Table, key: str) -> pa.Table:
+    """`table` with `_h`, an integer of the hex digest in `key`, to partition the rows by."""
+    h = np.fromiter((int(k[:15], 16) if k else 0 for k in table[key].to_pylist()), np.int64, table.num_rows)
+    table = table.drop_columns([c for c in ["_h"] if c in table.column_names])
+    return table.append_column("_h", pa.array(h, pa.int64()))
+
+
+def read_keys(path: str, key: str) -> pa.Table:
+    """The key columns of one phase-1 file, hashed by `key`."""
+    return with_hash(pq.read_table(path, columns=KEY_COLUMNS), key)
+
+
+def resolve_partition(
+    table: pa.Table, dup_key: str, reason: str, out_dir: str, next_key: str | None
+) -> tuple[pa.Table, dict]:
+    """Mark one partition's duplicates on `dup_key`, write its losers per part, return its survivors (hashed
+    by `next_key` for the next exchange)."""
+    marked = mark_duplicates(table, dup_key, reason)
+    losers = select_rows(marked, losers=True)
+    name = f"{uuid.uuid4().hex}.parquet"
+    for part in pc.unique(losers["part"]).to_pylist():
+        rows = losers.filter(pc.equal(losers["part"], part)).drop_columns(["part"])
+        path = Path(out_dir) / dup_key / f"part={part}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, path)
+    survivors = select_rows(marked, losers=False)
+    return (with_hash(survivors, next_key) if next_key else survivors), {"losers": losers.num_rows}
+
+
 def resolve_exact_duplicates(
     phase1_files: list[str], out_dir: Path, cfg: ExactDedupConfig, partitions: int
 ) -> Counter:
     """Find exact-duplicate losers over all phase-1 rows and write them under `out_dir`.
 
-    Returns the number of losers per reason.
+    Each step is one hash exchange of the key columns on Ray tasks (`pipeline.shuffle`). Returns the number
+    of losers per reason.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -75,25 +106,16 @@ def resolve_exact_duplicates(
     counts: Counter = Counter()
     if not steps or not phase1_files:
         return counts
-    ds = ray.data.read_parquet(phase1_files).select_columns(KEY_COLUMNS)
-    for key, reason in steps:
-        marked = (
-            ds.repartition(partitions, keys=[key])
-            .map_batches(
-                mark_duplicates,
-                fn_kwargs={"key": key, "reason": reason},
-                batch_size=None,
-                batch_format="pyarrow",
-            )
-            .materialize()
-        )
-        losers = marked.map_batches(select_rows, fn_kwargs={"losers": True}, batch_format="pyarrow")
-        losers = losers.materialize()
-        n = losers.count()
-        if n:
-            losers.write_parquet(str(out_dir / key), partition_cols=["part"])
-        counts[reason] += n
-        ds = marked.map_batches(select_rows, fn_kwargs={"losers": False}, batch_format="pyarrow")
+    refs = None
+    for i, (key, reason) in enumerate(steps):
+        args = {"dup_key": key, "reason": reason, "out_dir": str(out_dir)}
+        args["next_key"] = steps[i + 1][0] if i + 1 < len(steps) else None
+        if refs is None:
+            refs, stats = shuffle(read_keys, [(f, key) for f in phase1_files], "_h", partitions,
+                                  resolve_partition, **args)  # fmt: skip
+        else:
+            refs, stats = exchange(refs, "_h", partitions, resolve_partition, **args)
+        counts[reason] += sum(s["losers"] for s in gather_stats(stats))
     return counts
 
 

@@ -216,10 +216,13 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
             p1 += map_units(todo, Phase1Worker, worker_args, workers, progress)
         stages = merge_stage_stats(p1)
         reused = sum(r["reused"] for r in p1)
+        ran = merge_stage_stats([r for r in p1 if not r["reused"]])
         phases["phase1"] = {
             "seconds": round(time.perf_counter() - t0, 3),
             "parts": len(parts),
             "reused": reused,
+            # The work of this run alone (`stages` also counts parts taken from the cache)
+            "counters": {s.name: dict(s.counters) for s in ran if s.counters},
         }
 
         t0 = time.perf_counter()

@@ -98,9 +98,11 @@ def test_a_new_language_threshold_re_decides_phase1_without_decoding(curated, sa
     stages = {s["stage"]: s for s in manifest["stages"]}
     assert stages["language"]["rejected"] > {s["stage"]: s for s in curated[1]["stages"]}["language"]["rejected"]
     # Every measurement came from phase 1's row caches: no fastText call, no image decode, no signature.
+    ran = manifest["phases"]["phase1"]["counters"]
     for name in ("language", "image", "minhash"):
-        assert stages[name]["counters"]["cached"] == stages[name]["rows_in"] > 0, name
-    assert "decoded" not in stages["image"]["counters"]
+        assert ran[name]["cached"] == stages[name]["rows_in"] > 0, name
+    assert "fasttext_calls" not in ran["language"] and "decoded" not in ran["image"]
+    assert curated[1]["phases"]["phase1"]["counters"]["image"]["decoded"] > 0
     fresh = curate(sample_dir, tmp_path / "fresh", *change)
     assert manifest["totals"] == fresh["totals"]
     _same_outcomes(out, tmp_path / "fresh")

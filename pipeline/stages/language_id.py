@@ -166,6 +166,7 @@ class LanguageId(MeasuredStage):
 
     def measure(self, batch: pa.Table) -> pa.Table:
         tops = [self.predict(c) for c in batch.column("caption").to_pylist()]
+        self.stats.counters["fasttext_calls"] += len(tops)
         return pa.table(
             {
                 "labels": pa.array([[lang for lang, _ in top] for top in tops], pa.list_(pa.string())),
