@@ -1,4 +1,4 @@
-"""The `vlmforge` command line: curate, stats, sample-data."""
+"""The `vlmforge` command line: curate, stats, sample-data, cache, eval-curation (and training's)."""
 
 from __future__ import annotations
 
@@ -84,10 +84,74 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
         "OUT/ground_truth.jsonl.",
     )
     p.add_argument("out", help="output directory")
-    p.add_argument("--n", type=int, default=2000, help="number of pairs (default 2000)")
+    p.add_argument("--n", type=int, default=None, help="number of pairs (default 2000; with --eval 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--shard-size", type=int, default=500, help="samples per tar shard (default 500)")
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="write a held-out evaluation set instead: clean single-object pairs with long captions and a "
+        "class label (the shape) in OUT/labels.jsonl, drawn from a random stream no training set uses",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --eval: a training set (raw input or curated output) whose image hashes and normalised "
+        "captions no eval pair may repeat (repeatable)",
+    )
     p.set_defaults(handler=_sample_data)
+
+
+def _add_eval_curation(sub: argparse._SubParsersAction) -> None:
+    from training.eval_results import DEFAULT_CONFIG, DEFAULT_PROMPTS
+
+    p = sub.add_parser(
+        "eval-curation",
+        help="train the same small CLIP on each curated output and compare them on a held-out set",
+        description="Proxy evaluation of curation choices, DataComp-style. For every curated output RUN the "
+        "clip stage trains for the same number of samples seen (--budget), once per seed, through the "
+        "launcher `vlmforge train` uses (DeepSpeed; GPUs when present); each model is then evaluated on a "
+        "held-out set no run holds (pairs sharing an image hash or normalised caption with any run are "
+        "dropped first): image->text and text->image recall@1/@5 within pools of --pool pairs, and "
+        "zero-shot classification accuracy when the set has class labels. One tokenizer for every run, "
+        "trained on the eval set's captions unless --tokenizer is given. Writes RUN/eval_curation.json "
+        "(shown by `vlmforge stats RUN --compare OTHER --html`) and prints the table.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  vlmforge sample-data eval/ --eval --exclude demo/raw\n"
+        "  vlmforge curate configs/curate/unfiltered.yaml --input demo/raw --output demo/unfiltered\n"
+        "  vlmforge eval-curation demo/curated demo/unfiltered --eval-set eval/ --budget 12800\n"
+        "  vlmforge eval-curation a/ b/ --eval-set eval/ --budget 12800 --seeds 0 --nproc 8   # 8 GPUs",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="curated output directories to compare")
+    p.add_argument("--eval-set", required=True, metavar="DIR",
+                   help="held-out pairs in any input format (e.g. `vlmforge sample-data DIR --eval`)")
+    p.add_argument("--budget", type=int, required=True, metavar="N",
+                   help="samples seen by each training run (steps: N / (micro-batch x accumulation x nproc))")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+                   help="training seeds, each a separate run (default 0 1 2)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="clip train config (default: the repo's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train config key, e.g. --set train.micro_batch_size=32 (repeatable)")
+    p.add_argument("--output", metavar="DIR",
+                   help="where the models and tokenizer go (default: RUN/eval_curation/ of each run)")
+    p.add_argument("--tokenizer", metavar="JSON", help="use this tokenizer.json for every run")
+    p.add_argument("--labels", metavar="JSONL",
+                   help='class labels: JSON lines {"id": ..., "label": ...} (default EVAL_SET/labels.jsonl)')
+    p.add_argument("--eval-input", action="append", default=[], metavar="KEY=VALUE",
+                   help="reader setting of the eval set, as the curate input section: caption_column=text")
+    p.add_argument("--pool", type=int, default=100, help="retrieval candidates per query (default 100)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEMPLATE",
+                   help="zero-shot prompt with {label} and {a} (a/an), repeatable (default: "
+                   + "; ".join(DEFAULT_PROMPTS) + ")")
+    p.add_argument("--nproc", type=int, default=1, help="training processes (devices) per run (default 1)")
+    p.add_argument("--launcher", choices=("auto", "deepspeed", "torchrun", "inprocess"), default="auto",
+                   help="as `vlmforge train`; inprocess: train in this process (one process, no launcher)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    p.add_argument("--no-progress", action="store_true", help="hide the training progress bars")
+    p.set_defaults(handler=_eval_curation)
 
 
 def _curate(args: argparse.Namespace) -> int:
@@ -176,6 +240,8 @@ def _stats(args: argparse.Namespace) -> int:
         print(json.dumps(both if other else stats, indent=2, default=str))
         return 0
     print_stats(stats)
+    evaluated = [(Path(s["output"]).name, s["eval_curation"]) for s in (stats, other)
+                 if s is not None and s["eval_curation"] is not None]
     if other is not None:
         print_stats(other)
         print(f"kept ids: {diff['both']} in both, {diff['only_a']} only in {args.dir}, "
@@ -184,12 +250,39 @@ def _stats(args: argparse.Namespace) -> int:
             print(f"config {c['key']}: {c['a']!r} -> {c['b']!r}  (reruns from {c['phase'] or 'nothing'})")
         if not changed:
             print("config: the two runs used the same recipe")
+    if evaluated:
+        from training.eval_results import print_table
+
+        print_table(evaluated)
+    return 0
+
+
+def _eval_set(args: argparse.Namespace) -> int:
+    from pipeline.heldout import PairKeys, pair_keys
+    from pipeline.sample_data import write_eval_set
+
+    keys = PairKeys()
+    for d in args.exclude:
+        if not Path(d).exists():
+            raise FileNotFoundError(f"--exclude: {d} not found")
+        keys.update(pair_keys(d))
+    n = 1000 if args.n is None else args.n
+    summary = write_eval_set(Path(args.out), n=n, seed=args.seed, shard_size=args.shard_size, exclude=keys,
+                             progress=True)
+    print(f"wrote {summary['n']} labelled eval pairs to {args.out} ({len(summary['classes'])} classes), "
+          f"apart from {len(keys.images)} images and {len(keys.captions)} captions of "
+          f"{len(args.exclude)} training set(s)")
     return 0
 
 
 def _sample_data(args: argparse.Namespace) -> int:
     from pipeline.sample_data import write_sample_data
 
+    if args.exclude and not args.eval:
+        raise ValueError("--exclude goes with --eval")
+    if args.eval:
+        return _eval_set(args)
+    args.n = 2000 if args.n is None else args.n
     if args.n <= 0:
         raise ValueError("--n must be positive")
     summary = write_sample_data(
@@ -202,6 +295,26 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_curation(args: argparse.Namespace) -> int:
+    from training.eval_curation import Request, evaluate_curation
+    from training.eval_results import DEFAULT_PROMPTS, print_table
+
+    req = Request(
+        runs=[Path(r) for r in args.runs], eval_set=Path(args.eval_set), budget=args.budget, seeds=args.seeds,
+        config=Path(args.config), overrides=list(args.set), output=Path(args.output) if args.output else None,
+        tokenizer=Path(args.tokenizer) if args.tokenizer else None,
+        labels=Path(args.labels) if args.labels else None, eval_input=list(args.eval_input), pool=args.pool,
+        prompts=tuple(args.prompt or DEFAULT_PROMPTS), nproc=args.nproc, launcher=args.launcher,
+        progress=not args.no_progress,
+    )
+    results = evaluate_curation(req, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps({name: r for name, r in results}, indent=2))
+    else:
+        print_table(results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlmforge", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -211,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats(sub)
     _add_sample_data(sub)
     _add_cache(sub)
+    _add_eval_curation(sub)
     from training.cli import register as register_training
 
     register_training(sub)

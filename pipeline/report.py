@@ -630,10 +630,43 @@ def _compare(runs: list[Run], opts: Options) -> Body:
     return Body(html + f'<div class="compare">{"".join(parts)}</div>')
 
 
+EVAL_HINT = "a proxy evaluation: vlmforge eval-curation DIR --eval-set EVAL_DIR --budget N"
+
+
+def _eval_curation(runs: list[Run], opts: Options) -> Body:
+    """The `vlmforge eval-curation` results of the runs that have one, in one table (with the difference
+    of means when two runs compare), and the per-seed figures."""
+    from training.eval_results import METRICS, describe, differences, load_result, table
+
+    loaded = [(r, load_result(r.path)) for r in runs]
+    found = [(r, res) for r, res in loaded if res is not None]
+    missing = "".join(_absent(f"Proxy evaluation of {r.tag or r.path.name}", EVAL_HINT)
+                      for r, res in loaded if res is None)
+    if not found:
+        return Body(missing, computed=False)
+    results = [(f"{r.tag} {r.path.name}".strip(), res) for r, res in found]
+    header, rows = table(results)
+    html = _table([escape(h) for h in header], [[escape(c) for c in row] for row in rows],
+                  tuple(range(1, len(header))))
+    html += f'<p class="hint">mean ± sample sd over seeds · {escape(describe(results[0][1]))}</p>'
+    for name, res in results[1:]:
+        if diff := differences(results[0][1], res):
+            html += (f'<p class="absent">{escape(name)} was evaluated differently '
+                     f'({escape(", ".join(diff))}): its figures do not compare</p>')
+    keys = [k for k in METRICS if k in results[0][1]["summary"]]
+    seed_rows = [[escape(name), str(s["seed"]), *[f"{s['metrics'][k]:.3f}" if k in s["metrics"] else "–"
+                                                  for k in keys], f"{s['final_train_loss']:.3f}"]
+                 for name, res in results for s in res["seeds"]]
+    seeds = _table(["run", "seed", *[escape(METRICS[k]) for k in keys], "final train loss"], seed_rows,
+                   tuple(range(1, len(keys) + 3)))
+    return Body(html + missing + f"<details><summary>per seed</summary>{seeds}</details>")
+
+
 # The report, in order. Later phases add their sections here.
 SECTIONS: list[Section] = [
     Section("overview", "Overview", _overview),
     Section("compare", "Kept-id difference", _compare, compare_only=True),
+    Section("eval-curation", "Proxy evaluation: a small CLIP trained on the set", _eval_curation),
     Section("funnel", "Funnel: rows in and out of each stage", _funnel),
     Section("languages", "Languages", _languages, ("lang", "lang_score")),
     Section("captions", "Captions", _captions, ("caption_chars", "caption_words")),

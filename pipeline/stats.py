@@ -140,7 +140,15 @@ def compute_stats(out_dir: str | Path) -> dict:
         "height": _summary(heights),
         "aspect_ratio": _summary(widths / heights if heights.size else heights),
         "phases": manifest["phases"],
+        "eval_curation": eval_curation_result(out),
     }
+
+
+def eval_curation_result(out_dir: str | Path) -> dict | None:
+    """The output's latest `vlmforge eval-curation` result (DIR/eval_curation.json), or None."""
+    from training.eval_results import load_result
+
+    return load_result(out_dir)
 
 
 def print_stats(stats: dict) -> None:

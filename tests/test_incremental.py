@@ -96,7 +96,8 @@ def test_a_new_language_threshold_re_decides_phase1_without_decoding(curated, sa
 
     manifest = curate(sample_dir, out, *change)
     stages = {s["stage"]: s for s in manifest["stages"]}
-    assert stages["language"]["rejected"] > {s["stage"]: s for s in curated[1]["stages"]}["language"]["rejected"]
+    before = {s["stage"]: s for s in curated[1]["stages"]}
+    assert stages["language"]["rejected"] > before["language"]["rejected"]
     # Every measurement came from phase 1's row caches: no fastText call, no image decode, no signature.
     ran = manifest["phases"]["phase1"]["counters"]
     for name in ("language", "image", "minhash"):

@@ -80,15 +80,21 @@ class CLIP(nn.Module):
         )  # 1-d: DeepSpeed broadcasts as bytes
         init_weights(self.visual_proj)
 
-    def embed(self, input_ids: Tensor, labels: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
-        """L2-normalised (image, text) embeddings: max over projected patches; text state at end-of-text."""
+    def embed_image(self, images: Tensor) -> Tensor:
+        """L2-normalised image embeddings: the max over the projected patch tokens."""
         out = self.encoder(images)
         patches = self.visual_proj(self.visual_norm(out.last_hidden_state[:, 1 : out.num_tokens]))
-        image = F.normalize(patches.amax(dim=1), dim=-1)
+        return F.normalize(patches.amax(dim=1), dim=-1)
+
+    def embed_text(self, input_ids: Tensor, labels: Tensor) -> Tensor:
+        """L2-normalised text embeddings: the projected state at the end-of-text token."""
         positions = torch.arange(labels.shape[1], device=labels.device)
         last = torch.where(labels != IGNORE_INDEX, positions, -1).amax(dim=1)
-        text = F.normalize(self.text(input_ids, last), dim=-1)
-        return image, text
+        return F.normalize(self.text(input_ids, last), dim=-1)
+
+    def embed(self, input_ids: Tensor, labels: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+        """L2-normalised (image, text) embeddings."""
+        return self.embed_image(images), self.embed_text(input_ids, labels)
 
     def forward(self, input_ids: Tensor, labels: Tensor, images: Tensor) -> Tensor:
         image, text = self.embed(input_ids, labels, images)

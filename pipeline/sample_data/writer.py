@@ -8,9 +8,14 @@ import os
 import sys
 import tarfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .generator import EXPECTED, PROPORTIONS, SHORT_CAPTION_SHARE, Row, generate_rows
+
+if TYPE_CHECKING:
+    from pipeline.heldout import PairKeys
 
 TAR_MTIME = 1_700_000_000  # fixed member mtime, so the same run gives byte-identical shards
 GENERATOR_VERSION = 1
@@ -73,6 +78,26 @@ def _summary(n: int, seed: int, shard_size: int, shards: list[str], truth: list[
     }
 
 
+def _write_shards(out: Path, rows: Iterable[Row], n: int, shard_size: int, progress: bool) -> list[str]:
+    """Rows in tar shards of `shard_size`; shards of an earlier, larger run in `out` are removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[str] = []
+    batch: list[Row] = []
+    for i, row in enumerate(rows):
+        batch.append(row)
+        if len(batch) == shard_size or i == n - 1:
+            name = f"{len(shards):05d}.tar"
+            _write_shard(out / name, batch)
+            shards.append(name)
+            batch = []
+            if progress:
+                print(f"sample-data: {i + 1}/{n} rows, {name}", file=sys.stderr, flush=True)
+    for stale in out.glob("[0-9][0-9][0-9][0-9][0-9].tar"):
+        if stale.name not in shards:
+            stale.unlink()
+    return shards
+
+
 def write_sample_data(out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 500,
                       progress: bool = False) -> dict:
     """Writes n pairs; returns the summary dict (also written as out_dir/ground_truth_summary.json).
@@ -81,26 +106,49 @@ def write_sample_data(out_dir: str | Path, n: int, seed: int = 0, shard_size: in
     if n < 0 or not 1 <= shard_size <= 10_000:
         raise ValueError("need n >= 0 and 1 <= shard_size <= 10000 (keys hold 4 digits per shard)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     truth: list[dict] = []
-    shards: list[str] = []
-    batch: list[Row] = []
-    for i, row in enumerate(generate_rows(n, seed, shard_size)):
-        batch.append(row)
-        truth.append(row.ground_truth())
-        if len(batch) == shard_size or i == n - 1:
-            name = f"{len(shards):05d}.tar"
-            _write_shard(out / name, batch)
-            shards.append(name)
-            batch = []
-            if progress:
-                print(f"sample-data: {i + 1}/{n} rows, {name}", file=sys.stderr, flush=True)
-    for stale in out.glob("[0-9][0-9][0-9][0-9][0-9].tar"):  # shards of an earlier, larger run
-        if stale.name not in shards:
-            stale.unlink()
+
+    def rows() -> Iterator[Row]:
+        for row in generate_rows(n, seed, shard_size):
+            truth.append(row.ground_truth())
+            yield row
+
+    shards = _write_shards(out, rows(), n, shard_size, progress)
     lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in truth)
     _write_atomic(out / "ground_truth.jsonl", lines.encode("utf-8"))
     summary = _summary(n, seed, shard_size, shards, truth)
     _write_atomic(out / "ground_truth_summary.json",
                   (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    return summary
+
+
+def write_eval_set(out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 500,
+                   exclude: PairKeys | None = None, progress: bool = False) -> dict:
+    """Writes n labelled held-out pairs (shards, labels.jsonl, eval_summary.json); returns the summary.
+
+    `exclude`: the keys of training sets no eval pair may share an image hash or normalised caption with."""
+    from pipeline.heldout import LABELS_FILE
+
+    from .eval_set import generate_eval_rows
+
+    if n < 2 or not 1 <= shard_size <= 10_000:
+        raise ValueError("an eval set needs n >= 2 and 1 <= shard_size <= 10000")
+    out = Path(out_dir)
+    labels: list[dict] = []
+
+    def rows() -> Iterator[Row]:
+        for row, label in generate_eval_rows(n, seed, exclude):
+            labels.append({"id": row.key, "label": label})
+            yield row
+
+    shards = _write_shards(out, rows(), n, shard_size, progress)
+    lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in labels)
+    _write_atomic(out / LABELS_FILE, lines.encode("utf-8"))
+    summary = {
+        "generator_version": GENERATOR_VERSION, "kind": "eval", "n": n, "seed": seed,
+        "shard_size": shard_size, "shards": shards,
+        "classes": dict(sorted(Counter(t["label"] for t in labels).items())),
+        "excluded": {"images": len(exclude.images), "captions": len(exclude.captions)} if exclude else None,
+    }
+    _write_atomic(out / "eval_summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary
