@@ -179,18 +179,9 @@ def run_datasketch(inp: Path, work: Path) -> dict:
     }
 
 
-def run_datatrove(inp: Path, work: Path, tasks: int = 8) -> dict:
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig,
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupFilter,
-        MinhashDedupSignature,
-    )
-    from datatrove.pipeline.readers import ParquetReader
-    from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.hashing import HashConfig
+def whitespace_tokenizer() -> object:
+    """datatrove's word-tokenizer interface over whitespace splitting (its English tokenizer, NLTK punkt,
+    needs a download). Runs only in the datatrove venv."""
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class Whitespace(WordTokenizer):
@@ -203,6 +194,22 @@ def run_datatrove(inp: Path, work: Path, tasks: int = 8) -> dict:
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             return [(0, len(text))]
 
+    return Whitespace()
+
+
+def run_datatrove(inp: Path, work: Path, tasks: int = 8) -> dict:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+
     config = MinhashConfig(
         n_grams=NGRAM, num_buckets=BANDS, hashes_per_bucket=ROWS, hash_config=HashConfig(64)
     )
@@ -213,8 +220,9 @@ def run_datatrove(inp: Path, work: Path, tasks: int = 8) -> dict:
     logs = work / "logs"
     sigs, buckets, remove = str(work / "sigs"), str(work / "buckets"), str(work / "remove")
     removed = JsonlWriter(str(work / "removed"))
+    words = whitespace_tokenizer()
     steps = [
-        ("signatures", [reader(), MinhashDedupSignature(sigs, config=config, language=Whitespace())], tasks),
+        ("signatures", [reader(), MinhashDedupSignature(sigs, config=config, language=words)], tasks),
         ("buckets", [MinhashDedupBuckets(sigs, buckets, config=config)], BANDS),
         ("cluster", [MinhashDedupCluster(buckets, remove, config=config)], 1),
         ("filter", [reader(), MinhashDedupFilter(remove, exclusion_writer=removed)], tasks),

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.dedup; every contender's venv runs this file
 
-from benchmarks.dedup import run_measured  # noqa: E402  (stdlib-only at import)
+from benchmarks.dedup import run_measured, whitespace_tokenizer  # noqa: E402  (stdlib-only at import)
 
 RECIPE = ROOT / "benchmarks" / "peers_recipe.yaml"
 DEFAULT_RECIPE = ROOT / "configs" / "curate" / "default.yaml"
@@ -288,7 +288,6 @@ def run_datatrove_text(inp: Path, work: Path, p: dict) -> dict:
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
     from datatrove.utils.lid import FT176LID
-    from datatrove.utils.word_tokenizers import WordTokenizer
 
     class LocalFT176(FT176LID):
         """FT176LID reading the model from a local file instead of downloading it."""
@@ -300,16 +299,6 @@ def run_datatrove_text(inp: Path, work: Path, p: dict) -> dict:
 
                 self._model = _FastText(p["lid_model"])
             return self._model
-
-    class Whitespace(WordTokenizer):
-        def word_tokenize(self, text: str) -> list[str]:
-            return text.split()
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return [text]
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return [(0, len(text))]
 
     lang = LanguageFilter(languages=p["languages"], language_threshold=p["min_lang_score"])
     lang.model = LocalFT176(p["languages"])
@@ -323,11 +312,11 @@ def run_datatrove_text(inp: Path, work: Path, p: dict) -> dict:
 
     sigs, buckets, remove = str(work / "sigs"), str(work / "buckets"), str(work / "remove")
     tasks = DATATROVE_TASKS
+    words = whitespace_tokenizer()
     steps = [
         ("language", [JsonlReader(str(inp), text_key="text", id_key="id"), lang, JsonlWriter(english)],
          tasks),
-        ("signatures", [english_reader(), MinhashDedupSignature(sigs, config=config, language=Whitespace())],
-         tasks),
+        ("signatures", [english_reader(), MinhashDedupSignature(sigs, config=config, language=words)], tasks),
         ("buckets", [MinhashDedupBuckets(sigs, buckets, config=config)], p["bands"]),
         ("cluster", [MinhashDedupCluster(buckets, remove, config=config)], 1),
         ("filter", [english_reader(), MinhashDedupFilter(remove), JsonlWriter(str(work / "kept"))], tasks),
