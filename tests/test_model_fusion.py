@@ -142,20 +142,25 @@ def test_default_switches_train_encoder_projection_and_fusion_only():
 
 def test_param_groups_exclude_embeddings_norms_and_gates_from_decay():
     model = tiny_model()
-    decay, no_decay = model.param_groups(weight_decay=0.1)
+    decay, no_decay, gates = model.param_groups(weight_decay=0.1, gate_lr_scale=10.0)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     exempt = {names[id(p)] for p in no_decay["params"]}
-    assert decayed | exempt == {n for n, _ in model.trainable_parameters()} and not decayed & exempt
+    gated = {names[id(p)] for p in gates["params"]}
+    assert decayed | exempt | gated == {n for n, _ in model.trainable_parameters()}
+    assert not decayed & exempt and not gated & (decayed | exempt)
     assert {
         "fusion.token_embedding.weight",
         "encoder.position_embedding",
         "encoder.class_embedding",
-        "fusion.layers.0.attn_gate",
         "encoder.ln_pre.weight",
+        "projection.layers.0.gate_attn",  # the projection head's own gates start at tanh(pi/4): no boost
     } <= exempt
+    n_blocks = len(model.fusion.layers)
+    assert gated == {f"fusion.layers.{i}.{g}" for i in range(n_blocks) for g in ("attn_gate", "mlp_gate")}
     assert "fusion.layers.0.cross_attn.q_proj.weight" in decayed
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+    assert gates["weight_decay"] == 0.0 and gates["lr_scale"] == 10.0
 
 
 def test_fused_generation_with_kv_cache_matches_recomputation():

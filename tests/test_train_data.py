@@ -130,6 +130,21 @@ def test_sample_layout_and_caption_choice(tok):
     assert text_only.image is None and 512 not in text_only.input_ids
 
 
+def test_repeated_text_copies_the_caption_up_to_max_tokens(tok):
+    row = {"id": "a", "image": None, "caption": "a red circle"}
+    once = tok.encode("a red circle") + [tok.eos_id]
+    twice = make_sample(row, fmt_for(tok, image_size=None, repeat_text=2), np.random.default_rng(0))
+    assert twice.input_ids == [tok.bos_id, *once, *once] and twice.labels[1:] == [*once, *once]
+    long = [*tok.encode("three small solid scarlet squares set on a plum background"), tok.eos_id]
+    assert 40 < 1 + 3 * len(long) and 1 + len(long) < 40
+    row = {**row, "caption": "three small solid scarlet squares set on a plum background"}
+    cut = make_sample(row, fmt_for(tok, image_size=None, repeat_text=3), np.random.default_rng(0))
+    assert len(cut.input_ids) == 40  # max_tokens: the copies are cut, never the first caption
+    assert cut.input_ids[1 : 1 + len(long)] == long
+    with pytest.raises(ConfigError, match="data.repeat_text"):
+        load_train_config("configs/train/stage1.yaml", ["data.repeat_text=2"])
+
+
 def test_synthetic_caption_probability_is_per_sample_and_seeded(tok):
     row = {"id": "a", "image": None, "caption": "red", "synthetic_caption": "blue"}
     fmt = fmt_for(tok, synthetic_caption_prob=0.3)

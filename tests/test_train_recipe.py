@@ -33,7 +33,7 @@ def test_stage1_lowers_heldout_loss_and_uses_the_image(recipe):
     assert before["image_gap"] == 1.0  # zero gates: the untrained fused model is exactly the text model
     assert after["loss"] < before["loss"]
     # Held-out captions are predicted better with their own image than with another row's. This short run
-    # only starts to open the adapters (about 0.998); the 0.9 of the full recipe is in RESULTS_train.md.
+    # only starts to open the adapters (about 0.998); the full recipe's figures are in benchmarks/RESULTS.md.
     assert after["loss"] < after["loss_shuffled"], after
 
 

@@ -74,6 +74,12 @@ class DataSection(_Section):
     shuffle_buffer: int = Field(512, gt=0, description="rows in the seeded shuffle buffer of each reader")
     num_workers: int = Field(1, ge=0, description="dataloader worker processes per rank (0: in the loop)")
     max_tokens: int = Field(64, gt=4, description="tokens per sequence, BOS, image token and EOS included")
+    repeat_text: int = Field(
+        1,
+        ge=1,
+        description="text_lm only: a sample is its caption this many times in a row (EOS after each), so "
+        "its colours and shapes can be predicted by copying and the output layer learns to tell them apart",
+    )
     seed: int = 0
 
 
@@ -87,6 +93,9 @@ class OptimSection(_Section):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0, description="global gradient norm clip; 0 turns it off")
+    gate_lr_scale: float = Field(
+        1.0, gt=0, description="lr multiplier of the cross-attention gates (they start at zero)"
+    )
 
 
 class TrainSection(_Section):
@@ -132,6 +141,8 @@ class TrainConfig(_Section):
     def _check(self) -> TrainConfig:
         if self.optim.warmup_steps > self.train.steps:
             raise ValueError("optim.warmup_steps must not exceed train.steps")
+        if self.data.repeat_text > 1 and self.task != "text_lm":
+            raise ValueError("data.repeat_text applies to task text_lm only")
         if self.task == "clip" and self.train.micro_batch_size < 2:
             raise ValueError("train.micro_batch_size must be at least 2 for clip (in-batch negatives)")
         return self

@@ -188,6 +188,7 @@ class SampleFormat:
     max_tokens: int
     synthetic_caption_prob: float = 0.0
     encode: Any = field(default=None, repr=False)  # str -> list[int]
+    repeat_text: int = 1  # the caption (with its EOS) this many times in a row, cut at max_tokens
 
 
 def load_image(data: bytes, size: int) -> Tensor:
@@ -213,6 +214,7 @@ def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator
     has_image = fmt.image_size is not None and row.get("image") is not None
     prefix = [fmt.bos_id] + ([fmt.image_token_id] if has_image and fmt.image_token_id is not None else [])
     body = fmt.encode(text)[: fmt.max_tokens - len(prefix) - 1] + [fmt.eos_id]
+    body = (body * fmt.repeat_text)[: fmt.max_tokens - len(prefix)]
     image = load_image(row["image"], fmt.image_size) if has_image else None
     return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image)
 

@@ -30,10 +30,10 @@ OWNED_KEYS = (
 )
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups of the trainable parameters (the fused model's own grouping when it has one)."""
     if hasattr(model, "param_groups"):
-        groups = model.param_groups(weight_decay)
+        groups = model.param_groups(weight_decay, gate_lr_scale)
     else:
         decay, no_decay = [], []
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -50,9 +50,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     o = cfg.optim
-    return torch.optim.AdamW(
-        param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, foreach=False
-    )
+    groups = param_groups(model, o.weight_decay, o.gate_lr_scale)
+    for group in groups:
+        group["lr"] = o.lr * group.pop("lr_scale", 1.0)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=False)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -54,6 +54,7 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
         max_tokens=cfg.data.max_tokens,
         synthetic_caption_prob=cfg.data.synthetic_caption_prob,
         encode=tok.encode,
+        repeat_text=cfg.data.repeat_text,
     )
 
 

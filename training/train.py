@@ -194,7 +194,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     train_index = build_index(cfg.data.path, "train", cfg.data.heldout_fraction, cfg.data.subset)
     eval_index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
     fmt = task.sample_format(cfg, mc, tok)
-    eval_fmt = dataclasses.replace(fmt, synthetic_caption_prob=0.0)
+    eval_fmt = dataclasses.replace(fmt, synthetic_caption_prob=0.0, repeat_text=1)  # one caption each
     eval_batches = []
     if cfg.data.heldout_fraction > 0:  # 0: no held-out rows, no evaluation
         eval_batches = [
