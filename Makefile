@@ -23,7 +23,8 @@ demo: setup
 	$(BIN)/vlmforge stats $(DEMO_DIR)/curated --html $(DEMO_DIR)/report.html
 	@echo "report: $(DEMO_DIR)/report.html"
 
-# The whole training recipe on the demo output, on the CPU (about 15 minutes; run `make demo` first).
+# The whole training recipe on the demo output, on the CPU (run `make demo` first). RESULTS.md's figures are
+# from 20,000 sample pairs: `make demo demo-train DEMO_N=20000` (about an hour, OCR included).
 # Stage 2 picks its subset by lang_score until curation fills alignment_score.
 demo-train: setup
 	$(BIN)/vlmforge train-tokenizer $(DEMO_DIR)/curated --output $(DEMO_DIR)/tokenizer.json
