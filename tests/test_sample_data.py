@@ -27,14 +27,24 @@ from pipeline.sample_data.captions import (
     MAX_REPEATED_WORD_RATIO,
     MAX_SYMBOL_RATIO,
     caption_variant,
+    english_long,
+    english_short,
     load_i18n,
     plausible,
     reads_as_english,
 )
 from pipeline.sample_data.encoding import decoded_phash, to_rgb
 from pipeline.sample_data.generator import Guards, RowFactory, allocate, plan_kinds, plan_originals
-from pipeline.sample_data.neardup import NEAR_DUP_JACCARD, NearDupIndex, jaccard, shingles
-from pipeline.sample_data.scenes import NO_TEXTURE_SHAPES, Obj, Scene, render
+from pipeline.sample_data.neardup import (
+    ESTIMATE_SLACK,
+    NEAR_DUP_JACCARD,
+    NearDupIndex,
+    _bands,
+    _signature,
+    jaccard,
+    shingles,
+)
+from pipeline.sample_data.scenes import NO_TEXTURE_SHAPES, Obj, Scene, render, sample_scene
 from pipeline.sample_data.vocab import BASIC_COLOURS, BASIC_SHAPES, CELLS, SHAPES, TEXTURES
 
 N, SEED, SHARD = 400, 0, 150
@@ -258,6 +268,41 @@ def test_near_duplicate_index_rejects_reordered_and_extended_captions() -> None:
     assert not index.try_add("A big orange octagon.")  # one word added
     assert index.try_add("two tiny teal stars at the bottom")
     assert len(index.sets) == 3
+
+
+def test_near_duplicate_index_answers_as_the_plain_lsh_check() -> None:
+    """The Jaccard screen on token ids, the bit rows and the memory of rejected texts only make the index
+    faster: every answer equals that of checking each band candidate's MinHash estimate, then its exact
+    Jaccard, against all captions added so far."""
+    rng = random.Random(3)
+    captions = []
+    for _ in range(1500):
+        scene = sample_scene(rng, 200, 200, rng.choice((1, 1, 2, 3)), with_text=rng.random() < 0.15)
+        captions.append(english_short(scene, rng) if rng.random() < 0.4 else english_long(scene, rng))
+    captions += captions[::7]  # texts drawn again, whether they were added or rejected
+    index = NearDupIndex()
+    sets: list[tuple[frozenset[str], ...]] = []
+    sigs: list[list[np.ndarray]] = []
+    buckets: list[defaultdict] = [defaultdict(set), defaultdict(set)]
+    answers = Counter()
+    for caption in captions:
+        items, sig = shingles(caption), [_signature(x) for x in shingles(caption)]
+        near = any(
+            (sigs[i][s] == sig[s]).mean() >= NEAR_DUP_JACCARD - ESTIMATE_SLACK
+            and jaccard(items[s], sets[i][s]) >= NEAR_DUP_JACCARD
+            for s in range(2)
+            for i in set().union(*(buckets[s][b] for b in _bands(sig[s])))
+        )
+        assert index.try_add(caption) is (not near), caption
+        answers[near] += 1
+        if not near:
+            for s in range(2):
+                for b in _bands(sig[s]):
+                    buckets[s][b].add(len(sets))
+            sets.append(items)
+            sigs.append(sig)
+    assert answers[True] > 300 and answers[False] > 300  # both answers well exercised
+    assert len(index.sets) == len(sets)
 
 
 def test_image_bytes_are_unique_except_exact_duplicates(run: dict) -> None:

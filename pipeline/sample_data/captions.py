@@ -6,7 +6,7 @@ import json
 import random
 import re
 import unicodedata
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +100,14 @@ def _join(items: list[str], sep: str = ", ", last: str = " and ") -> str:
 
 def _pick(options: tuple[str, ...], rng: random.Random, compact: bool = False) -> str:
     """A random option; `compact` draws among the options with the fewest words."""
-    if compact:
-        fewest = min(len(o.split()) for o in options)
-        options = tuple(o for o in options if len(o.split()) == fewest)
-    return rng.choice(options)
+    return rng.choice(_fewest_words(options) if compact else options)
+
+
+@cache
+def _fewest_words(options: tuple[str, ...]) -> tuple[str, ...]:
+    """The options with the fewest words, in their order (the vocabulary's tuples, so few distinct ones)."""
+    fewest = min(len(o.split()) for o in options)
+    return tuple(o for o in options if len(o.split()) == fewest)
 
 
 def _colour_word(colour: str, rng: random.Random, compact: bool = False) -> str:
