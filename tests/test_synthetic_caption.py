@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
 
@@ -14,16 +13,8 @@ from test_train_support import recipe_data
 from pipeline.config import SyntheticCaptionConfig
 from pipeline.stages.synthetic_caption import SyntheticCaption, load_captioner
 from training.data import is_heldout
+from training.eval import word_f1
 from training.model.hf import export_mllama
-
-WORD = re.compile(r"[a-z0-9]+")
-
-
-def word_f1(a: str | None, b: str) -> float:
-    """F1 of the two captions' word sets (lower case); 0 for a missing caption."""
-    x, y = set(WORD.findall((a or "").lower())), set(WORD.findall(b.lower()))
-    common = len(x & y)
-    return 2 * common / (len(x) + len(y)) if common else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +56,9 @@ def test_captions_are_non_empty_and_depend_on_the_image(greedy, heldout):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the tiny recipe's short stage 1 barely uses the image (held-out image_gap ~0.9995): its greedy "
-    "captions match a random row's caption as well as their own (word F1 ~0.22 both)",
+    reason="the shortened recipe's 300-step stage 1 barely uses the image, so its greedy captions match a "
+    "random row's caption about as well as their own; at full length the margin is 0.021 word F1 (t 1.76, "
+    "benchmarks/RESULTS.md), under this check's 0.03",
 )
 def test_captions_are_closer_to_their_own_caption_than_to_another_rows(greedy, heldout):
     captions = greedy[1]

@@ -7,12 +7,22 @@ each held-out batch by one place, so every caption gets some other row's image.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.data import IGNORE_INDEX
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def word_f1(a: str | None, b: str) -> float:
+    """F1 of two captions' word sets (lower case); 0 for a missing caption."""
+    x, y = set(_WORD.findall((a or "").lower())), set(_WORD.findall(b.lower()))
+    common = len(x & y)
+    return 2 * common / (len(x) + len(y)) if common else 0.0
 
 
 @torch.no_grad()
