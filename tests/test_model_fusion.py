@@ -1,5 +1,6 @@
 """Fused model on the tiny presets: zero gates, masks, freezing, generation, weights, sizes, vision, video."""
 
+import copy
 import dataclasses
 import time
 
@@ -8,8 +9,9 @@ import torch
 
 from training.model.config import TrainableConfig, get_config
 from training.model.fusion import FusionModel, media_attention_mask
+from training.model.hf import mllama_state_dict
 from training.model.perceiver import sample_frame_indices
-from training.model.vision import VisionEncoder, interpolate_position_embedding
+from training.model.vision import VisionEncoder, interpolate_position_embedding, split_views
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -231,6 +233,58 @@ def test_position_embedding_is_interpolated_bilinearly_for_other_resolutions():
     assert model.config.vision.image_size == 48
     assert model.encode_images(stage2).shape == (2, 37, model.config.decoder.dim)
     assert model(text_ids(model)).logits.shape[:2] == (2, 16)  # the placeholder follows the new size
+
+
+def tiled_copy(model: FusionModel, grid: int = 2) -> FusionModel:
+    """The same weights in a model that reads images as a thumbnail plus grid x grid tiles."""
+    cfg = copy.deepcopy(model.config)
+    cfg.vision = dataclasses.replace(cfg.vision, tile_grid=grid)
+    tiled = FusionModel(cfg)
+    missing = tiled.load_state_dict(model.state_dict(), strict=False).missing_keys
+    new = ["fusion.layers.0.tile_bias", "fusion.layers.1.tile_bias", "projection.view_embedding"]
+    assert sorted(missing) == new
+    return tiled.eval()
+
+
+def test_split_views_gives_a_thumbnail_then_the_tiles_in_row_major_order():
+    pixels = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    views = split_views(pixels, 2).view(2, 5, 3, 4, 4)
+    torch.testing.assert_close(views[:, 0], torch.nn.functional.avg_pool2d(pixels, 2))
+    assert torch.equal(views[:, 1], pixels[..., :4, :4]) and torch.equal(views[:, 2], pixels[..., :4, 4:])
+    assert torch.equal(views[:, 3], pixels[..., 4:, :4]) and torch.equal(views[:, 4], pixels[..., 4:, 4:])
+    with pytest.raises(ValueError, match="divisible by 2"):
+        split_views(torch.zeros(1, 3, 9, 9), 2)
+
+
+def test_tiles_start_as_the_untiled_model_and_the_tile_bias_learns():
+    model = tiny_model().eval()
+    open_gates(model)
+    tiled = tiled_copy(model)
+    assert tiled.config.vision.input_size == 64 and tiled.placeholder_images(1).shape[-1] == 64
+    ids = text_ids(model, 3, 12)
+    ids[:, 1] = model.config.image_token_id
+    small = images(model, 3)
+    large = small.repeat_interleave(2, -1).repeat_interleave(2, -2)  # thumbnail == small, exactly
+    expected = model(ids, small).logits
+    # The tiles' tokens start with a logit bias of -8: the adapters see almost only the thumbnail.
+    torch.testing.assert_close(tiled(ids, large).logits, expected, atol=2e-3, rtol=0)
+    with torch.no_grad():
+        for layer in tiled.fusion.layers:
+            layer.tile_bias.fill_(-1e4)
+    torch.testing.assert_close(tiled(ids, large).logits, expected, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        for layer in tiled.fusion.layers:
+            layer.tile_bias.zero_()
+    assert (tiled(ids, large).logits - expected).abs().max() > 1e-2  # open: the tiles change the output
+    labels = ids.masked_fill(ids >= model.config.decoder.vocab_size, -100)
+    tiled.train()
+    tiled(ids, large, labels=labels).loss.backward()
+    assert tiled.fusion.layers[0].tile_bias.grad.abs() > 0
+    assert tiled.projection.view_embedding.grad.abs().sum() > 0
+    gates = tiled.param_groups(0.05, gate_lr_scale=10)[2]
+    assert gates["lr_scale"] == 10 and any(p is tiled.fusion.layers[0].tile_bias for p in gates["params"])
+    with pytest.raises(ValueError, match="tile_grid"):
+        mllama_state_dict(tiled)
 
 
 def test_projection_head_concatenates_layers_and_drops_padding():

@@ -32,6 +32,7 @@ from training.model.config import get_config
 from training.model.fusion import FusionModel
 from training.optim import deepspeed_config, lr_factor
 from training.tokenizer import TextTokenizer
+from training.train import model_config
 from training.weights import load_into, save_tensors
 
 
@@ -59,7 +60,8 @@ def test_configs_in_repo_validate():
         cfg = load_train_config(f"configs/train/{name}.yaml")
         assert cfg.train.output and cfg.tokenizer and cfg.data.path
     stage2 = load_train_config("configs/train/stage2.yaml")
-    assert stage2.model.image_size > load_train_config("configs/train/stage1.yaml").model.image_size
+    stage1_size = model_config(load_train_config("configs/train/stage1.yaml")).vision.input_size
+    assert model_config(stage2).vision.input_size > stage1_size
     assert stage2.data.subset is not None
 
 
@@ -72,6 +74,8 @@ def test_config_errors_name_the_field():
         load_train_config(None, ["train.steps=5", "optim.warmup_steps=10"])
     with pytest.raises(ConfigError, match=r"tokenizer, train\.output"):
         load_train_config(None, ["data.path=x"]).require("data.path", "tokenizer", "train.output")
+    with pytest.raises(ConfigError, match=r"model\.tile_grid"):
+        load_train_config("configs/train/clip.yaml", ["model.tile_grid=2"])
     cfg = load_train_config("configs/train/stage1.yaml", ["train.steps=70", "data.subset.percentile=90"])
     assert cfg.train.steps == 70 and cfg.data.subset.percentile == 90
 

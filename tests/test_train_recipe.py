@@ -72,9 +72,11 @@ def test_saved_weights_reproduce_the_logits(recipe):
 def test_stage2_starts_from_stage1_at_higher_resolution(recipe):
     s1, s2 = recipe["stage1"].summary, recipe["stage2"].summary
     model = recipe["stage2"].engine.module
-    assert model.config.vision.image_size == 48 and model.encoder.position_embedding.shape[0] == 6 * 6 + 1
+    vision = model.config.vision
+    assert vision.input_size == 64 and vision.num_views == 5 and vision.image_size == 32
+    assert model.encoder.position_embedding.shape[0] == 4 * 4 + 1  # the encoder stays at stage 1's 32 px
     assert "clip_score >=" in s2["data"]  # the high-quality subset
-    # Stage 2 begins where stage 1 ended (same held-out rows, interpolated positions) and does not get worse.
+    # Stage 2 begins where stage 1 ended (same held-out rows, thumbnail + tiles) and does not get worse.
     assert s2["eval_before"]["loss"] < s1["eval_before"]["loss"]
     assert s2["eval_after"]["loss"] <= s2["eval_before"]["loss"]
     assert s2["eval_after"]["loss"] <= s1["eval_after"]["loss"]

@@ -40,6 +40,13 @@ class ModelSection(_Section):
     image_size: int | None = Field(
         None, gt=0, description="stage resolution; position embeddings are interpolated to it (null: preset)"
     )
+    tile_grid: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="vlm: read images of tile_grid * image_size px as a thumbnail plus tile_grid^2 tiles at "
+        "image_size (the encoder's own resolution; null: the preset's, 1)",
+    )
     init_from: list[str] = Field(
         default_factory=list,
         description="safetensors files loaded in order before training (e.g. text_lm, clip, stage 1 outputs)",
@@ -141,6 +148,8 @@ class TrainConfig(_Section):
     def _check(self) -> TrainConfig:
         if self.optim.warmup_steps > self.train.steps:
             raise ValueError("optim.warmup_steps must not exceed train.steps")
+        if (self.model.tile_grid or 1) > 1 and self.task != "vlm":
+            raise ValueError("model.tile_grid applies to task vlm only")
         if self.data.repeat_text > 1 and self.task != "text_lm":
             raise ValueError("data.repeat_text applies to task text_lm only")
         if self.task == "clip" and self.train.micro_batch_size < 2:

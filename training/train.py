@@ -65,6 +65,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
                 f"{mc.vision.patch_size}"
             )
         mc.vision = dataclasses.replace(mc.vision, image_size=cfg.model.image_size)
+    if cfg.model.tile_grid is not None:
+        mc.vision = dataclasses.replace(mc.vision, tile_grid=cfg.model.tile_grid)
     return mc
 
 
@@ -288,7 +290,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
-        image_tokens = images * ((mc.vision.image_size // mc.vision.patch_size) ** 2 + 1)
+        image_tokens = images * mc.vision.num_views * (mc.vision.grid_size**2 + 1)
         flops = step_flops(sizes, task.TOKENS, {"text": tokens, "image": image_tokens})
         if peak is not None:
             record["mfu"] = flops / elapsed / (peak * world)

@@ -1,9 +1,10 @@
 """Task ``vlm``: the fused model on image-caption pairs (stage 1 at low resolution, stage 2 at higher).
 
 The sequence is ``<|begin_of_text|> <|image|> caption <|end_of_text|>`` with the loss on the caption and
-EOS only. The decoder stays frozen (``model.trainable``); encoder, projection head and adapters train. The
-model is built at the stage's resolution, so weights from a lower-resolution stage get their position
-embeddings interpolated on load (training/weights.py).
+EOS only. The decoder stays frozen (``model.trainable``); encoder, projection head and adapters train. Stage 2
+reads its higher resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``); a
+``model.image_size`` other than the encoder's instead interpolates position embeddings on load
+(training/weights.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
         bos_id=tok.bos_id,
         eos_id=tok.eos_id,
         image_token_id=model_cfg.image_token_id,
-        image_size=model_cfg.vision.image_size,
+        image_size=model_cfg.vision.input_size,
         max_tokens=cfg.data.max_tokens,
         synthetic_caption_prob=cfg.data.synthetic_caption_prob,
         encode=tok.encode,

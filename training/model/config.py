@@ -32,10 +32,23 @@ class VisionConfig:
     # Mllama pads the token sequence to a multiple of 8 and lets real tokens attend to the padding
     # (see vision.py); 8 reproduces it exactly, 1 is a plain ViT (CLIP).
     pad_to_multiple: int = 8
+    # Higher resolution without stretching the encoder: with tile_grid g > 1 an image of g * image_size px
+    # is read as g * g tiles of image_size px plus a thumbnail of the whole image (vision.split_views).
+    tile_grid: int = 1
 
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def num_views(self) -> int:
+        """Encoder passes per image: 1, or the thumbnail and the tiles."""
+        return 1 if self.tile_grid == 1 else 1 + self.tile_grid**2
+
+    @property
+    def input_size(self) -> int:
+        """Side of the images the model takes, in pixels."""
+        return self.image_size * self.tile_grid
 
 
 @dataclass
@@ -91,6 +104,10 @@ class FusionConfig:
     # Rows of the small trainable table for new special tokens (ids vocab_size, vocab_size + 1, ...).
     # Mllama's embedding table has vocab_size + 8 rows; the image token is the first new id.
     num_new_tokens: int = 8
+    # With tiles, every cross-attention block adds a learned bias to its attention logits on the tiles'
+    # tokens. Starting far below zero, the adapters first see only the thumbnail, which is what the
+    # previous stage showed them (one image at image_size), and open up to the tiles as they learn.
+    tile_bias_init: float = -8.0
 
 
 @dataclass

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from training.model.config import DecoderConfig, ModelConfig, TrainableConfig
 from training.model.decoder import MLP, Decoder, KVCache, RMSNorm, generate, init_weights
 from training.model.perceiver import PerceiverResampler, sample_frame_indices
-from training.model.vision import VisionEncoder, VisionProjection
+from training.model.vision import VisionEncoder, VisionProjection, split_views
 
 IGNORE_INDEX = -100
 
@@ -75,8 +75,18 @@ class CrossAttention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def forward(self, x: Tensor, media: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
-        """x (B, S, D), media (B, T, D), mask (B, S, T) bool; the cache keeps k and v of the media."""
+    def forward(
+        self,
+        x: Tensor,
+        media: Tensor,
+        mask: Tensor,
+        cache: KVCache | None = None,
+        bias: Tensor | None = None,
+    ) -> Tensor:
+        """x (B, S, D), media (B, T, D), mask (B, S, T) bool; the cache keeps k and v of the media.
+
+        ``bias`` (T,) is added to the attention logits of every query.
+        """
         b, s, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
         if cache is not None and cache.length:
@@ -87,14 +97,21 @@ class CrossAttention(nn.Module):
             v = self.v_proj(media).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
             if cache is not None:
                 cache.update(k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
+        attn_mask = mask[:, None]
+        if bias is not None:
+            blocked = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
+            attn_mask = blocked + bias
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
 class CrossAttentionBlock(nn.Module):
-    """Gated cross-attention and gated SwiGLU MLP; both gates start at zero."""
+    """Gated cross-attention and gated SwiGLU MLP; both gates start at zero.
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    With ``tile_bias_init`` the block learns one logit bias for the tokens of image tiles (FusionConfig).
+    """
+
+    def __init__(self, cfg: DecoderConfig, tile_bias_init: float | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.cross_attn = CrossAttention(cfg)
@@ -102,11 +119,22 @@ class CrossAttentionBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.mlp_gate = nn.Parameter(torch.zeros(1))
+        if tile_bias_init is not None:
+            self.tile_bias = nn.Parameter(torch.full((1,), tile_bias_init))
 
-    def forward(self, x: Tensor, media: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        media: Tensor,
+        mask: Tensor,
+        cache: KVCache | None = None,
+        is_tile: Tensor | None = None,
+    ) -> Tensor:
+        """``is_tile`` (T,) bool marks the media tokens that come from image tiles (not the thumbnail)."""
         sees_media = mask.any(dim=-1, keepdim=True)
         keep = sees_media.to(x.dtype)
-        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache) * keep
+        bias = None if is_tile is None else is_tile.to(x.dtype) * self.tile_bias
+        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias) * keep
         x = x + self.attn_gate.tanh() * h
         h = self.mlp(self.post_attention_layernorm(x)) * keep
         return x + self.mlp_gate.tanh() * h
@@ -118,7 +146,10 @@ class FusionLayers(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.fusion.num_new_tokens, cfg.decoder.dim)
-        self.layers = nn.ModuleList(CrossAttentionBlock(cfg.decoder) for _ in range(cfg.num_fusion_layers))
+        tile_bias = cfg.fusion.tile_bias_init if cfg.vision.tile_grid > 1 else None
+        self.layers = nn.ModuleList(
+            CrossAttentionBlock(cfg.decoder, tile_bias) for _ in range(cfg.num_fusion_layers)
+        )
 
 
 class VideoFusion(nn.Module):
@@ -137,6 +168,7 @@ class Media(NamedTuple):
 
     image_tokens: Tensor  # (B, num_images * T, D)
     image_mask: Tensor  # (B, S, num_images * T) bool
+    image_is_tile: Tensor | None = None  # (num_images * T,) bool: tokens of tiles (not thumbnails)
     video_tokens: Tensor | None = None  # (B, num_groups * num_latents, D)
     video_mask: Tensor | None = None  # (B, S, num_groups * num_latents) bool
 
@@ -188,14 +220,14 @@ class FusionModel(nn.Module):
     def param_groups(self, weight_decay: float, gate_lr_scale: float = 1.0) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable parameters; no decay on embeddings, norms, gates, biases.
 
-        The adapters' tanh gates get a group of their own whose ``lr_scale`` multiplies the learning rate:
-        a gate starts at zero and moves about one learning rate per step.
+        The adapters' tanh gates (and tile biases) get a group of their own whose ``lr_scale`` multiplies
+        the learning rate: a gate starts at zero and moves about one learning rate per step.
         """
         embedding_ids = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         no_decay_names = ("position_embedding", "class_embedding", "latents", "frame_embedding")
         decay, no_decay, gates = [], [], []
         for name, p in self.trainable_parameters():
-            if name.endswith(("attn_gate", "mlp_gate")):  # the cross-attention blocks' gates
+            if name.endswith(("attn_gate", "mlp_gate", "tile_bias")):  # the cross-attention blocks' gates
                 gates.append(p)
                 continue
             skip = p.ndim < 2 or id(p) in embedding_ids or name.endswith(no_decay_names)
@@ -222,7 +254,9 @@ class FusionModel(nn.Module):
         return torch.where(is_new[..., None], new, old)
 
     def encode_images(self, images: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, T, decoder_dim) image tokens."""
+        """(N, C, H, W) -> (N, T, decoder_dim) image tokens (with tiles: the thumbnail's, then the tiles')."""
+        if self.config.vision.tile_grid > 1:
+            images = split_views(images, self.config.vision.tile_grid)
         return self.projection(self.encoder(images))
 
     def encode_video(self, videos: Tensor) -> Tensor:
@@ -241,7 +275,7 @@ class FusionModel(nn.Module):
         v = self.encoder.cfg
         p = self.media_probe
         return torch.zeros(
-            batch, num, v.num_channels, v.image_size, v.image_size, dtype=p.dtype, device=p.device
+            batch, num, v.num_channels, v.input_size, v.input_size, dtype=p.dtype, device=p.device
         )
 
     def encode_media(
@@ -273,11 +307,15 @@ class FusionModel(nn.Module):
         per_image = tokens.shape[1]
         image_tokens = tokens.reshape(b, num_images * per_image, -1)
         image_mask = encoder_mask.bool().repeat_interleave(per_image, dim=-1)
+        is_tile = None
+        if self.config.vision.num_views > 1:
+            per_view = per_image // self.config.vision.num_views
+            is_tile = (torch.arange(per_image, device=tokens.device) >= per_view).repeat(num_images)
 
         if self.video is None:
             if videos is not None:
                 raise ValueError("this model has no video path (config.video is None)")
-            return Media(image_tokens, image_mask)
+            return Media(image_tokens, image_mask, is_tile)
         if videos is None:
             if video_mask is not None:
                 raise ValueError("video_mask given without videos")
@@ -287,7 +325,7 @@ class FusionModel(nn.Module):
             video_mask = media_attention_mask(input_ids, self.config.video_token_id, 1)
         video_tokens = self.encode_video(videos)
         video_mask = video_mask.bool().reshape(b, s, 1).expand(b, s, video_tokens.shape[1])
-        return Media(image_tokens, image_mask, video_tokens, video_mask)
+        return Media(image_tokens, image_mask, is_tile, video_tokens, video_mask)
 
     # ---------------------------------------------------------------------------------------- decoding
 
@@ -307,9 +345,8 @@ class FusionModel(nn.Module):
                     x = self.video.layers[v](
                         x, media.video_tokens, video_mask, caches.video[v] if caches else None
                     )
-                x = self.fusion.layers[j](
-                    x, media.image_tokens, image_mask, caches.image[j] if caches else None
-                )
+                cache = caches.image[j] if caches else None
+                x = self.fusion.layers[j](x, media.image_tokens, image_mask, cache, media.image_is_tile)
             x = block(x, cos, sin, caches.decoder[i] if caches else None)
         return self.decoder.lm_head(self.decoder.norm(x))
 
@@ -373,9 +410,7 @@ class FusionModel(nn.Module):
                 return None
             return torch.cat([mask, mask[:, -1:].expand(-1, total - mask.shape[1], -1)], dim=1)
 
-        media = Media(
-            media.image_tokens, extend(media.image_mask), media.video_tokens, extend(media.video_mask)
-        )
+        media = media._replace(image_mask=extend(media.image_mask), video_mask=extend(media.video_mask))
         caches = self.new_caches() if use_cache else None
         return generate(
             lambda tokens, c: self.decode(tokens, media, c), input_ids, max_new_tokens, caches, **sampling

@@ -452,6 +452,11 @@ def mllama_state_dict(model: FusionModel) -> dict[str, Tensor]:
         raise ValueError(
             f"Mllama has room for {MLLAMA_NEW_TOKENS} new tokens, not {cfg.fusion.num_new_tokens}"
         )
+    if v.tile_grid > 1:
+        raise ValueError(
+            "this model reads tiles as a thumbnail plus a square grid (vision.tile_grid), which Mllama's "
+            "aspect-ratio tiles do not express; export the untiled stage (tile_grid 1)"
+        )
     if model.video is not None:
         warnings.warn(
             "the video adapters have no place in the Mllama format and are not exported", stacklevel=2

@@ -7,6 +7,11 @@ of the configured intermediate blocks.
 Projection head (the Llama 3.2 Vision arrangement): layer norm, a few gated self-attention layers on the
 final output, concatenation with the intermediate outputs along the feature axis (5 intermediate + final
 of a 1280-wide ViT-H give 7680), and a linear map to the decoder width.
+
+Tiles (``VisionConfig.tile_grid`` > 1): an image of g * image_size px goes through the encoder as a
+thumbnail plus g * g tiles, each at the resolution the encoder was trained at (``split_views``); the
+projection head adds a learned, zero-initialised embedding per view. Llama 3.2 Vision reads high
+resolutions as tiles the same way instead of stretching its position embedding.
 """
 
 from __future__ import annotations
@@ -110,6 +115,18 @@ def interpolate_position_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor
     return torch.cat([cls, patches])
 
 
+def split_views(images: Tensor, grid: int) -> Tensor:
+    """(N, C, g*S, g*S) -> (N * (1 + g*g), C, S, S): per image a thumbnail (box-averaged to S), then its
+    g*g tiles in row-major order."""
+    n, c, height, width = images.shape
+    if height != width or height % grid:
+        raise ValueError(f"tiled images must be square with a side divisible by {grid}, got {height}x{width}")
+    s = height // grid
+    thumbnail = F.interpolate(images, size=(s, s), mode="area")
+    tiles = images.reshape(n, c, grid, s, grid, s).permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, s, s)
+    return torch.cat([thumbnail[:, None], tiles], dim=1).flatten(0, 1)
+
+
 class VisionEncoder(nn.Module):
     """ViT: images (N, C, H, W) -> final output and intermediate-layer outputs."""
 
@@ -159,7 +176,7 @@ class VisionEncoder(nn.Module):
 
 
 class VisionProjection(nn.Module):
-    """Projection head: (N, L, D) encoder output -> (N, num_tokens, decoder_dim) image tokens."""
+    """Projection head: encoder output of N images' views -> (N, views * num_tokens, decoder_dim)."""
 
     def __init__(self, vision: VisionConfig, cfg: ProjectionConfig, out_dim: int) -> None:
         super().__init__()
@@ -168,6 +185,9 @@ class VisionProjection(nn.Module):
             VisionBlock(vision, gate_init=cfg.gate_init) for _ in range(cfg.num_layers)
         )
         self.proj = nn.Linear(vision.dim * (1 + len(vision.intermediate_layers)), out_dim)
+        self.num_views = vision.num_views
+        if self.num_views > 1:  # zero at first: the thumbnail's tokens are the untiled model's
+            self.view_embedding = nn.Parameter(torch.zeros(self.num_views, 1, out_dim))
 
     def forward(self, out: VisionOutput) -> Tensor:
         x = self.ln_post(out.last_hidden_state)
@@ -175,4 +195,8 @@ class VisionProjection(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         features = torch.cat([x, *out.hidden_states], dim=-1)[:, : out.num_tokens]
-        return self.proj(features)
+        tokens = self.proj(features)
+        if self.num_views == 1:
+            return tokens
+        tokens = tokens.unflatten(0, (-1, self.num_views)) + self.view_embedding
+        return tokens.flatten(1, 2)
