@@ -33,7 +33,7 @@ from training.model.fusion import FusionModel
 from training.optim import deepspeed_config, lr_factor
 from training.tokenizer import TextTokenizer
 from training.train import model_config
-from training.weights import load_into, save_tensors
+from training.weights import load_chain, load_into, save_tensors
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +285,24 @@ def test_weights_load_across_resolutions(tmp_path):
     expected = low.encoder.position_embedding_for((6, 6))
     assert torch.equal(high.encoder.position_embedding, expected)  # bilinear, as the encoder does on the fly
     assert torch.equal(high.encoder.patch_embedding.weight, low.encoder.patch_embedding.weight)
+
+
+def test_init_from_also_loads_what_a_file_was_initialised_from(tmp_path):
+    torch.manual_seed(0)
+    trained = FusionModel(get_config("tiny"))
+    clip, stage1 = tmp_path / "clip.safetensors", tmp_path / "stage1.safetensors"
+    params = {n: p.detach() for n, p in trained.named_parameters()}
+    save_tensors({n: p for n, p in params.items() if n.startswith("encoder.")}, clip, None, [])
+    # stage 1 with a frozen encoder writes only what it trained, and points at the CLIP file
+    projection = {n: p for n, p in params.items() if n.startswith("projection.")}
+    save_tensors(projection, stage1, trained.config, [str(clip)])
+    fresh = FusionModel(get_config("tiny"))
+    load_chain(fresh, stage1, strict_names=True)
+    assert torch.equal(fresh.encoder.patch_embedding.weight, trained.encoder.patch_embedding.weight)
+    assert torch.equal(fresh.projection.proj.weight, trained.projection.proj.weight)
+    clip.unlink()
+    with pytest.raises(FileNotFoundError, match="model.init_from: weights file not found: .*clip"):
+        load_chain(fresh, stage1)
 
 
 # -------------------------------------------------------------------------------------------- launcher

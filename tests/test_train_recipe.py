@@ -77,7 +77,8 @@ def test_stage2_starts_from_stage1_at_higher_resolution(recipe):
     assert model.encoder.position_embedding.shape[0] == 4 * 4 + 1  # the encoder stays at stage 1's 32 px
     assert "clip_score >=" in s2["data"]  # the high-quality subset
     # Stage 2 begins where stage 1 ended (same held-out rows, thumbnail + tiles) and does not get worse.
-    assert s2["eval_before"]["loss"] < s1["eval_before"]["loss"]
+    # Its thumbnail is stage 1's view, and init_from brings stage 1's whole chain (the CLIP encoder too).
+    assert abs(s2["eval_before"]["loss"] - s1["eval_after"]["loss"]) < 0.01
     assert s2["eval_after"]["loss"] <= s2["eval_before"]["loss"]
     assert s2["eval_after"]["loss"] <= s1["eval_after"]["loss"]
 

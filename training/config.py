@@ -49,7 +49,8 @@ class ModelSection(_Section):
     )
     init_from: list[str] = Field(
         default_factory=list,
-        description="safetensors files loaded in order before training (e.g. text_lm, clip, stage 1 outputs)",
+        description="safetensors files loaded in order before training (text_lm, clip, stage 1 outputs), "
+        "each after the files it was itself initialised from",
     )
     trainable: TrainableSection = Field(default_factory=TrainableSection)
     # clip task only: the text tower, a small causal transformer over the same tokenizer

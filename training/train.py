@@ -40,7 +40,7 @@ from training.metrics import MetricsWriter
 from training.model.config import ModelConfig, get_config
 from training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
 from training.tokenizer import TextTokenizer
-from training.weights import gather_tensors, load_into, save_tensors
+from training.weights import gather_tensors, load_chain, save_tensors
 
 TASKS: dict[str, ModuleType] = {"text_lm": text_lm, "clip": clip, "vlm": vlm}
 
@@ -188,7 +188,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     )
     model = task.build_model(cfg, mc)
     for path in cfg.model.init_from:
-        load_into(model, path)
+        load_chain(model, path, strict_names=True)
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(model)
     sizes = component_sizes(model)

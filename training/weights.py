@@ -105,8 +105,15 @@ def load_fusion_model(path: str | Path) -> FusionModel:
     return model
 
 
-def load_chain(module: nn.Module, path: str | Path) -> None:
-    """Load the files `path` was initialised from (recursively, oldest first), then `path` itself."""
+def load_chain(module: nn.Module, path: str | Path, strict_names: bool = False) -> None:
+    """Load the files `path` was initialised from (recursively, oldest first), then `path` itself.
+
+    A run's file holds only what it trained: stage 1 with a frozen encoder leaves the encoder in the CLIP
+    file its own file points to. ``strict_names`` applies to `path` only.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: weights file not found: {path}")
     for parent in json.loads(read_metadata(path).get("init_from", "[]")):
         load_chain(module, parent)
-    load_into(module, path, strict_names=False)
+    load_into(module, path, strict_names)
