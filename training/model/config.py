@@ -105,9 +105,9 @@ class FusionConfig:
     # Mllama's embedding table has vocab_size + 8 rows; the image token is the first new id.
     num_new_tokens: int = 8
     # With tiles, every cross-attention block adds a learned bias to its attention logits on the tiles'
-    # tokens. Starting far below zero, the adapters first see only the thumbnail, which is what the
-    # previous stage showed them (one image at image_size), and open up to the tiles as they learn.
-    tile_bias_init: float = -8.0
+    # tokens. Starting below zero, the adapters first look mostly at the thumbnail, which is what the
+    # previous stage showed them (one image at image_size), and learn how much to look at the tiles.
+    tile_bias_init: float = -2.0
 
 
 @dataclass
