@@ -90,7 +90,7 @@ class SyntheticCaption:
         self.prompt = [self.tokenizer.bos_id, mc.image_token_id, *self.tokenizer.encode(cfg.prompt)]
         eos = mc.decoder.eos_token_id
         self.eos_ids = sorted({self.tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])} - {None})
-        self.image_size = mc.vision.image_size
+        self.image_size = mc.vision.input_size
         self.counters: Counter = Counter()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
