@@ -97,6 +97,11 @@ def lexicon_evidence(
     return sum(z >= min_zipf for z in zipf) / len(zipf), sum(zipf) / len(zipf)
 
 
+def _top_text(top: list[tuple[str, float]]) -> str:
+    """fastText's top-k as the rejection detail, e.g. ``de:0.61,en:0.20``."""
+    return ",".join(f"{lang}:{p:.2f}" for lang, p in top)
+
+
 class LanguageId(MeasuredStage):
     """Keeps captions in the configured languages; records `lang` and `lang_score` for every row. The
     measurement is fastText's top-k; the script and lexicon checks are cheap and rerun on every decision."""
@@ -151,18 +156,16 @@ class LanguageId(MeasuredStage):
     ) -> tuple[str, float, str | None, str | None]:
         """Return (lang, score, reason, detail) for one caption with fastText's `top` predictions."""
         cfg = self.cfg
-        scores = dict(top)
-        top_text = ",".join(f"{lang}:{p:.2f}" for lang, p in top)
         if self.scripts is not None:
             share = script_share(text, self.scripts)
             if share < cfg.min_script_share:
-                detail = f"script: {share:.2f} in {'/'.join(sorted(self.scripts))}; {top_text}"
+                detail = f"script: {share:.2f} in {'/'.join(sorted(self.scripts))}; {_top_text(top)}"
                 return top[0][0], top[0][1], "wrong_language", detail
         if top[0][0] in self.wanted and top[0][1] >= cfg.min_score:
             return top[0][0], top[0][1], None, None
         if cfg.lexicon and (lang := self.lexicon_says_wanted(text, top, n_words)) is not None:
-            return lang, scores.get(lang, 0.0), None, None
-        return top[0][0], top[0][1], "wrong_language", top_text
+            return lang, dict(top).get(lang, 0.0), None, None
+        return top[0][0], top[0][1], "wrong_language", _top_text(top)
 
     def measure(self, batch: pa.Table) -> pa.Table:
         tops = [self.predict(c) for c in batch.column("caption").to_pylist()]
