@@ -227,7 +227,7 @@ class FusionModel(nn.Module):
         no_decay_names = ("position_embedding", "class_embedding", "latents", "frame_embedding")
         decay, no_decay, gates = [], [], []
         for name, p in self.trainable_parameters():
-            if name.endswith(("attn_gate", "mlp_gate", "tile_bias")):  # the cross-attention blocks' gates
+            if name.endswith(("attn_gate", "mlp_gate", "tile_bias")):  # cross-attention gates and tile biases
                 gates.append(p)
                 continue
             skip = p.ndim < 2 or id(p) in embedding_ids or name.endswith(no_decay_names)

@@ -10,8 +10,8 @@ of a 1280-wide ViT-H give 7680), and a linear map to the decoder width.
 
 Tiles (``VisionConfig.tile_grid`` > 1): an image of g * image_size px goes through the encoder as a
 thumbnail plus g * g tiles, each at the resolution the encoder was trained at (``split_views``); the
-projection head adds a learned, zero-initialised embedding per view. Llama 3.2 Vision reads high
-resolutions as tiles the same way instead of stretching its position embedding.
+projection head adds a learned, zero-initialised embedding per view. Llama 3.2 Vision also reads high
+resolutions as tiles (without a thumbnail) instead of stretching its position embedding.
 """
 
 from __future__ import annotations
