@@ -250,9 +250,9 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     t_ray = time.perf_counter()
     out = work / "phase1"
     out.mkdir(parents=True)
-    files = sorted(str(f) for f in inp.glob("*.jsonl"))
+    parts = sorted(str(f) for f in inp.glob("*.jsonl"))
     groups = DATATROVE_TASKS  # as many units as datatrove gets tasks
-    units = [{"paths": files[i::groups]} for i in range(groups) if files[i::groups]]
+    units = [{"paths": parts[i::groups]} for i in range(groups) if parts[i::groups]]
     kwargs = {"cfg_json": cfg.model_dump_json(), "out_dir": str(out)}
     p1 = map_units(units, TextPartWorker, kwargs, cluster_cpus(), False)
     t_p1 = time.perf_counter()
