@@ -13,8 +13,6 @@ import unicodedata
 from functools import cache
 
 import numpy as np
-from datasketch import MinHash
-from scipy.integrate import quad
 
 from pipeline.text import _NOT_WORD, normalize_for_dedup  # the same normalisation as exact dedup
 
@@ -75,6 +73,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 @cache
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine permutation parameters (a, b) for this num_perm and seed."""
+    from datasketch import MinHash  # imported here: it pulls in scipy.integrate, 0.2 s
+
     m = MinHash(num_perm=num_perm, seed=seed)
     if m.scheme != "affine32":
         raise RuntimeError(f"datasketch's default MinHash scheme is {m.scheme!r}; this code follows affine32")
@@ -141,10 +141,14 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _false_positive_area(threshold: float, b: int, r: int) -> float:
+    from scipy.integrate import quad
+
     return quad(lambda s: 1 - (1 - s**r) ** b, 0.0, threshold)[0]
 
 
 def _false_negative_area(threshold: float, b: int, r: int) -> float:
+    from scipy.integrate import quad
+
     return quad(lambda s: (1 - s**r) ** b, threshold, 1.0)[0]
 
 
