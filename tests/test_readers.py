@@ -112,12 +112,16 @@ def test_jsonl_paths_stay_inside_root(tmp_path):
     (root / "img" / "a.jpg").write_bytes(jpeg())
     (tmp_path / "secret.jpg").write_bytes(jpeg())
     os.symlink(tmp_path / "secret.jpg", root / "img" / "link.jpg")
+    os.mkfifo(root / "img" / "pipe.jpg")  # opening it for reading must not block the reader
     lines = [
         {"image": "img/a.jpg", "caption": "fine"},
         {"image": "../secret.jpg", "caption": "escape"},
         {"image": "../../etc/passwd", "caption": "escape"},
         {"image": "img/link.jpg", "caption": "symlink out"},
         {"image": "img/none.jpg", "caption": "missing"},
+        {"image": "img/pipe.jpg", "caption": "a FIFO"},
+        {"image": "img", "caption": "a directory"},
+        {"image": "img/sub/../a.jpg", "caption": "dots inside root"},
         {"caption": "no image key"},
         {"image": "img/a.jpg"},
     ]
@@ -131,6 +135,9 @@ def test_jsonl_paths_stay_inside_root(tmp_path):
         "unsafe_path",
         "unsafe_path",
         "missing_image",
+        "missing_image",
+        "missing_image",
+        None,
         "missing_image",
         "missing_caption",
         "bad_json",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -82,21 +84,42 @@ def decode_caption(data: bytes) -> tuple[str | None, str | None]:
         return None, "invalid_utf8"
 
 
+@lru_cache(maxsize=4096)
+def _real_dir(path: str) -> str:
+    """`os.path.realpath` of a directory, once per process: images share a few directories."""
+    return os.path.realpath(path)
+
+
 def read_image_file(root: Path, rel: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
     """Read an image under `root`, refusing paths (or symlinks) that lead outside it.
 
     Returns (bytes, error, detail).
     """
-    root = root.resolve()
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root):
-        return None, "unsafe_path", f"{rel} leaves {root}"
-    if not target.is_file():
-        return None, "missing_image", f"{rel}: file not found"
-    size = os.path.getsize(target)
-    if size > max_bytes:
-        return None, "image_too_large_bytes", f"{size} bytes"
+    real_root = _real_dir(str(root))
+    head, name = os.path.split(os.path.join(real_root, rel))
+    if name in ("", ".", ".."):
+        target = os.path.realpath(os.path.join(head, name))
+    else:  # resolve the directory (cached) and the file itself only when it is a link
+        target = os.path.join(_real_dir(head), name)
+        if os.path.islink(target):
+            target = os.path.realpath(target)
+    if not (target + os.sep).startswith(real_root.rstrip(os.sep) + os.sep):
+        return None, "unsafe_path", f"{rel} leaves {real_root}"
     try:
-        return target.read_bytes(), None, None
+        # O_NONBLOCK: a FIFO planted in the input must not hang the reader (regular files ignore it)
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, "missing_image", f"{rel}: file not found"
     except OSError as e:
         return None, "unreadable_image", str(e)[:120]
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
+        if stat.S_ISREG(st.st_mode):
+            return None, "image_too_large_bytes", f"{st.st_size} bytes"
+        return None, "missing_image", f"{rel}: file not found"
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read(), None, None
+        except OSError as e:
+            return None, "unreadable_image", str(e)[:120]
