@@ -242,6 +242,7 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     from pipeline.exact_dedup import losers_of_part, resolve_exact_duplicates
     from pipeline.near_dedup import resolve_near_duplicates, results_of_part
     from pipeline.ray_runner import cluster_cpus, map_units, start_ray
+    from pipeline.shuffle import in_process
 
     t0 = time.perf_counter()
     cfg = load_config(RECIPE)
@@ -259,9 +260,10 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     files = [(r["part"], str(out / f"{r['part']}.parquet")) for r in p1]
     kept_rows = sum(r["kept"] for r in p1)
     partitions = max(2 * cluster_cpus(), -(-kept_rows * p["bands"] // 4_000_000))
-    resolve_exact_duplicates([f for _, f in files], work / "exact", cfg.exact_dedup, partitions)
-    t_ex = time.perf_counter()
-    resolve_near_duplicates(files, work / "exact", work / "near", cfg.near_dedup, partitions)
+    with in_process(kept_rows <= cfg.ray.in_process_rows):  # as the curate job decides
+        resolve_exact_duplicates([f for _, f in files], work / "exact", cfg.exact_dedup, partitions)
+        t_ex = time.perf_counter()
+        resolve_near_duplicates(files, work / "exact", work / "near", cfg.near_dedup, partitions)
     t_nd = time.perf_counter()
     kept: list[str] = []
     for name, path in files:

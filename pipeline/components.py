@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import ray
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.shuffle import Refs, column, exchange, gather_stats, map_each
+from pipeline.shuffle import Refs, column, exchange, gather_stats, map_each, put
 
 NODE_SCHEMA = pa.schema([("node", pa.int64()), ("comp", pa.int64())])
 
@@ -120,6 +119,7 @@ def components_distributed(edge_refs: Refs, partitions: int, max_rounds: int = 6
 
 
 def to_refs(table: pa.Table, partitions: int) -> Refs:
-    """Put a driver-side table into the object store as `partitions` slices."""
+    """Put a driver-side table into the object store (or hold it, see `pipeline.shuffle.in_process`) as
+    `partitions` slices."""
     step = max(1, -(-table.num_rows // max(1, partitions)))
-    return [ray.put(table.slice(i, step)) for i in range(0, max(table.num_rows, 1), step)]
+    return [put(table.slice(i, step)) for i in range(0, max(table.num_rows, 1), step)]

@@ -62,6 +62,13 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray; null = all of this machine")
     workers: int | None = Field(None, gt=0, description="phase-1 actors; null = one per CPU")
     batch_rows: int = Field(1024, gt=0, description="rows per Arrow batch inside a worker")
+    in_process_rows: int = Field(
+        100_000,
+        ge=0,
+        description="phase 2 runs its exchanges in the driver, not on Ray tasks, when at most this many "
+        "rows reach it (0 = always on Ray tasks): on small inputs task workers cost more to start than "
+        "they save",
+    )
 
 
 class CaptionConfig(_Section):

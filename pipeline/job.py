@@ -22,6 +22,7 @@ from pipeline.near_dedup import resolve_near_duplicates
 from pipeline.phase1 import Phase1Worker, cached_result
 from pipeline.ray_runner import cluster_cpus, map_units, start_ray
 from pipeline.readers import discover_parts, fingerprint
+from pipeline.shuffle import in_process
 from pipeline.stages.base import StageStats
 from pipeline.stages.language_id import fasttext_path
 from pipeline.survivors import ENRICHMENTS
@@ -69,7 +70,9 @@ def exact_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Call
     def compute() -> dict:
         kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
         partitions = max(2 * cluster_cpus(), rows_in // 500_000)
-        counts = resolve_exact_duplicates(kept_files, layout.dir("exact_dedup"), cfg.exact_dedup, partitions)
+        out_dir = layout.dir("exact_dedup")
+        with in_process(rows_in <= cfg.ray.in_process_rows):
+            counts = resolve_exact_duplicates(kept_files, out_dir, cfg.exact_dedup, partitions)
         return {"reasons": dict(counts), "counters": {}}
 
     done = layout.run_once("exact_dedup", compute, log, "phase 2: exact duplicates across the dataset")
@@ -86,7 +89,8 @@ def near_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Calla
         partitions = max(2 * (cfg.ray.workers or cluster_cpus()), -(-band_rows // 4_000_000))
         files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
         exact_dir, out_dir = layout.dir("exact_dedup"), layout.dir("near_dedup")
-        return resolve_near_duplicates(files, exact_dir, out_dir, nd, partitions)
+        with in_process(rows_in <= cfg.ray.in_process_rows):
+            return resolve_near_duplicates(files, exact_dir, out_dir, nd, partitions)
 
     done = layout.run_once("near_dedup", compute, log, "phase 2: near duplicates across the dataset")
     return StageStats.from_done("near_dedup", rows_in, done)

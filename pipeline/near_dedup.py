@@ -28,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 
 from pipeline.components import components_distributed, components_local, to_refs, unique_pairs
 from pipeline.config import NearDedupConfig
@@ -36,7 +35,7 @@ from pipeline.exact_dedup import losers_of_part
 from pipeline.minhash import band_keys, estimated_jaccard
 from pipeline.phash import band_keys as image_band_keys
 from pipeline.phash import hamming
-from pipeline.shuffle import Refs, column, exchange, gather_stats, map_each, shuffle
+from pipeline.shuffle import Refs, column, exchange, gather_stats, get, map_each, shuffle
 from pipeline.stages.signatures import signature_column, signature_matrix
 from pipeline.writer import AtomicParquetWriter
 
@@ -273,7 +272,8 @@ def with_rule_columns(table: pa.Table, paths: dict[int, str], columns: list[str]
 def choose_survivors(table: pa.Table, rule: list[tuple[str, str]], names: list[str]) -> tuple[pa.Table, dict]:
     """For the components in this partition: the best member by `rule` survives, the others are losers."""
     keys = [("comp", "ascending"), *[(f"r_{c}", order) for c, order in rule], ("node", "ascending")]
-    table = table.take(pc.sort_indices(table, sort_keys=keys, null_placement="at_end"))
+    keys = [(name, order, "at_end") for name, order in keys]
+    table = table.take(pc.sort_indices(table, sort_keys=keys))
     comp = column(table, "comp")
     n = len(comp)
     new = np.ones(n, bool)
@@ -378,7 +378,7 @@ def find_edges(
 def label_members(edge_refs: Refs, edges: int, local_max_edges: int, partitions: int) -> tuple[Refs, dict]:
     """(node, comp, mask, part) of every node with an edge: in one process up to `local_max_edges`."""
     if edges <= local_max_edges:
-        table = pa.concat_tables([EDGE_SCHEMA.empty_table(), *ray.get(edge_refs)])
+        table = pa.concat_tables([EDGE_SCHEMA.empty_table(), *get(edge_refs)])
         hi, lo, kind = column(table, "hi"), column(table, "lo"), column(table, "kind")
         nodes, comp = components_local(hi, lo)
         mask = kind_masks(hi, lo, kind, nodes)
@@ -400,7 +400,7 @@ def dump_edges(edge_refs: Refs, path: Path) -> None:
     """Write the edges (hi, lo, kind) to one Parquet file (for evaluation)."""
     with AtomicParquetWriter(path, EDGE_SCHEMA) as w:
         for ref in edge_refs:
-            w.write(ray.get(ref))
+            w.write(get([ref])[0])
 
 
 def resolve_near_duplicates(

@@ -4,11 +4,15 @@ every row of their partitions and run a function over them.
 Phase 2's near-duplicate steps are many small exchanges (band keys, candidate pairs, components); plain Ray
 tasks keep the per-exchange cost to milliseconds where a Ray Data `repartition` costs seconds. The driver
 only holds object references and the small stats dicts each reduce task returns next to its table.
+Inside `in_process` the same steps run in the calling process instead, for inputs too small to pay for
+starting task workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -17,7 +21,7 @@ import ray
 
 from pipeline.minhash import mix64
 
-Refs = list[ray.ObjectRef]
+Refs = list  # of ray.ObjectRef, or of Held inside `in_process`
 
 
 def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
@@ -56,20 +60,62 @@ def _as_output(out: pa.Table | tuple[pa.Table, dict]) -> tuple[pa.Table, dict]:
     return out if isinstance(out, tuple) else (out, {})
 
 
-@ray.remote
 def _map_split(fn: Callable[..., pa.Table], key: str, partitions: int, *args: Any) -> Any:
     parts = split(fn(*args), key, partitions)
     return parts[0] if partitions == 1 else tuple(parts)
 
 
-@ray.remote(num_returns=2)
 def _reduce(fn: Callable[..., Any], kwargs: dict, *parts: pa.Table) -> tuple[pa.Table, dict]:
     return _as_output(fn(concat(parts), **kwargs))
 
 
-@ray.remote(num_returns=2)
 def _map(fn: Callable[..., Any], kwargs: dict, *args: Any) -> tuple[pa.Table, dict]:
     return _as_output(fn(*args, **kwargs))
+
+
+_REMOTE = {f: ray.remote(f) for f in (_map_split, _reduce, _map)}
+_IN_PROCESS: ContextVar[bool] = ContextVar("in_process", default=False)
+
+
+class Held:
+    """A value kept in this process where an object reference would be (see `in_process`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+@contextmanager
+def in_process(on: bool = True) -> Iterator[None]:
+    """Inside this block, exchanges run in this process instead of on Ray tasks, with the same results.
+
+    For small inputs: a fresh Ray task worker takes 1-2 s to start and import, more than the work."""
+    token = _IN_PROCESS.set(on)
+    try:
+        yield
+    finally:
+        _IN_PROCESS.reset(token)
+
+
+def _submit(fn: Callable[..., Any], num_returns: int, *args: Any) -> Any:
+    """`fn(*args)` as a Ray task, or here (in `in_process`); one reference per return value."""
+    if not _IN_PROCESS.get():
+        return _REMOTE[fn].options(num_returns=num_returns).remote(*args)
+    out = fn(*(a.value if isinstance(a, Held) else a for a in args))
+    return Held(out) if num_returns == 1 else [Held(o) for o in out]
+
+
+def put(value: Any) -> Any:
+    """A reference to `value`: in the object store, or held here (in `in_process`)."""
+    return Held(value) if _IN_PROCESS.get() else ray.put(value)
+
+
+def get(refs: Sequence[Any]) -> list[Any]:
+    """The values behind references from `shuffle`, `exchange`, `map_each` or `put`."""
+    if all(isinstance(r, Held) for r in refs):
+        return [r.value for r in refs]
+    return ray.get(list(refs))
 
 
 def identity(*tables: pa.Table) -> pa.Table:
@@ -91,12 +137,10 @@ def shuffle(
     Returns references to the reduce outputs and to their stats dicts (empty unless `reduce_fn` returns
     a (table, stats) pair). Partition i always holds the keys `partition_of` maps to i.
     """
-    splits = [
-        _map_split.options(num_returns=partitions).remote(map_fn, key, partitions, *args) for args in map_args
-    ]
+    splits = [_submit(_map_split, partitions, map_fn, key, partitions, *args) for args in map_args]
     if partitions == 1:
         splits = [[s] for s in splits]
-    outs = [_reduce.remote(reduce_fn, reduce_kwargs, *[s[i] for s in splits]) for i in range(partitions)]
+    outs = [_submit(_reduce, 2, reduce_fn, reduce_kwargs, *[s[i] for s in splits]) for i in range(partitions)]
     return [o[0] for o in outs], [o[1] for o in outs]
 
 
@@ -109,10 +153,10 @@ def exchange(
 
 def map_each(refs: Sequence[Any], fn: Callable[..., Any], **kwargs: Any) -> tuple[Refs, Refs]:
     """Run `fn(ref_value, **kwargs)` on each reference (or tuple of references), one task each."""
-    outs = [_map.remote(fn, kwargs, *(r if isinstance(r, tuple) else (r,))) for r in refs]
+    outs = [_submit(_map, 2, fn, kwargs, *(r if isinstance(r, tuple) else (r,))) for r in refs]
     return [o[0] for o in outs], [o[1] for o in outs]
 
 
 def gather_stats(stat_refs: Refs) -> list[dict]:
     """Wait for the stats dicts (this also waits for their tables)."""
-    return ray.get(stat_refs)
+    return get(stat_refs)

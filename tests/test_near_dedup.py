@@ -33,6 +33,7 @@ from pipeline.neardup_eval import (
 )
 from pipeline.phash import hamming, phash
 from pipeline.sample_data.reading import read_ground_truth
+from pipeline.shuffle import in_process
 from pipeline.stages.image_decode import ImageDecode
 from pipeline.writer import AtomicParquetWriter
 
@@ -221,12 +222,14 @@ def _all_results(out: Path) -> pa.Table:
 
 def test_same_survivors_whatever_the_workers_batches_and_components_path(ray_local, tmp_path):
     runs = []
-    for k, (partitions, batch, local_max) in enumerate([(1, 1000, 2_000_000), (2, 64, 0), (5, 333, 0)]):
+    settings = [(1, 1000, 2_000_000, False), (2, 64, 0, False), (5, 333, 0, False), (3, 200, 0, True)]
+    for k, (partitions, batch, local_max, driver_only) in enumerate(settings):
         d = tmp_path / f"run{k}"
         d.mkdir()
         files = _mixed_parts(d, 1000, batch)
         cfg = NearDedupConfig(local_max_edges=local_max)
-        result = resolve_near_duplicates(files, d / "x", d / "nd", cfg, partitions)
+        with in_process(driver_only):  # the last run: every exchange in this process, no Ray task
+            result = resolve_near_duplicates(files, d / "x", d / "nd", cfg, partitions)
         runs.append((_all_results(d / "nd"), result))
     base, result = runs[0]
     assert set(result["reasons"]) == {"near_duplicate_caption", "near_duplicate_image"}
