@@ -63,11 +63,10 @@ class RayConfig(_Section):
     workers: int | None = Field(None, gt=0, description="phase-1 actors; null = one per CPU")
     batch_rows: int = Field(1024, gt=0, description="rows per Arrow batch inside a worker")
     in_process_rows: int = Field(
-        100_000,
+        50_000,
         ge=0,
-        description="phase 2 runs its exchanges in the driver, not on Ray tasks, when at most this many "
-        "rows reach it (0 = always on Ray tasks): on small inputs task workers cost more to start than "
-        "they save",
+        description="jobs of at most this many input pairs run phase 2 and finalize in the driver, not on "
+        "Ray workers (0 = never): on small inputs, starting Ray workers costs more than it saves",
     )
 
 

@@ -71,8 +71,7 @@ def exact_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Call
         kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
         partitions = max(2 * cluster_cpus(), rows_in // 500_000)
         out_dir = layout.dir("exact_dedup")
-        with in_process(rows_in <= cfg.ray.in_process_rows):
-            counts = resolve_exact_duplicates(kept_files, out_dir, cfg.exact_dedup, partitions)
+        counts = resolve_exact_duplicates(kept_files, out_dir, cfg.exact_dedup, partitions)
         return {"reasons": dict(counts), "counters": {}}
 
     done = layout.run_once("exact_dedup", compute, log, "phase 2: exact duplicates across the dataset")
@@ -89,8 +88,7 @@ def near_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Calla
         partitions = max(2 * (cfg.ray.workers or cluster_cpus()), -(-band_rows // 4_000_000))
         files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
         exact_dir, out_dir = layout.dir("exact_dedup"), layout.dir("near_dedup")
-        with in_process(rows_in <= cfg.ray.in_process_rows):
-            return resolve_near_duplicates(files, exact_dir, out_dir, nd, partitions)
+        return resolve_near_duplicates(files, exact_dir, out_dir, nd, partitions)
 
     done = layout.run_once("near_dedup", compute, log, "phase 2: near duplicates across the dataset")
     return StageStats.from_done("near_dedup", rows_in, done)
@@ -231,9 +229,14 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
 
         t0 = time.perf_counter()
         reused2 = layout.done("exact_dedup") and (not layout.has("near_dedup") or layout.done("near_dedup"))
-        stages.append(exact_dedup_stage(cfg, layout, stages[-1].rows_out, log))
-        if cfg.near_dedup.enabled:
-            stages.append(near_dedup_stage(cfg, layout, stages[-1].rows_out, log))
+        # Small jobs run phase 2 and finalize in this process: Ray workers would cost more to start
+        small = (pairs := stages[0].rows_in) <= cfg.ray.in_process_rows
+        if small:
+            log(f"{pairs} input pairs <= ray.in_process_rows: phase 2 and finalize run in the driver")
+        with in_process(small):
+            stages.append(exact_dedup_stage(cfg, layout, stages[-1].rows_out, log))
+            if cfg.near_dedup.enabled:
+                stages.append(near_dedup_stage(cfg, layout, stages[-1].rows_out, log))
         phases["phase2"] = {"seconds": round(time.perf_counter() - t0, 3), "reused": reused2}
 
         keys, cpus = list(layout.parts.values()), cluster_cpus()
@@ -259,6 +262,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
             {"cfg_json": cfg_json, "layout_json": layout_json, "out": str(out)},
             workers,
             progress,
+            in_process=small,
         )
         phases["finalize"] = {
             "seconds": round(time.perf_counter() - t0, 3),

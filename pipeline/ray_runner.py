@@ -10,6 +10,7 @@ from typing import Any
 # Ray Data logs every dataset execution at INFO; keep the terminal for progress bars and the summary.
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
+import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
 
 
@@ -38,14 +39,24 @@ def cluster_cpus() -> int:
 
 
 def map_units(
-    units: list[dict], worker: type, kwargs: dict, workers: int, progress: bool, num_gpus: float = 0
+    units: list[dict],
+    worker: type,
+    kwargs: dict,
+    workers: int,
+    progress: bool,
+    num_gpus: float = 0,
+    in_process: bool = False,
 ) -> list[dict]:
     """Run `worker(**kwargs)` actors (`num_gpus` each) over `units`, one unit per call; return their results
-    sorted by part."""
+    sorted by part. `in_process`: one worker in this process instead (small inputs: no actor start-up)."""
     from ray.data import DataContext
 
     if not units:
         return []
+    if in_process:
+        call = worker(**kwargs)
+        rows = [r for u in units for r in call(pa.table({"part": [json.dumps(u)]}))["result"].to_pylist()]
+        return sorted(map(json.loads, rows), key=lambda r: r["part"])
     DataContext.get_current().enable_progress_bars = progress
     ds = ray.data.from_items([{"part": json.dumps(u)} for u in units], override_num_blocks=len(units))
     ds = ds.map_batches(
@@ -57,5 +68,4 @@ def map_units(
         num_cpus=1,
         num_gpus=num_gpus or None,
     )
-    results = [json.loads(r["result"]) for r in ds.iter_rows()]
-    return sorted(results, key=lambda r: r["part"])
+    return sorted((json.loads(r["result"]) for r in ds.iter_rows()), key=lambda r: r["part"])

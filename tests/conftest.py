@@ -65,7 +65,7 @@ def curate(input_path: Path, output: Path, *overrides: str) -> dict:
 @pytest.fixture(scope="session")
 def curated(sample_dir, ray_local, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("curated")
-    # Phase 2 on Ray tasks, as on inputs over ray.in_process_rows (the default runs this sample in the driver)
+    # Phase 2 and finalize on Ray workers, as for inputs over ray.in_process_rows (this sample is under it)
     return out, curate(sample_dir, out, "ray.in_process_rows=0")
 
 

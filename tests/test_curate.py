@@ -173,10 +173,10 @@ def test_rerun_does_no_work_and_resume_reuses_finished_parts(curated, sample_dir
     assert sorted(outcomes(crashed)[0]) == sorted(outcomes(out)[0])
 
 
-def test_phase2_in_the_driver_gives_the_same_output(curated, sample_dir, tmp_path):
+def test_phase2_and_finalize_in_the_driver_give_the_same_output(curated, sample_dir, tmp_path):
     out, manifest = curated
-    assert manifest["config"]["ray"]["in_process_rows"] == 0  # the fixture ran phase 2 on Ray tasks
-    local = curate(sample_dir, tmp_path / "local")  # the default: this sample's phase 2 in the driver
+    assert manifest["config"]["ray"]["in_process_rows"] == 0  # the fixture ran them on Ray workers
+    local = curate(sample_dir, tmp_path / "local")  # the default: a sample this small runs them in the driver
     assert local["config"]["ray"]["in_process_rows"] >= SAMPLE_N
     def counts(m: dict) -> list[dict]:
         return [{k: v for k, v in s.items() if k != "seconds"} for s in m["stages"]]
