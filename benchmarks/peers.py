@@ -35,7 +35,8 @@ A peer whose venv or modules are missing is reported with the import error inste
 
 Scaling (`--only scaling`): phase 1 of the default recipe over the sample tar shards of the first
 `--scaling-sizes` with 1 and 2 Ray workers on one Ray (alternating rounds, fastest kept; also "after
-start-up", less a run on one part per worker), and the peak memory of a whole `vlmforge curate` run
+start-up", less a run on one part per worker, and the CPU seconds of each role: workers, driver, Ray Data's
+own actors, Ray's system processes), and the peak memory of a whole `vlmforge curate` run
 (default recipe, OCR off) at each size.
 Stages (`--only stages`): `vlmforge curate configs/curate/default.yaml` on the sample tar shards; the
 manifest's seconds per phase and per stage.
@@ -335,10 +336,61 @@ def run_datatrove_text(inp: Path, work: Path, p: dict) -> dict:
     return times
 
 
+def cpu_by_role() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of this process and every process under it (Ray's), by pid, with
+    a role: driver, workers (the map actors), ray_actors (Ray Data's own actors, idle workers), ray_system."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            cmd, t = " ".join(proc.cmdline()), proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = "driver" if proc.pid == me.pid else "workers" if "MapWorker" in cmd else "ray_system"
+        if role == "ray_system" and cmd.startswith("ray::"):
+            role = "ray_actors"
+        out[proc.pid] = (role, t.user + t.system)
+    return out
+
+
+def cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per role spent between two `cpu_by_role` snapshots (processes gone by `after` are lost:
+    take it while they live)."""
+    spent: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        spent[role] = spent.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+    return {k: round(v, 2) for k, v in sorted(spent.items())}
+
+
+class CpuWatch:
+    """Polls `cpu_by_role` in a thread (every 0.5 s) so that the map actors' CPU is seen before they exit
+    (up to their last 0.5 s is missed)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.first, self.last, self.stop = cpu_by_role(), {}, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.5):
+            self.last.update(cpu_by_role())
+
+    def spent(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        self.last.update(cpu_by_role())
+        return cpu_delta(self.first, self.last)
+
+
 def run_phase1_scaling(inp: Path, work: Path, workers: list[int], rounds: int) -> dict:
     """Phase 1 of the default recipe with each worker count, alternating on one Ray; fastest round kept.
     Each count also runs on one part per worker, so that the start-up it pays once (actor launch, model and
-    lexicon loading) can be told apart: steady pairs/s = (all rows - those rows) / (difference in time)."""
+    lexicon loading) can be told apart: steady pairs/s = (all rows - those rows) / (difference in time).
+    The CPU seconds each role spent during the fastest full run are kept too (`cpu_by_role`)."""
     from pipeline.config import load_config
     from pipeline.fingerprints import Layout
     from pipeline.phase1 import Phase1Worker
@@ -349,21 +401,25 @@ def run_phase1_scaling(inp: Path, work: Path, workers: list[int], rounds: int) -
     parts = discover_parts(cfg.input)
     start_ray(None, None)
 
-    def phase1(w: int, chosen: list) -> tuple[float, int]:
+    def phase1(w: int, chosen: list) -> tuple[float, int, dict]:
         cache = work / f"cache-{w}"
         shutil.rmtree(cache, ignore_errors=True)
         kwargs = {"cfg_json": cfg.model_dump_json(), "layout_json": Layout.build(cfg, parts, cache).to_json()}
+        watch = CpuWatch()
         t = time.perf_counter()
         res = map_units([q.to_dict() for q in chosen], Phase1Worker, kwargs, w, False)
-        return time.perf_counter() - t, sum(r["stages"][0]["rows_in"] for r in res)
+        seconds = time.perf_counter() - t
+        return seconds, sum(r["stages"][0]["rows_in"] for r in res), watch.spent()
 
     best: dict[str, dict] = {}
     for _ in range(rounds):
         for w in workers:
-            seconds, rows = phase1(w, parts)
-            small_s, small_rows = phase1(w, parts[:w])
+            seconds, rows, cpu = phase1(w, parts)
+            small_s, small_rows, _ = phase1(w, parts[:w])
             b = best.setdefault(str(w), {"seconds": float("inf"), "small_s": float("inf")})
-            b.update(rows=rows, small_rows=small_rows, seconds=min(b["seconds"], round(seconds, 2)))
+            if seconds < b["seconds"]:
+                b.update(seconds=round(seconds, 2), cpu_s=cpu)
+            b.update(rows=rows, small_rows=small_rows)
             b["small_s"] = min(b["small_s"], round(small_s, 2))
     for b in best.values():
         b["pairs_per_s"] = round(b["rows"] / b["seconds"])
@@ -648,6 +704,9 @@ def scaling_markdown(s: dict) -> str:
             label = f"phase 1, {p1['n']:,} pairs, {w} worker(s)"
             steady = f"{v['steady_pairs_per_s']:,} pairs/s after start-up ({v['small_s']} s on {w} part(s))"
             lines.append(f"| {label} | {v['seconds']} s, {v['pairs_per_s']:,} pairs/s; {steady} |")
+            cpu = ", ".join(f"{role} {sec}" for role, sec in v["cpu_s"].items())
+            busy = round(sum(v["cpu_s"].values()) / v["seconds"], 2)
+            lines.append(f"| CPU seconds during it, {w} worker(s) | {cpu} ({busy} cores busy) |")
         lines.append(f"| phase 1 ratio 2 / 1 workers | **{p1['ratio_2_over_1']}** |")
         lines.append(f"| phase 1 ratio 2 / 1 workers, after start-up | {p1['steady_ratio_2_over_1']} |")
     else:
