@@ -70,8 +70,7 @@ def exact_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Call
     def compute() -> dict:
         kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
         partitions = max(2 * cluster_cpus(), rows_in // 500_000)
-        out_dir = layout.dir("exact_dedup")
-        counts = resolve_exact_duplicates(kept_files, out_dir, cfg.exact_dedup, partitions)
+        counts = resolve_exact_duplicates(kept_files, layout.dir("exact_dedup"), cfg.exact_dedup, partitions)
         return {"reasons": dict(counts), "counters": {}}
 
     done = layout.run_once("exact_dedup", compute, log, "phase 2: exact duplicates across the dataset")
