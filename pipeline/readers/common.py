@@ -113,11 +113,12 @@ def read_image_file(root: Path, rel: str, max_bytes: int) -> tuple[bytes | None,
     except OSError as e:
         return None, "unreadable_image", str(e)[:120]
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        if stat.S_ISREG(st.st_mode):
-            return None, "image_too_large_bytes", f"{st.st_size} bytes"
-        return None, "missing_image", f"{rel}: file not found"
+        return None, "missing_image", f"{rel}: not a regular file"
+    if st.st_size > max_bytes:
+        os.close(fd)
+        return None, "image_too_large_bytes", f"{st.st_size} bytes"
     with os.fdopen(fd, "rb") as f:
         try:
             return f.read(), None, None
