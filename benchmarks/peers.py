@@ -261,7 +261,7 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     files = [(r["part"], str(out / f"{r['part']}.parquet")) for r in p1]
     kept_rows = sum(r["kept"] for r in p1)
     partitions = max(2 * cluster_cpus(), -(-kept_rows * p["bands"] // 4_000_000))
-    with in_process(sum(r["rows"] for r in p1) <= cfg.ray.in_process_rows):  # as the curate job decides
+    with in_process(cfg.ray.in_driver(sum(r["rows"] for r in p1))):  # as the curate job decides
         resolve_exact_duplicates([f for _, f in files], work / "exact", cfg.exact_dedup, partitions)
         t_ex = time.perf_counter()
         resolve_near_duplicates(files, work / "exact", work / "near", cfg.near_dedup, partitions)

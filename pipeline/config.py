@@ -69,6 +69,10 @@ class RayConfig(_Section):
         "Ray workers (0 = never): on small inputs, starting Ray workers costs more than it saves",
     )
 
+    def in_driver(self, pairs: int) -> bool:
+        """Whether a job over `pairs` input pairs runs phase 2 and finalize in the driver."""
+        return pairs <= self.in_process_rows
+
 
 class CaptionConfig(_Section):
     """Cheap caption heuristics, run before anything else."""

@@ -229,7 +229,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         t0 = time.perf_counter()
         reused2 = layout.done("exact_dedup") and (not layout.has("near_dedup") or layout.done("near_dedup"))
         # Small jobs run phase 2 and finalize in this process: Ray workers would cost more to start
-        small = (pairs := stages[0].rows_in) <= cfg.ray.in_process_rows
+        small = cfg.ray.in_driver(pairs := stages[0].rows_in)
         if small:
             log(f"{pairs} input pairs <= ray.in_process_rows: phase 2 and finalize run in the driver")
         with in_process(small):
