@@ -21,13 +21,13 @@ from pathlib import Path
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.config import CurateConfig, load_config
-from pipeline.fingerprints import Layout
-from pipeline.phase1 import Phase1Worker
-from pipeline.ray_runner import cluster_cpus, map_units, start_ray
-from pipeline.readers import discover_parts, read_part
-from pipeline.readers.common import InputPart
-from pipeline.sample_data import write_sample_data
+from vlmforge.pipeline.cache.layout import Layout
+from vlmforge.pipeline.config import CurateConfig, load_config
+from vlmforge.pipeline.engine.executor import cluster_cpus, map_units, start_ray
+from vlmforge.pipeline.filter.phase import Phase1Worker
+from vlmforge.pipeline.readers import discover_parts, read_part
+from vlmforge.pipeline.readers.common import InputPart
+from vlmforge.pipeline.sample_data import write_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ a single-process datasketch MinHashLSH insert+query baseline, and datatrove's Mi
 
     .venv/bin/python benchmarks/dedup.py --sizes 100000 1000000 --datatrove-python /tmp/dtvenv/bin/python
 
-The captions (pipeline.neardup_eval.planted_captions) are written once as Parquet parts (id, caption) of
+The captions (vlmforge.pipeline.dedup.neardup_eval.planted_captions) are written once as Parquet parts (id, caption) of
 10,000 rows. Each contender then runs in a fresh process started by this script, which measures its wall
 time and its peak memory: the sum of the proportional set size (PSS, so Ray's shared object store is not
 counted twice) of the process and all its descendants, polled every 0.2 s.
@@ -95,10 +95,10 @@ def run_vlmforge(inp: Path, work: Path, verify: bool = True) -> dict:
     import pyarrow.parquet as pq
     import ray
 
-    from pipeline.config import NearDedupConfig
-    from pipeline.near_dedup import resolve_near_duplicates
-    from pipeline.neardup_eval import write_caption_part
-    from pipeline.ray_runner import start_ray
+    from vlmforge.pipeline.config import NearDedupConfig
+    from vlmforge.pipeline.dedup.near import resolve_near_duplicates
+    from vlmforge.pipeline.dedup.neardup_eval import write_caption_part
+    from vlmforge.pipeline.engine.executor import start_ray
 
     t0 = time.perf_counter()
     start_ray(None, 2)
@@ -139,7 +139,7 @@ def run_datasketch(inp: Path, work: Path) -> dict:
     import pyarrow.parquet as pq
     from datasketch import MinHash, MinHashLSH
 
-    from pipeline.minhash import shingles
+    from vlmforge.pipeline.dedup.minhash import shingles
 
     t0 = time.perf_counter()
     files = sorted(inp.glob("*.parquet"))
@@ -276,7 +276,7 @@ def found_pairs(name: str, work: Path) -> set[tuple[int, int]] | None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from pipeline.neardup_eval import edge_index_pairs
+    from vlmforge.pipeline.dedup.neardup_eval import edge_index_pairs
 
     if name.startswith("vlmforge"):
         return edge_index_pairs(pq.read_table(work / "nd" / "_edges.parquet"), ROWS_PER_PART)
@@ -290,7 +290,7 @@ def row_metrics(removed: set[int], true_pairs: set[tuple[int, int]]) -> dict:
     (size - 1 of each component of true pairs)."""
     import numpy as np
 
-    from pipeline.components import components_local
+    from vlmforge.pipeline.dedup.components import components_local
 
     partners = {x for p in true_pairs for x in p}
     u = np.array([a for a, _ in true_pairs], np.int64)
@@ -316,7 +316,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.neardup_eval import jaccard, pair_metrics, planted_captions
+    from vlmforge.pipeline.dedup.neardup_eval import jaccard, pair_metrics, planted_captions
 
     base = Path(args.workdir) / f"n{n}"
     inp = base / "input"
@@ -414,11 +414,11 @@ def level_sweep(n: int, levels: list[float], workdir: Path) -> list[dict]:
     import pyarrow.parquet as pq
     from scipy.stats import binom
 
-    from pipeline.config import NearDedupConfig
-    from pipeline.minhash import candidate_probability
-    from pipeline.near_dedup import resolve_near_duplicates
-    from pipeline.neardup_eval import edge_index_pairs, planted_captions, write_caption_part
-    from pipeline.ray_runner import start_ray
+    from vlmforge.pipeline.config import NearDedupConfig
+    from vlmforge.pipeline.dedup.minhash import candidate_probability
+    from vlmforge.pipeline.dedup.near import resolve_near_duplicates
+    from vlmforge.pipeline.dedup.neardup_eval import edge_index_pairs, planted_captions, write_caption_part
+    from vlmforge.pipeline.engine.executor import start_ray
 
     start_ray(None, 2)
     planted = planted_captions(n, seed=7, copy_share=0.3, levels=tuple(levels))
@@ -455,13 +455,13 @@ def phase1_cost(n: int, workdir: Path, rounds: int) -> list[dict]:
     MinHash stage), alternating on one Ray; the fastest round of each side, and the stages' own seconds."""
     import shutil
 
-    from pipeline.config import load_config
-    from pipeline.fingerprints import Layout
-    from pipeline.job import merge_stage_stats
-    from pipeline.phase1 import Phase1Worker
-    from pipeline.ray_runner import cluster_cpus, map_units, start_ray
-    from pipeline.readers import discover_parts
-    from pipeline.sample_data import write_sample_data
+    from vlmforge.pipeline.cache.layout import Layout
+    from vlmforge.pipeline.config import load_config
+    from vlmforge.pipeline.engine.executor import cluster_cpus, map_units, start_ray
+    from vlmforge.pipeline.filter.phase import Phase1Worker
+    from vlmforge.pipeline.job import merge_stage_stats
+    from vlmforge.pipeline.readers import discover_parts
+    from vlmforge.pipeline.sample_data import write_sample_data
 
     data = workdir / f"sample-{n}"
     if not (data / "ground_truth.jsonl").is_file():

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from pipeline.config import DiversityConfig
-from pipeline.diversity import read_part, resolve_diversity
-from pipeline.diversity_ngrams import ngram_matrix, vectorizer
-from pipeline.ray_runner import start_ray
+from vlmforge.pipeline.config import DiversityConfig
+from vlmforge.pipeline.diversity.ngrams import ngram_matrix, vectorizer
+from vlmforge.pipeline.diversity.phase import read_part, resolve_diversity
+from vlmforge.pipeline.engine.executor import start_ray
 
 VOCAB = 60_000
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70

@@ -78,7 +78,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vlmforge-bench-incremental-"))
     raw, out = work / "raw", work / "out"
     if not raw.is_dir():
-        from pipeline.sample_data import write_sample_data
+        from vlmforge.pipeline.sample_data import write_sample_data
 
         write_sample_data(raw, n=args.n, seed=0)
     shutil.rmtree(out, ignore_errors=True)

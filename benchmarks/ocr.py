@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ocr.py --text 50 --no-text 450
 
-The images are sample-data pictures (pipeline.sample_data, decodable ones only): `--text` drawn with a known
+The images are sample-data pictures (vlmforge.pipeline.sample_data, decodable ones only): `--text` drawn with a known
 word or phrase and `--no-text` without, shuffled together. Both contenders are `OcrText` with the default
 `OcrConfig`, one with `detect` on, one with it off, run one after the other in this process on one Arrow
 batch. Reported: wall time, tesseract runs, and on the text images the character error rate (CER) against
@@ -22,10 +22,10 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import OcrConfig  # noqa: E402
-from pipeline.sample_data import write_sample_data  # noqa: E402
-from pipeline.sample_data.reading import edit_distance, images_with_text  # noqa: E402
-from pipeline.stages.ocr import OcrText  # noqa: E402
+from vlmforge.pipeline.config import OcrConfig  # noqa: E402
+from vlmforge.pipeline.enrich.ocr import OcrText  # noqa: E402
+from vlmforge.pipeline.sample_data import write_sample_data  # noqa: E402
+from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text  # noqa: E402
 
 
 def sample_images(n_text: int, n_plain: int, seed: int) -> list[tuple[str, bytes, str | None]]:

@@ -75,7 +75,7 @@ DATATROVE_TASKS = 8
 # ---------------------------------------------------------------- inputs (outside every timing)
 def sample_dir(workdir: Path, n: int) -> Path:
     """The sample data of `n` pairs (seed 0), written once."""
-    from pipeline.sample_data import write_sample_data
+    from vlmforge.pipeline.sample_data import write_sample_data
 
     out = workdir / f"sample-{n}"
     summary = out / "ground_truth_summary.json"
@@ -127,7 +127,7 @@ def lid_model() -> str:
 
 def recipe_params() -> dict:
     """The recipe's thresholds, from benchmarks/peers_recipe.yaml, for the peers' configs."""
-    from pipeline.config import load_config
+    from vlmforge.pipeline.config import load_config
 
     cfg = load_config(RECIPE)
     c, nd = cfg.caption, cfg.near_dedup.caption
@@ -188,14 +188,14 @@ def dj_config(p: dict, manifest: Path, work: Path, mode: str) -> dict:
 # ---------------------------------------------------------------- text-only contenders (own processes)
 class TextPartWorker:
     """vlmforge's phase 1 on captions alone (caption checks, language ID, caption key, MinHash) over
-    JSONL parts, as a Ray Data callable for pipeline.ray_runner.map_units; a unit is a list of parts
+    JSONL parts, as a Ray Data callable for vlmforge.pipeline.engine.executor.map_units; a unit is a list of parts
     (a 500-caption part takes ~40 ms, less than a Ray Data call costs), written one Parquet per part."""
 
     def __init__(self, cfg_json: str, out_dir: str) -> None:
-        from pipeline.config import CurateConfig
-        from pipeline.stages.caption_checks import CaptionChecks
-        from pipeline.stages.language_id import LanguageId
-        from pipeline.stages.signatures import MinHashSignatures
+        from vlmforge.pipeline.config import CurateConfig
+        from vlmforge.pipeline.filter.caption_checks import CaptionChecks
+        from vlmforge.pipeline.filter.language_id import LanguageId
+        from vlmforge.pipeline.filter.signatures import MinHashSignatures
 
         cfg = CurateConfig.model_validate_json(cfg_json)
         self.batch_rows = cfg.ray.batch_rows
@@ -207,7 +207,7 @@ class TextPartWorker:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from pipeline.text import caption_key
+        from vlmforge.pipeline.filter.text import caption_key
 
         results = []
         paths = [Path(p) for unit in batch.column("part").to_pylist() for p in json.loads(unit)["paths"]]
@@ -239,11 +239,12 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.config import load_config
-    from pipeline.exact_dedup import losers_of_part, resolve_exact_duplicates
-    from pipeline.near_dedup import resolve_near_duplicates, results_of_part
-    from pipeline.ray_runner import cluster_cpus, map_units, start_ray
-    from pipeline.shuffle import in_process
+    from vlmforge.common.files import read_table_or_empty
+    from vlmforge.pipeline.config import load_config
+    from vlmforge.pipeline.dedup.exact import losers_of_part, resolve_exact_duplicates
+    from vlmforge.pipeline.dedup.near import RESULT_SCHEMA, resolve_near_duplicates
+    from vlmforge.pipeline.engine.executor import cluster_cpus, map_units, start_ray
+    from vlmforge.pipeline.engine.shuffle import in_process
 
     t0 = time.perf_counter()
     cfg = load_config(RECIPE)
@@ -269,7 +270,7 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     kept: list[str] = []
     for name, path in files:
         ids = pq.read_table(path, columns=["id"])["id"]
-        near = results_of_part(work / "near", name)
+        near = read_table_or_empty(work / "near" / f"{name}.parquet", RESULT_SCHEMA)
         gone = set(losers_of_part(work / "exact", name)["id"].to_pylist())
         gone.update(near.filter(pc.is_valid(near["reason"]))["id"].to_pylist())
         kept += [i for i in ids.to_pylist() if i not in gone]
@@ -391,11 +392,11 @@ def run_phase1_scaling(inp: Path, work: Path, workers: list[int], rounds: int) -
     Each count also runs on one part per worker, so that the start-up it pays once (actor launch, model and
     lexicon loading) can be told apart: steady pairs/s = (all rows - those rows) / (difference in time).
     The CPU seconds each role spent during the fastest full run are kept too (`cpu_by_role`)."""
-    from pipeline.config import load_config
-    from pipeline.fingerprints import Layout
-    from pipeline.phase1 import Phase1Worker
-    from pipeline.ray_runner import cluster_cpus, map_units, start_ray
-    from pipeline.readers import discover_parts
+    from vlmforge.pipeline.cache.layout import Layout
+    from vlmforge.pipeline.config import load_config
+    from vlmforge.pipeline.engine.executor import cluster_cpus, map_units, start_ray
+    from vlmforge.pipeline.filter.phase import Phase1Worker
+    from vlmforge.pipeline.readers import discover_parts
 
     cfg = load_config(DEFAULT_RECIPE, [f"input.path={inp}"])
     parts = discover_parts(cfg.input)
@@ -575,7 +576,7 @@ def preflight(name: str, args: argparse.Namespace) -> str | None:
 
 
 def bench_peers(n: int, args: argparse.Namespace) -> dict:
-    from pipeline.sample_data.reading import read_ground_truth
+    from vlmforge.pipeline.sample_data.reading import read_ground_truth
 
     base = Path(args.workdir) / f"peers-{n}"
     base.mkdir(parents=True, exist_ok=True)

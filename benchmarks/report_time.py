@@ -124,7 +124,7 @@ def main() -> None:
         print(f"cli: {wall:.2f} s wall, peak RSS {rss:.0f} MiB, report {html.stat().st_size / 1e6:.2f} MB "
               f"({r.stdout.strip()})")
 
-        from pipeline.report import write_report
+        from vlmforge.pipeline.report.html import write_report
 
         info = write_report([big], work / "again.html")
         print("in-process breakdown (s):", json.dumps(info["runs"][0]), f"total {info['total_s']:.2f}")

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import SyntheticCaptionConfig
-from pipeline.stages.synthetic_caption import SyntheticCaption
-from training.data import is_heldout
-from training.eval import word_f1
+from vlmforge.pipeline.config import SyntheticCaptionConfig
+from vlmforge.pipeline.enrich.synthetic_caption import SyntheticCaption
+from vlmforge.training.data import is_heldout
+from vlmforge.training.eval import word_f1
 
 
 def main() -> None:

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import vlm  # noqa: E402
-from training.config import load_train_config  # noqa: E402
-from training.flops import component_sizes, peak_flops, step_flops  # noqa: E402
-from training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision  # noqa: E402
-from training.train import init_distributed, model_config  # noqa: E402
+from vlmforge.training import vlm  # noqa: E402
+from vlmforge.training.config import load_train_config  # noqa: E402
+from vlmforge.training.flops import component_sizes, peak_flops, step_flops  # noqa: E402
+from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision  # noqa: E402
+from vlmforge.training.train import init_distributed, model_config  # noqa: E402
 
 
 def make_batches(cfg_model, n: int, batch: int, seq: int, device: torch.device) -> list[dict]:

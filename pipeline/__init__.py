@@ -1,3 +1,1 @@
-"""vlmforge curation pipeline: Ray Data stages over Arrow batches of image-text pairs."""
-
-__version__ = "0.1.0"
+"""vlmforge curation: Ray Data phases over Arrow batches of image-text pairs (docs/architecture.md)."""

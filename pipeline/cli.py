@@ -105,7 +105,7 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval_curation(sub: argparse._SubParsersAction) -> None:
-    from training.eval_results import DEFAULT_CONFIG, DEFAULT_PROMPTS
+    from vlmforge.training.eval_results import DEFAULT_CONFIG, DEFAULT_PROMPTS
 
     p = sub.add_parser(
         "eval-curation",
@@ -155,7 +155,7 @@ def _add_eval_curation(sub: argparse._SubParsersAction) -> None:
 
 
 def _curate(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from vlmforge.pipeline.config import load_config
 
     overrides = list(args.set)
     for key, value in (
@@ -168,8 +168,8 @@ def _curate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if args.plan:
         return _print_plan(cfg)
-    from pipeline.job import run_curation
-    from pipeline.stats import compute_stats, print_stats
+    from vlmforge.pipeline.job import run_curation
+    from vlmforge.pipeline.report.stats import compute_stats, print_stats
 
     manifest = run_curation(cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print_stats(compute_stats(cfg.output.path))
@@ -186,7 +186,7 @@ def _print_plan(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.cache import plan
+    from vlmforge.pipeline.cache.plan import plan
 
     if not cfg.output.path:
         raise ValueError("--plan needs an output: pass --output DIR or set output.path")
@@ -213,7 +213,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from pipeline.cache import gc
+    from vlmforge.pipeline.cache.plan import gc
 
     freed = gc([Path(o) for o in args.outputs])
     print(f"removed {freed['entries']} cache entries, {freed['bytes'] / 1e6:.1f} MB")
@@ -221,10 +221,16 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from pipeline.stats import compare_kept_ids, compute_stats, config_diff, load_manifest, print_stats
+    from vlmforge.pipeline.report.stats import (
+        compare_kept_ids,
+        compute_stats,
+        config_diff,
+        load_manifest,
+        print_stats,
+    )
 
     if args.html:
-        from pipeline.report import Options, write_report
+        from vlmforge.pipeline.report.html import Options, write_report
 
         dirs = [args.dir] + ([args.compare] if args.compare else [])
         opts = Options(kept_examples=args.gallery, rejected_per_reason=args.per_reason)
@@ -251,15 +257,15 @@ def _stats(args: argparse.Namespace) -> int:
         if not changed:
             print("config: the two runs used the same recipe")
     if evaluated:
-        from training.eval_results import print_table
+        from vlmforge.training.eval_results import print_table
 
         print_table(evaluated)
     return 0
 
 
 def _eval_set(args: argparse.Namespace) -> int:
-    from pipeline.heldout import PairKeys, pair_keys
-    from pipeline.sample_data import write_eval_set
+    from vlmforge.pipeline.evaluate.heldout import PairKeys, pair_keys
+    from vlmforge.pipeline.sample_data import write_eval_set
 
     keys = PairKeys()
     for d in args.exclude:
@@ -276,7 +282,7 @@ def _eval_set(args: argparse.Namespace) -> int:
 
 
 def _sample_data(args: argparse.Namespace) -> int:
-    from pipeline.sample_data import write_sample_data
+    from vlmforge.pipeline.sample_data import write_sample_data
 
     if args.exclude and not args.eval:
         raise ValueError("--exclude goes with --eval")
@@ -296,8 +302,8 @@ def _sample_data(args: argparse.Namespace) -> int:
 
 
 def _eval_curation(args: argparse.Namespace) -> int:
-    from training.eval_curation import Request, evaluate_curation
-    from training.eval_results import DEFAULT_PROMPTS, print_table
+    from vlmforge.pipeline.evaluate.eval_curation import Request, evaluate_curation
+    from vlmforge.training.eval_results import DEFAULT_PROMPTS, print_table
 
     req = Request(
         runs=[Path(r) for r in args.runs], eval_set=Path(args.eval_set), budget=args.budget, seeds=args.seeds,
@@ -325,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_data(sub)
     _add_cache(sub)
     _add_eval_curation(sub)
-    from training.cli import register as register_training
+    from vlmforge.training.cli import register as register_training
 
     register_training(sub)
     return parser
@@ -333,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipeline.errors import AccountingError, ConfigError, InputError, JobError
+    from vlmforge.common.errors import AccountingError, ConfigError, InputError, JobError
 
     try:
         return args.handler(args)

@@ -6,18 +6,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from pipeline.errors import ConfigError
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from vlmforge.common.config import Section as _Section
+from vlmforge.common.config import load_yaml_model
 
 
 class InputConfig(_Section):
@@ -182,7 +176,7 @@ class CaptionNearDupConfig(_Section):
         """(bands, rows): as configured, or as datasketch's MinHashLSH would choose them."""
         if self.bands is not None and self.rows is not None:
             return self.bands, self.rows
-        from pipeline.minhash import optimal_bands
+        from vlmforge.pipeline.dedup.minhash import optimal_bands
 
         return optimal_bands(self.threshold, self.num_perm, *self.weights)
 
@@ -368,51 +362,6 @@ class CurateConfig(_Section):
         exclude = {"input": {"path"}, "output": {"path", "cache"}, "ray": True}
         payload = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _format_errors(err: ValidationError, label: str) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {field}: {msg}")
-    return f"invalid {label}:\n" + "\n".join(lines)
-
-
-def _apply_override(data: dict[str, Any], item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
-    key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-
-
-def load_yaml_model(
-    model: type[ModelT], path: str | Path | None, overrides: list[str] | None = None, label: str = "config"
-) -> ModelT:
-    """Load YAML into the pydantic `model`, after `key.sub=value` overrides; ConfigError names the field."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {p} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
-    for item in overrides or []:
-        _apply_override(data, item)
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, label)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> CurateConfig:

@@ -1,4 +1,4 @@
-"""The curation job: phases run in order on Ray, each materialised so a re-run resumes where it stopped."""
+"""The curation job: the registry's phases in order, each materialised so a re-run resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -10,87 +10,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pipeline
-from pipeline.cache import MANIFEST, cache_dir
-from pipeline.config import CurateConfig
-from pipeline.errors import AccountingError, JobError
-from pipeline.exact_dedup import resolve_exact_duplicates
-from pipeline.finalize import FinalizeWorker
-from pipeline.fingerprints import Layout
-from pipeline.later_phases import alignment_phase, diversity_phase, enrichment_phase
-from pipeline.near_dedup import resolve_near_duplicates
-from pipeline.phase1 import Phase1Worker, cached_result
-from pipeline.ray_runner import cluster_cpus, map_units, start_ray
-from pipeline.readers import discover_parts, fingerprint
-from pipeline.shuffle import in_process
-from pipeline.stages.base import StageStats
-from pipeline.stages.language_id import fasttext_path
-from pipeline.survivors import ENRICHMENTS
-from pipeline.writer import read_json, write_json
-
-LATER_STAGES = ("alignment", "diversity", *ENRICHMENTS)
-
-
-def merge_stage_stats(per_part: list[dict]) -> list[StageStats]:
-    """Sum the per-part stats of each stage, keeping stage order."""
-    merged: dict[str, StageStats] = {}
-    for result in per_part:
-        for d in result["stages"]:
-            s = StageStats.from_dict(d)
-            if s.name in merged:
-                merged[s.name].merge(s)
-            else:
-                merged[s.name] = s
-    return list(merged.values())
-
-
-def check_accounting(stages: list[StageStats], output_rows: int, rejected_rows: int) -> dict:
-    """Verify rows in = rows out + rejected per stage, stage to stage, and in total."""
-    for s in stages:
-        if s.rows_in != s.rows_out + s.rejected:
-            raise AccountingError(
-                f"stage {s.name}: {s.rows_in} in != {s.rows_out} out + {s.rejected} rejected"
-            )
-    for a, b in zip(stages, stages[1:], strict=False):
-        if a.rows_out != b.rows_in:
-            raise AccountingError(
-                f"stage {a.name} passed {a.rows_out} rows but {b.name} received {b.rows_in}"
-            )
-    total_in = stages[0].rows_in if stages else 0
-    if stages and stages[-1].rows_out != output_rows:
-        raise AccountingError(f"last stage kept {stages[-1].rows_out} rows but {output_rows} were written")
-    if total_in != output_rows + rejected_rows:
-        raise AccountingError(f"{total_in} input rows != {output_rows} written + {rejected_rows} rejected")
-    return {"input_rows": total_in, "output_rows": output_rows, "rejected_rows": rejected_rows}
-
-
-def exact_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Callable) -> StageStats:
-    """Run (or reuse) the exact-duplicate resolution of phase 2; its stats as a stage."""
-
-    def compute() -> dict:
-        kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
-        partitions = max(2 * cluster_cpus(), rows_in // 500_000)
-        counts = resolve_exact_duplicates(kept_files, layout.dir("exact_dedup"), cfg.exact_dedup, partitions)
-        return {"reasons": dict(counts), "counters": {}}
-
-    done = layout.run_once("exact_dedup", compute, log, "phase 2: exact duplicates across the dataset")
-    return StageStats.from_done("exact_dedup", rows_in, done)
-
-
-def near_dedup_stage(cfg: CurateConfig, layout: Layout, rows_in: int, log: Callable) -> StageStats:
-    """Run (or reuse) the near-duplicate resolution of phase 2; its stats as a stage."""
-
-    def compute() -> dict:
-        nd = cfg.near_dedup
-        bands = nd.caption.band_shape()[0] if nd.caption.enabled else 0
-        band_rows = rows_in * (bands + (nd.image.bands if nd.image.enabled else 0))
-        partitions = max(2 * (cfg.ray.workers or cluster_cpus()), -(-band_rows // 4_000_000))
-        files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
-        exact_dir, out_dir = layout.dir("exact_dedup"), layout.dir("near_dedup")
-        return resolve_near_duplicates(files, exact_dir, out_dir, nd, partitions)
-
-    done = layout.run_once("near_dedup", compute, log, "phase 2: near duplicates across the dataset")
-    return StageStats.from_done("near_dedup", rows_in, done)
+from vlmforge.common import __version__
+from vlmforge.common.errors import JobError
+from vlmforge.common.files import read_json, write_json
+from vlmforge.pipeline.cache.layout import Layout
+from vlmforge.pipeline.cache.plan import MANIFEST, cache_dir
+from vlmforge.pipeline.config import CurateConfig
+from vlmforge.pipeline.engine.accounting import StageStats, check_accounting
+from vlmforge.pipeline.engine.executor import Executor
+from vlmforge.pipeline.filter.language_id import fasttext_path
+from vlmforge.pipeline.readers import count_rows, discover_parts, fingerprint
+from vlmforge.pipeline.registry import Context, enabled_phases
 
 
 def _check_output_dir(out: Path, cache: Path, overwrite: bool) -> None:
@@ -190,7 +120,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         return {**manifest, "already_complete": True}
     _check_output_dir(out, cache, overwrite)
     if cfg.ocr.enabled:
-        from pipeline.stages.ocr import check_tesseract
+        from vlmforge.pipeline.enrich.ocr import check_tesseract
 
         check_tesseract(cfg.ocr)
     if cfg.language.enabled and not (model := fasttext_path(cfg.language.model_path)).is_file():
@@ -201,105 +131,49 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         shutil.rmtree(layout.dir("finalize"), ignore_errors=True)
     write_json(cache / "state.json", {"finalizing": layout.fps["finalize"]})
 
-    started = start_ray(cfg.ray.address, cfg.ray.num_cpus)
-    try:
-        workers = cfg.ray.workers or cluster_cpus()
-        cfg_json, layout_json = cfg.model_dump_json(), layout.to_json()
-        phases: dict[str, dict] = {}
-
-        t0 = time.perf_counter()
-        cached = {p.name: done for p in parts if (done := cached_result(p, layout)) is not None}
-        todo = [p.to_dict() for p in parts if p.name not in cached]
-        log(f"phase 1: {len(todo)} of {len(parts)} parts to run ({len(cached)} cached), {workers} workers")
-        p1 = list(cached.values())
-        if todo:
-            worker_args = {"cfg_json": cfg_json, "layout_json": layout_json}
-            p1 += map_units(todo, Phase1Worker, worker_args, workers, progress)
-        stages = merge_stage_stats(p1)
-        reused = sum(r["reused"] for r in p1)
-        ran = merge_stage_stats([r for r in p1 if not r["reused"]])
-        phases["phase1"] = {
-            "seconds": round(time.perf_counter() - t0, 3),
+    in_driver = not cfg.ray.address and cfg.ray.in_driver(count_rows(parts, cfg.ray.in_process_rows))
+    if in_driver:
+        log(f"at most ray.in_process_rows ({cfg.ray.in_process_rows}) input pairs: the job runs in this process")
+    with Executor(in_driver, cfg.ray.address, cfg.ray.num_cpus):
+        stages: list[StageStats] = []
+        timings: dict[str, dict] = {}
+        extra: dict = {}
+        rows: dict = {}
+        for phase in enabled_phases(cfg):
+            ctx = Context(phase, cfg, layout, parts, stages[-1].rows_out if stages else 0, progress, log, str(out))
+            t0 = time.perf_counter()
+            result = phase.runner()(ctx)
+            stages += result.stages
+            extra.update(result.manifest)
+            rows.update(result.output.get("rows", {}))
+            timing = timings.setdefault(phase.timing, {"seconds": 0.0})
+            timing["seconds"] = round(timing["seconds"] + time.perf_counter() - t0, 3)
+            for key, value in result.timing.items():
+                timing[key] = (timing[key] and value) if isinstance(value, bool) and key in timing else value
+    totals = check_accounting(stages, rows["data"], rows["rejected"])
+    manifest = {
+        "vlmforge_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "recipe_hash": cfg.recipe_hash(),
+        "config": cfg.model_dump(mode="json"),
+        "input": {
+            "path": cfg.input.path,
+            "format": parts[0].format,
             "parts": len(parts),
-            "reused": reused,
-            # The work of this run alone (`stages` also counts parts taken from the cache)
-            "counters": {s.name: dict(s.counters) for s in ran if s.counters},
-        }
-
-        t0 = time.perf_counter()
-        reused2 = layout.done("exact_dedup") and (not layout.has("near_dedup") or layout.done("near_dedup"))
-        # Small jobs run phase 2 and finalize in this process: Ray workers would cost more to start
-        small = cfg.ray.in_driver(pairs := stages[0].rows_in)
-        if small:
-            log(f"{pairs} input pairs <= ray.in_process_rows: phase 2 and finalize run in the driver")
-        with in_process(small):
-            stages.append(exact_dedup_stage(cfg, layout, stages[-1].rows_out, log))
-            if cfg.near_dedup.enabled:
-                stages.append(near_dedup_stage(cfg, layout, stages[-1].rows_out, log))
-        phases["phase2"] = {"seconds": round(time.perf_counter() - t0, 3), "reused": reused2}
-
-        keys, cpus = list(layout.parts.values()), cluster_cpus()
-        alignment, diversity_stats = {}, {}
-        if cfg.alignment.enabled:
-            stage, alignment = alignment_phase(cfg, layout, keys, stages[-1].rows_out, cpus, progress, log)
-            stages.append(stage)
-        if cfg.diversity.enabled:
-            stage, diversity_stats = diversity_phase(cfg, layout, keys, stages[-1].rows_out, cpus, log)
-            stages.append(stage)
-        for kind in ENRICHMENTS:
-            if getattr(cfg, kind).enabled:
-                stages.append(
-                    enrichment_phase(kind, cfg, layout, keys, stages[-1].rows_out, cpus, progress, log)
-                )
-        phases.update({s.name: {"seconds": s.seconds} for s in stages if s.name in LATER_STAGES})
-
-        t0 = time.perf_counter()
-        log("finalize: writing data/ and rejected/")
-        fin = map_units(
-            [{"part": p.name} for p in parts],
-            FinalizeWorker,
-            {"cfg_json": cfg_json, "layout_json": layout_json, "out": str(out)},
-            workers,
-            progress,
-            in_process=small,
-        )
-        phases["finalize"] = {
-            "seconds": round(time.perf_counter() - t0, 3),
-            "reused": sum(r["reused"] for r in fin),
-        }
-        totals = check_accounting(
-            stages, sum(r["data_rows"] for r in fin), sum(r["rejected_rows"] for r in fin)
-        )
-        manifest = {
-            "vlmforge_version": pipeline.__version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "recipe_hash": cfg.recipe_hash(),
-            "config": cfg.model_dump(mode="json"),
-            "input": {
-                "path": cfg.input.path,
-                "format": parts[0].format,
-                "parts": len(parts),
-                "fingerprint": fingerprint(parts),
-            },
-            "fingerprints": layout.fps,
-            "part_keys": layout.parts,
-            "row_caches": layout.rows,
-            "totals": totals,
-            "stages": [s.to_dict() for s in stages],
-            "alignment": alignment,
-            "diversity": diversity_stats,
-            "phases": phases,
-            "files": {
-                "data": [f"data/{f}" for r in fin for f in r["data"]],
-                "rejected": [f"rejected/{r['rejected']}" for r in fin],
-            },
-        }
-        write_json(out / MANIFEST, manifest)
-        remove_stale_outputs(out, manifest["files"])
-        remove_temporaries(out, cache)
-        return manifest
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+            "fingerprint": fingerprint(parts),
+        },
+        "fingerprints": layout.fps,
+        "part_keys": layout.parts,
+        "row_caches": layout.rows,
+        "totals": totals,
+        "stages": [s.to_dict() for s in stages],
+        "alignment": {},
+        "diversity": {},
+        **extra,
+        "phases": timings,
+        "in_driver": in_driver,
+    }
+    write_json(out / MANIFEST, manifest)
+    remove_stale_outputs(out, manifest["files"])
+    remove_temporaries(out, cache)
+    return manifest

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.job import run_curation
-from pipeline.ray_runner import start_ray
-from pipeline.sample_data import write_sample_data
-from pipeline.sample_data.reading import read_ground_truth
-from pipeline.torchvision_cpu import declare_torchvision_ops
+from vlmforge.pipeline.align.torchvision_cpu import declare_torchvision_ops
+from vlmforge.pipeline.config import load_config
+from vlmforge.pipeline.engine.executor import start_ray
+from vlmforge.pipeline.job import run_curation
+from vlmforge.pipeline.sample_data import write_sample_data
+from vlmforge.pipeline.sample_data.reading import read_ground_truth
 
 declare_torchvision_ops()  # transformers (the HF comparison tests) imports torchvision when it is installed
 
@@ -78,8 +78,8 @@ def train(config: str, out: Path, *overrides: str):
     """Train `config` on the recipe data (tests/test_train_support.py); returns the RunResult."""
     from test_train_support import recipe_data
 
-    from training.config import load_train_config
-    from training.train import run
+    from vlmforge.training.config import load_train_config
+    from vlmforge.training.train import run
 
     curated, tokenizer = recipe_data()
     cfg = load_train_config(

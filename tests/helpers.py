@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from PIL import Image
 
-from pipeline.schema import RAW_SCHEMA
+from vlmforge.pipeline.schema import RAW_SCHEMA
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:

@@ -14,11 +14,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 from test_train_support import ROOT, recipe_data, sample_rows, write_curated
 
-from pipeline.config import AlignmentConfig
-from pipeline.stages.alignment import HIST_BINS, AlignmentScore, score_histogram, threshold_from
-from training.config import load_train_config
-from training.data import is_heldout
-from training.train import run
+from vlmforge.pipeline.align.scorer import HIST_BINS, AlignmentScore, score_histogram, threshold_from
+from vlmforge.pipeline.config import AlignmentConfig
+from vlmforge.training.config import load_train_config
+from vlmforge.training.data import is_heldout
+from vlmforge.training.train import run
 
 # The tiny encoder (32 px) learns the background colour far sooner than the small objects, so the run
 # trains on the sample captions that name the background. Held-out AUCs (one shuffle) after 150 steps of 32
@@ -143,7 +143,7 @@ TINY_OPEN_CLIP = {
 def test_open_clip_model_from_local_files(tmp_path):
     from safetensors.torch import save_file
 
-    from pipeline.stages.alignment import import_open_clip
+    from vlmforge.pipeline.align.scorer import import_open_clip
 
     open_clip = import_open_clip()
     config = tmp_path / "vlmforge-test-tiny-clip.json"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, CurateConfig, load_config
+from vlmforge.pipeline.config import ConfigError, CurateConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

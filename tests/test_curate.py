@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 from conftest import ROOT, SAMPLE_N, curate
 from helpers import outcomes
 
-from pipeline.config import LanguageConfig
-from pipeline.schema import OUTPUT_SCHEMA, REJECTED_SCHEMA
-from pipeline.stages.language_id import LanguageId
+from vlmforge.pipeline.config import LanguageConfig
+from vlmforge.pipeline.filter.language_id import LanguageId
+from vlmforge.pipeline.schema import OUTPUT_SCHEMA, REJECTED_SCHEMA
 
 
 def _stage(manifest: dict, name: str) -> dict:
@@ -190,7 +190,7 @@ def test_phase2_and_finalize_in_the_driver_give_the_same_output(curated, sample_
 def test_output_holding_other_files_is_refused(sample_dir, tmp_path):
     import pytest
 
-    from pipeline.job import JobError
+    from vlmforge.pipeline.job import JobError
 
     (tmp_path / "notes.txt").write_text("not a vlmforge run")
     with pytest.raises(JobError, match="holds no vlmforge run"):
@@ -199,7 +199,7 @@ def test_output_holding_other_files_is_refused(sample_dir, tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+        [sys.executable, "-m", "vlmforge.pipeline.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
 
 

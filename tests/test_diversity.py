@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import DiversityConfig
-from pipeline.diversity import read_part, resolve_diversity, results_of_part
+from vlmforge.common.files import read_table_or_empty
+from vlmforge.pipeline.config import DiversityConfig
+from vlmforge.pipeline.diversity.phase import RESULT_SCHEMA, read_part, resolve_diversity
 
 HEAD = ["red car street", "blue sky cloud", "green tree park"]  # no stop words: 5 n-grams each
 PURE, MIXED, TAIL = 600, 100, 1200  # per phrase: rows of the phrase alone, of the phrase + a rare word
@@ -47,7 +48,7 @@ def _run(
         pq.write_table(table.filter(pa.array(which == k)), src / f"{name}.parquet")
     out = tmp / "out"
     done = resolve_diversity(names, functools.partial(read_part, str(src)), out, cfg, workers)
-    results = pa.concat_tables([results_of_part(out, n) for n in names]).sort_by("id")
+    results = pa.concat_tables([read_table_or_empty(out / f"{n}.parquet", RESULT_SCHEMA) for n in names]).sort_by("id")
     return results, done
 
 

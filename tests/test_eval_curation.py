@@ -1,5 +1,5 @@
 """Proxy evaluation of curation (`vlmforge eval-curation`): the metrics on hand-built embeddings, the held-out
-set kept apart from training sets by image hash and normalised caption, and one tiny end-to-end run that
+set kept apart from vlmforge.training sets by image hash and normalised caption, and one tiny end-to-end run that
 writes the JSON, the terminal table and the report section.
 
 The curated-vs-unfiltered comparison over 3 seeds and its timing are in benchmarks/eval_curation.py."""
@@ -18,16 +18,16 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.heldout import overlap, pair_keys, raw_pairs, read_eval_set
-from pipeline.report import write_report
-from pipeline.sample_data import write_eval_set, write_sample_data
-from pipeline.sample_data.reading import read_ground_truth
-from pipeline.schema import OUTPUT_SCHEMA, conform
-from pipeline.text import normalize_for_dedup
-from training import retrieval
-from training.eval_curation import decontaminate
-from training.eval_results import differences, summarise, table
+from vlmforge.pipeline.cli import main
+from vlmforge.pipeline.evaluate.eval_curation import decontaminate
+from vlmforge.pipeline.evaluate.heldout import overlap, pair_keys, raw_pairs, read_eval_set
+from vlmforge.pipeline.filter.text import normalize_for_dedup
+from vlmforge.pipeline.report.html import write_report
+from vlmforge.pipeline.sample_data import write_eval_set, write_sample_data
+from vlmforge.pipeline.sample_data.reading import read_ground_truth
+from vlmforge.pipeline.schema import OUTPUT_SCHEMA, conform
+from vlmforge.training import retrieval
+from vlmforge.training.eval_results import differences, summarise, table
 
 # ------------------------------------------------------------------------------------------------ metrics
 

@@ -25,7 +25,7 @@ from conftest import ROOT
 from helpers import encode, jpeg, write_tar
 from PIL import Image
 
-CURATE = [sys.executable, "-m", "pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
+CURATE = [sys.executable, "-m", "vlmforge.pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
 MAX_PEAK_RSS = 1 << 30  # any one process of the job (driver, Ray's own, workers); 285 MiB measured
 
 

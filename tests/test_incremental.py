@@ -7,9 +7,9 @@ import shutil
 from conftest import ROOT, curate
 from helpers import outcomes
 
-from pipeline.cache import gc, plan
-from pipeline.config import load_config
-from pipeline.sample_data import write_sample_data
+from vlmforge.pipeline.cache.plan import gc, plan
+from vlmforge.pipeline.config import load_config
+from vlmforge.pipeline.sample_data import write_sample_data
 
 
 def _same_outcomes(a, b) -> None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import curate
 from helpers import outcomes
 
-from pipeline.sample_data.vocab import COLOURS, SHAPES
+from vlmforge.pipeline.sample_data.vocab import COLOURS, SHAPES
 
 LATER = ["alignment", "diversity", "ocr", "synthetic_caption"]
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from training.model.config import get_config
-from training.model.decoder import Decoder, rope_frequencies, sample_next_token
+from vlmforge.training.model.config import get_config
+from vlmforge.training.model.decoder import Decoder, rope_frequencies, sample_next_token
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

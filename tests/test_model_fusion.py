@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from training.model.config import TrainableConfig, get_config
-from training.model.fusion import FusionModel, media_attention_mask
-from training.model.hf import mllama_state_dict
-from training.model.perceiver import sample_frame_indices
-from training.model.vision import VisionEncoder, interpolate_position_embedding, split_views
+from vlmforge.training.model.config import TrainableConfig, get_config
+from vlmforge.training.model.fusion import FusionModel, media_attention_mask
+from vlmforge.training.model.hf import mllama_state_dict
+from vlmforge.training.model.perceiver import sample_frame_indices
+from vlmforge.training.model.vision import VisionEncoder, interpolate_position_embedding, split_views
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

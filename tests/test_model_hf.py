@@ -7,10 +7,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from training.model.config import get_config  # noqa: E402
-from training.model.decoder import rope_frequencies  # noqa: E402
-from training.model.fusion import FusionModel, media_attention_mask  # noqa: E402
-from training.model.hf import (  # noqa: E402
+from vlmforge.training.model.config import get_config  # noqa: E402
+from vlmforge.training.model.decoder import rope_frequencies  # noqa: E402
+from vlmforge.training.model.fusion import FusionModel, media_attention_mask  # noqa: E402
+from vlmforge.training.model.hf import (  # noqa: E402
     export_mllama,
     fusion_model_from_hf,
     import_mllama,

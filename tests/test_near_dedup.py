@@ -20,22 +20,22 @@ from datasketch import MinHash, MinHashLSH
 from helpers import encode, raw_batch
 from PIL import Image
 
-from pipeline.components import NODE_SCHEMA, components_distributed, components_local, to_refs
-from pipeline.config import ImageConfig, NearDedupConfig, load_config
-from pipeline.minhash import band_keys, optimal_bands, shingles, signatures
-from pipeline.near_dedup import CAPTION, IMAGE, resolve_near_duplicates
-from pipeline.neardup_eval import (
+from vlmforge.common.files import AtomicParquetWriter
+from vlmforge.pipeline.config import ImageConfig, NearDedupConfig, load_config
+from vlmforge.pipeline.dedup.components import NODE_SCHEMA, components_distributed, components_local, to_refs
+from vlmforge.pipeline.dedup.minhash import band_keys, optimal_bands, shingles, signatures
+from vlmforge.pipeline.dedup.near import CAPTION, IMAGE, resolve_near_duplicates
+from vlmforge.pipeline.dedup.neardup_eval import (
     edge_index_pairs,
     exact_pairs,
     pair_metrics,
     planted_captions,
     write_caption_part,
 )
-from pipeline.phash import hamming, phash
-from pipeline.sample_data.reading import read_ground_truth
-from pipeline.shuffle import in_process
-from pipeline.stages.image_decode import ImageDecode
-from pipeline.writer import AtomicParquetWriter
+from vlmforge.pipeline.dedup.phash import hamming, phash
+from vlmforge.pipeline.engine.shuffle import in_process
+from vlmforge.pipeline.filter.image_decode import ImageDecode
+from vlmforge.pipeline.sample_data.reading import read_ground_truth
 
 THRESHOLD = 0.8
 
@@ -326,7 +326,7 @@ def test_curation_drops_planted_near_duplicates(ray_local, sample_dir, tmp_path)
 
 
 def test_config_rejects_bad_near_dedup_keys():
-    from pipeline.config import ConfigError
+    from vlmforge.pipeline.config import ConfigError
 
     for bad, field in [
         ("near_dedup.caption.bands=40", "bands"),

@@ -19,12 +19,12 @@ import pytest
 import wordfreq
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.config import OcrConfig
-from pipeline.errors import JobError
-from pipeline.sample_data import write_sample_data
-from pipeline.sample_data.reading import edit_distance, images_with_text
-from pipeline.stages.ocr import OcrText, check_tesseract
-from pipeline.stages.text_detect import has_text
+from vlmforge.common.errors import JobError
+from vlmforge.pipeline.config import OcrConfig
+from vlmforge.pipeline.enrich.ocr import OcrText, check_tesseract
+from vlmforge.pipeline.enrich.text_detect import has_text
+from vlmforge.pipeline.sample_data import write_sample_data
+from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text
 
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation"))
 FONTS = (
@@ -145,7 +145,7 @@ def test_ocr_stage_nulls_and_counts_bad_input_and_timeouts():
 
 
 def test_clip_words_and_text_cap():
-    from pipeline.stages.ocr import clip_words
+    from vlmforge.pipeline.enrich.ocr import clip_words
 
     assert clip_words("  a\n b\tc ", 10) == "a b c"
     assert clip_words("hello wonderful world", 17) == "hello wonderful"

@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import jpeg, write_tar
 
-from pipeline.config import InputConfig
-from pipeline.readers import InputError, detect_format, discover_parts, read_part
-from pipeline.readers.webdataset import split_key
+from vlmforge.pipeline.config import InputConfig
+from vlmforge.pipeline.readers import InputError, detect_format, discover_parts, read_part
+from vlmforge.pipeline.readers.webdataset import split_key
 
 
 def _read_all(path, **cfg) -> pa.Table:

@@ -19,9 +19,9 @@ import pytest
 from conftest import ROOT, curate
 from helpers import outcomes
 
-from pipeline.errors import JobError
+from vlmforge.common.errors import JobError
 
-CURATE = [sys.executable, "-m", "pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
+CURATE = [sys.executable, "-m", "vlmforge.pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
 
 
 def _kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:

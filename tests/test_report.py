@@ -22,12 +22,12 @@ from conftest import ROOT, curate
 from helpers import jpeg, raw_batch
 from PIL import Image
 
-from pipeline import gallery, thumbnails
-from pipeline.config import CurateConfig
-from pipeline.report import Options, section_ids, write_report
-from pipeline.schema import OUTPUT_SCHEMA
-from pipeline.stats import compare_kept_ids
-from pipeline.thumbnails import gallery_thumbnails
+from vlmforge.pipeline import gallery, thumbnails
+from vlmforge.pipeline.config import CurateConfig
+from vlmforge.pipeline.report.html import Options, section_ids, write_report
+from vlmforge.pipeline.report.stats import compare_kept_ids
+from vlmforge.pipeline.report.thumbnails import gallery_thumbnails
+from vlmforge.pipeline.schema import OUTPUT_SCHEMA
 
 ABSENT = "not computed in this run (enable"
 
@@ -287,7 +287,7 @@ def compare_report(curated, sample_dir, tmp_path_factory) -> Path:
         cheap += ["near_dedup.caption.enabled=false", "near_dedup.image.enabled=false"]
     curate(sample_dir, base / "min_side_150", "image.min_side=150", *cheap)
     html = base / "compare.html"
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "stats", str(curated[0]), "--compare",
+    r = subprocess.run([sys.executable, "-m", "vlmforge.pipeline.cli", "stats", str(curated[0]), "--compare",
                         str(base / "min_side_150"), "--html", str(html)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.sample_data import (
+from vlmforge.pipeline.sample_data import (
     EXPECTED,
     MIN_PHASH_DISTANCE,
     PROPORTIONS,
     normalise_caption,
     write_sample_data,
 )
-from pipeline.sample_data.captions import (
+from vlmforge.pipeline.sample_data.captions import (
     MAX_REPEATED_WORD_RATIO,
     MAX_SYMBOL_RATIO,
     caption_variant,
@@ -33,9 +33,9 @@ from pipeline.sample_data.captions import (
     plausible,
     reads_as_english,
 )
-from pipeline.sample_data.encoding import decoded_phash, to_rgb
-from pipeline.sample_data.generator import Guards, RowFactory, allocate, plan_kinds, plan_originals
-from pipeline.sample_data.neardup import (
+from vlmforge.pipeline.sample_data.encoding import decoded_phash, to_rgb
+from vlmforge.pipeline.sample_data.generator import Guards, RowFactory, allocate, plan_kinds, plan_originals
+from vlmforge.pipeline.sample_data.neardup import (
     ESTIMATE_SLACK,
     NEAR_DUP_JACCARD,
     NearDupIndex,
@@ -44,8 +44,8 @@ from pipeline.sample_data.neardup import (
     jaccard,
     shingles,
 )
-from pipeline.sample_data.scenes import NO_TEXTURE_SHAPES, Obj, Scene, render, sample_scene
-from pipeline.sample_data.vocab import BASIC_COLOURS, BASIC_SHAPES, CELLS, SHAPES, TEXTURES
+from vlmforge.pipeline.sample_data.scenes import NO_TEXTURE_SHAPES, Obj, Scene, render, sample_scene
+from vlmforge.pipeline.sample_data.vocab import BASIC_COLOURS, BASIC_SHAPES, CELLS, SHAPES, TEXTURES
 
 N, SEED, SHARD = 400, 0, 150
 IMAGE_EXTS = ("jpg", "png")

@@ -6,13 +6,13 @@ import pytest
 from helpers import encode, jpeg, raw_batch
 from PIL import Image
 
-from pipeline.config import CaptionConfig, ImageConfig, LanguageConfig
-from pipeline.row_cache import RowCache
-from pipeline.stages.base import Stage, Verdict
-from pipeline.stages.caption_checks import CaptionChecks
-from pipeline.stages.image_decode import ImageDecode
-from pipeline.stages.language_id import LanguageId, script_share
-from pipeline.text import caption_key, normalize_for_dedup
+from vlmforge.pipeline.cache.row_cache import RowCache
+from vlmforge.pipeline.config import CaptionConfig, ImageConfig, LanguageConfig
+from vlmforge.pipeline.filter.base import Stage, Verdict
+from vlmforge.pipeline.filter.caption_checks import CaptionChecks
+from vlmforge.pipeline.filter.image_decode import ImageDecode
+from vlmforge.pipeline.filter.language_id import LanguageId, script_share
+from vlmforge.pipeline.filter.text import caption_key, normalize_for_dedup
 
 
 class EveryOther(Stage):

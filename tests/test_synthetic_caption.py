@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from test_train_support import recipe_data
 
-from pipeline.config import SyntheticCaptionConfig
-from pipeline.stages.synthetic_caption import SyntheticCaption, load_captioner
-from training.data import is_heldout
-from training.eval import word_f1
-from training.model.hf import export_mllama
+from vlmforge.pipeline.config import SyntheticCaptionConfig
+from vlmforge.pipeline.enrich.synthetic_caption import SyntheticCaption, load_captioner
+from vlmforge.training.data import is_heldout
+from vlmforge.training.eval import word_f1
+from vlmforge.training.model.hf import export_mllama
 
 
 @pytest.fixture(scope="module")

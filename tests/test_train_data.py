@@ -12,9 +12,9 @@ import pytest
 import torch
 from test_train_support import mixed_data, recipe_data, sample_rows, write_curated
 
-from pipeline.config import ConfigError
-from training.config import SubsetSection, load_train_config
-from training.data import (
+from vlmforge.pipeline.config import ConfigError
+from vlmforge.training.config import SubsetSection, load_train_config
+from vlmforge.training.data import (
     IGNORE_INDEX,
     CaptionStream,
     SampleFormat,
@@ -26,14 +26,14 @@ from training.data import (
     slot_rows,
     train_loader,
 )
-from training.flops import step_flops
-from training.launch import launch_command
-from training.model.config import get_config
-from training.model.fusion import FusionModel
-from training.optim import deepspeed_config, lr_factor
-from training.tokenizer import TextTokenizer
-from training.train import model_config
-from training.weights import load_chain, load_into, save_tensors
+from vlmforge.training.flops import step_flops
+from vlmforge.training.launch import launch_command
+from vlmforge.training.model.config import get_config
+from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.optim import deepspeed_config, lr_factor
+from vlmforge.training.tokenizer import TextTokenizer
+from vlmforge.training.train import model_config
+from vlmforge.training.weights import load_chain, load_into, save_tensors
 
 
 @pytest.fixture(scope="module")
@@ -319,13 +319,13 @@ def test_launch_commands():
         "1234",
         "--no_local_rank",
         "--module",
-        "training.train",
+        "vlmforge.training.train",
         "c.yaml",
         "--resume",
         "--set=train.steps=3",
     ]
     tr = launch_command("c.yaml", 2, launcher="torchrun", master_port=1234)
-    assert tr[1:] == ["--nproc_per_node", "2", "--master_port", "1234", "-m", "training.train", "c.yaml"]
+    assert tr[1:] == ["--nproc_per_node", "2", "--master_port", "1234", "-m", "vlmforge.training.train", "c.yaml"]
     with pytest.raises(ValueError, match="hostfile needs the deepspeed launcher"):
         launch_command("c.yaml", 2, hostfile="hosts", launcher="torchrun")
     with pytest.raises(FileNotFoundError, match="hostfile"):

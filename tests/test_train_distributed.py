@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_train_support import PYTHON, ROOT, clean_env, free_port, mixed_data, recipe_data
 
-from training.metrics import read_metrics
+from vlmforge.training.metrics import read_metrics
 
 STEPS = 12
 SAVE_EVERY = 4
@@ -61,7 +61,7 @@ def torchrun(nproc: int, out: Path, **extra: object) -> subprocess.CompletedProc
         "--master_port",
         str(free_port()),
         "-m",
-        "training.train",
+        "vlmforge.training.train",
         "configs/train/stage1.yaml",
         *overrides(out, **extra),
     ]
@@ -132,7 +132,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(nproc, request, tmp_path)
     `--resume`: the same losses and data as the uninterrupted N-process run."""
     fixture, extra = RESUME_CASES[nproc]
     reference = request.getfixturevalue(fixture)
-    cli = [PYTHON, "-m", "pipeline.cli", "train", "configs/train/stage1.yaml", "--nproc", str(nproc)]
+    cli = [PYTHON, "-m", "vlmforge.pipeline.cli", "train", "configs/train/stage1.yaml", "--nproc", str(nproc)]
     args = overrides(tmp_path, **extra, **{"train.deepspeed": "configs/deepspeed/zero2.json"})
     flat = [x for a in args for x in ("--set", a.removeprefix("--set="))]
     env = clean_env()

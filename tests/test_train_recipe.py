@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 from test_train_support import recipe_data
 
-from training.config import load_train_config
-from training.data import build_index, heldout_batches
-from training.metrics import read_metrics
-from training.vlm import sample_format
-from training.weights import load_fusion_model
+from vlmforge.training.config import load_train_config
+from vlmforge.training.data import build_index, heldout_batches
+from vlmforge.training.metrics import read_metrics
+from vlmforge.training.vlm import sample_format
+from vlmforge.training.weights import load_fusion_model
 
 
 def test_text_lm_and_clip_learn(recipe):
@@ -58,7 +58,7 @@ def test_saved_weights_reproduce_the_logits(recipe):
     fresh = load_fusion_model(run1.output / "model.safetensors")  # config, text_lm + clip chain, own tensors
     curated, tokenizer = recipe_data()
     cfg = load_train_config("configs/train/stage1.yaml", [f"data.path={curated}", f"tokenizer={tokenizer}"])
-    from training.tokenizer import TextTokenizer
+    from vlmforge.training.tokenizer import TextTokenizer
 
     fmt = sample_format(cfg, fresh.config, TextTokenizer(tokenizer))
     batch = heldout_batches(build_index(curated, "heldout", cfg.data.heldout_fraction), fmt, 8, 8)[0]

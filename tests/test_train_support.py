@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.sample_data import write_sample_data
-from pipeline.sample_data.reading import read_ground_truth
-from pipeline.schema import OUTPUT_SCHEMA, conform
+from vlmforge.pipeline.sample_data import write_sample_data
+from vlmforge.pipeline.sample_data.reading import read_ground_truth
+from vlmforge.pipeline.schema import OUTPUT_SCHEMA, conform
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else "python"
@@ -97,7 +97,7 @@ def sample_rows() -> tuple[dict, ...]:
 @functools.cache
 def recipe_data() -> tuple[Path, Path]:
     """(curated dir, tokenizer.json): ~2,400 clean sample pairs in shards of 400 rows, and a 512-id BPE."""
-    from training.tokenizer import caption_texts, train_tokenizer
+    from vlmforge.training.tokenizer import caption_texts, train_tokenizer
 
     rows = list(sample_rows())
     curated = write_curated(workdir() / "curated", [rows[i : i + 400] for i in range(0, len(rows), 400)])

@@ -1,0 +1,1 @@
+"""vlmforge training: the fusion model, its tasks and the DeepSpeed loop (docs/architecture.md)."""

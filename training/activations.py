@@ -13,9 +13,9 @@ from typing import Any
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from training.model.decoder import Block
-from training.model.fusion import CrossAttentionBlock
-from training.model.vision import VisionBlock
+from vlmforge.training.model.decoder import Block
+from vlmforge.training.model.fusion import CrossAttentionBlock
+from vlmforge.training.model.vision import VisionBlock
 
 BLOCKS = (Block, CrossAttentionBlock, VisionBlock)
 

@@ -81,15 +81,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.config import load_train_config
-    from training.launch import launch
+    from vlmforge.training.config import load_train_config
+    from vlmforge.training.launch import launch
 
     load_train_config(args.config, args.set)  # config errors here, before any process starts
     return launch(args.config, args.nproc, args.hostfile, args.resume, args.set, args.launcher)
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
-    from training.tokenizer import caption_texts, train_tokenizer
+    from vlmforge.training.tokenizer import caption_texts, train_tokenizer
 
     tok = train_tokenizer(caption_texts(args.curated), args.vocab_size, args.output)
     print(f"wrote {args.output}: {tok.vocab_size} text ids, <|image|> = {tok.image_id}")
@@ -97,7 +97,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from training.eval import evaluate_weights
+    from vlmforge.training.eval import evaluate_weights
 
     print(json.dumps(evaluate_weights(args.config, args.weights, args.set), indent=2))
     return 0

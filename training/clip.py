@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.config import TrainConfig
-from training.data import IGNORE_INDEX, SampleFormat
-from training.model.config import DecoderConfig, ModelConfig
-from training.model.decoder import Block, RMSNorm, init_weights, rope_frequencies
-from training.model.vision import VisionEncoder
-from training.tokenizer import TextTokenizer
+from vlmforge.training.config import TrainConfig
+from vlmforge.training.data import IGNORE_INDEX, SampleFormat
+from vlmforge.training.model.config import DecoderConfig, ModelConfig
+from vlmforge.training.model.decoder import Block, RMSNorm, init_weights, rope_frequencies
+from vlmforge.training.model.vision import VisionEncoder
+from vlmforge.training.tokenizer import TextTokenizer
 
 TOKENS = {"encoder": "image", "visual_proj": "image", "visual_norm": "image", "text": "text"}
 

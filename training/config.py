@@ -12,15 +12,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from pipeline.config import ConfigError, load_yaml_model
+from vlmforge.common.config import Section as _Section
+from vlmforge.common.config import load_yaml_model
+from vlmforge.common.errors import ConfigError
 
 Task = Literal["text_lm", "clip", "vlm"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class TrainableSection(_Section):
@@ -34,7 +32,7 @@ class TrainableSection(_Section):
 
 
 class ModelSection(_Section):
-    """The model: a preset from training/model/config.py, the stage resolution, what to load first."""
+    """The model: a preset from vlmforge.training/model/config.py, the stage resolution, what to load first."""
 
     preset: str = Field("tiny", description="model preset: tiny, tiny_video, llama32_11b, llama32_90b")
     image_size: int | None = Field(

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from training.config import SubsetSection
+from vlmforge.training.config import SubsetSection
 
 IGNORE_INDEX = -100
 # CLIP's normalisation, which Mllama's image processor uses too.

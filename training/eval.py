@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from training.data import IGNORE_INDEX
+from vlmforge.training.data import IGNORE_INDEX
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -50,11 +50,11 @@ def evaluate_weights(
     config_path: str | Path | None, weights: str | Path, overrides: list[str]
 ) -> dict[str, float]:
     """Image gap of a trained weights file on the held-out rows of the config's data (one process)."""
-    from training.config import load_train_config
-    from training.data import build_index, heldout_batches
-    from training.tokenizer import TextTokenizer
-    from training.vlm import sample_format
-    from training.weights import load_fusion_model
+    from vlmforge.training.config import load_train_config
+    from vlmforge.training.data import build_index, heldout_batches
+    from vlmforge.training.tokenizer import TextTokenizer
+    from vlmforge.training.vlm import sample_format
+    from vlmforge.training.weights import load_fusion_model
 
     cfg = load_train_config(config_path, overrides)
     cfg.require("data.path", "tokenizer")

@@ -1,4 +1,4 @@
-"""Start `training.train` on several processes: the DeepSpeed launcher, or torchrun where it cannot be used.
+"""Start `vlmforge.training.train` on several processes: the DeepSpeed launcher, or torchrun where it cannot be used.
 
 ``deepspeed`` covers one node and, with a hostfile, several (it reaches the other nodes over pdsh/ssh).
 torchrun is used when the ``deepspeed`` launcher script is missing or asked for; it covers one node. On a
@@ -55,7 +55,7 @@ def launch_command(
             if not Path(hostfile).is_file():
                 raise FileNotFoundError(f"--hostfile: file not found: {hostfile}")
             cmd += ["--hostfile", hostfile]
-        return [*cmd, "--module", "training.train", *args]
+        return [*cmd, "--module", "vlmforge.training.train", *args]
     if launcher == "torchrun":
         if hostfile:
             raise ValueError("--hostfile needs the deepspeed launcher (torchrun here runs on one node)")
@@ -69,7 +69,7 @@ def launch_command(
             "--master_port",
             port,
             "-m",
-            "training.train",
+            "vlmforge.training.train",
             *args,
         ]
     raise ValueError(f"--launcher must be auto, deepspeed or torchrun, got {launcher!r}")

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError
-from training.config import TrainConfig
+from vlmforge.common.errors import ConfigError
+from vlmforge.training.config import TrainConfig
 
 # Keys the run config owns; a DeepSpeed JSON that sets them is refused rather than silently overridden.
 OWNED_KEYS = (

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.data import SampleFormat, collate, make_sample
+from vlmforge.training.data import SampleFormat, collate, make_sample
 
 DEFAULT_KS = (1, 5)
 _RNG = np.random.default_rng(0)  # make_sample's caption choice; unused (synthetic_caption_prob is 0)

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.config import TrainConfig
-from training.data import IGNORE_INDEX, SampleFormat
-from training.model.config import ModelConfig
-from training.model.decoder import Decoder
-from training.tokenizer import TextTokenizer
+from vlmforge.training.config import TrainConfig
+from vlmforge.training.data import IGNORE_INDEX, SampleFormat
+from vlmforge.training.model.config import ModelConfig
+from vlmforge.training.model.decoder import Decoder
+from vlmforge.training.tokenizer import TextTokenizer
 
 # What each top-level component of the model processes, for the FLOP count (training/flops.py).
 TOKENS = {"decoder": "text"}

@@ -2,7 +2,7 @@
 
 One process per device, started by ``vlmforge train`` (the DeepSpeed launcher, or torchrun), or directly:
 
-    torchrun --nproc_per_node 2 -m training.train configs/train/stage1.yaml [--resume] [--set key=value]
+    torchrun --nproc_per_node 2 -m vlmforge.training.train configs/train/stage1.yaml [--resume] [--set key=value]
 
 A run writes into ``train.output``: ``metrics.jsonl`` and ``tensorboard/`` (rank 0), ``checkpoints/``
 (DeepSpeed's, with the data position inside), the consolidated safetensors weights of the task
@@ -30,17 +30,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.config import ConfigError
-from training import clip, text_lm, vlm
-from training.activations import enable_activation_checkpointing
-from training.config import TrainConfig, load_train_config
-from training.data import StreamSpec, build_index, heldout_batches, train_loader
-from training.flops import component_sizes, peak_flops, step_flops
-from training.metrics import MetricsWriter
-from training.model.config import ModelConfig, get_config
-from training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
-from training.tokenizer import TextTokenizer
-from training.weights import gather_tensors, load_chain, save_tensors
+from vlmforge.common.errors import ConfigError
+from vlmforge.training import clip, text_lm, vlm
+from vlmforge.training.activations import enable_activation_checkpointing
+from vlmforge.training.config import TrainConfig, load_train_config
+from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
+from vlmforge.training.flops import component_sizes, peak_flops, step_flops
+from vlmforge.training.metrics import MetricsWriter
+from vlmforge.training.model.config import ModelConfig, get_config
+from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
+from vlmforge.training.tokenizer import TextTokenizer
+from vlmforge.training.weights import gather_tensors, load_chain, save_tensors
 
 TASKS: dict[str, ModuleType] = {"text_lm": text_lm, "clip": clip, "vlm": vlm}
 
@@ -344,7 +344,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vlmforge.training.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="train config YAML, e.g. configs/train/stage1.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument(

@@ -14,12 +14,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from training.config import TrainConfig
-from training.data import SampleFormat
-from training.eval import image_gap
-from training.model.config import ModelConfig, TrainableConfig
-from training.model.fusion import FusionModel
-from training.tokenizer import TextTokenizer
+from vlmforge.training.config import TrainConfig
+from vlmforge.training.data import SampleFormat
+from vlmforge.training.eval import image_gap
+from vlmforge.training.model.config import ModelConfig, TrainableConfig
+from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.tokenizer import TextTokenizer
 
 TOKENS = {"encoder": "image", "projection": "image", "decoder": "text", "fusion": "text", "video": "text"}
 

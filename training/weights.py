@@ -19,9 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from training.model.config import ModelConfig
-from training.model.fusion import FusionModel
-from training.model.vision import interpolate_position_embedding
+from vlmforge.training.model.config import ModelConfig
+from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.vision import interpolate_position_embedding
 
 
 def is_zero3(p: nn.Parameter) -> bool:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import InputConfig
-from pipeline.errors import InputError
-from pipeline.readers.common import InputPart
-from pipeline.readers.jsonl import read_jsonl
-from pipeline.readers.parquet import parquet_columns, read_parquet
-from pipeline.readers.webdataset import read_webdataset
+from vlmforge.common.errors import InputError
+from vlmforge.pipeline.config import InputConfig
+from vlmforge.pipeline.readers.common import InputPart
+from vlmforge.pipeline.readers.jsonl import read_jsonl
+from vlmforge.pipeline.readers.parquet import parquet_columns, read_parquet
+from vlmforge.pipeline.readers.webdataset import read_webdataset, split_key
 
 SUFFIXES = {"webdataset": (".tar",), "parquet": (".parquet",), "jsonl": (".jsonl", ".json")}
 READERS = {"webdataset": read_webdataset, "parquet": read_parquet, "jsonl": read_jsonl}
@@ -78,6 +79,31 @@ def fingerprint(parts: list[InputPart]) -> str:
         st = os.stat(path)
         h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _part_rows(part: InputPart) -> int:
+    """About how many pairs a part holds, without decoding them: Parquet row counts, JSONL lines, tar keys."""
+    if part.format == "parquet":
+        meta = pq.ParquetFile(part.path).metadata
+        return sum(meta.row_group(g).num_rows for g in part.row_groups)
+    if part.format == "jsonl":
+        with open(part.path, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    try:
+        with tarfile.open(part.path, mode="r|*") as tar:
+            return len({split_key(m.name)[0] for m in tar if m.isfile()})
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        return 0  # phase 1 rejects it, naming the fault
+
+
+def count_rows(parts: list[InputPart], limit: int) -> int:
+    """The input's pairs, counted part by part until more than `limit` are seen (then that count)."""
+    rows = 0
+    for part in parts:
+        rows += _part_rows(part)
+        if rows > limit:
+            break
+    return rows
 
 
 def read_part(part: InputPart, cfg: InputConfig, batch_rows: int) -> Iterator[pa.Table]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.schema import RAW_SCHEMA
+from vlmforge.pipeline.schema import RAW_SCHEMA
 
 
 @dataclass(frozen=True)

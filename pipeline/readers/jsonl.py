@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.config import InputConfig
-from pipeline.readers.common import InputPart, RawBatches, read_image_file
+from vlmforge.pipeline.config import InputConfig
+from vlmforge.pipeline.readers.common import InputPart, RawBatches, read_image_file
 
 _CHUNK = 1 << 20
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import InputConfig
-from pipeline.readers.common import InputPart, RawBatches, decode_caption, read_image_file
+from vlmforge.pipeline.config import InputConfig
+from vlmforge.pipeline.readers.common import InputPart, RawBatches, decode_caption, read_image_file
 
 
 def _image_bytes(value: object) -> bytes | None:

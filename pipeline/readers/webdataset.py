@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.config import InputConfig
-from pipeline.readers.common import InputPart, RawBatches, decode_caption
+from vlmforge.pipeline.config import InputConfig
+from vlmforge.pipeline.readers.common import InputPart, RawBatches, decode_caption
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 _MAX_JSON_BYTES = 1_000_000

@@ -23,7 +23,7 @@ from .vocab import (
     TEXTURES,
 )
 
-I18N_PATH = Path(__file__).resolve().parent.parent / "resources" / "captions_i18n.json"
+I18N_PATH = Path(__file__).resolve().parent / "captions_i18n.json"
 _PUNCT = re.compile(r"[^\w\s]|_")
 _WORD = re.compile(r"\w+")
 SHORT_MAX_WORDS = 4
@@ -53,7 +53,7 @@ TEXT_ROW_PHRASES: dict[int, tuple[str, ...]] = {
 
 def normalise_caption(text: str) -> str:
     """NFKC, case-folded, punctuation (and underscores) to spaces, whitespace collapsed: the exact-dedup
-    key (as pipeline/text.py's normalize_for_dedup)."""
+    key (as pipeline/filter/text.py's normalize_for_dedup)."""
     text = _PUNCT.sub(" ", unicodedata.normalize("NFKC", text).casefold())
     return " ".join(text.split())
 

@@ -110,7 +110,7 @@ _DCT32 = _dct_matrix(32)
 
 def phash(image: Image.Image) -> int:
     """64-bit perceptual hash like imagehash.phash (32x32 grey, DCT-II, 8x8 low band > its median), with
-    the box-filtered thumbnail that pipeline/phash.py uses."""
+    the box-filtered thumbnail that pipeline/dedup/phash.py uses."""
     small = image.convert("L").resize((32, 32), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.float64)
     low = (_DCT32 @ pixels @ _DCT32.T)[:8, :8]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .generator import EXPECTED, PROPORTIONS, SHORT_CAPTION_SHARE, Row, generate_rows
 
 if TYPE_CHECKING:
-    from pipeline.heldout import PairKeys
+    from vlmforge.pipeline.evaluate.heldout import PairKeys
 
 TAR_MTIME = 1_700_000_000  # fixed member mtime, so the same run gives byte-identical shards
 GENERATOR_VERSION = 1
@@ -127,7 +127,7 @@ def write_eval_set(out_dir: str | Path, n: int, seed: int = 0, shard_size: int =
     """Writes n labelled held-out pairs (shards, labels.jsonl, eval_summary.json); returns the summary.
 
     `exclude`: the keys of training sets no eval pair may share an image hash or normalised caption with."""
-    from pipeline.heldout import LABELS_FILE
+    from vlmforge.pipeline.evaluate.heldout import LABELS_FILE
 
     from .eval_set import generate_eval_rows
 

@@ -1,6 +1,6 @@
 """The vision-language model: ViT encoder, projection head, Llama decoder, gated cross-attention fusion."""
 
-from training.model.config import (
+from vlmforge.training.model.config import (
     DecoderConfig,
     FusionConfig,
     ModelConfig,
@@ -11,10 +11,10 @@ from training.model.config import (
     VisionConfig,
     get_config,
 )
-from training.model.decoder import Decoder
-from training.model.fusion import FusionModel, ModelOutput, media_attention_mask
-from training.model.perceiver import PerceiverResampler
-from training.model.vision import VisionEncoder, VisionProjection
+from vlmforge.training.model.decoder import Decoder
+from vlmforge.training.model.fusion import FusionModel, ModelOutput, media_attention_mask
+from vlmforge.training.model.perceiver import PerceiverResampler
+from vlmforge.training.model.vision import VisionEncoder, VisionProjection
 
 __all__ = [
     "Decoder",

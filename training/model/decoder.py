@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.model.config import DecoderConfig
+from vlmforge.training.model.config import DecoderConfig
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

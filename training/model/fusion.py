@@ -33,10 +33,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from training.model.config import DecoderConfig, ModelConfig, TrainableConfig
-from training.model.decoder import MLP, Decoder, KVCache, RMSNorm, generate, init_weights
-from training.model.perceiver import PerceiverResampler, sample_frame_indices
-from training.model.vision import VisionEncoder, VisionProjection, split_views
+from vlmforge.training.model.config import DecoderConfig, ModelConfig, TrainableConfig
+from vlmforge.training.model.decoder import MLP, Decoder, KVCache, RMSNorm, generate, init_weights
+from vlmforge.training.model.perceiver import PerceiverResampler, sample_frame_indices
+from vlmforge.training.model.vision import VisionEncoder, VisionProjection, split_views
 
 IGNORE_INDEX = -100
 

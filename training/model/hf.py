@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from training.model.config import (
+from vlmforge.training.model.config import (
     DecoderConfig,
     FusionConfig,
     ModelConfig,
@@ -40,9 +40,9 @@ from training.model.config import (
     RopeScaling,
     VisionConfig,
 )
-from training.model.decoder import Decoder
-from training.model.fusion import FusionModel
-from training.model.vision import VisionEncoder, VisionProjection
+from vlmforge.training.model.decoder import Decoder
+from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.vision import VisionEncoder, VisionProjection
 
 MLLAMA_NEW_TOKENS = 8  # Mllama's embedding table has vocab_size + 8 rows
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.model.config import VideoConfig
+from vlmforge.training.model.config import VideoConfig
 
 
 def sample_frame_indices(num_frames: int, num_samples: int) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.model.config import ProjectionConfig, VisionConfig
+from vlmforge.training.model.config import ProjectionConfig, VisionConfig
 
 
 class VisionOutput(NamedTuple):

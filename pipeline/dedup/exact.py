@@ -1,0 +1,149 @@
+"""Phase 2: exact duplicates resolved across the whole dataset on Ray tasks.
+
+Rows are hash-partitioned by key across the cluster, so all rows sharing a key meet in one task, where
+duplicates are found with one vectorised sort. Image duplicates (same sha256) are resolved first, then
+caption duplicates (same normalised caption) among the survivors. The survivor of a group is its first
+occurrence (smallest id), so the result does not depend on worker count or batch size. Only the losers
+(id, part, reason, survivor id) are written, partitioned by part, so finalize reads only its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vlmforge.pipeline.config import ExactDedupConfig
+from vlmforge.pipeline.engine.accounting import StageStats
+from vlmforge.pipeline.engine.executor import cluster_cpus
+from vlmforge.pipeline.engine.shuffle import exchange, gather_stats, shuffle
+from vlmforge.pipeline.registry import Context, PhaseResult
+
+KEY_COLUMNS = ["id", "part", "sha256", "caption_key"]
+LOSER_SCHEMA = pa.schema(
+    [("id", pa.string()), ("part", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+
+
+def mark_duplicates(block: pa.Table, key: str, reason: str) -> pa.Table:
+    """Mark every row whose `key` appeared on a row with a smaller id; attach the survivor's id."""
+    block = block.sort_by([(key, "ascending"), ("id", "ascending")])
+    n = block.num_rows
+    keys = block[key].to_numpy(zero_copy_only=False)
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = keys[1:] != keys[:-1]
+    survivor_idx = np.flatnonzero(starts)[np.cumsum(starts) - 1]
+    survivors = pc.take(block["id"], pa.array(survivor_idx, pa.int64())).to_pylist()
+    reasons = [None if s else reason for s in starts]
+    details = [None if s else f"duplicate of {sid}" for s, sid in zip(starts, survivors, strict=True)]
+    return block.append_column("dup_reason", pa.array(reasons, pa.string())).append_column(
+        "dup_detail", pa.array(details, pa.string())
+    )
+
+
+def select_rows(batch: pa.Table, losers: bool) -> pa.Table:
+    """The marked losers as LOSER_SCHEMA rows, or the survivors without the mark columns."""
+    is_loser = pc.is_valid(batch["dup_reason"])
+    if not losers:
+        return batch.filter(pc.invert(is_loser)).drop_columns(["dup_reason", "dup_detail"])
+    lost = batch.filter(is_loser)
+    return pa.Table.from_arrays(
+        [lost["id"], lost["part"], lost["dup_reason"], lost["dup_detail"]], schema=LOSER_SCHEMA
+    )
+
+
+def with_hash(table: pa.Table, key: str) -> pa.Table:
+    """`table` with `_h`, an integer of the hex digest in `key`, to partition the rows by."""
+    h = np.fromiter((int(k[:15], 16) if k else 0 for k in table[key].to_pylist()), np.int64, table.num_rows)
+    table = table.drop_columns([c for c in ["_h"] if c in table.column_names])
+    return table.append_column("_h", pa.array(h, pa.int64()))
+
+
+def read_keys(path: str, key: str) -> pa.Table:
+    """The key columns of one phase-1 file, hashed by `key`."""
+    return with_hash(pq.read_table(path, columns=KEY_COLUMNS), key)
+
+
+def resolve_partition(
+    table: pa.Table, dup_key: str, reason: str, out_dir: str, next_key: str | None
+) -> tuple[pa.Table, dict]:
+    """Mark one partition's duplicates on `dup_key`, write its losers per part, return its survivors (hashed
+    by `next_key` for the next exchange)."""
+    marked = mark_duplicates(table, dup_key, reason)
+    losers = select_rows(marked, losers=True)
+    name = f"{uuid.uuid4().hex}.parquet"
+    for part in pc.unique(losers["part"]).to_pylist():
+        rows = losers.filter(pc.equal(losers["part"], part)).drop_columns(["part"])
+        path = Path(out_dir) / dup_key / f"part={part}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, path)
+    survivors = select_rows(marked, losers=False)
+    return (with_hash(survivors, next_key) if next_key else survivors), {"losers": losers.num_rows}
+
+
+def resolve_exact_duplicates(
+    phase1_files: list[str], out_dir: Path, cfg: ExactDedupConfig, partitions: int
+) -> Counter:
+    """Find exact-duplicate losers over all phase-1 rows and write them under `out_dir`.
+
+    Each step is one hash exchange of the key columns on Ray tasks (`vlmforge.pipeline.engine.shuffle`). Returns the number
+    of losers per reason.
+    """
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    steps = [
+        (k, r)
+        for k, r, on in [
+            ("sha256", "duplicate_image", cfg.image),
+            ("caption_key", "duplicate_caption", cfg.caption),
+        ]
+        if on
+    ]
+    counts: Counter = Counter()
+    if not steps or not phase1_files:
+        return counts
+    refs = None
+    for i, (key, reason) in enumerate(steps):
+        args = {"dup_key": key, "reason": reason, "out_dir": str(out_dir)}
+        args["next_key"] = steps[i + 1][0] if i + 1 < len(steps) else None
+        if refs is None:
+            refs, stats = shuffle(read_keys, [(f, key) for f in phase1_files], "_h", partitions,
+                                  resolve_partition, **args)  # fmt: skip
+        else:
+            refs, stats = exchange(refs, "_h", partitions, resolve_partition, **args)
+        counts[reason] += sum(s["losers"] for s in gather_stats(stats))
+    return counts
+
+
+def losers_of_part(out_dir: Path, part: str) -> pa.Table:
+    """The exact-duplicate losers of one part (id, reason, detail)."""
+    tables = [
+        pq.read_table(f, columns=["id", "reason", "detail"])
+        for key_dir in sorted(out_dir.glob("*"))
+        for f in sorted((key_dir / f"part={part}").glob("*.parquet"))
+    ]
+    if not tables:
+        return LOSER_SCHEMA.empty_table().drop_columns(["part"])
+    return pa.concat_tables(tables)
+
+
+def run(ctx: Context) -> PhaseResult:
+    """Run (or reuse) the exact-duplicate resolution of phase 2; its stats as a stage."""
+    layout = ctx.layout
+
+    def compute() -> dict:
+        kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
+        partitions = max(2 * cluster_cpus(), ctx.rows_in // 500_000)
+        counts = resolve_exact_duplicates(kept_files, layout.dir("exact_dedup"), ctx.cfg.exact_dedup, partitions)
+        return {"reasons": dict(counts), "counters": {}}
+
+    reused = layout.done("exact_dedup")
+    done = layout.run_once("exact_dedup", compute, ctx.log, ctx.phase.title)
+    return PhaseResult(stages=[StageStats.from_done("exact_dedup", ctx.rows_in, done)], timing={"reused": reused})

@@ -1,0 +1,189 @@
+"""`vlmforge stats`: the funnel, languages, caption lengths and image sizes of a curated output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from vlmforge.common.files import read_json
+from vlmforge.pipeline.schema import REJECTED_SCHEMA
+
+SUMMARY_COLUMNS = ["lang", "caption_words", "width", "height"]
+
+# A per-row measure of the kept rows: the columns it reads and how a batch of them becomes one array.
+Measure = tuple[tuple[str, ...], Callable[[pa.RecordBatch], pa.Array]]
+
+
+def _summary(values: np.ndarray) -> dict:
+    if values.size == 0:
+        return {"count": 0}
+    q = np.percentile(values, [5, 50, 95])
+    return {
+        "count": int(values.size),
+        "min": float(values.min()),
+        "p5": float(q[0]),
+        "median": float(q[1]),
+        "p95": float(q[2]),
+        "max": float(values.max()),
+        "mean": round(float(values.mean()), 3),
+    }
+
+
+def load_manifest(out_dir: str | Path) -> dict:
+    """The manifest of a finished `vlmforge curate` output; FileNotFoundError when there is none."""
+    out = Path(out_dir)
+    manifest = read_json(out / "manifest.json")
+    if manifest is None:
+        raise FileNotFoundError(f"{out} has no manifest.json: is it a finished `vlmforge curate` output?")
+    return manifest
+
+
+def data_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
+    """The kept rows' shards listed in the manifest, or None when there are none."""
+    files = [str(Path(out_dir) / f) for f in manifest["files"]["data"]]
+    return pads.dataset(files, format="parquet") if files else None
+
+
+def rejected_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
+    """The rejected rows, read as REJECTED_SCHEMA (columns older runs lack read as nulls)."""
+    files = [str(Path(out_dir) / f) for f in manifest["files"].get("rejected", [])]
+    return pads.dataset(files, format="parquet", schema=REJECTED_SCHEMA) if files else None
+
+
+def scan_measures(
+    out_dir: str | Path, manifest: dict, measures: dict[str, Measure], batch_rows: int = 65_536
+) -> dict[str, pa.ChunkedArray]:
+    """Evaluate `measures` over the kept rows batch by batch, reading only the columns they need.
+
+    A measure whose columns the shards do not have is left out of the result.
+    """
+    ds = data_dataset(out_dir, manifest)
+    names = set(ds.schema.names) if ds is not None else set()
+    usable = {k: m for k, m in measures.items() if set(m[0]) <= names}
+    chunks: dict[str, list[pa.Array]] = {k: [] for k in usable}
+    columns = sorted({c for cols, _ in usable.values() for c in cols})
+    if ds is not None and columns:
+        for batch in ds.to_batches(columns=columns, batch_size=batch_rows):
+            for k, (_, fn) in usable.items():
+                chunks[k].append(fn(batch))
+    return {
+        k: pa.chunked_array(v) if v else pa.chunked_array([], pa.float64()) for k, v in chunks.items()
+    }
+
+
+def kept_ids(out_dir: str | Path, manifest: dict) -> pa.Array:
+    """The ids of the kept rows (one column read)."""
+    ds = data_dataset(out_dir, manifest)
+    return ds.to_table(columns=["id"])["id"].combine_chunks() if ds is not None else pa.array([], pa.string())
+
+
+def compare_kept_ids(dir_a: str | Path, dir_b: str | Path) -> dict:
+    """How many kept ids two outputs share, and how many only one of them kept."""
+    a, b = (kept_ids(d, load_manifest(d)) for d in (dir_a, dir_b))
+    both = int(pc.sum(pc.is_in(a, value_set=b)).as_py() or 0)
+    return {"both": both, "only_a": len(a) - both, "only_b": len(b) - both}
+
+
+def config_diff(manifest_a: dict, manifest_b: dict) -> list[dict]:
+    """The config keys two runs set differently (paths and Ray settings left out), with the phase whose
+    fingerprint each changes."""
+    from vlmforge.pipeline.cache.layout import flatten
+    from vlmforge.pipeline.registry import PHASES
+
+    a, b = (flatten(m["config"]) for m in (manifest_a, manifest_b))
+    ignore = ("input.path", "output.path", "output.cache", "ray.")
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        if key.startswith(ignore) or a.get(key) == b.get(key):
+            continue
+        phase = next(
+            (p.name for p in PHASES if any(key == k or key.startswith(k + ".") for k in p.reads)),
+            None,
+        )
+        out.append({"key": key, "a": a.get(key), "b": b.get(key), "phase": phase})
+    return out
+
+
+def compute_stats(out_dir: str | Path) -> dict:
+    """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
+    out = Path(out_dir)
+    manifest = load_manifest(out)
+    dataset = data_dataset(out, manifest)
+    table = dataset.to_table(columns=SUMMARY_COLUMNS) if dataset is not None else None
+    langs: dict[str, int] = {}
+    words = widths = heights = np.array([])
+    if table is not None and table.num_rows:
+        counts = pc.value_counts(table["lang"]).to_pylist()
+        langs = {d["values"]: d["counts"] for d in sorted(counts, key=lambda d: -d["counts"])}
+        words = table["caption_words"].to_numpy(zero_copy_only=False)
+        widths = table["width"].to_numpy(zero_copy_only=False)
+        heights = table["height"].to_numpy(zero_copy_only=False)
+    reasons: dict[str, int] = {}
+    for s in manifest["stages"]:
+        for r, n in s["reasons"].items():
+            reasons[f"{s['stage']}/{r}"] = n
+    return {
+        "output": str(out),
+        "totals": manifest["totals"],
+        "funnel": [
+            {k: s[k] for k in ("stage", "rows_in", "rows_out", "rejected", "reasons")}
+            for s in manifest["stages"]
+        ],
+        "top_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "languages": langs,
+        "caption_words": _summary(words),
+        "width": _summary(widths),
+        "height": _summary(heights),
+        "aspect_ratio": _summary(widths / heights if heights.size else heights),
+        "phases": manifest["phases"],
+        "eval_curation": eval_curation_result(out),
+    }
+
+
+def eval_curation_result(out_dir: str | Path) -> dict | None:
+    """The output's latest `vlmforge eval-curation` result (DIR/eval_curation.json), or None."""
+    from vlmforge.training.eval_results import load_result
+
+    return load_result(out_dir)
+
+
+def print_stats(stats: dict) -> None:
+    """Render `compute_stats` output as terminal tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = stats["totals"]
+    kept_pct = 100 * t["output_rows"] / max(t["input_rows"], 1)
+    console.print(
+        f"[bold]{stats['output']}[/]: {t['input_rows']} in, {t['output_rows']} kept "
+        f"({kept_pct:.1f}%), {t['rejected_rows']} rejected"
+    )
+    funnel = Table(title="Funnel")
+    for col in ("stage", "in", "out", "rejected", "top reasons"):
+        funnel.add_column(col, justify="left" if col in ("stage", "top reasons") else "right")
+    for s in stats["funnel"]:
+        top = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4])
+        funnel.add_row(s["stage"], str(s["rows_in"]), str(s["rows_out"]), str(s["rejected"]), top)
+    console.print(funnel)
+    langs = Table(title="Languages (kept)")
+    langs.add_column("lang")
+    langs.add_column("rows", justify="right")
+    for lang, n in list(stats["languages"].items())[:10]:
+        langs.add_row(str(lang), str(n))
+    console.print(langs)
+    dist = Table(title="Distributions (kept)")
+    for col in ("measure", "min", "p5", "median", "p95", "max", "mean"):
+        dist.add_column(col, justify="left" if col == "measure" else "right")
+    for key in ("caption_words", "width", "height", "aspect_ratio"):
+        d = stats[key]
+        if d.get("count"):
+            dist.add_row(key, *(f"{d[k]:.4g}" for k in ("min", "p5", "median", "p95", "max", "mean")))
+    console.print(dist)
+    phases = ", ".join(f"{name} {p['seconds']:.1f}s" for name, p in stats["phases"].items())
+    console.print(f"wall time per phase: {phases}")
