@@ -3,7 +3,8 @@ a single-process datasketch MinHashLSH insert+query baseline, and datatrove's Mi
 
     .venv/bin/python benchmarks/dedup.py --sizes 100000 1000000 --datatrove-python /tmp/dtvenv/bin/python
 
-The captions (vlmforge.pipeline.dedup.neardup_eval.planted_captions) are written once as Parquet parts (id, caption) of
+The captions (`planted_captions` of vlmforge.pipeline.dedup.neardup_eval) are written once as Parquet parts
+(id, caption) of
 10,000 rows. Each contender then runs in a fresh process started by this script, which measures its wall
 time and its peak memory: the sum of the proportional set size (PSS, so Ray's shared object store is not
 counted twice) of the process and all its descendants, polled every 0.2 s.

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/ocr.py --text 50 --no-text 450
 
-The images are sample-data pictures (vlmforge.pipeline.sample_data, decodable ones only): `--text` drawn with a known
+The images are sample-data pictures (vlmforge.pipeline.sample_data, decodable ones only): `--text` drawn
+with a known
 word or phrase and `--no-text` without, shuffled together. Both contenders are `OcrText` with the default
 `OcrConfig`, one with `detect` on, one with it off, run one after the other in this process on one Arrow
 batch. Reported: wall time, tesseract runs, and on the text images the character error rate (CER) against

@@ -188,7 +188,7 @@ def dj_config(p: dict, manifest: Path, work: Path, mode: str) -> dict:
 # ---------------------------------------------------------------- text-only contenders (own processes)
 class TextPartWorker:
     """vlmforge's phase 1 on captions alone (caption checks, language ID, caption key, MinHash) over
-    JSONL parts, as a Ray Data callable for vlmforge.pipeline.engine.executor.map_units; a unit is a list of parts
+    JSONL parts, as a Ray Data callable for the executor's map_units; a unit is a list of parts
     (a 500-caption part takes ~40 ms, less than a Ray Data call costs), written one Parquet per part."""
 
     def __init__(self, cfg_json: str, out_dir: str) -> None:
@@ -243,8 +243,7 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     from vlmforge.pipeline.config import load_config
     from vlmforge.pipeline.dedup.exact import losers_of_part, resolve_exact_duplicates
     from vlmforge.pipeline.dedup.near import RESULT_SCHEMA, resolve_near_duplicates
-    from vlmforge.pipeline.engine.executor import cluster_cpus, map_units, start_ray
-    from vlmforge.pipeline.engine.shuffle import in_process
+    from vlmforge.pipeline.engine.executor import cluster_cpus, in_driver, map_units, start_ray
 
     t0 = time.perf_counter()
     cfg = load_config(RECIPE)
@@ -262,7 +261,7 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     files = [(r["part"], str(out / f"{r['part']}.parquet")) for r in p1]
     kept_rows = sum(r["kept"] for r in p1)
     partitions = max(2 * cluster_cpus(), -(-kept_rows * p["bands"] // 4_000_000))
-    with in_process(cfg.ray.in_driver(sum(r["rows"] for r in p1))):  # as the curate job decides
+    with in_driver(cfg.ray.in_driver(sum(r["rows"] for r in p1))):  # as the curate job decides
         resolve_exact_duplicates([f for _, f in files], work / "exact", cfg.exact_dedup, partitions)
         t_ex = time.perf_counter()
         resolve_near_duplicates(files, work / "exact", work / "near", cfg.near_dedup, partitions)

@@ -63,5 +63,3 @@ def load_yaml_model(
         return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, label)) from None
-
-

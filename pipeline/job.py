@@ -1,4 +1,5 @@
-"""The curation job: the registry's phases in order, each materialised so a re-run resumes where it stopped."""
+"""The curation job: the registry's phases in order, each materialised so a re-run resumes where it
+stopped."""
 
 from __future__ import annotations
 
@@ -133,14 +134,19 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
 
     in_driver = not cfg.ray.address and cfg.ray.in_driver(count_rows(parts, cfg.ray.in_process_rows))
     if in_driver:
-        log(f"at most ray.in_process_rows ({cfg.ray.in_process_rows}) input pairs: the job runs in this process")
+        log(
+            f"at most ray.in_process_rows ({cfg.ray.in_process_rows}) input pairs: "
+            "the job runs in this process"
+        )
     with Executor(in_driver, cfg.ray.address, cfg.ray.num_cpus):
         stages: list[StageStats] = []
         timings: dict[str, dict] = {}
         extra: dict = {}
         rows: dict = {}
         for phase in enabled_phases(cfg):
-            ctx = Context(phase, cfg, layout, parts, stages[-1].rows_out if stages else 0, progress, log, str(out))
+            ctx = Context(
+                phase, cfg, layout, parts, stages[-1].rows_out if stages else 0, progress, log, str(out)
+            )
             t0 = time.perf_counter()
             result = phase.runner()(ctx)
             stages += result.stages

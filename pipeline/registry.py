@@ -86,7 +86,8 @@ class Phase:
         """The model of a model pass (`model` is `module:Class`), built from the phase's config section: a
         callable from a table of `model_reads` columns to a table of id and `adds`."""
         module, name = (self.model or "").split(":")
-        return getattr(importlib.import_module(f"vlmforge.pipeline.{module}"), name)(getattr(cfg, self.section))
+        model = getattr(importlib.import_module(f"vlmforge.pipeline.{module}"), name)
+        return model(getattr(cfg, self.section))
 
 
 @dataclass
@@ -131,7 +132,8 @@ PHASES: tuple[Phase, ...] = (
         "part", "filter.phase", "phase 1: filters per part",
         adds=("image_format", "width", "height", "sha256", "lang", "lang_score", "caption_words"),
         measures=(
-            Measure("language", (*READER_KEYS, "language.model_path", "language.top_k"), "language.model_path"),
+            Measure("language", (*READER_KEYS, "language.model_path", "language.top_k"),
+                    "language.model_path"),
             Measure("image", (*READER_KEYS, "image.max_pixels", "image.decode_side", "image.reencode_quality",
                               "near_dedup.image.enabled")),
             Measure("minhash", (*READER_KEYS, "near_dedup.caption.ngram", "near_dedup.caption.num_perm",

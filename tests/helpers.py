@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,6 +13,11 @@ import pyarrow.dataset as pads
 from PIL import Image
 
 from vlmforge.pipeline.schema import RAW_SCHEMA
+
+# `vlmforge curate` with the default recipe, as a subprocess (tests that kill or starve it)
+CURATE = [
+    sys.executable, "-m", "vlmforge.pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress",
+]  # fmt: skip
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:

@@ -23,10 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import ROOT
-from helpers import outcomes
+from helpers import CURATE, outcomes
 
 RAY = Path(sys.executable).with_name("ray")
-CURATE = [sys.executable, "-m", "vlmforge.pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
 START_TIMEOUT, JOB_TIMEOUT = 120, 400
 
 pytestmark = pytest.mark.skipif(not RAY.exists(), reason=f"no `ray` command next to {sys.executable}")

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from vlmforge.pipeline.config import ConfigError, CurateConfig, load_config
+from vlmforge.common.errors import ConfigError
+from vlmforge.pipeline.config import CurateConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -48,7 +48,9 @@ def _run(
         pq.write_table(table.filter(pa.array(which == k)), src / f"{name}.parquet")
     out = tmp / "out"
     done = resolve_diversity(names, functools.partial(read_part, str(src)), out, cfg, workers)
-    results = pa.concat_tables([read_table_or_empty(out / f"{n}.parquet", RESULT_SCHEMA) for n in names]).sort_by("id")
+    results = pa.concat_tables(
+        [read_table_or_empty(out / f"{n}.parquet", RESULT_SCHEMA) for n in names]
+    ).sort_by("id")
     return results, done
 
 

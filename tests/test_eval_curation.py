@@ -1,5 +1,5 @@
 """Proxy evaluation of curation (`vlmforge eval-curation`): the metrics on hand-built embeddings, the held-out
-set kept apart from vlmforge.training sets by image hash and normalised caption, and one tiny end-to-end run that
+set kept apart from training sets by image hash and normalised caption, and one tiny end-to-end run that
 writes the JSON, the terminal table and the report section.
 
 The curated-vs-unfiltered comparison over 3 seeds and its timing are in benchmarks/eval_curation.py."""

@@ -12,7 +12,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import tarfile
 import time
 import zlib
@@ -22,10 +21,9 @@ import numpy as np
 import psutil
 import pyarrow.dataset as pads
 from conftest import ROOT
-from helpers import encode, jpeg, write_tar
+from helpers import CURATE, encode, jpeg, write_tar
 from PIL import Image
 
-CURATE = [sys.executable, "-m", "vlmforge.pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
 MAX_PEAK_RSS = 1 << 30  # any one process of the job (driver, Ray's own, workers); 285 MiB measured
 
 

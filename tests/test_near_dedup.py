@@ -33,7 +33,7 @@ from vlmforge.pipeline.dedup.neardup_eval import (
     write_caption_part,
 )
 from vlmforge.pipeline.dedup.phash import hamming, phash
-from vlmforge.pipeline.engine.shuffle import in_process
+from vlmforge.pipeline.engine.executor import in_driver
 from vlmforge.pipeline.filter.image_decode import ImageDecode
 from vlmforge.pipeline.sample_data.reading import read_ground_truth
 
@@ -228,7 +228,7 @@ def test_same_survivors_whatever_the_workers_batches_and_components_path(ray_loc
         d.mkdir()
         files = _mixed_parts(d, 1000, batch)
         cfg = NearDedupConfig(local_max_edges=local_max)
-        with in_process(driver_only):  # the last run: every exchange in this process, no Ray task
+        with in_driver(driver_only):  # the last run: every exchange in this process, no Ray task
             result = resolve_near_duplicates(files, d / "x", d / "nd", cfg, partitions)
         runs.append((_all_results(d / "nd"), result))
     base, result = runs[0]
@@ -326,7 +326,7 @@ def test_curation_drops_planted_near_duplicates(ray_local, sample_dir, tmp_path)
 
 
 def test_config_rejects_bad_near_dedup_keys():
-    from vlmforge.pipeline.config import ConfigError
+    from vlmforge.common.errors import ConfigError
 
     for bad, field in [
         ("near_dedup.caption.bands=40", "bands"),

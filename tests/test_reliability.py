@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, curate
-from helpers import outcomes
+from helpers import CURATE, outcomes
 
 from vlmforge.common.errors import JobError
-
-CURATE = [sys.executable, "-m", "vlmforge.pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress"]
 
 
 def _kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:

@@ -22,8 +22,8 @@ from conftest import ROOT, curate
 from helpers import jpeg, raw_batch
 from PIL import Image
 
-from vlmforge.pipeline import gallery, thumbnails
 from vlmforge.pipeline.config import CurateConfig
+from vlmforge.pipeline.report import gallery, thumbnails
 from vlmforge.pipeline.report.html import Options, section_ids, write_report
 from vlmforge.pipeline.report.stats import compare_kept_ids
 from vlmforge.pipeline.report.thumbnails import gallery_thumbnails

@@ -56,7 +56,12 @@ def test_outputs_equal_the_recorded_ones(tmp_path, in_process_rows):
     assert got["stages"] == want["stages"]
     assert got["kept"] == want["kept"]
     assert got["rejected"] == [list(r) for r in want["rejected"]]
-    assert {s["stage"] for s in got["stages"] if s["rejected"]} >= {"caption", "language", "image", "exact_dedup"}
+    assert {s["stage"] for s in got["stages"] if s["rejected"]} >= {
+        "caption",
+        "language",
+        "image",
+        "exact_dedup",
+    }
 
 
 if __name__ == "__main__":

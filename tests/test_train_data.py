@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_train_support import mixed_data, recipe_data, sample_rows, write_curated
 
-from vlmforge.pipeline.config import ConfigError
+from vlmforge.common.errors import ConfigError
 from vlmforge.training.config import SubsetSection, load_train_config
 from vlmforge.training.data import (
     IGNORE_INDEX,

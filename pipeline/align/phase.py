@@ -52,4 +52,3 @@ def run(ctx: Context) -> PhaseResult:
         stages=[StageStats.from_done("alignment", ctx.rows_in, done)],
         manifest={"alignment": {"threshold": done["threshold"]}},
     )
-

@@ -50,7 +50,8 @@ def plan(cfg: CurateConfig) -> list[dict]:
     upstream = cached < len(parts)
     for phase in later:
         if phase.name == "finalize":
-            done = bool(previous) and previous.get("fingerprints", {}).get("finalize") == layout.fps["finalize"]
+            written = (previous or {}).get("fingerprints", {}).get("finalize")
+            done = written == layout.fps["finalize"]
         else:
             done = layout.done(phase.name)
         keys = changed_keys(before, after, phase)

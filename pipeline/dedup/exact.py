@@ -92,7 +92,7 @@ def resolve_exact_duplicates(
 ) -> Counter:
     """Find exact-duplicate losers over all phase-1 rows and write them under `out_dir`.
 
-    Each step is one hash exchange of the key columns on Ray tasks (`vlmforge.pipeline.engine.shuffle`). Returns the number
+    Each step is one hash exchange of the key columns on Ray tasks (`engine.shuffle`). Returns the number
     of losers per reason.
     """
     if out_dir.exists():
@@ -141,9 +141,13 @@ def run(ctx: Context) -> PhaseResult:
     def compute() -> dict:
         kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
         partitions = max(2 * cluster_cpus(), ctx.rows_in // 500_000)
-        counts = resolve_exact_duplicates(kept_files, layout.dir("exact_dedup"), ctx.cfg.exact_dedup, partitions)
+        counts = resolve_exact_duplicates(
+            kept_files, layout.dir("exact_dedup"), ctx.cfg.exact_dedup, partitions
+        )
         return {"reasons": dict(counts), "counters": {}}
 
     reused = layout.done("exact_dedup")
     done = layout.run_once("exact_dedup", compute, ctx.log, ctx.phase.title)
-    return PhaseResult(stages=[StageStats.from_done("exact_dedup", ctx.rows_in, done)], timing={"reused": reused})
+    return PhaseResult(
+        stages=[StageStats.from_done("exact_dedup", ctx.rows_in, done)], timing={"reused": reused}
+    )

@@ -455,8 +455,12 @@ def run(ctx: Context) -> PhaseResult:
         band_rows = ctx.rows_in * (bands + (nd.image.bands if nd.image.enabled else 0))
         partitions = max(2 * (ctx.cfg.ray.workers or cluster_cpus()), -(-band_rows // 4_000_000))
         files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
-        return resolve_near_duplicates(files, layout.dir("exact_dedup"), layout.dir("near_dedup"), nd, partitions)
+        return resolve_near_duplicates(
+            files, layout.dir("exact_dedup"), layout.dir("near_dedup"), nd, partitions
+        )
 
     reused = layout.done("near_dedup")
     done = layout.run_once("near_dedup", compute, ctx.log, ctx.phase.title)
-    return PhaseResult(stages=[StageStats.from_done("near_dedup", ctx.rows_in, done)], timing={"reused": reused})
+    return PhaseResult(
+        stages=[StageStats.from_done("near_dedup", ctx.rows_in, done)], timing={"reused": reused}
+    )

@@ -180,7 +180,11 @@ def resample_part(
 
 
 def run_bounded(
-    task: Callable, calls: Iterable[tuple], workers: int, on_result: Callable[[int, list], None], returns: int = 1
+    task: Callable,
+    calls: Iterable[tuple],
+    workers: int,
+    on_result: Callable[[int, list], None],
+    returns: int = 1,
 ) -> None:
     """Run `task(*call)` as a task for every call, at most `workers` at once, handing each call's index and
     result references to `on_result` as its first result arrives, so the driver holds one at a time."""
@@ -258,9 +262,11 @@ def run(ctx: Context) -> PhaseResult:
     layout = ctx.layout
 
     def compute() -> dict:
-        load = partial(surviving_rows, layout.to_json(), columns=["id", "caption"], stages=global_before("diversity"))
-        return resolve_diversity(list(layout.parts.values()), load, layout.dir("diversity"), ctx.cfg.diversity,
-                                 cluster_cpus())  # fmt: skip
+        load = partial(
+            surviving_rows, layout.to_json(), columns=["id", "caption"], stages=global_before("diversity")
+        )
+        parts = list(layout.parts.values())
+        return resolve_diversity(parts, load, layout.dir("diversity"), ctx.cfg.diversity, cluster_cpus())
 
     done = layout.run_once("diversity", compute, ctx.log, ctx.phase.title)
     summary = report_stats(done)

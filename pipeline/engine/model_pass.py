@@ -43,7 +43,9 @@ def annotate_part(part: str, phase: Phase, model: Any, cfg: CurateConfig, layout
     schema = output_schema(phase)
     cache, rows = RowCache(layout.row_cache(phase.name, part), schema, "id"), 0
     with AtomicParquetWriter(layout.dir(phase.name) / f"{part}.parquet", schema) as w:
-        batches = surviving_batches(layout, part, list(phase.model_reads), global_before(phase.name), cfg.ray.batch_rows)
+        batches = surviving_batches(
+            layout, part, list(phase.model_reads), global_before(phase.name), cfg.ray.batch_rows
+        )
         for batch in batches:
             w.write(cache.results(batch, model))
             rows += batch.num_rows

@@ -93,7 +93,10 @@ def shuffle(
     splits = [submit(_map_split, map_fn, key, partitions, *args, num_returns=partitions) for args in map_args]
     if partitions == 1:
         splits = [[s] for s in splits]
-    outs = [submit(_reduce, reduce_fn, reduce_kwargs, *[s[i] for s in splits], num_returns=2) for i in range(partitions)]
+    outs = [
+        submit(_reduce, reduce_fn, reduce_kwargs, *[s[i] for s in splits], num_returns=2)
+        for i in range(partitions)
+    ]
     return [o[0] for o in outs], [o[1] for o in outs]
 
 

@@ -1,6 +1,6 @@
 """OCR enrichment: the text in an image, read by tesseract (through pytesseract) and appended to captions.
 
-Each image is decoded once to greyscale. The cheap detector (`vlmforge.pipeline.enrich.text_detect`) finds text-like
+Each image is decoded once to greyscale. The cheap detector (`text_detect`) finds text-like
 lines; with `detect` on, images without any skip tesseract. The lines also shape what tesseract sees (in both
 modes, so a detected image gets the same tesseract input either way): the band of rows holding them, scaled
 so the text is about `text_px` tall, as the strokes' contrast against their local background drawn black on

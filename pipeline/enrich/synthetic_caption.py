@@ -3,12 +3,12 @@
 The model is loaded once per actor from ``synthetic_caption.checkpoint``, which is either
 - a ``vlm`` training run directory (stage 1 or 2): its ``model.safetensors`` holds the tensors the run
   trained, the model config and the files the run was initialised from (the frozen decoder stays there);
-  ``vlmforge.training.weights.load_fusion_model`` rebuilds the whole model from that chain. The tokenizer is the
+  ``training.weights.load_fusion_model`` rebuilds the whole model from that chain. The tokenizer is the
   run's ``tokenizer`` (its ``config.json``), a path as the run saw it; or
 - an Mllama directory (``config.json`` with model_type ``mllama``, e.g. written by
-  ``vlmforge.training.model.hf.export_mllama``), imported as a single-tile model, with ``tokenizer.json`` beside it.
+  ``training.model.hf.export_mllama``), imported as a single-tile model, with ``tokenizer.json`` beside it.
 
-The prompt is how training starts a caption sample (``vlmforge.training.data.make_sample``): ``<|begin_of_text|>
+The prompt is how training starts a caption sample (``training.data.make_sample``): ``<|begin_of_text|>
 <|image|>``, then the tokens of ``prompt``; the caption is what the model writes after it (the prompt text
 not included), up to EOS or ``max_new_tokens``, whitespace-normalised. Every row has the same prompt, so a
 batch needs no padding and under greedy decoding a row's caption does not depend on the rows batched with

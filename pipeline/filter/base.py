@@ -39,7 +39,7 @@ def rejected_rows(
 ) -> pa.Table:
     """Build the `rejected/` rows for `batch` (which holds only the rejected rows).
 
-    `thumbnails` (see `vlmforge.pipeline.report.thumbnails.gallery_thumbnails`) is null for every row when not given.
+    `thumbnails` (see `report.thumbnails.gallery_thumbnails`) is null for every row when not given.
     """
     n = batch.num_rows
     caption = batch.column("caption") if "caption" in batch.column_names else pa.nulls(n, pa.string())

@@ -107,7 +107,9 @@ def run(ctx: Context) -> PhaseResult:
     cached = {p.name: done for p in ctx.parts if (done := cached_result(p, layout)) is not None}
     todo = [p.to_dict() for p in ctx.parts if p.name not in cached]
     workers = cfg.ray.workers or cluster_cpus()
-    ctx.log(f"phase 1: {len(todo)} of {len(ctx.parts)} parts to run ({len(cached)} cached), {workers} workers")
+    ctx.log(
+        f"phase 1: {len(todo)} of {len(ctx.parts)} parts to run ({len(cached)} cached), {workers} workers"
+    )
     results = list(cached.values())
     if todo:
         kwargs = {"cfg_json": cfg.model_dump_json(), "layout_json": layout.to_json()}

@@ -122,7 +122,10 @@ def run(ctx: Context) -> PhaseResult:
         "data": [f"data/{f}" for r in results for f in r["data"]],
         "rejected": [f"rejected/{r['rejected']}" for r in results],
     }
-    rows = {"data": sum(r["data_rows"] for r in results), "rejected": sum(r["rejected_rows"] for r in results)}
+    rows = {
+        "data": sum(r["data_rows"] for r in results),
+        "rejected": sum(r["rejected_rows"] for r in results),
+    }
     return PhaseResult(
         manifest={"files": files},
         timing={"reused": sum(r["reused"] for r in results)},

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlmforge.common import __version__
-from vlmforge.pipeline import charts
+from vlmforge.pipeline.report import charts
 from vlmforge.pipeline.report.gallery import (
     Example,
     KeptIndex,

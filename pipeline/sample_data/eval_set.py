@@ -1,7 +1,7 @@
 """A held-out evaluation set: clean single-object scenes, each with a long English caption and a class
 label (its shape), for `vlmforge eval-curation`.
 
-Disjoint from vlmforge.training data by construction: its rows come from their own random stream (``eval/<seed>``,
+Disjoint from training data by construction: its rows come from their own random stream (``eval/<seed>``,
 never a training row's ``<seed>/<index>``), none is a copy of another row, and the uniqueness guards start
 out holding the image sha256s and normalised captions of the training sets named in `exclude`, so no eval
 pair repeats one of theirs. `vlmforge eval-curation` checks it again against every run it trains on.
