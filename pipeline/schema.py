@@ -17,7 +17,7 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 
-# The curated output row (DESIGN.md). Columns later stages fill stay null until those stages run.
+# The curated output row. Columns later stages fill stay null until those stages run.
 OUTPUT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),

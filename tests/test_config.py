@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,19 @@ def test_missing_file_and_non_mapping(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(p)
+
+
+def test_readme_config_table_lists_every_key():
+    """Every field of every section appears in its row of the README's configuration table."""
+    rows = {}
+    for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
+        if line.startswith("| `") and "` | " in line:
+            section, keys = line[3:].split("` | ", 1)
+            rows[section] = keys
+    missing = [
+        f"{section}.{key}"
+        for section, field in CurateConfig.model_fields.items()
+        for key in field.annotation.model_fields
+        if not re.search(rf"\b{key}\b", rows.get(section, ""))
+    ]
+    assert not missing, f"the README's config table lacks {missing}"
