@@ -97,7 +97,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from vlmforge.training.eval import evaluate_weights
+    from vlmforge.training.vlm import evaluate_weights
 
     print(json.dumps(evaluate_weights(args.config, args.weights, args.set), indent=2))
     return 0

@@ -8,7 +8,6 @@ each held-out batch by one place, so every caption gets some other row's image.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,22 +44,3 @@ def image_gap(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
     shuffled = caption_loss(model, batches, shuffle_images=True)
     return {"loss": matched, "loss_shuffled": shuffled, "image_gap": matched / shuffled}
 
-
-def evaluate_weights(
-    config_path: str | Path | None, weights: str | Path, overrides: list[str]
-) -> dict[str, float]:
-    """Image gap of a trained weights file on the held-out rows of the config's data (one process)."""
-    from vlmforge.training.config import load_train_config
-    from vlmforge.training.data import build_index, heldout_batches
-    from vlmforge.training.tokenizer import TextTokenizer
-    from vlmforge.training.vlm import sample_format
-    from vlmforge.training.weights import load_fusion_model
-
-    cfg = load_train_config(config_path, overrides)
-    cfg.require("data.path", "tokenizer")
-    model = load_fusion_model(weights).eval()
-    tok = TextTokenizer(cfg.tokenizer)
-    index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
-    fmt = sample_format(cfg, model.config, tok)
-    batches = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-    return image_gap(model, batches)

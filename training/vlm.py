@@ -10,16 +10,18 @@ reads its higher resolution as a thumbnail plus tiles at the encoder's resolutio
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from vlmforge.training.config import TrainConfig
-from vlmforge.training.data import SampleFormat
+from vlmforge.training.config import TrainConfig, load_train_config
+from vlmforge.training.data import SampleFormat, build_index, heldout_batches
 from vlmforge.training.eval import image_gap
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.tokenizer import TextTokenizer
+from vlmforge.training.weights import load_fusion_model
 
 TOKENS = {"encoder": "image", "projection": "image", "decoder": "text", "fusion": "text", "video": "text"}
 
@@ -52,3 +54,17 @@ def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
 def exports(model: nn.Module) -> dict[str, Any]:
     """The trained parameters; the frozen decoder stays in the file the run was initialised from."""
     return {"model.safetensors": lambda name, p: p.requires_grad}
+
+
+def evaluate_weights(
+    config_path: str | Path | None, weights: str | Path, overrides: list[str]
+) -> dict[str, float]:
+    """Image gap of a trained weights file on the held-out rows of the config's data (one process)."""
+    cfg = load_train_config(config_path, overrides)
+    cfg.require("data.path", "tokenizer")
+    model = load_fusion_model(weights).eval()
+    tok = TextTokenizer(cfg.tokenizer)
+    index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
+    fmt = sample_format(cfg, model.config, tok)
+    batches = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
+    return image_gap(model, batches)
