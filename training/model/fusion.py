@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from vlmforge.training.model.config import DecoderConfig, ModelConfig, TrainableConfig
@@ -415,44 +410,3 @@ class FusionModel(nn.Module):
         return generate(
             lambda tokens, c: self.decode(tokens, media, c), input_ids, max_new_tokens, caches, **sampling
         )
-
-    # ------------------------------------------------------------------------------------------ weights
-
-    def save_weights(self, path: str | Path, trainable_only: bool = True) -> list[str]:
-        """Write parameters (by default only the trainable ones) as safetensors, with the config inside.
-
-        Save these yourself rather than relying on DeepSpeed checkpoints (frozen weights get lost there,
-        DESIGN.md). Under ZeRO-3 gather the parameters first. Returns the names written.
-        """
-        tensors = {
-            name: p.detach().contiguous().cpu()
-            for name, p in self.named_parameters()
-            if p.requires_grad or not trainable_only
-        }
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt", "config": json.dumps(self.config.to_dict())})
-        os.replace(tmp, path)
-        return sorted(tensors)
-
-    def load_weights(self, path: str | Path) -> list[str]:
-        """Copy the parameters stored in ``path`` into this model (names and shapes must match)."""
-        params = dict(self.named_parameters())
-        with safe_open(str(path), framework="pt") as f:
-            unknown = sorted(set(f.keys()) - set(params))
-            if unknown:
-                raise KeyError(f"{path}: parameters not in this model: {unknown[:5]}")
-            with torch.no_grad():
-                for name in f.keys():
-                    tensor = f.get_tensor(name)
-                    if tensor.shape != params[name].shape:
-                        raise ValueError(
-                            f"{name}: shape {tuple(tensor.shape)} != {tuple(params[name].shape)}"
-                        )
-                    params[name].copy_(tensor)
-            return sorted(f.keys())
-
-    @staticmethod
-    def config_from_weights(path: str | Path) -> ModelConfig:
-        with safe_open(str(path), framework="pt") as f:
-            return ModelConfig.from_dict(json.loads(f.metadata()["config"]))
