@@ -13,6 +13,7 @@ from vlmforge.training.model.fusion import FusionModel, media_attention_mask
 from vlmforge.training.model.hf import mllama_state_dict
 from vlmforge.training.model.perceiver import sample_frame_indices
 from vlmforge.training.model.vision import VisionEncoder, interpolate_position_embedding, split_views
+from vlmforge.training.optim import param_groups
 from vlmforge.training.weights import gather_tensors, load_into, read_metadata, save_tensors
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -146,7 +147,7 @@ def test_default_switches_train_encoder_projection_and_fusion_only():
 
 def test_param_groups_exclude_embeddings_norms_and_gates_from_decay():
     model = tiny_model()
-    decay, no_decay, gates = model.param_groups(weight_decay=0.1, gate_lr_scale=10.0)
+    decay, no_decay, gates = param_groups(model, weight_decay=0.1, gate_lr_scale=10.0)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     exempt = {names[id(p)] for p in no_decay["params"]}
@@ -284,8 +285,9 @@ def test_tiles_start_as_the_untiled_model_and_the_tile_bias_learns():
     tiled(ids, large, labels=labels).loss.backward()
     assert tiled.fusion.layers[0].tile_bias.grad.abs() > 0
     assert tiled.projection.view_embedding.grad.abs().sum() > 0
-    gates = tiled.param_groups(0.05, gate_lr_scale=10)[2]
+    _, no_decay, gates = param_groups(tiled, 0.05, gate_lr_scale=10)
     assert gates["lr_scale"] == 10 and any(p is tiled.fusion.layers[0].tile_bias for p in gates["params"])
+    assert any(p is tiled.projection.view_embedding for p in no_decay["params"])  # an embedding: no decay
     with pytest.raises(ValueError, match="tile_grid"):
         mllama_state_dict(tiled)
 

@@ -30,18 +30,34 @@ OWNED_KEYS = (
 )
 
 
+# Parameters named so take no weight decay: learned embeddings that are not nn.Embedding tables (position,
+# class, view and frame embeddings) and the Perceiver's latent queries.
+NO_DECAY_SUFFIXES = ("embedding", "latents")
+# The cross-attention adapters' tanh gates and tile biases: they start at zero (or at a fixed bias) and move
+# about one learning rate per step, so they get their own group whose ``lr_scale`` multiplies the lr.
+GATE_SUFFIXES = ("attn_gate", "mlp_gate", "tile_bias")
+
+
 def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups of the trainable parameters (the fused model's own grouping when it has one)."""
-    if hasattr(model, "param_groups"):
-        groups = model.param_groups(weight_decay, gate_lr_scale)
-    else:
-        decay, no_decay = [], []
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                skip = p.ndim < 2 or id(p) in embeddings or name.endswith("embedding")
-                (no_decay if skip else decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW groups of the trainable parameters, the same rule for every task: decay, no decay (biases,
+    norms and other 1-d parameters, embedding tables, NO_DECAY_SUFFIXES), and the gates (GATE_SUFFIXES,
+    no decay, ``lr_scale``). Empty groups are left out."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay, gates = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith(GATE_SUFFIXES):
+            gates.append(p)
+        elif p.ndim < 2 or id(p) in embeddings or name.endswith(NO_DECAY_SUFFIXES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": gates, "weight_decay": 0.0, "lr_scale": gate_lr_scale},
+    ]
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ConfigError("model.trainable: nothing to train (every component is frozen)")

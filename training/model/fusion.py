@@ -212,27 +212,6 @@ class FusionModel(nn.Module):
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
 
-    def param_groups(self, weight_decay: float, gate_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-        """Optimizer groups of the trainable parameters; no decay on embeddings, norms, gates, biases.
-
-        The adapters' tanh gates (and tile biases) get a group of their own whose ``lr_scale`` multiplies
-        the learning rate: a gate starts at zero and moves about one learning rate per step.
-        """
-        embedding_ids = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        no_decay_names = ("position_embedding", "class_embedding", "latents", "frame_embedding")
-        decay, no_decay, gates = [], [], []
-        for name, p in self.trainable_parameters():
-            if name.endswith(("attn_gate", "mlp_gate", "tile_bias")):  # cross-attention gates and tile biases
-                gates.append(p)
-                continue
-            skip = p.ndim < 2 or id(p) in embedding_ids or name.endswith(no_decay_names)
-            (no_decay if skip else decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {"params": gates, "weight_decay": 0.0, "lr_scale": gate_lr_scale},
-        ]
-
     def resize_images(self, image_size: int) -> None:
         """Store the encoder's position embedding at a new resolution (stage 1 -> stage 2)."""
         self.encoder.resize_position_embedding(image_size)
