@@ -15,7 +15,6 @@ from test_train_support import mixed_data, recipe_data, sample_rows, write_curat
 from vlmforge.common.errors import ConfigError
 from vlmforge.training.config import SubsetSection, load_train_config
 from vlmforge.training.data import (
-    IGNORE_INDEX,
     CaptionStream,
     SampleFormat,
     StreamSpec,
@@ -28,7 +27,7 @@ from vlmforge.training.data import (
 )
 from vlmforge.training.flops import step_flops
 from vlmforge.training.launch import launch_command
-from vlmforge.training.model.config import get_config
+from vlmforge.training.model.config import IGNORE_INDEX, get_config
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.optim import deepspeed_config, lr_factor
 from vlmforge.training.tokenizer import TextTokenizer

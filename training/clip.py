@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig
-from vlmforge.training.data import IGNORE_INDEX, SampleFormat
-from vlmforge.training.model.config import DecoderConfig, ModelConfig
+from vlmforge.training.data import SampleFormat
+from vlmforge.training.model.config import IGNORE_INDEX, DecoderConfig, ModelConfig
 from vlmforge.training.model.decoder import Block, RMSNorm, init_weights, rope_frequencies
 from vlmforge.training.model.vision import VisionEncoder
 from vlmforge.training.tokenizer import TextTokenizer

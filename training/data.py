@@ -34,8 +34,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlmforge.training.config import SubsetSection
+from vlmforge.training.model.config import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 # CLIP's normalisation, which Mllama's image processor uses too.
 IMAGE_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
 IMAGE_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from vlmforge.training.data import IGNORE_INDEX
+from vlmforge.training.model.config import IGNORE_INDEX
 
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig
-from vlmforge.training.data import IGNORE_INDEX, SampleFormat
-from vlmforge.training.model.config import ModelConfig
+from vlmforge.training.data import SampleFormat
+from vlmforge.training.model.config import IGNORE_INDEX, ModelConfig
 from vlmforge.training.model.decoder import Decoder
 from vlmforge.training.tokenizer import TextTokenizer
 

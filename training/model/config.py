@@ -12,6 +12,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+# Label of the positions that take no loss (the default ignore_index of F.cross_entropy).
+IGNORE_INDEX = -100
+
 
 @dataclass
 class VisionConfig:

@@ -28,12 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlmforge.training.model.config import DecoderConfig, ModelConfig, TrainableConfig
+from vlmforge.training.model.config import IGNORE_INDEX, DecoderConfig, ModelConfig, TrainableConfig
 from vlmforge.training.model.decoder import MLP, Decoder, KVCache, RMSNorm, generate, init_weights
 from vlmforge.training.model.perceiver import PerceiverResampler, sample_frame_indices
 from vlmforge.training.model.vision import VisionEncoder, VisionProjection, split_views
-
-IGNORE_INDEX = -100
 
 
 def media_attention_mask(input_ids: Tensor, media_token_id: int, num_media: int) -> Tensor:
