@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_support import PYTHON, ROOT, clean_env, free_port, mixed_data, recipe_data
+from test_train_support import PYTHON, ROOT, clean_env, mixed_data, recipe_data
 
+from vlmforge.training.launch import free_port
 from vlmforge.training.metrics import read_metrics
 
 STEPS = 12

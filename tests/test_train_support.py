@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import tarfile
 import tempfile
 from pathlib import Path
@@ -112,12 +111,6 @@ def mixed_data() -> Path:
     rows = [dict(r) for r in sample_rows()[:48]]
     text_only = [{**r, "id": r["id"] + "-text", "image": None, "image_format": None} for r in rows]
     return write_curated(workdir() / "mixed", [rows, text_only], row_group_rows=16)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

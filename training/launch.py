@@ -1,4 +1,5 @@
-"""Start `vlmforge.training.train` on several processes: the DeepSpeed launcher, or torchrun where it cannot be used.
+"""Start `vlmforge.training.train` on several processes: the DeepSpeed launcher, or torchrun where it
+cannot be used.
 
 ``deepspeed`` covers one node and, with a hostfile, several (it reaches the other nodes over pdsh/ssh).
 torchrun is used when the ``deepspeed`` launcher script is missing or asked for; it covers one node. On a
@@ -18,7 +19,8 @@ from pathlib import Path
 import torch
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -43,7 +45,7 @@ def launch_command(
     if nproc < 1:
         raise ValueError("--nproc must be at least 1")
     args = [config, *(["--resume"] if resume else []), *[f"--set={o}" for o in overrides or []]]
-    port = str(master_port or _free_port())
+    port = str(master_port or free_port())
     deepspeed = _tool("deepspeed")
     if launcher == "auto":
         launcher = "deepspeed" if deepspeed or hostfile else "torchrun"

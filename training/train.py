@@ -2,7 +2,7 @@
 
 One process per device, started by ``vlmforge train`` (the DeepSpeed launcher, or torchrun), or directly:
 
-    torchrun --nproc_per_node 2 -m vlmforge.training.train configs/train/stage1.yaml [--resume] [--set key=value]
+    torchrun --nproc_per_node 2 -m vlmforge.training.train configs/train/stage1.yaml [--resume] [--set k=v]
 
 A run writes into ``train.output``: ``metrics.jsonl`` and ``tensorboard/`` (rank 0), ``checkpoints/``
 (DeepSpeed's, with the data position inside), the consolidated safetensors weights of the task
@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
 from vlmforge.training.flops import component_sizes, peak_flops, step_flops
+from vlmforge.training.launch import free_port
 from vlmforge.training.metrics import MetricsWriter
 from vlmforge.training.model.config import ModelConfig, get_config
 from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
@@ -70,19 +70,13 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     return mc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device); a process started without a launcher becomes a world of one."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -344,7 +338,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlmforge.training.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vlmforge.training.train", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("config", help="train config YAML, e.g. configs/train/stage1.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument(
