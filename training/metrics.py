@@ -7,9 +7,10 @@ last checkpoint) are dropped, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from vlmforge.common.files import atomic_path
 
 
 class MetricsWriter:
@@ -26,9 +27,8 @@ class MetricsWriter:
             kept = [
                 line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step
             ]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed: JSONL only

@@ -8,12 +8,13 @@ on the curated captions with the same layout, for the offline tiny recipe.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
+
+from vlmforge.common.files import atomic_path
 
 BOS, EOS, IMAGE = "<|begin_of_text|>", "<|end_of_text|>", "<|image|>"
 
@@ -110,7 +111,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str | Path) -> 
     tok.add_special_tokens([IMAGE])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
     return TextTokenizer(path)

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from vlmforge.common.errors import ConfigError
+from vlmforge.common.files import atomic_path
 from vlmforge.training import clip, text_lm, vlm
 from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
@@ -139,9 +140,8 @@ class Checkpoints:
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={"vlmforge": state}, save_latest=False)
         torch.distributed.barrier()
         if self.rank == 0:
-            tmp = self.dir / "latest.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, self.dir / "latest")
+            with atomic_path(self.dir / "latest") as tmp:
+                tmp.write_text(tag)
             tags = sorted(p for p in self.dir.glob("step*") if p.is_dir())
             for old in tags[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -9,7 +9,6 @@ model from the last file of a chain (text_lm -> clip -> stage 1 -> stage 2).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from vlmforge.common.files import atomic_path
 from vlmforge.training.model.config import ModelConfig
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.vision import interpolate_position_embedding
@@ -57,9 +57,8 @@ def save_tensors(
     metadata = {"format": "pt", "init_from": json.dumps(parents)}
     if config is not None:
         metadata["config"] = json.dumps(config.to_dict())
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_into(module: nn.Module, path: str | Path, strict_names: bool = True) -> list[str]:

@@ -20,7 +20,6 @@ tokens after it. See tests/test_model_hf.py::test_mllama_text_before_image_known
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from vlmforge.common.files import atomic_path
 from vlmforge.training.model.config import (
     DecoderConfig,
     FusionConfig,
@@ -116,26 +116,16 @@ def save_safetensors(tensors: dict[str, Tensor], directory: Path, max_shard_byte
     else:
         names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     for name, shard in zip(names, shards, strict=True):
-        _atomic_write(
-            directory / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"})
-        )
+        with atomic_path(directory / name) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
             "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key in shard},
         }
-        _atomic_write_text(directory / "model.safetensors.index.json", json.dumps(index, indent=2))
+        with atomic_path(directory / "model.safetensors.index.json") as tmp:
+            tmp.write_text(json.dumps(index, indent=2))
     return [directory / name for name in names]
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # -------------------------------------------------------------------------------------------------- Llama
@@ -504,7 +494,8 @@ def export_mllama(model: FusionModel, path: str | Path, max_shard_bytes: int = 5
     tensors = mllama_state_dict(model)
     save_safetensors(tensors, path, max_shard_bytes)
     config = mllama_config(model.config, model.decoder.embed_tokens.weight.dtype)
-    _atomic_write_text(path / "config.json", json.dumps(config, indent=2))
+    with atomic_path(path / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
     return path
 
 
