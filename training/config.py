@@ -32,7 +32,7 @@ class TrainableSection(_Section):
 
 
 class ModelSection(_Section):
-    """The model: a preset from vlmforge.training/model/config.py, the stage resolution, what to load first."""
+    """The model: a preset of training/model/config.py, the stage resolution, what to load first."""
 
     preset: str = Field("tiny", description="model preset: tiny, tiny_video, llama32_11b, llama32_90b")
     image_size: int | None = Field(

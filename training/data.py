@@ -4,7 +4,8 @@ Each epoch the shards are put in a seeded order and their rows laid end to end; 
 into ``world_size * num_workers`` contiguous slices whose sizes differ by at most one row, one slice per
 reader (rank, dataloader worker): no row is read twice and none is skipped. Every reader yields the same
 number of batches per epoch (``rows // readers // micro_batch``; the short tail of a slice is dropped,
-a different one each epoch), so every rank runs the same number of steps (DESIGN.md, equal steps).
+a different one each epoch), so every rank runs the same number of steps (a rank with fewer would leave
+the others waiting in a collective).
 
 Within its slice a reader streams rows through a seeded shuffle buffer. The buffer works on row positions,
 so the order it emits is a pure function of (seed, epoch, reader) and is computed up front; rows are then
@@ -224,7 +225,7 @@ def collate(samples: list[Sample], pad_id: int, image_size: int | None) -> dict[
 
     A row without an image gets a zero placeholder image (and no image token, so its mask is all false):
     every batch, text-only or not, then runs the encoder and every cross-attention layer on the same
-    parameters in the same order, which ZeRO-3 needs on every rank (DESIGN.md, DeepSpeed issue 7170).
+    parameters in the same order, which ZeRO-3 needs on every rank (DeepSpeed issue 7170).
     Passing ``images=None`` instead makes the model read a partitioned weight for the placeholder's dtype,
     which under ZeRO-3 starts an all-gather on that rank alone, and the ranks' collectives no longer match.
     """

@@ -3,7 +3,7 @@
 Each top-level component of the model costs its parameter count times the tokens it processes (text
 tokens for the decoder and adapters, image tokens for the encoder), times 6 when it trains (forward,
 input and weight gradients) and 4 when it is frozen but gradients flow through it (forward and input
-gradients; DESIGN.md, MFU accounting). Attention scores are not counted, as in the usual 6N estimate.
+gradients, no weight gradients). Attention scores are not counted, as in the usual 6N estimate.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def deepspeed_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:
     if zero.get("stage", 0) in (1, 2, 3) and not (
         zero.get("contiguous_gradients", True) and zero.get("reduce_scatter", True)
     ):
-        # ZeRO on CPU under gloo has dropped gradient buckets with both off (DESIGN.md, known traps).
+        # With both off, ZeRO on the CPU (gloo) dropped gradient buckets here (DeepSpeed 0.19.8).
         raise ConfigError(f"train.deepspeed: {path} must keep contiguous_gradients and reduce_scatter on")
     ds.update(
         train_micro_batch_size_per_gpu=cfg.train.micro_batch_size,

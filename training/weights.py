@@ -1,7 +1,7 @@
 """Consolidated safetensors weights: gathered from DeepSpeed (ZeRO-3 included), loaded across resolutions.
 
-DeepSpeed checkpoints are for resuming; these files are what a stage hands to the next one (DeepSpeed can
-lose frozen weights in its own checkpoints, DESIGN.md). A file holds the parameters a run trained, the
+DeepSpeed checkpoints are for resuming; these files are what a stage hands to the next one (ZeRO-3
+checkpoints have lost frozen weights, DeepSpeed issue 3090). A file holds the parameters a run trained, the
 model config, and the files the run was initialised from, so ``load_fusion_model`` can rebuild the whole
 model from the last file of a chain (text_lm -> clip -> stage 1 -> stage 2).
 """

@@ -9,7 +9,7 @@ that start at zero, so the untrained fused model computes exactly the text model
 particular every token of a row that has no image, attends to all image tokens (so no NaN) and then has
 both branch outputs multiplied by zero: its hidden state passes the layer unchanged. Rows without images
 get a placeholder image and an all-false mask, so the encoder and every cross-attention layer run the
-same ops on every row and every rank (ZeRO-3 hangs when ranks skip layers, DESIGN.md).
+same ops on every row and every rank (ZeRO-3 hangs when ranks skip layers, DeepSpeed issue 7170).
 
 ``FusionModel`` keeps encoder, projection head, decoder, fusion layers (and video adapters) as separate
 modules with a ``trainable`` switch each; by default only the decoder is frozen. New special tokens (the
