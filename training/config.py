@@ -115,7 +115,6 @@ class TrainSection(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     activation_checkpointing: bool = False
     seed: int = 0
-    log_every: int = Field(10, gt=0)
     save_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, gt=0, description="most recent DeepSpeed checkpoints kept")
     peak_tflops: float | None = Field(None, gt=0, description="per-device peak for MFU; null: known GPUs")
