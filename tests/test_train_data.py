@@ -324,7 +324,9 @@ def test_launch_commands():
         "--set=train.steps=3",
     ]
     tr = launch_command("c.yaml", 2, launcher="torchrun", master_port=1234)
-    assert tr[1:] == ["--nproc_per_node", "2", "--master_port", "1234", "-m", "vlmforge.training.train", "c.yaml"]
+    assert tr[1:] == [
+        "--nproc_per_node", "2", "--master_port", "1234", "-m", "vlmforge.training.train", "c.yaml"
+    ]
     with pytest.raises(ValueError, match="hostfile needs the deepspeed launcher"):
         launch_command("c.yaml", 2, hostfile="hosts", launcher="torchrun")
     with pytest.raises(FileNotFoundError, match="hostfile"):
