@@ -243,29 +243,29 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     from vlmforge.pipeline.config import load_config
     from vlmforge.pipeline.dedup.exact import losers_of_part, resolve_exact_duplicates
     from vlmforge.pipeline.dedup.near import RESULT_SCHEMA, resolve_near_duplicates
-    from vlmforge.pipeline.engine.executor import cluster_cpus, in_driver, map_units, start_ray
+    from vlmforge.pipeline.engine.executor import Executor, cluster_cpus, map_units
 
     t0 = time.perf_counter()
     cfg = load_config(RECIPE)
     cfg.exact_dedup.image = False  # captions only: there are no image hashes to exchange
-    start_ray(None, None)
-    t_ray = time.perf_counter()
-    out = work / "phase1"
-    out.mkdir(parents=True)
     parts = sorted(str(f) for f in inp.glob("*.jsonl"))
-    groups = DATATROVE_TASKS  # as many units as datatrove gets tasks
-    units = [{"paths": parts[i::groups]} for i in range(groups) if parts[i::groups]]
-    kwargs = {"cfg_json": cfg.model_dump_json(), "out_dir": str(out)}
-    p1 = map_units(units, TextPartWorker, kwargs, cluster_cpus(), False)
-    t_p1 = time.perf_counter()
-    files = [(r["part"], str(out / f"{r['part']}.parquet")) for r in p1]
-    kept_rows = sum(r["kept"] for r in p1)
-    partitions = max(2 * cluster_cpus(), -(-kept_rows * p["bands"] // 4_000_000))
-    with in_driver(cfg.ray.in_driver(sum(r["rows"] for r in p1))):  # as the curate job decides
+    rows = sum(Path(f).read_bytes().count(b"\n") for f in parts)
+    with Executor(cfg.ray.in_driver(rows)):  # as the curate job decides: small jobs stay in the driver
+        t_ray = time.perf_counter()
+        out = work / "phase1"
+        out.mkdir(parents=True)
+        groups = DATATROVE_TASKS  # as many units as datatrove gets tasks
+        units = [{"paths": parts[i::groups]} for i in range(groups) if parts[i::groups]]
+        kwargs = {"cfg_json": cfg.model_dump_json(), "out_dir": str(out)}
+        p1 = map_units(units, TextPartWorker, kwargs, cluster_cpus(), False)
+        t_p1 = time.perf_counter()
+        files = [(r["part"], str(out / f"{r['part']}.parquet")) for r in p1]
+        kept_rows = sum(r["kept"] for r in p1)
+        partitions = max(2 * cluster_cpus(), -(-kept_rows * p["bands"] // 4_000_000))
         resolve_exact_duplicates([f for _, f in files], work / "exact", cfg.exact_dedup, partitions)
         t_ex = time.perf_counter()
         resolve_near_duplicates(files, work / "exact", work / "near", cfg.near_dedup, partitions)
-    t_nd = time.perf_counter()
+        t_nd = time.perf_counter()
     kept: list[str] = []
     for name, path in files:
         ids = pq.read_table(path, columns=["id"])["id"]
