@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_N ?= 2000
 
-.PHONY: setup demo demo-train test lint bench clean
+.PHONY: setup demo demo-train test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	bash scripts/system_deps.sh
@@ -38,11 +38,16 @@ demo-train: setup
 	$(BIN)/vlmforge eval configs/train/stage2.yaml --weights $(DEMO_DIR)/runs/stage2/model.safetensors
 
 test: setup
-	$(BIN)/ruff check pipeline training tests benchmarks
+	$(BIN)/ruff check pipeline training common tests benchmarks
 	$(BIN)/python -m pytest -q tests
 
+# The fast tier: everything but whole-run, training and cluster tests (about 2-3 minutes on 2 cores).
+test-fast: setup
+	$(BIN)/ruff check pipeline training common tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 lint: setup
-	$(BIN)/ruff check pipeline training tests benchmarks
+	$(BIN)/ruff check pipeline training common tests benchmarks
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

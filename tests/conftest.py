@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from vlmforge.pipeline.align.torchvision_cpu import declare_torchvision_ops
 from vlmforge.pipeline.config import load_config
@@ -15,8 +16,17 @@ from vlmforge.pipeline.sample_data.reading import read_ground_truth
 
 declare_torchvision_ops()  # transformers (the HF comparison tests) imports torchvision when it is installed
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_N = 2000
+
+
+# Fixtures that train a model or curate a second output: every test using one is in the slow tier.
+SLOW_FIXTURES = {"recipe", "clip_run", "compare_report"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +85,8 @@ TEXT_STEPS, CLIP_STEPS, STAGE1_STEPS, STAGE2_STEPS = 150, 30, 300, 30
 
 
 def train(config: str, out: Path, *overrides: str):
-    """Train `config` on the recipe data (tests/test_train_support.py); returns the RunResult."""
-    from test_train_support import recipe_data
+    """Train `config` on the recipe data (tests/train_support.py); returns the RunResult."""
+    from train_support import recipe_data
 
     from vlmforge.training.config import load_train_config
     from vlmforge.training.train import run

@@ -14,6 +14,8 @@ from PIL import Image
 
 from vlmforge.pipeline.schema import RAW_SCHEMA
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
 # `vlmforge curate` with the default recipe, as a subprocess (tests that kill or starve it)
 CURATE = [
     sys.executable, "-m", "vlmforge.pipeline.cli", "curate", "configs/curate/default.yaml", "--no-progress",

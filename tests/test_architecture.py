@@ -8,7 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 FOLDERS = {"pipeline": "vlmforge.pipeline", "training": "vlmforge.training", "common": "vlmforge.common"}
 # The only modules directly in pipeline/: entry point, config, job and its registry, schema.
 PIPELINE_TOP = {"__init__", "cli", "config", "job", "registry", "schema"}

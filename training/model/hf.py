@@ -14,7 +14,7 @@ One behaviour differs on the transformers side: for a text token that sees no im
 all image tokens; Meta's reference code, vLLM and this model zero both branches. Logits agree wherever
 every token sees an image (e.g. the image token first); a token before the first image (such as BOS)
 differs in transformers once the attention gates are non-zero, and through self-attention so do the
-tokens after it. See tests/test_model_hf.py::test_mllama_text_before_image_known_difference.
+tokens after it. See tests/training/model/test_hf.py::test_mllama_text_before_image_known_difference.
 """
 
 from __future__ import annotations

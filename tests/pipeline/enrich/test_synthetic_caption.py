@@ -8,7 +8,7 @@ import statistics
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_train_support import recipe_data
+from train_support import recipe_data
 
 from vlmforge.pipeline.config import SyntheticCaptionConfig
 from vlmforge.pipeline.enrich.synthetic_caption import SyntheticCaption, load_captioner

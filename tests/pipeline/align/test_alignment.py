@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from test_train_support import ROOT, recipe_data, sample_rows, write_curated
+from train_support import ROOT, recipe_data, sample_rows, write_curated
 
 from vlmforge.pipeline.align.scorer import HIST_BINS, AlignmentScore, score_histogram, threshold_from
 from vlmforge.pipeline.config import AlignmentConfig

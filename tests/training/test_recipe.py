@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
-from test_train_support import recipe_data
+from train_support import recipe_data
 
 from vlmforge.training.config import load_train_config
 from vlmforge.training.data import build_index, heldout_batches
 from vlmforge.training.metrics import read_metrics
 from vlmforge.training.vlm import sample_format
 from vlmforge.training.weights import load_fusion_model
+
+pytestmark = pytest.mark.slow  # trains the tiny recipe
 
 
 def test_text_lm_and_clip_learn(recipe):

@@ -20,6 +20,8 @@ from helpers import CURATE, outcomes
 
 from vlmforge.common.errors import JobError
 
+pytestmark = pytest.mark.slow  # kills and starves whole curate runs
+
 
 def _kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
     """Start `cmd` in its own session, SIGKILL its whole process group once `ready()` holds."""

@@ -28,7 +28,10 @@ from helpers import CURATE, outcomes
 RAY = Path(sys.executable).with_name("ray")
 START_TIMEOUT, JOB_TIMEOUT = 120, 400
 
-pytestmark = pytest.mark.skipif(not RAY.exists(), reason=f"no `ray` command next to {sys.executable}")
+pytestmark = [
+    pytest.mark.slow,  # a two-node Ray cluster
+    pytest.mark.skipif(not RAY.exists(), reason=f"no `ray` command next to {sys.executable}"),
+]
 
 
 def _free_ports(n: int) -> list[int]:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from helpers import ROOT
 from PIL import Image
 
 from vlmforge.pipeline.sample_data import write_sample_data
 from vlmforge.pipeline.sample_data.reading import read_ground_truth
 from vlmforge.pipeline.schema import OUTPUT_SCHEMA, conform
 
-ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else "python"
 
 

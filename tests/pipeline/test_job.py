@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 from conftest import ROOT, SAMPLE_N, curate
 from helpers import outcomes
 
@@ -153,6 +154,7 @@ def test_ray_reads_the_output_parquet(curated, ray_local):
     assert ray.data.read_parquet(str(out / "data")).count() == manifest["totals"]["output_rows"]
 
 
+@pytest.mark.slow  # two more curate runs
 def test_rerun_does_no_work_and_resume_reuses_finished_parts(curated, sample_dir, tmp_path):
     out, manifest = curated
     again = curate(sample_dir, out)
@@ -173,6 +175,7 @@ def test_rerun_does_no_work_and_resume_reuses_finished_parts(curated, sample_dir
     assert sorted(outcomes(crashed)[0]) == sorted(outcomes(out)[0])
 
 
+@pytest.mark.slow  # a second curate run
 def test_phase2_and_finalize_in_the_driver_give_the_same_output(curated, sample_dir, tmp_path):
     out, manifest = curated
     assert manifest["config"]["ray"]["in_process_rows"] == 0  # the fixture ran them on Ray workers

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_support import PYTHON, ROOT, clean_env, mixed_data, recipe_data
+from train_support import PYTHON, ROOT, clean_env, mixed_data, recipe_data
 
 from vlmforge.training.launch import free_port
 from vlmforge.training.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # multi-process DeepSpeed runs
 
 STEPS = 12
 SAVE_EVERY = 4

@@ -1,12 +1,10 @@
 import re
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from vlmforge.common.errors import ConfigError
 from vlmforge.pipeline.config import CurateConfig, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_recipe_loads_and_matches_code_defaults():
@@ -66,7 +64,7 @@ def test_missing_file_and_non_mapping(tmp_path):
 def test_readme_config_table_lists_every_key():
     """Every field of every section appears in its row of the README's configuration table."""
     rows = {}
-    for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
+    for line in (ROOT / "README.md").read_text().splitlines():
         if line.startswith("| `") and "` | " in line:
             section, keys = line[3:].split("` | ", 1)
             rows[section] = keys

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from conftest import ROOT, curate
 from helpers import outcomes
 
 from vlmforge.pipeline.cache.plan import gc, plan
 from vlmforge.pipeline.config import load_config
 from vlmforge.pipeline.sample_data import write_sample_data
+
+pytestmark = pytest.mark.slow  # several whole curate runs
 
 
 def _same_outcomes(a, b) -> None:

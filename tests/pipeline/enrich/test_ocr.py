@@ -92,6 +92,7 @@ def _read_cases(seeds: list[int]) -> list[tuple[str, str]]:
     return [(text, ocr.read(data) or "") for data, text in map(render_case, seeds)]
 
 
+@pytest.mark.slow  # hundreds of tesseract runs
 def test_ocr_character_error_rate_on_rendered_text():
     seeds = list(range(N_CASES))
     with get_context("spawn").Pool(2) as pool:

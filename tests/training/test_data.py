@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train_support import mixed_data, recipe_data, sample_rows, write_curated
+from train_support import mixed_data, recipe_data, sample_rows, write_curated
 
 from vlmforge.common.errors import ConfigError
 from vlmforge.training.config import SubsetSection, load_train_config

@@ -12,6 +12,8 @@ from helpers import outcomes
 
 from vlmforge.pipeline.sample_data.vocab import COLOURS, SHAPES
 
+pytestmark = pytest.mark.slow  # trains the tiny recipe, then curates with it
+
 LATER = ["alignment", "diversity", "ocr", "synthetic_caption"]
 
 

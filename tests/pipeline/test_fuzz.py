@@ -1,7 +1,7 @@
 """Broken and hostile inputs: the job finishes, nothing crashes, every row is accounted with a reason.
 
 Paths that climb out of a JSON-lines manifest's image root (`../../etc/passwd`, symlinks) are refused by
-the reader: tests/test_readers.py::test_jsonl_paths_stay_inside_root.
+the reader: tests/pipeline/readers/test_readers.py::test_jsonl_paths_stay_inside_root.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The layout move kept behaviour: a run on sample data gives the per-stage counts, kept ids and
-(id, stage, reason) rejections recorded before the move (tests/fixtures/sample_outputs.json).
+(id, stage, reason) rejections recorded before the move (tests/pipeline/sample_outputs.json).
 
 Re-record on purpose only, when a change is meant to alter results:
-    python tests/test_same_outputs.py tests/fixtures/sample_outputs.json
+    python tests/pipeline/test_same_outputs.py tests/pipeline/sample_outputs.json
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import ROOT
 
 from vlmforge.pipeline.config import load_config
 from vlmforge.pipeline.job import run_curation
 from vlmforge.pipeline.sample_data import write_sample_data
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).parent / "fixtures" / "sample_outputs.json"
+pytestmark = pytest.mark.slow  # two curate runs of 1,500 pairs
+
+FIXTURE = Path(__file__).parent / "sample_outputs.json"
 N, SEED, OVERRIDES = 1500, 3, ["diversity.threshold=40"]
 
 
