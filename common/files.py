@@ -70,12 +70,16 @@ def write_json(path: str | Path, data: dict) -> None:
     """Write JSON atomically (temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    with tmp.open("w") as f:
+    with atomic_path(path) as tmp, tmp.open("w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def read_table_or_empty(path: str | Path, schema: pa.Schema) -> pa.Table:

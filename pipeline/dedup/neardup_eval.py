@@ -1,6 +1,7 @@
 """Planted near-duplicate captions at known Jaccard levels, exact similarities by brute force, pair metrics.
 
-Shared by tests/pipeline/dedup/test_near_dedup.py and benchmarks/dedup.py. Background captions are random English words
+Shared by tests/pipeline/dedup/test_near_dedup.py and benchmarks/dedup.py. Background captions are random
+English words
 (wordfreq's list, Zipf-weighted, 3 to 30 words). A share of them get one copy each whose exact Jaccard
 similarity to the original (word bigrams of the normalised text) is one of `LEVELS`: level 1 copies differ
 only in case, punctuation and whitespace; the others are drawn by random word edits (substitute, insert,

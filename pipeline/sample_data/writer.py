@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from vlmforge.common.files import write_bytes
 
 from .generator import EXPECTED, PROPORTIONS, SHORT_CAPTION_SHARE, Row, generate_rows
 
@@ -39,12 +40,6 @@ def _sample_json(row: Row) -> bytes:
     return json.dumps(meta).encode()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_shard(path: Path, rows: list[Row]) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -52,7 +47,7 @@ def _write_shard(path: Path, rows: list[Row]) -> None:
             _add_member(tar, f"{row.key}.{row.ext}", row.data)
             _add_member(tar, f"{row.key}.json", _sample_json(row))
             _add_member(tar, f"{row.key}.txt", row.caption.encode("utf-8"))
-    _write_atomic(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def _summary(n: int, seed: int, shard_size: int, shards: list[str], truth: list[dict]) -> dict:
@@ -115,9 +110,9 @@ def write_sample_data(out_dir: str | Path, n: int, seed: int = 0, shard_size: in
 
     shards = _write_shards(out, rows(), n, shard_size, progress)
     lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in truth)
-    _write_atomic(out / "ground_truth.jsonl", lines.encode("utf-8"))
+    write_bytes(out / "ground_truth.jsonl", lines.encode("utf-8"))
     summary = _summary(n, seed, shard_size, shards, truth)
-    _write_atomic(out / "ground_truth_summary.json",
+    write_bytes(out / "ground_truth_summary.json",
                   (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return summary
 
@@ -143,12 +138,12 @@ def write_eval_set(out_dir: str | Path, n: int, seed: int = 0, shard_size: int =
 
     shards = _write_shards(out, rows(), n, shard_size, progress)
     lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in labels)
-    _write_atomic(out / LABELS_FILE, lines.encode("utf-8"))
+    write_bytes(out / LABELS_FILE, lines.encode("utf-8"))
     summary = {
         "generator_version": GENERATOR_VERSION, "kind": "eval", "n": n, "seed": seed,
         "shard_size": shard_size, "shards": shards,
         "classes": dict(sorted(Counter(t["label"] for t in labels).items())),
         "excluded": {"images": len(exclude.images), "captions": len(exclude.captions)} if exclude else None,
     }
-    _write_atomic(out / "eval_summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    write_bytes(out / "eval_summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary
