@@ -59,13 +59,13 @@ class RayConfig(_Section):
     in_process_rows: int = Field(
         50_000,
         ge=0,
-        description="jobs of at most this many input pairs run phase 2 and finalize in the driver, not on "
-        "Ray workers (0 = never): on small inputs, starting Ray workers costs more than it saves",
+        description="without an address, jobs of at most this many input pairs run wholly in the driver, "
+        "without starting Ray (0 = always Ray): on small inputs, starting Ray costs more than it saves",
     )
 
     def in_driver(self, pairs: int) -> bool:
-        """Whether a job over `pairs` input pairs runs phase 2 and finalize in the driver."""
-        return pairs <= self.in_process_rows
+        """Whether a job over `pairs` input pairs runs in the driver (a cluster address always means Ray)."""
+        return not self.address and pairs <= self.in_process_rows
 
 
 class CaptionConfig(_Section):

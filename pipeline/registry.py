@@ -140,7 +140,7 @@ PHASES: tuple[Phase, ...] = (
                                 "near_dedup.caption.seed")),
         ),
     ),
-    Phase("exact_dedup", 1, ("exact_dedup",), "global", "dedup.exact",
+    Phase("exact_dedup", 2, ("exact_dedup",), "global", "dedup.exact",
           "phase 2: exact duplicates across the dataset", group="phase2"),
     Phase("near_dedup", 1, ("near_dedup",), "global", "dedup.near",
           "phase 2: near duplicates across the dataset", enabled="near_dedup.enabled",

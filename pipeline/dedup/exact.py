@@ -4,13 +4,12 @@ Rows are hash-partitioned by key across the cluster, so all rows sharing a key m
 duplicates are found with one vectorised sort. Image duplicates (same sha256) are resolved first, then
 caption duplicates (same normalised caption) among the survivors. The survivor of a group is its first
 occurrence (smallest id), so the result does not depend on worker count or batch size. Only the losers
-(id, part, reason, survivor id) are written, partitioned by part, so finalize reads only its own.
+(id, reason, survivor id) are written, one file per part, so finalize reads only its own.
 """
 
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vlmforge.common.files import AtomicParquetWriter
 from vlmforge.pipeline.config import ExactDedupConfig
 from vlmforge.pipeline.engine.accounting import StageStats
 from vlmforge.pipeline.engine.executor import cluster_cpus
-from vlmforge.pipeline.engine.shuffle import exchange, gather_stats, shuffle
+from vlmforge.pipeline.engine.shuffle import exchange, gather_stats, map_each, shuffle
 from vlmforge.pipeline.registry import Context, PhaseResult
 
 KEY_COLUMNS = ["id", "part", "sha256", "caption_key"]
@@ -70,30 +70,40 @@ def read_keys(path: str, key: str) -> pa.Table:
     return with_hash(pq.read_table(path, columns=KEY_COLUMNS), key)
 
 
-def resolve_partition(
-    table: pa.Table, dup_key: str, reason: str, out_dir: str, next_key: str | None
-) -> tuple[pa.Table, dict]:
-    """Mark one partition's duplicates on `dup_key`, write its losers per part, return its survivors (hashed
-    by `next_key` for the next exchange)."""
-    marked = mark_duplicates(table, dup_key, reason)
+def resolve_partition(table: pa.Table, dup_key: str, reason: str) -> pa.Table:
+    """Mark one partition's duplicates on `dup_key` (all its rows, losers with `dup_reason` set)."""
+    return mark_duplicates(table, dup_key, reason)
+
+
+def survivors_of(marked: pa.Table, next_key: str) -> pa.Table:
+    """The marked table's survivors, hashed by `next_key` for the next exchange."""
+    return with_hash(select_rows(marked, losers=False), next_key)
+
+
+def losers_of(marked: pa.Table) -> tuple[pa.Table, dict]:
+    """The marked table's losers (LOSER_SCHEMA), hashed by part for the exchange that writes them."""
     losers = select_rows(marked, losers=True)
-    name = f"{uuid.uuid4().hex}.parquet"
-    for part in pc.unique(losers["part"]).to_pylist():
-        rows = losers.filter(pc.equal(losers["part"], part)).drop_columns(["part"])
-        path = Path(out_dir) / dup_key / f"part={part}" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows, path)
-    survivors = select_rows(marked, losers=False)
-    return (with_hash(survivors, next_key) if next_key else survivors), {"losers": losers.num_rows}
+    return with_hash(losers, "part"), {"losers": losers.num_rows}
+
+
+def write_losers(table: pa.Table, out_dir: str) -> tuple[pa.Table, dict]:
+    """Write the losers of each part in this partition to one file per part, `out_dir/{part}.parquet`."""
+    schema = LOSER_SCHEMA.remove(LOSER_SCHEMA.get_field_index("part"))
+    for part in pc.unique(table["part"]).to_pylist():
+        rows = table.filter(pc.equal(table["part"], part)).sort_by("id").select(schema.names)
+        with AtomicParquetWriter(Path(out_dir) / f"{part}.parquet", schema) as w:
+            w.write(rows)
+    return table.slice(0, 0), {"parts": pc.count_distinct(table["part"]).as_py()}
 
 
 def resolve_exact_duplicates(
     phase1_files: list[str], out_dir: Path, cfg: ExactDedupConfig, partitions: int
 ) -> Counter:
-    """Find exact-duplicate losers over all phase-1 rows and write them under `out_dir`.
+    """Find exact-duplicate losers over all phase-1 rows and write them under `out_dir`, one file per part
+    that has any (`losers_of_part` reads them).
 
-    Each step is one hash exchange of the key columns on Ray tasks (`engine.shuffle`). Returns the number
-    of losers per reason.
+    Each step is one hash exchange of the key columns on Ray tasks (`engine.shuffle`); a last exchange by
+    part gathers each part's losers of every step. Returns the number of losers per reason.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -109,29 +119,30 @@ def resolve_exact_duplicates(
     counts: Counter = Counter()
     if not steps or not phase1_files:
         return counts
-    refs = None
+    survivors, losers = None, []
     for i, (key, reason) in enumerate(steps):
-        args = {"dup_key": key, "reason": reason, "out_dir": str(out_dir)}
-        args["next_key"] = steps[i + 1][0] if i + 1 < len(steps) else None
-        if refs is None:
-            refs, stats = shuffle(read_keys, [(f, key) for f in phase1_files], "_h", partitions,
-                                  resolve_partition, **args)  # fmt: skip
+        args = {"dup_key": key, "reason": reason}
+        if survivors is None:
+            inputs = [(f, key) for f in phase1_files]
+            marked, _ = shuffle(read_keys, inputs, "_h", partitions, resolve_partition, **args)
         else:
-            refs, stats = exchange(refs, "_h", partitions, resolve_partition, **args)
+            marked, _ = exchange(survivors, "_h", partitions, resolve_partition, **args)
+        lost, stats = map_each(marked, losers_of)
         counts[reason] += sum(s["losers"] for s in gather_stats(stats))
+        losers += lost
+        if i + 1 < len(steps):
+            survivors, _ = map_each(marked, survivors_of, next_key=steps[i + 1][0])
+    _, written = exchange(losers, "_h", partitions, write_losers, out_dir=str(out_dir))
+    gather_stats(written)
     return counts
 
 
 def losers_of_part(out_dir: Path, part: str) -> pa.Table:
     """The exact-duplicate losers of one part (id, reason, detail)."""
-    tables = [
-        pq.read_table(f, columns=["id", "reason", "detail"])
-        for key_dir in sorted(out_dir.glob("*"))
-        for f in sorted((key_dir / f"part={part}").glob("*.parquet"))
-    ]
-    if not tables:
+    path = out_dir / f"{part}.parquet"
+    if not path.is_file():
         return LOSER_SCHEMA.empty_table().drop_columns(["part"])
-    return pa.concat_tables(tables)
+    return pq.read_table(path, columns=["id", "reason", "detail"])
 
 
 def run(ctx: Context) -> PhaseResult:
