@@ -18,12 +18,70 @@ from pathlib import Path
 
 import torch
 
+from vlmforge.common.errors import ConfigError
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class StaleExtensionLock(ConfigError):
+    """A torch-extensions build lock that no live process holds: every JIT build would wait on it forever."""
+
+
+def extensions_root() -> Path:
+    """Where torch JIT-builds C++ ops (DeepSpeed's CPU ops among them): TORCH_EXTENSIONS_DIR, else the
+    user cache (e.g. ~/.cache/torch_extensions); the build folders lie one or two levels below."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(get_default_build_root())
+
+
+def _open_files() -> set[str]:
+    """Real paths of the files any process on this machine has open (Linux /proc; empty elsewhere)."""
+    paths: set[str] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                paths.add(os.readlink(fd))
+            except OSError:
+                continue
+    return paths
+
+
+def stale_extension_locks(root: Path | None = None) -> list[Path]:
+    """Build locks under the extensions root that no live process holds open.
+
+    torch's FileBaton creates BUILD_DIR/lock with O_EXCL and keeps it open until the build ends; a process
+    killed in between leaves the file, and every later build of that op polls for it to vanish, silently
+    and forever. An open descriptor on the file in /proc means a build is running (not stale).
+    """
+    root = extensions_root() if root is None else root
+    locks = sorted({*root.glob("*/lock"), *root.glob("*/*/lock")})
+    if not locks or not Path("/proc/self/fd").is_dir():
+        return []
+    held = _open_files()
+    return [lock for lock in locks if os.path.realpath(lock) not in held and lock.exists()]
+
+
+def check_extension_locks(root: Path | None = None) -> None:
+    """Refuse to start where a JIT build would hang on a stale lock, saying what to delete."""
+    stale = stale_extension_locks(root)
+    if stale:
+        raise StaleExtensionLock(
+            "stale torch-extensions build lock, left by a process killed while it JIT-built an op: no "
+            "process holds it, and every build of that op (DeepSpeed's CPU ops among them) would wait for it "
+            "forever. Delete it and run again: rm " + " ".join(str(lock) for lock in stale)
+        )
 
 
 def _tool(name: str) -> str | None:
@@ -97,6 +155,7 @@ def launch(
 ) -> int:
     """Run the launcher in the foreground and return its exit code; Ctrl-C and SIGTERM are passed on."""
     cmd = launch_command(config, nproc, hostfile, resume, overrides, launcher)
+    check_extension_locks()
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env=launch_env(nproc))
 

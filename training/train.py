@@ -36,7 +36,7 @@ from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
 from vlmforge.training.flops import component_sizes, peak_flops, step_flops
-from vlmforge.training.launch import free_port
+from vlmforge.training.launch import check_extension_locks, free_port
 from vlmforge.training.metrics import MetricsWriter
 from vlmforge.training.model.config import ModelConfig, get_config
 from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
@@ -167,6 +167,7 @@ def _check_resume(state: dict[str, Any], expect: dict[str, Any]) -> None:
 def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     """Train as configured; every rank calls this. Returns the engine and the run summary."""
     cfg.require("data.path", "tokenizer", "train.output")
+    check_extension_locks()  # before DeepSpeed's JIT builds, which would wait on a stale lock forever
     rank, world, device = init_distributed()
     import deepspeed
 
