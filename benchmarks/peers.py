@@ -10,7 +10,8 @@ Peers (`--only peers`). One recipe (benchmarks/peers_recipe.yaml): caption check
 exact + near-duplicate captions, image size and aspect ratio. For each size the sample data
 (`vlmforge sample-data --seed 0`) is written once as a JSONL manifest (id, text, image path) plus one image
 file per pair, outside any timing, and every contender reads those same files:
-- vlmforge: `vlmforge curate benchmarks/peers_recipe.yaml` (local Ray on the machine's CPUs).
+- vlmforge: `vlmforge curate benchmarks/peers_recipe.yaml` (in the driver up to `ray.in_process_rows`
+  input pairs, else a local Ray on the machine's CPUs); vlmforge_ray: the same with every phase on Ray.
 - data_juicer / data_juicer_ray / data_juicer_fused: `dj-process` (py-data-juicer) with
   text_length_filter, special_characters_filter, language_id_score_filter, image_shape_filter,
   image_aspect_ratio_filter, document_deduplicator and document_minhash_deduplicator (Ray mode: their
@@ -20,9 +21,9 @@ file per pair, outside any timing, and every contender reads those same files:
   drops a whole batch of 1,000 rows when one image in it fails to open (skip_op_error), which with the
   sample data's corrupt images dropped every row.
 - Text-only, on the captions alone: vlmforge_text (vlmforge's caption checks, language ID and MinHash
-  stages in Ray actors, then its global exact and near dedup) and datatrove_text (datatrove's
-  LanguageFilter with the same model and threshold, then its four MinHash steps, 2 workers; words split
-  on whitespace because its default tokenizer needs an NLTK download).
+  stages, then its global exact and near dedup, in the driver or on Ray as the curate job decides) and
+  datatrove_text (datatrove's LanguageFilter with the same model and threshold, then its four MinHash
+  steps, 2 workers; words split on whitespace because its default tokenizer needs an NLTK download).
 MinHash everywhere: word bigrams of the lowercased caption without punctuation, 128 permutations,
 16 bands x 8 rows, threshold 0.8 (Data-Juicer and datatrove do not verify candidates).
 Each contender runs in its own process tree, measured from outside by benchmarks/dedup.py's run_measured:
@@ -67,7 +68,7 @@ RECIPE = ROOT / "benchmarks" / "peers_recipe.yaml"
 DEFAULT_RECIPE = ROOT / "configs" / "curate" / "default.yaml"
 TEXT_KINDS = ("non_english", "exact_duplicate", "near_duplicate_caption", "boilerplate", "empty_caption")
 IMAGE_KINDS = ("too_small", "extreme_aspect", "corrupt_image", "truncated_image")
-FULL = ("vlmforge", "data_juicer", "data_juicer_ray", "data_juicer_fused")
+FULL = ("vlmforge", "vlmforge_ray", "data_juicer", "data_juicer_ray", "data_juicer_fused")
 TEXT = ("vlmforge_text", "datatrove_text")
 DATATROVE_TASKS = 8
 
@@ -474,7 +475,7 @@ def kept_ids(name: str, work: Path) -> set[str]:
     """Ids a contender kept."""
     import gzip
 
-    if name == "vlmforge":
+    if name in ("vlmforge", "vlmforge_ray"):
         import pyarrow.parquet as pq
 
         return {
@@ -524,10 +525,12 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 
 def peer_command(name: str, manifest: Path, work: Path, params: Path, args: argparse.Namespace) -> list[str]:
-    if name == "vlmforge":
+    if name in ("vlmforge", "vlmforge_ray"):
         vlmforge = str(Path(sys.executable).parent / "vlmforge")
+        # vlmforge_ray: the same job with every phase on Ray (`ray.in_process_rows=0`), as large jobs run
+        ray = ["--set", "ray.in_process_rows=0"] if name == "vlmforge_ray" else []
         return [vlmforge, "curate", str(RECIPE), "--input", str(manifest), "--output", str(work / "out"),
-                "--set", f"input.root={manifest.parent}", "--no-progress", "--overwrite"]  # fmt: skip
+                "--set", f"input.root={manifest.parent}", *ray, "--no-progress", "--overwrite"]  # fmt: skip
     if name.startswith("data_juicer"):
         import yaml
 
