@@ -30,7 +30,8 @@ class VisionConfig:
     act: str = "gelu"  # "gelu" (Mllama) or "quick_gelu" (OpenAI CLIP)
     norm_eps: float = 1e-5
     attn_bias: bool = False  # CLIP has q/k/v/o biases, Mllama has none
-    # 0-based indices of the blocks whose outputs feed the projection head next to the final output.
+    # 0-based indices of the blocks whose INPUTS feed the projection head next to the final output (Meta's
+    # reference, torchtune, vLLM and transformers 4.x; index 0 is the embedding after ln_pre).
     intermediate_layers: tuple[int, ...] = (3, 7, 15, 23, 30)
     # Mllama pads the token sequence to a multiple of 8 and lets real tokens attend to the padding
     # (see vision.py); 8 reproduces it exactly, 1 is a plain ViT (CLIP).
@@ -202,7 +203,7 @@ def tiny() -> ModelConfig:
             num_layers=4,
             num_heads=4,
             mlp_dim=128,
-            intermediate_layers=(0, 2),
+            intermediate_layers=(1, 3),  # the inputs of blocks 1 and 3: the outputs of blocks 0 and 2
         ),
         projection=ProjectionConfig(num_layers=2),
         decoder=DecoderConfig(

@@ -9,6 +9,12 @@ the post-encoder layer norm. Not representable, so refused or warned about: atte
 (CLIP has them, Mllama has none), padding other than Mllama's multiple of 8, a decoder ``head_dim`` other
 than dim / num_heads, more than 8 new tokens, and the video adapters (not part of the Mllama format).
 
+Intermediate vision features: ``intermediate_layers_indices`` name the blocks whose INPUTS feed the projector,
+as in Meta's reference, torchtune, vLLM and transformers 4.45-4.54, so Llama-3.2-Vision's [3, 7, 15, 23, 30]
+mean what its weights were trained with. transformers 4.55 feeds the last hidden state for every index, and
+4.56 up to at least 5.25 the OUTPUTS (one block deeper: a checkpoint gives other logits there). The test extra
+pins transformers to the range the parity tests pass in (>=4.46,<4.54; run at 4.46.3 and 4.53.3).
+
 One behaviour differs on the transformers side: for a text token that sees no image, HF's
 ``MllamaCrossAttentionDecoderLayer`` zeroes only the MLP branch and lets the attention branch attend to
 all image tokens; Meta's reference code, vLLM and this model zero both branches. Logits agree wherever

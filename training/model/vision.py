@@ -1,8 +1,10 @@
 """ViT image encoder and the projection head that carries its features into the decoder.
 
 Encoder: conv patch embedding, class token, learned position embedding (bilinearly interpolated when the
-input resolution differs from the stored one), pre-norm blocks. It returns the final output and the outputs
-of the configured intermediate blocks.
+input resolution differs from the stored one), pre-norm blocks. It returns the final output and the INPUTS
+of the configured intermediate blocks (index i: what block i reads, i.e. the output of block i - 1; 0 is the
+embedding after ln_pre). That is the convention of Meta's reference, torchtune (``out_indices``), vLLM and
+transformers 4.x, so Llama-3.2-Vision weights ([3, 7, 15, 23, 30]) see the features they were trained on.
 
 Projection head (the Llama 3.2 Vision arrangement): layer norm, a few gated self-attention layers on the
 final output, concatenation with the intermediate outputs along the feature axis (5 intermediate + final
@@ -29,7 +31,7 @@ from vlmforge.training.model.config import ProjectionConfig, VisionConfig
 
 class VisionOutput(NamedTuple):
     last_hidden_state: Tensor  # (N, L, D); L counts padding tokens when cfg.pad_to_multiple > 1
-    hidden_states: list[Tensor]  # outputs of cfg.intermediate_layers, each (N, L, D)
+    hidden_states: list[Tensor]  # inputs of the blocks cfg.intermediate_layers, each (N, L, D)
     num_tokens: int  # real tokens (class token + patches); positions num_tokens.. are padding
 
 
@@ -168,11 +170,11 @@ class VisionEncoder(nn.Module):
         num_tokens = x.shape[1]
         x = F.pad(x, (0, 0, 0, -num_tokens % self.cfg.pad_to_multiple))
         mask = padding_mask(num_tokens, x.shape[1], x.device)
-        outputs = []
+        inputs = []
         for layer in self.layers:
+            inputs.append(x)  # Meta's convention: the features of block i are what it reads
             x = layer(x, mask)
-            outputs.append(x)
-        return VisionOutput(x, [outputs[i] for i in self.cfg.intermediate_layers], num_tokens)
+        return VisionOutput(x, [inputs[i] for i in self.cfg.intermediate_layers], num_tokens)
 
 
 class VisionProjection(nn.Module):

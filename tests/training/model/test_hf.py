@@ -18,8 +18,36 @@ from vlmforge.training.model.hf import (  # noqa: E402
     load_clip_vision,
     load_llama,
 )
+from vlmforge.training.model.vision import padding_mask  # noqa: E402
 
 TOL = 1e-4
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+def mllama_takes_block_inputs() -> bool:
+    """Whether this transformers feeds Mllama's projector the INPUTS of ``intermediate_layers_indices``
+    (Meta's reference, vLLM, transformers 4.x in the pinned range) or their outputs (transformers 5.x, at
+    least up to 5.25: one block deeper than the weights were trained with)."""
+    from transformers.models.mllama.configuration_mllama import MllamaVisionConfig
+    from transformers.models.mllama.modeling_mllama import MllamaVisionEncoder
+
+    cfg = MllamaVisionConfig(hidden_size=8, intermediate_size=16, attention_heads=2)
+    encoder = MllamaVisionEncoder(cfg, num_layers=2).eval()
+    x = torch.randn(1, 3, 8)
+    with torch.no_grad():
+        try:
+            out = encoder(x, output_hidden_states=True)
+        except TypeError:  # 5.x: no flag, always returns them
+            out = encoder(x)
+    return torch.equal(out.hidden_states[0], x)
+
+
+MLLAMA_INPUTS = mllama_takes_block_inputs()
+needs_meta_convention = pytest.mark.skipif(
+    not MLLAMA_INPUTS,
+    reason=f"transformers {transformers.__version__} takes the OUTPUTS of Mllama's intermediate layers, not "
+    "the inputs as Meta's reference does; install the pinned range (pip install -e '.[test]')",
+)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -53,14 +81,21 @@ def llama_hf_config(**overrides):
     return transformers.LlamaConfig(**{**base, **overrides})
 
 
+def llama3_rope(theta: float, **scaling) -> dict:
+    """Llama 3 RoPE in this transformers' layout (5.x: rope_parameters; 4.x: rope_theta, rope_scaling)."""
+    scaling = {"rope_type": "llama3", **scaling}
+    if TRANSFORMERS_5:
+        return {"rope_parameters": {"rope_theta": theta, **scaling}}
+    return {"rope_theta": theta, "rope_scaling": scaling}
+
+
 LLAMA_VARIANTS = {
     "untied-default-rope": {},
     "tied-llama3-rope-head_dim": dict(
         tie_word_embeddings=True,
         head_dim=24,
-        rope_parameters=dict(
-            rope_type="llama3",
-            rope_theta=10000.0,
+        **llama3_rope(
+            10000.0,
             factor=8.0,
             low_freq_factor=1.0,
             high_freq_factor=4.0,
@@ -100,7 +135,7 @@ def test_llama3_rope_frequencies_match_transformers():
     hf_cfg = llama_hf_config(
         hidden_size=cfg.dim,
         num_attention_heads=cfg.num_heads,
-        rope_parameters=dict(rope_type="llama3", rope_theta=cfg.rope_theta, **vars(cfg.rope_scaling)),
+        **llama3_rope(cfg.rope_theta, **vars(cfg.rope_scaling)),
     )
     expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg, "cpu")
     torch.testing.assert_close(rope_frequencies(cfg), expected, atol=0, rtol=1e-6)
@@ -142,7 +177,7 @@ def clip_vision(tmp_path, full_clip: bool):
 @pytest.mark.parametrize("full_clip", [False, True], ids=["CLIPVisionModel", "CLIPModel"])
 def test_clip_encoder_matches_transformers(tmp_path, full_clip):
     tower = clip_vision(tmp_path, full_clip)
-    encoder = load_clip_vision(tmp_path, intermediate_layers=(0, 2)).eval()
+    encoder = load_clip_vision(tmp_path, intermediate_layers=(0, 2)).eval()  # block inputs: HF's [0], [2]
     assert encoder.cfg.act == "quick_gelu" and encoder.cfg.attn_bias and encoder.cfg.pad_to_multiple == 1
 
     pixels = torch.randn(2, 3, 40, 40)
@@ -151,7 +186,7 @@ def test_clip_encoder_matches_transformers(tmp_path, full_clip):
         got = encoder(pixels)
     diffs = [(got.last_hidden_state - expected.last_hidden_state).abs().max().item()]
     diffs += [
-        (h - expected.hidden_states[i + 1]).abs().max().item()
+        (h - expected.hidden_states[i]).abs().max().item()
         for h, i in zip(got.hidden_states, (0, 2), strict=True)
     ]
     print(f"clip ({'CLIPModel' if full_clip else 'CLIPVisionModel'}): max abs hidden-state diffs {diffs}")
@@ -166,12 +201,13 @@ def test_fusion_model_from_llama_and_clip(tmp_path):
     tower = clip_vision(tmp_path / "clip", full_clip=False)
     model = fusion_model_from_hf(tmp_path / "llama", tmp_path / "clip", get_config("tiny"))
     assert model.config.decoder.num_layers == 3 and model.config.fusion.every == 2  # from the preset
-    assert len(model.fusion.layers) == 1 and model.config.vision.intermediate_layers == (0, 2)
+    assert len(model.fusion.layers) == 1 and model.config.vision.intermediate_layers == (1, 3)
     ids = torch.randint(0, 300, (1, 12))
     with torch.no_grad():
         assert (model.decoder(ids) - llama(ids).logits).abs().max() <= TOL
         assert torch.equal(model(ids, torch.randn(1, 3, 40, 40)).logits, model.decoder(ids))
-        torch.testing.assert_close(model.projection.ln_post.weight, tower.post_layernorm.weight)
+        post = getattr(tower, "vision_model", tower).post_layernorm  # 4.x CLIPVisionModel wraps it
+        torch.testing.assert_close(model.projection.ln_post.weight, post.weight)
     assert not any(p.requires_grad for p in model.decoder.parameters())
     with pytest.raises(ValueError, match="attention biases"):
         export_mllama(model, tmp_path / "out")
@@ -213,6 +249,7 @@ def trained_tiny(seed: int = 0) -> FusionModel:
     return model
 
 
+@needs_meta_convention
 def test_mllama_export_gives_the_same_logits_in_transformers(tmp_path):
     model = trained_tiny()
     export_mllama(model, tmp_path, max_shard_bytes=400_000)  # small shards: exercises the index file
@@ -239,6 +276,7 @@ def test_mllama_export_gives_the_same_logits_in_transformers(tmp_path):
     assert torch.equal(again(ids, pixels, mask).logits, model(ids, pixels, mask).logits)
 
 
+@needs_meta_convention
 def test_mllama_import_of_a_transformers_model(tmp_path):
     cfg = transformers.MllamaConfig(
         vision_config=dict(
@@ -265,6 +303,13 @@ def test_mllama_import_of_a_transformers_model(tmp_path):
             pad_token_id=None,
             bos_token_id=0,
             eos_token_id=1,
+            **llama3_rope(
+                10000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=32,
+            ),
         ),
         image_token_index=200,
     )
@@ -286,6 +331,52 @@ def test_mllama_import_of_a_transformers_model(tmp_path):
     export_mllama(model, tmp_path / "round_trip")
     hf2 = transformers.MllamaForConditionalGeneration.from_pretrained(tmp_path / "round_trip").eval()
     assert (hf_mllama_logits(hf2, ids, pixels, mask) - theirs).abs().max() <= TOL
+
+
+def test_intermediate_features_are_block_inputs(tmp_path):
+    """Our features for index i are the input of block i. Where transformers takes the output (5.x), the
+    export differs by exactly that and nothing else: the same checkpoint with indices i - 1 matches it."""
+    model = trained_tiny()
+    assert model.config.vision.intermediate_layers == (1, 3)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        x = model.encoder.ln_pre(
+            torch.cat(
+                [
+                    model.encoder.class_embedding.expand(2, 1, -1),
+                    model.encoder.patch_embedding(pixels).flatten(2).transpose(1, 2),
+                ],
+                dim=1,
+            )
+            + model.encoder.position_embedding
+        )
+        x = torch.nn.functional.pad(x, (0, 0, 0, -x.shape[1] % 8))
+        mask = padding_mask(17, x.shape[1], x.device)  # class token + 4 x 4 patches, padded to 24
+        block_inputs = []
+        for layer in model.encoder.layers:
+            block_inputs.append(x)
+            x = layer(x, mask)
+        out = model.encoder(pixels)
+    assert torch.equal(out.hidden_states[0], block_inputs[1]) and torch.equal(
+        out.hidden_states[1], block_inputs[3]
+    )
+
+    export_mllama(model, tmp_path)
+    ids, images, media = mllama_inputs(model.config)
+    ours = model(ids, images, media).logits.detach()
+    hf = transformers.MllamaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    diff = (hf_mllama_logits(hf, ids, images, media) - ours).abs().max().item()
+    taken = "inputs" if MLLAMA_INPUTS else "outputs"
+    print(f"transformers {transformers.__version__} takes block {taken}: max abs logit diff {diff:.2e}")
+    if MLLAMA_INPUTS:
+        assert diff <= TOL
+        return
+    assert diff > 1e-2
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["vision_config"]["intermediate_layers_indices"] = [i - 1 for i in (1, 3)]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shifted = transformers.MllamaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert (hf_mllama_logits(shifted, ids, images, media) - ours).abs().max() <= TOL
 
 
 def test_mllama_text_before_image_known_difference(tmp_path):
