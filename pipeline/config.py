@@ -306,6 +306,10 @@ class OcrConfig(_Section):
     )
     max_upscale: float = Field(4.0, ge=1, description="largest upscale factor before tesseract")
     max_side: int = Field(2000, gt=0, description="larger images are downscaled to this long side first")
+    engine: Literal["auto", "tesserocr", "pytesseract"] = Field(
+        "auto", description="tesserocr: in-process, one engine per worker; pytesseract: a process per image; "
+        "auto: tesserocr when it and the language data are installed"
+    )
 
 
 class SyntheticCaptionConfig(_Section):

@@ -76,9 +76,8 @@ def _pool(grey: np.ndarray, op: np.ufunc) -> np.ndarray:
 
 def _filter3(a: np.ndarray, op: np.ufunc) -> np.ndarray:
     """`op` over each 3x3 neighbourhood (edges replicated)."""
-    p = np.pad(a, 1, mode="edge")
-    rows = op(op(p[:-2], p[1:-1]), p[2:])
-    return op(op(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+    window = ndimage.maximum_filter if op is np.maximum else ndimage.minimum_filter
+    return window(a, size=3, mode="nearest")
 
 
 def ink(grey: np.ndarray, dark: bool) -> np.ndarray:
@@ -101,12 +100,17 @@ class _Blob:
     y0: int
     x1: int
     y1: int
-    signature: np.ndarray
+    mask: np.ndarray  # the blob's own pixels in its box
     letter: bool  # shaped like a letter: not a narrow bar, a solid block or a dot
 
     @property
     def h(self) -> int:
         return self.y1 - self.y0
+
+    @property
+    def signature(self) -> np.ndarray:
+        """Computed only for the letters of candidate lines (most blobs never need one)."""
+        return _signature(self.mask)
 
 
 def _blobs(mask: np.ndarray, max_h: float) -> list[_Blob]:
@@ -124,7 +128,7 @@ def _blobs(mask: np.ndarray, max_h: float) -> list[_Blob]:
             continue
         dot = fill >= DOT_FILL and 0.7 <= w / h <= 1.4
         letter = w > BAR_WIDTH * h and fill < SOLID_FILL and not dot
-        out.append(_Blob(xs.start, ys.start, xs.stop, ys.stop, _signature(crop), letter))
+        out.append(_Blob(xs.start, ys.start, xs.stop, ys.stop, crop, letter))
     return out
 
 
@@ -170,9 +174,10 @@ def _is_text(line: list[_Blob]) -> bool:
     letters = [b for b in line if b.letter]
     kinds: list[tuple[np.ndarray, int]] = []  # (signature, copies)
     for blob in letters:
-        k = next((k for k, (sig, _) in enumerate(kinds) if _same_shape(blob.signature, sig)), None)
+        signature = blob.signature
+        k = next((k for k, (sig, _) in enumerate(kinds) if _same_shape(signature, sig)), None)
         if k is None:
-            kinds.append((blob.signature, 1))
+            kinds.append((signature, 1))
         else:
             kinds[k] = (kinds[k][0], kinds[k][1] + 1)
     if len(kinds) < 2:

@@ -115,23 +115,49 @@ def test_detector_recall_and_skip_rate_on_sample_data(tmp_path):
     assert flagged <= 0.10, f"{flagged:.3f} of {len(without)} text-free images flagged"
 
 
-def test_check_tesseract_names_missing_language_and_binary(monkeypatch):
-    check_tesseract(OcrConfig(languages="eng"))
+@pytest.mark.parametrize("engine", ["tesserocr", "pytesseract"])
+def test_check_tesseract_names_missing_language_and_binary(monkeypatch, engine):
+    check_tesseract(OcrConfig(languages="eng", engine=engine))
     with pytest.raises(JobError, match=r"no language pack for xyz.*apt-get install tesseract-ocr-xyz"):
-        check_tesseract(OcrConfig(languages="eng+xyz"))
+        check_tesseract(OcrConfig(languages="eng+xyz", engine=engine))
+    # The tesseract binary is needed by the pytesseract fallback only (the in-process engine has its own).
     monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
-    with pytest.raises(JobError, match="apt-get install tesseract-ocr"):
-        check_tesseract(OcrConfig())
+    if engine == "pytesseract":
+        with pytest.raises(JobError, match="apt-get install tesseract-ocr"):
+            check_tesseract(OcrConfig(engine=engine))
+    else:
+        check_tesseract(OcrConfig(engine=engine))
 
 
-def test_ocr_stage_nulls_and_counts_bad_input_and_timeouts():
+def test_auto_engine_is_in_process_and_falls_back_to_pytesseract(monkeypatch):
+    from vlmforge.pipeline.enrich import ocr as ocr_module
+
+    assert OcrText(OcrConfig()).engine == "tesserocr"
+    monkeypatch.setattr(ocr_module, "tesserocr_usable", lambda: False)
+    assert OcrText(OcrConfig()).engine == "pytesseract"
+    with pytest.raises(JobError, match="pip install tesserocr"):
+        check_tesseract(OcrConfig(engine="tesserocr"))
+
+
+def test_engines_read_the_same_text():
+    """The in-process engine and a tesseract process per image read the rendered cases alike."""
+    seeds = range(12)
+    fast, slow = OcrText(OcrConfig(engine="tesserocr")), OcrText(OcrConfig(engine="pytesseract"))
+    for data, text in map(render_case, seeds):
+        assert fast.read(data) == text
+        assert slow.read(data) == text
+    assert fast.api is not None and slow.api is None  # one engine, reused for every image
+
+
+@pytest.mark.parametrize("engine", ["tesserocr", "pytesseract"])
+def test_ocr_stage_nulls_and_counts_bad_input_and_timeouts(engine):
     data, text = render_case(0)
     blank = Image.new("RGB", (200, 120), (90, 140, 200))
     buf = io.BytesIO()
     blank.save(buf, "PNG")
     batch = pa.table({"id": ["bad", "text", "none", "blank"], "image": [b"not an image", data, None,
                                                                        buf.getvalue()]})
-    ocr = OcrText(OcrConfig())
+    ocr = OcrText(OcrConfig(engine=engine))
     out = ocr(batch)
     assert out.column_names == ["id", "ocr_text"]
     assert out.column("id").to_pylist() == ["bad", "text", "none", "blank"]
@@ -140,7 +166,7 @@ def test_ocr_stage_nulls_and_counts_bad_input_and_timeouts():
     # the blank image skipped tesseract
     assert ocr.counters["ocr_run"] == 1 and ocr.counters["with_text"] == 1
 
-    slow = OcrText(OcrConfig(timeout_s=0.001))
+    slow = OcrText(OcrConfig(timeout_s=0.001, engine=engine))
     assert slow(batch.slice(1, 1)).column("ocr_text").to_pylist() == [None]
     assert slow.counters["timeouts"] == 1
 

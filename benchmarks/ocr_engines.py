@@ -1,0 +1,162 @@
+"""OCR engines side by side: speed on the same sample images, CER on real-font cases, text on blanks.
+
+    OMP_THREAD_LIMIT=1 .venv/bin/python benchmarks/ocr_engines.py --speed 3000 --eval 350
+    # RapidOCR (not a dependency) from a side directory:
+    #   .venv/bin/pip install --target /tmp/rapid rapidocr_onnxruntime==1.4.4
+    OMP_THREAD_LIMIT=1 .venv/bin/python benchmarks/ocr_engines.py ... --rapidocr-path /tmp/rapid
+
+Speed: sample-data pictures (`write_sample_data(seed=11)`, decodable ones; the images the demo recipe's OCR
+phase reads), one Arrow batch through `OcrText` with `ocr.engine: pytesseract` (a tesseract process per
+image) and `tesserocr` (in-process, one engine reused), in this one process, so one core: tesseract runs/s
+per core counts only the time inside the engine call, on identical inputs (the same detected, prepared
+images). The 100k estimate puts these per-image costs on the demo recipe's 100k counts (RESULTS.md: 60,916
+images reach OCR, 14,274 tesseract runs, 110.3 s for everything else, 2 cores).
+
+Accuracy: `vlmforge.pipeline.enrich.ocr_eval` cases (real text, Debian fonts, photo backgrounds, tilt),
+sizes cycling through SIZES, every 8th case blank. Contenders: the OCR stage (tesserocr), raw tesseract on
+the whole greyscale image (psm 11, min confidence 60, in-process), and RapidOCR (PP-OCRv4 on onnxruntime,
+models inside its wheel; text joined left to right, score >= 0.5) when `--rapidocr-path` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vlmforge.pipeline.config import OcrConfig  # noqa: E402
+from vlmforge.pipeline.enrich.ocr import OcrText, tessdata_dir  # noqa: E402
+from vlmforge.pipeline.enrich.ocr_eval import SIZES, cases  # noqa: E402
+from vlmforge.pipeline.enrich.text_detect import to_grey  # noqa: E402
+from vlmforge.pipeline.sample_data import write_sample_data  # noqa: E402
+from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text  # noqa: E402
+
+DEMO_IMAGES, DEMO_RUNS, DEMO_OTHER_S, DEMO_CORES = 60_916, 14_274, 110.3, 2
+
+
+class TimedOcr(OcrText):
+    """OcrText that adds up the seconds spent inside the engine call."""
+
+    engine_s = 0.0
+
+    def words(self, grey):
+        start = time.perf_counter()
+        try:
+            return super().words(grey)
+        finally:
+            self.engine_s += time.perf_counter() - start
+
+
+def speed(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_sample_data(tmp, n=n, seed=11)
+        rows = images_with_text(Path(tmp))
+    random.Random(11).shuffle(rows)
+    batch = pa.table({"id": [k for k, _, _ in rows], "image": [d for _, d, _ in rows]})
+    print(f"speed: {len(rows)} sample images (write_sample_data n={n} seed=11), one process\n")
+    print("| engine | stage s | images/s | tesseract runs | s in tesseract | runs/s per core | "
+          "ms/image outside tesseract |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    out, rates, costs = {}, {}, {}
+    for engine in ("pytesseract", "tesserocr"):
+        stage = TimedOcr(OcrConfig(engine=engine))
+        start = time.perf_counter()
+        out[engine] = stage(batch).column("ocr_text").to_pylist()
+        wall = time.perf_counter() - start
+        runs = stage.counters["ocr_run"]
+        rates[engine] = runs / stage.engine_s
+        other_ms = (wall - stage.engine_s) / len(rows) * 1e3
+        costs[engine] = (other_ms, stage.engine_s / runs)
+        print(f"| {engine} | {wall:.1f} | {len(rows) / wall:.1f} | {runs} | {stage.engine_s:.1f} | "
+              f"{rates[engine]:.1f} | {other_ms:.2f} |")
+    same = sum(a == b for a, b in zip(out["pytesseract"], out["tesserocr"], strict=True))
+    print(f"\ntesseract runs/s per core: {rates['tesserocr'] / rates['pytesseract']:.1f}x; "
+          f"same ocr_text from both engines on {same} of {len(rows)} images")
+    for engine, (other_ms, run_s) in costs.items():
+        ocr_s = (DEMO_IMAGES * other_ms / 1e3 + DEMO_RUNS * run_s) / DEMO_CORES
+        print(f"100k demo estimate, {engine}: OCR {ocr_s:.0f} s of {ocr_s + DEMO_OTHER_S:.0f} s "
+              f"= {ocr_s / (ocr_s + DEMO_OTHER_S):.0%} (({DEMO_IMAGES:,} x {other_ms:.2f} ms + "
+              f"{DEMO_RUNS:,} x {run_s * 1e3:.1f} ms) / {DEMO_CORES} cores)")
+
+
+def _raw_tesseract():
+    import tesserocr
+
+    api = tesserocr.PyTessBaseAPI(path=tessdata_dir(), lang="eng", psm=11, oem=tesserocr.OEM.LSTM_ONLY)
+
+    def read(data: bytes) -> str:
+        api.SetImage(to_grey(Image.open(io.BytesIO(data))))
+        api.Recognize()
+        return " ".join(w for w, c in api.MapWordConfidences() if c >= 60 and any(ch.isalnum() for ch in w))
+
+    return read
+
+
+def _rapidocr(path: str):
+    sys.path.append(path)  # after the venv's packages, so numpy and Pillow stay the project's
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1)
+
+    def read(data: bytes) -> str:
+        import numpy as np
+
+        result, _ = engine(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[:, :, ::-1])
+        boxes = sorted(result or [], key=lambda r: (round(r[0][0][1] / 20), r[0][0][0]))
+        return " ".join(text for _, text, score in boxes if float(score) >= 0.5)
+
+    return read
+
+
+def accuracy(n: int, rapidocr_path: str | None) -> None:
+    evaluation = cases(n, seed=1, blank_share=0.125)
+    stage = OcrText(OcrConfig())
+    contenders = {"OCR stage (tesserocr)": lambda d: stage.read(d) or "", "raw tesseract": _raw_tesseract()}
+    if rapidocr_path:
+        contenders["RapidOCR 1.4.4 (PP-OCRv4, onnxruntime)"] = _rapidocr(rapidocr_path)
+    n_text = sum(bool(c.text) for c in evaluation)
+    print(f"\naccuracy: {n} real-font cases ({n_text} with text, {n - n_text} blank), ocr_eval seed 1\n")
+    print("| contender | CER | " + " | ".join(f"{s} px" for s in SIZES) + " | blanks given text | images/s |")
+    print("|---|---:|" + "---:|" * len(SIZES) + "---:|---:|")
+    for name, read in contenders.items():
+        by_size, spurious = defaultdict(lambda: [0, 0]), 0
+        start = time.perf_counter()
+        texts = [read(c.image) for c in evaluation]
+        seconds = time.perf_counter() - start
+        for case, text in zip(evaluation, texts, strict=True):
+            if not case.text:
+                spurious += bool(text)
+                continue
+            by_size[case.size][0] += min(edit_distance(case.text, text), len(case.text))
+            by_size[case.size][1] += len(case.text)
+        errors, chars = sum(e for e, _ in by_size.values()), sum(c for _, c in by_size.values())
+        sizes = " | ".join(f"{by_size[s][0] / by_size[s][1]:.3f}" for s in SIZES)
+        print(f"| {name} | {errors / chars:.3f} | {sizes} | {spurious} of {n - n_text} | {n / seconds:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--speed", type=int, default=3000, help="sample pairs to draw images from (0: skip)")
+    parser.add_argument("--eval", type=int, default=350, help="real-font cases (0: skip)")
+    parser.add_argument("--rapidocr-path", help="a directory holding rapidocr_onnxruntime and its deps")
+    args = parser.parse_args()
+    if args.speed:
+        speed(args.speed)
+    if args.eval:
+        accuracy(args.eval, args.rapidocr_path)
+
+
+if __name__ == "__main__":
+    main()
