@@ -71,6 +71,11 @@ class DataSection(_Section):
     heldout_fraction: float = Field(
         0.05, ge=0, lt=1, description="share of rows (by a hash of their id) kept out of training for eval"
     )
+    image_first: bool = Field(
+        False,
+        description="vlm: start samples with <|image|><|begin_of_text|> (Mllama's order: every text token "
+        "sees the image) instead of <|begin_of_text|><|image|>",
+    )
     synthetic_caption_prob: float = Field(
         0.0,
         ge=0,

@@ -190,6 +190,7 @@ class SampleFormat:
     synthetic_caption_prob: float = 0.0
     encode: Any = field(default=None, repr=False)  # str -> list[int]
     repeat_text: int = 1  # the caption (with its EOS) this many times in a row, cut at max_tokens
+    image_first: bool = False  # <|image|><|begin_of_text|> (Mllama's order) instead of BOS first
 
 
 def load_image(data: bytes, size: int) -> Tensor:
@@ -210,10 +211,20 @@ def choose_text(row: dict[str, Any], prob: float, rng: np.random.Generator) -> s
     return row.get("caption") or row.get("original_caption") or ""
 
 
+def caption_prefix(bos_id: int, image_token_id: int | None, image_first: bool = False) -> list[int]:
+    """The ids before a caption: ``<|begin_of_text|><|image|>``, or with ``image_first`` Mllama's order
+    ``<|image|><|begin_of_text|>`` (what its processor writes: every text token, BOS included, sees the
+    image, and transformers gives the same logits as this model); ``<|begin_of_text|>`` without an image.
+    A prompt given to a trained model (synthetic captions) must start the way its training samples did."""
+    if image_token_id is None:
+        return [bos_id]
+    return [image_token_id, bos_id] if image_first else [bos_id, image_token_id]
+
+
 def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator) -> Sample:
     text = choose_text(row, fmt.synthetic_caption_prob, rng)
     has_image = fmt.image_size is not None and row.get("image") is not None
-    prefix = [fmt.bos_id] + ([fmt.image_token_id] if has_image and fmt.image_token_id is not None else [])
+    prefix = caption_prefix(fmt.bos_id, fmt.image_token_id if has_image else None, fmt.image_first)
     body = fmt.encode(text)[: fmt.max_tokens - len(prefix) - 1] + [fmt.eos_id]
     body = (body * fmt.repeat_text)[: fmt.max_tokens - len(prefix)]
     image = load_image(row["image"], fmt.image_size) if has_image else None

@@ -1,9 +1,10 @@
 """Tokenizer: a local ``tokenizer.json`` (Llama 3's, or one trained here) through the ``tokenizers`` package.
 
-Training sequences are ``<|begin_of_text|> <|image|> caption <|end_of_text|>``. The image token is not part
-of the text vocabulary: its id is the first id past it (the model's ``image_token_id``, 128256 in Llama 3.2
-Vision), learned in the fused model's small table of new tokens. ``train_tokenizer`` makes a byte-level BPE
-on the curated captions with the same layout, for the offline tiny recipe.
+Training sequences are ``<|begin_of_text|> <|image|> caption <|end_of_text|>`` (image first with
+``data.image_first``). The image token is not part of the text vocabulary: its id is the first id past it
+(the model's ``image_token_id``, 128256 in Llama 3.2 Vision), learned in the fused model's small table of
+new tokens. ``train_tokenizer`` makes a byte-level BPE on the curated captions with the same layout, for the
+offline tiny recipe.
 """
 
 from __future__ import annotations

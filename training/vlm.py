@@ -1,8 +1,10 @@
 """Task ``vlm``: the fused model on image-caption pairs (stage 1 at low resolution, stage 2 at higher).
 
-The sequence is ``<|begin_of_text|> <|image|> caption <|end_of_text|>`` with the loss on the caption and
-EOS only. The decoder stays frozen (``model.trainable``); encoder, projection head and adapters train. Stage 2
-reads its higher resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``); a
+The sequence is ``<|begin_of_text|> <|image|> caption <|end_of_text|>``, or with ``data.image_first``
+Mllama's ``<|image|> <|begin_of_text|> ...`` (every text token sees the image), with the loss on the caption
+and EOS only. The decoder stays
+frozen (``model.trainable``); encoder, projection head and adapters train. Stage 2 reads its higher
+resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``); a
 ``model.image_size`` other than the encoder's instead interpolates position embeddings on load
 (training/weights.py).
 """
@@ -40,6 +42,7 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
         max_tokens=cfg.data.max_tokens,
         synthetic_caption_prob=cfg.data.synthetic_caption_prob,
         encode=tok.encode,
+        image_first=cfg.data.image_first,
     )
 
 

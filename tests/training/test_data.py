@@ -125,6 +125,9 @@ def test_sample_layout_and_caption_choice(tok):
     s = make_sample(row, fmt_for(tok), np.random.default_rng(0))
     body = tok.encode("a red circle") + [tok.eos_id]
     assert s.input_ids == [tok.bos_id, 512, *body]
+    mllama = make_sample(row, fmt_for(tok, image_first=True), np.random.default_rng(0))
+    assert mllama.input_ids == [512, tok.bos_id, *body]  # Mllama's order: <|image|><|begin_of_text|>
+    assert mllama.labels == s.labels
     assert s.labels == [IGNORE_INDEX, IGNORE_INDEX, *body]  # loss on the caption (and EOS) only
     assert s.image.shape == (3, 32, 32) and s.image.std() > 0.1
     synthetic = make_sample(row, fmt_for(tok, synthetic_caption_prob=1.0), np.random.default_rng(0))

@@ -425,3 +425,61 @@ def test_mllama_export_of_a_video_model_keeps_the_image_part(tmp_path):
     assert (
         hf_mllama_logits(hf.eval(), ids, pixels, mask) - model(ids, pixels, mask).logits
     ).abs().max() <= TOL
+
+
+@needs_meta_convention
+def test_mllama_export_on_the_trainers_own_sequences(tmp_path):
+    """The sequences `vlmforge train` feeds (make_sample + collate: <|image|><|begin_of_text|> caption EOS,
+    right-padded) give the same logits in the exported transformers model at every position."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vlmforge.training.data import SampleFormat, collate, make_sample
+    from vlmforge.training.vlm import loss as vlm_loss
+
+    model = trained_tiny()
+    cfg = model.config
+    fmt = SampleFormat(
+        bos_id=cfg.decoder.bos_token_id,
+        eos_id=cfg.decoder.eos_token_id,
+        image_token_id=cfg.image_token_id,
+        image_size=cfg.vision.input_size,
+        max_tokens=24,
+        encode=lambda text: [2 + ord(c) % (cfg.decoder.vocab_size - 2) for c in text],
+        image_first=True,  # data.image_first: Mllama's order
+    )
+    rng = np.random.default_rng(0)
+
+    def png(seed: int) -> bytes:
+        pixels = np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+
+    captions = ["a red circle", "two blue squares on grey", "a green triangle left of a dot"]
+    samples = [
+        make_sample({"id": str(i), "image": png(i), "caption": c}, fmt, rng) for i, c in enumerate(captions)
+    ]
+    batch = collate(samples, fmt.eos_id, fmt.image_size)
+    ids = batch["input_ids"]
+    assert (ids[:, 0] == cfg.image_token_id).all() and (ids[:, 1] == fmt.bos_id).all()
+
+    export_mllama(model, tmp_path)
+    hf = transformers.MllamaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        ours = model(ids, batch["images"]).logits
+        trainer_loss = vlm_loss(model, batch)
+    images = batch["images"][:, None]  # one image per row
+    mask = media_attention_mask(ids, cfg.image_token_id, 1)
+    theirs = hf_mllama_logits(hf, ids, images, mask)
+    diff = (ours - theirs).abs().max().item()
+    print(f"trainer sequences: max abs logit diff {diff:.2e} (logits up to {theirs.abs().max():.1f})")
+    assert diff <= TOL
+    # and the trainer's loss is transformers' loss on the same labels (new tokens never targets)
+    labels = batch["labels"]
+    hf_loss = torch.nn.functional.cross_entropy(
+        theirs[:, :-1].flatten(0, 1)[:, : cfg.decoder.vocab_size], labels[:, 1:].flatten(), ignore_index=-100
+    )
+    assert abs(hf_loss.item() - trainer_loss.item()) <= TOL
