@@ -32,7 +32,6 @@ from vlmforge.training.model.config import ModelConfig
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import load_into, read_metadata
 
-HIST_BINS = 4000  # fixed bins over [-1, 1], so histograms of different parts add up
 _RNG = np.random.default_rng(0)  # make_sample's caption choice; unused (synthetic_caption_prob is 0)
 
 
@@ -178,27 +177,3 @@ class AlignmentScore:
         )
         column = pa.array(scores, pa.float32(), mask=np.isnan(scores))
         return pa.table({"id": batch.column("id"), "clip_score": column})
-
-
-def score_histogram(scores: np.ndarray) -> np.ndarray:
-    """Counts of the non-null scores in HIST_BINS equal bins over [-1, 1] (int64; add parts up)."""
-    values = np.asarray(scores, dtype=np.float64)
-    values = np.clip(values[~np.isnan(values)], -1.0, 1.0)
-    return np.histogram(values, bins=HIST_BINS, range=(-1.0, 1.0))[0].astype(np.int64)
-
-
-def threshold_from(cfg: AlignmentConfig, hist: np.ndarray) -> float | None:
-    """Rows scoring below this are dropped: `cfg.min_score`, or the `cfg.drop_percentile`-th percentile of
-    the summed histogram (linear within its bin), or None when neither is set or nothing was scored."""
-    if cfg.min_score is not None:
-        return cfg.min_score
-    total = int(hist.sum())
-    if cfg.drop_percentile is None or total == 0:
-        return None
-    target = cfg.drop_percentile / 100 * total
-    cumulative = np.cumsum(hist)
-    b = int(np.searchsorted(cumulative, target, side="left"))
-    before = cumulative[b - 1] if b > 0 else 0
-    width = 2.0 / HIST_BINS
-    inside = (target - before) / hist[b] if hist[b] else 0.0
-    return float(-1.0 + (b + inside) * width)

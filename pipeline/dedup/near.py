@@ -37,7 +37,7 @@ from vlmforge.pipeline.dedup.minhash import band_keys, estimated_jaccard
 from vlmforge.pipeline.dedup.phash import band_keys as image_band_keys
 from vlmforge.pipeline.dedup.phash import hamming
 from vlmforge.pipeline.engine.accounting import StageStats
-from vlmforge.pipeline.engine.executor import cluster_cpus, get
+from vlmforge.pipeline.engine.executor import cluster_cpus, get, put
 from vlmforge.pipeline.engine.shuffle import Refs, column, exchange, gather_stats, map_each, shuffle
 from vlmforge.pipeline.filter.signatures import signature_column, signature_matrix
 from vlmforge.pipeline.registry import Context, PhaseResult
@@ -337,7 +337,7 @@ def find_edges(
 ) -> tuple[Refs, dict]:
     """The verified near-duplicate edges (hi, lo, kind) of the live rows, as tables in the object store."""
     groups = [(g, str(exact_dir)) for g in _groups_of(parts, 2 * partitions)]
-    paths = {p.index: p.path for p in parts}
+    paths = put({p.index: p.path for p in parts})  # once, not once per task
     edge_refs: Refs = []
     counters: Counter = Counter()
     image_stats: Refs = []
@@ -430,7 +430,7 @@ def resolve_near_duplicates(
     members, cc = label_members(edge_refs, edges, cfg.local_max_edges, partitions)
     counters.update(cc)
     del edge_refs
-    paths = {p.index: p.path for p in parts}
+    paths = put({p.index: p.path for p in parts})
     rule = _survivor_columns(cfg, pq.read_schema(parts[0].path))
     columns = list(dict.fromkeys(["id", *(c for c, _ in rule)]))
     fetched, _ = exchange(members, "part", partitions, with_rule_columns, paths=paths, columns=columns)

@@ -262,9 +262,9 @@ def run(ctx: Context) -> PhaseResult:
     layout = ctx.layout
 
     def compute() -> dict:
-        load = partial(
-            surviving_rows, layout.to_json(), columns=["id", "caption"], stages=global_before("diversity")
-        )
+        layout_ref = put(layout.to_json())  # once, not once per task
+        stages = global_before("diversity")
+        load = partial(surviving_rows, layout_ref, columns=["id", "caption"], stages=stages)
         parts = list(layout.parts.values())
         return resolve_diversity(parts, load, layout.dir("diversity"), ctx.cfg.diversity, cluster_cpus())
 

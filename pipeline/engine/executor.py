@@ -146,6 +146,18 @@ def get(refs: Sequence[Any]) -> list[Any]:
     return ray.get(list(refs))
 
 
+def resolve(value: Any) -> Any:
+    """The value behind a reference from `put` (a large argument passed once, fetched where it is used);
+    any other value as it is."""
+    if isinstance(value, Held):
+        return value.value
+    if type(value).__name__ == "ObjectRef":
+        import ray
+
+        return ray.get(value)
+    return value
+
+
 def wait_first(refs: Sequence[Any]) -> Any:
     """The first of `refs` whose value is ready (a held value always is)."""
     if any(isinstance(r, Held) for r in refs):

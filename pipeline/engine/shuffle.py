@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlmforge.pipeline.dedup.minhash import mix64
-from vlmforge.pipeline.engine.executor import get, submit
+from vlmforge.pipeline.engine.executor import get, resolve, submit
 
 Refs = list  # of ray.ObjectRef, or of executor.Held in the driver
 
@@ -64,11 +64,11 @@ def _map_split(fn: Callable[..., pa.Table], key: str, partitions: int, *args: An
 
 
 def _reduce(fn: Callable[..., Any], kwargs: dict, *parts: pa.Table) -> tuple[pa.Table, dict]:
-    return _as_output(fn(concat(parts), **kwargs))
+    return _as_output(fn(concat(parts), **{k: resolve(v) for k, v in kwargs.items()}))
 
 
 def _map(fn: Callable[..., Any], kwargs: dict, *args: Any) -> tuple[pa.Table, dict]:
-    return _as_output(fn(*args, **kwargs))
+    return _as_output(fn(*args, **{k: resolve(v) for k, v in kwargs.items()}))
 
 
 def identity(*tables: pa.Table) -> pa.Table:
@@ -85,7 +85,8 @@ def shuffle(
     **reduce_kwargs: Any,
 ) -> tuple[Refs, Refs]:
     """Run `map_fn(*args)` for each args tuple, hash-partition the rows by `key`, then run
-    `reduce_fn(table_of_one_partition, **reduce_kwargs)` once per partition.
+    `reduce_fn(table_of_one_partition, **reduce_kwargs)` once per partition. A large keyword argument
+    goes as a reference from `executor.put`: it travels once and each task fetches it.
 
     Returns references to the reduce outputs and to their stats dicts (empty unless `reduce_fn` returns
     a (table, stats) pair). Partition i always holds the keys `partition_of` maps to i.

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vlmforge.pipeline.cache.layout import Layout
+from vlmforge.pipeline.engine.executor import resolve
 from vlmforge.pipeline.registry import GLOBAL, PHASES, Phase
 
 DROP_SCHEMA = pa.schema(
@@ -72,8 +73,9 @@ def surviving_batches(
 def surviving_rows(
     layout_json: str, part: str, columns: list[str], stages: tuple[Phase, ...]
 ) -> pa.Table:
-    """All of `surviving_batches` as one table (for text columns; picklable as a partial for Ray tasks)."""
-    layout = Layout.from_json(layout_json)
+    """All of `surviving_batches` as one table (for text columns; picklable as a partial for Ray tasks, with
+    the layout's JSON or a reference to it from `executor.put`)."""
+    layout = Layout.from_json(resolve(layout_json))
     schema = pq.read_schema(layout.phase1(part)[0])
     empty = pa.schema([schema.field(c) for c in columns]).empty_table()
     return pa.concat_tables([empty, *surviving_batches(layout, part, columns, stages)])

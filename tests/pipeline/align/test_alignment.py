@@ -14,7 +14,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from train_support import ROOT, recipe_data, sample_rows, write_curated
 
-from vlmforge.pipeline.align.scorer import HIST_BINS, AlignmentScore, score_histogram, threshold_from
+from vlmforge.pipeline.align.phase import HIST_BINS, score_histogram, threshold_from
+from vlmforge.pipeline.align.scorer import AlignmentScore
 from vlmforge.pipeline.config import AlignmentConfig
 from vlmforge.training.config import load_train_config
 from vlmforge.training.data import is_heldout
