@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages vlmforge needs (tesseract for OCR, DejaVu fonts for sample data, Liberation
-# fonts for the OCR accuracy test).
+# fonts for the OCR accuracy test, Unicode CLDR for the language-ID test).
 set -euo pipefail
 missing=()
 command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 [ -f /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf ] || missing+=(fonts-liberation)
+# Unicode CLDR: the short-caption language-ID evaluation set (pipeline/filter/language_eval.py)
+[ -f /usr/share/unicode/cldr/common/annotations/en.xml ] || missing+=(unicode-cldr-core)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages: ${missing[*]}"

@@ -5,9 +5,13 @@ Web captions are often 1-4 words, where fastText's probabilities are flat or wro
 keeps much else. The rule here:
 1. letters mostly outside the wanted languages' scripts: reject (Cyrillic, CJK ... when English is wanted);
 2. a wanted language is fastText's confident top-1: keep;
-3. otherwise ask the lexicon (wordfreq's frequency lists): keep when enough of the words are common in
-   the wanted language and they are more common there, on average, than in each other same-script
-   language fastText proposed. Without lexicon evidence, reject.
+3. otherwise ask the lexicon (wordfreq's frequency lists). In a short caption, names are set aside first:
+   capitalised words that several languages know (``Paris``); a caption of names only is kept. A short
+   caption whose remaining words are all common in the wanted language (Zipf >= `common_zipf`) is kept
+   even when they are commoner in a rival fastText proposed, by at most `common_margin` (``door`` is
+   commoner in Dutch, ``fog`` in Hungarian). Otherwise keep when enough of the words are known in the
+   wanted language and they are more common there, on average, than in each other same-script language
+   fastText proposed. Without lexicon evidence, reject; the rejection detail says which test failed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ _SCRIPTS: dict[str, frozenset[str]] = {
     "th": frozenset({"THAI"}),
 }
 _WORD = re.compile(r"[^\W\d_]+")
+# Lexicons asked whether a capitalised word is a name known in many languages (wordfreq's small lists).
+NAME_PANEL = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "tr")
 
 
 def default_model_path() -> Path:
@@ -81,6 +87,13 @@ def _frequencies(lang: str, wordlist: str) -> dict[str, float] | None:
     if lang not in wordfreq.available_languages(wordlist):
         return None
     return wordfreq.get_frequency_dict(lang, wordlist=wordlist)
+
+
+def _zipf(word: str, lang: str, wordlist: str) -> float:
+    """Zipf frequency of a lower-case `word` in `lang` (0 when unknown or without a lexicon)."""
+    table = _frequencies(lang, wordlist)
+    f = table.get(word, 0.0) if table else 0.0
+    return math.log10(f) + 9 if f > 0 else 0.0
 
 
 def lexicon_evidence(
@@ -131,25 +144,59 @@ class LanguageId(MeasuredStage):
 
     def lexicon_says_wanted(self, text: str, top: list[tuple[str, float]], n_words: int) -> str | None:
         """The wanted language the word frequencies support over fastText's other candidates, if any."""
+        return self.lexicon_decision(text, top, n_words)[0]
+
+    def lexicon_decision(
+        self, text: str, top: list[tuple[str, float]], n_words: int
+    ) -> tuple[str | None, str]:
+        """(the wanted language the words support or None, why): names are set aside first; a short caption
+        of words common in a wanted language is kept; otherwise the words' share known in the wanted
+        language and their mean frequency there against fastText's other candidates decide."""
         cfg = self.cfg
-        words = [w.lower() for w in _WORD.findall(text)]
-        need = cfg.short_coverage if n_words <= cfg.short_max_words else cfg.long_coverage
+        raw = _WORD.findall(text)
         rivals = [lang for lang, _ in top if lang not in self.wanted]
         if self.scripts is not None:  # a rival in another script was ruled out by the script check
             rivals = [lang for lang in rivals if _SCRIPTS.get(lang) == self.scripts]
+        short = n_words <= cfg.short_max_words
+        need = cfg.short_coverage if short else cfg.long_coverage
+        why = []
         for lang in self.cfg.languages:
+            names = [w for w in raw if short and cfg.names and self.is_name(w, lang)]
+            words = [w.lower() for w in raw if w not in names]
+            if raw and not words:
+                return lang, ""
+            if short and cfg.common_zipf and words and all(
+                (z := _zipf(w, lang, "large")) >= cfg.common_zipf
+                and all(_zipf(w, x, "large") <= z + cfg.common_margin for x in rivals)
+                for w in words
+            ):
+                return lang, ""
             ev = lexicon_evidence(words, lang, cfg.lexicon_min_zipf)
-            if ev is None or ev[0] < need:
+            if ev is None:
+                continue
+            named = f" (names {' '.join(names)})" if names else ""
+            if ev[0] < need:
+                why.append(f"{lang} knows {ev[0]:.2f} of the words{named}")
                 continue
             # Rivals' tables are loaded only here, for captions the wanted lexicon already covers; their
             # small lists suffice, since a rival must beat a caption whose words are common in English.
-            rival_zipf = max(
-                (r[1] for x in rivals if (r := lexicon_evidence(words, x, cfg.lexicon_min_zipf, "small"))),
-                default=0.0,
-            )
-            if ev[1] > rival_zipf:
-                return lang
-        return None
+            rival_zipf = {
+                x: r[1] for x in rivals if (r := lexicon_evidence(words, x, cfg.lexicon_min_zipf, "small"))
+            }
+            best = max(rival_zipf, key=rival_zipf.__getitem__, default=None)
+            if best is None or ev[1] > rival_zipf[best]:
+                return lang, ""
+            why.append(f"mean zipf {lang} {ev[1]:.1f} <= {best} {rival_zipf[best]:.1f}{named}")
+        return None, "; ".join(why)
+
+    def is_name(self, word: str, lang: str) -> bool:
+        """A capitalised word that `name_languages` or more of the NAME_PANEL lexicons (wanted language
+        included) know: a name, the same in many languages (German nouns, capitalised, are known in one)."""
+        if not word[:1].isupper():
+            return False
+        low = word.lower()
+        known = sum(_zipf(low, x, "small") > 0 for x in {lang, *NAME_PANEL})
+        return known >= self.cfg.name_languages
 
     def judge_one(
         self, text: str, n_words: int, top: list[tuple[str, float]]
@@ -163,9 +210,12 @@ class LanguageId(MeasuredStage):
                 return top[0][0], top[0][1], "wrong_language", detail
         if top[0][0] in self.wanted and top[0][1] >= cfg.min_score:
             return top[0][0], top[0][1], None, None
-        if cfg.lexicon and (lang := self.lexicon_says_wanted(text, top, n_words)) is not None:
+        if not cfg.lexicon:
+            return top[0][0], top[0][1], "wrong_language", _top_text(top)
+        lang, why = self.lexicon_decision(text, top, n_words)
+        if lang is not None:
             return lang, dict(top).get(lang, 0.0), None, None
-        return top[0][0], top[0][1], "wrong_language", _top_text(top)
+        return top[0][0], top[0][1], "wrong_language", f"{_top_text(top)}; lexicon: {why or 'none'}"
 
     def measure(self, batch: pa.Table) -> pa.Table:
         tops = [self.predict(c) for c in batch.column("caption").to_pylist()]
