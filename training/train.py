@@ -137,7 +137,15 @@ class Checkpoints:
         tag = f"step{step:07d}"
         # `latest` only after every rank's shards are written: DeepSpeed 0.19.8 lets rank 0 write it before
         # the other ranks finish, so a kill in between would leave a resumable-looking, half-written tag.
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"vlmforge": state}, save_latest=False)
+        # Without the frozen parameters (the decoder, 8B of 11B at full scale): they come back from the
+        # run's init_from files (or its seed) on resume, as at the start.
+        engine.save_checkpoint(
+            str(self.dir),
+            tag=tag,
+            client_state={"vlmforge": state},
+            save_latest=False,
+            exclude_frozen_parameters=True,
+        )
         torch.distributed.barrier()
         if self.rank == 0:
             with atomic_path(self.dir / "latest") as tmp:
@@ -149,7 +157,8 @@ class Checkpoints:
     def load(self, engine: Any) -> dict[str, Any]:
         if not (self.dir / "latest").exists():
             raise FileNotFoundError(f"--resume: no checkpoint in {self.dir}")
-        path, client = engine.load_checkpoint(str(self.dir))
+        # Not strict: the checkpoint holds the trainable parameters only (save above).
+        path, client = engine.load_checkpoint(str(self.dir), load_module_strict=False)
         if path is None:
             raise FileNotFoundError(f"--resume: could not load the latest checkpoint in {self.dir}")
         return client["vlmforge"]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from train_support import PYTHON, ROOT, clean_env, mixed_data, recipe_data
 
 from vlmforge.training.launch import free_port
@@ -172,3 +173,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(nproc, request, tmp_path)
         assert got[step]["images"] == ref[step]["images"], step  # and as many with an image on all ranks
     accum = extra.get("train.grad_accum", 1)
     assert summary(tmp_path)["micro_batches_per_rank"] == [accum * (STEPS - resumed_from)] * nproc
+    # Checkpoints hold the trained parameters only; the frozen decoder comes from init_from (here: the seed).
+    tag = (tmp_path / "checkpoints" / "latest").read_text().strip()
+    states = torch.load(
+        tmp_path / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
+    assert any(k.startswith("fusion.") for k in states["module"])
+    assert not any(k.startswith("decoder.") for k in states["module"]), sorted(states["module"])[:5]
