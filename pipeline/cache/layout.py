@@ -107,6 +107,10 @@ class Layout:
     def dir(self, phase: str) -> Path:
         return Path(self.cache) / phase / self.fps[phase]
 
+    def exchanges(self, phase: str) -> Path:
+        """Where a global phase's persisted exchanges live while it runs (`engine.shuffle.persisted`)."""
+        return Path(self.cache) / "exchange" / phase / self.fps[phase]
+
     def row_cache(self, phase: str, key: str) -> Path:
         """The per-row results of a model pass (or a phase-1 stage's measurements) over one input part's rows,
         ever computed with this config."""

@@ -22,7 +22,7 @@ from vlmforge.common.files import AtomicParquetWriter
 from vlmforge.pipeline.config import ExactDedupConfig
 from vlmforge.pipeline.engine.accounting import StageStats
 from vlmforge.pipeline.engine.executor import cluster_cpus
-from vlmforge.pipeline.engine.shuffle import exchange, gather_stats, map_each, shuffle
+from vlmforge.pipeline.engine.shuffle import exchange, gather_stats, map_each, persisted, resuming, shuffle
 from vlmforge.pipeline.registry import Context, PhaseResult
 
 KEY_COLUMNS = ["id", "part", "sha256", "caption_key"]
@@ -105,9 +105,9 @@ def resolve_exact_duplicates(
     Each step is one hash exchange of the key columns on Ray tasks (`engine.shuffle`); a last exchange by
     part gathers each part's losers of every step. Returns the number of losers per reason.
     """
-    if out_dir.exists():
+    if out_dir.exists() and not resuming():  # a rerun keeps what its finished exchanges wrote
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     steps = [
         (k, r)
         for k, r, on in [
@@ -152,9 +152,10 @@ def run(ctx: Context) -> PhaseResult:
     def compute() -> dict:
         kept_files = [str(layout.phase1(key)[0]) for key in layout.parts.values()]
         partitions = max(2 * cluster_cpus(), ctx.rows_in // 500_000)
-        counts = resolve_exact_duplicates(
-            kept_files, layout.dir("exact_dedup"), ctx.cfg.exact_dedup, partitions
-        )
+        with persisted(layout.exchanges("exact_dedup")):
+            counts = resolve_exact_duplicates(
+                kept_files, layout.dir("exact_dedup"), ctx.cfg.exact_dedup, partitions
+            )
         return {"reasons": dict(counts), "counters": {}}
 
     reused = layout.done("exact_dedup")

@@ -38,7 +38,16 @@ from vlmforge.pipeline.dedup.phash import band_keys as image_band_keys
 from vlmforge.pipeline.dedup.phash import hamming
 from vlmforge.pipeline.engine.accounting import StageStats
 from vlmforge.pipeline.engine.executor import cluster_cpus, get, put
-from vlmforge.pipeline.engine.shuffle import Refs, column, exchange, gather_stats, map_each, shuffle
+from vlmforge.pipeline.engine.shuffle import (
+    Refs,
+    column,
+    exchange,
+    gather_stats,
+    map_each,
+    persisted,
+    resuming,
+    shuffle,
+)
 from vlmforge.pipeline.filter.signatures import signature_column, signature_matrix
 from vlmforge.pipeline.registry import Context, PhaseResult
 
@@ -417,9 +426,9 @@ def resolve_near_duplicates(
     """Find near-duplicate clusters among the exact-dedup survivors of the phase-1 files (part name, path,
     in a fixed order) and write each part's results under `out_dir`. Returns counts per reason and counters.
     """
-    if out_dir.exists():
+    if out_dir.exists() and not resuming():  # a rerun keeps what its finished exchanges wrote
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     parts = [Part(i, name, path) for i, (name, path) in enumerate(phase1_files)]
     if not parts or not cfg.enabled:
         return {"reasons": {}, "counters": {}}
@@ -455,9 +464,10 @@ def run(ctx: Context) -> PhaseResult:
         band_rows = ctx.rows_in * (bands + (nd.image.bands if nd.image.enabled else 0))
         partitions = max(2 * (ctx.cfg.ray.workers or cluster_cpus()), -(-band_rows // 4_000_000))
         files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
-        return resolve_near_duplicates(
-            files, layout.dir("exact_dedup"), layout.dir("near_dedup"), nd, partitions
-        )
+        with persisted(layout.exchanges("near_dedup")):
+            return resolve_near_duplicates(
+                files, layout.dir("exact_dedup"), layout.dir("near_dedup"), nd, partitions
+            )
 
     reused = layout.done("near_dedup")
     done = layout.run_once("near_dedup", compute, ctx.log, ctx.phase.title)

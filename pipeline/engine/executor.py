@@ -35,6 +35,18 @@ class Held:
         self.value = value
 
 
+class Spilled:
+    """A table persisted as a Parquet file (by a persisted exchange), standing where a reference would be."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Spilled, (self.path,))
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address`, or start a local Ray sized to this machine.
 
@@ -118,7 +130,7 @@ def submit(fn: Callable[..., Any], *args: Any, num_returns: int = 1, num_cpus: f
     """`fn(*args)` as a Ray task, or now in this process; one reference per return value. Arguments that
     are references are resolved (Ray does this for object refs; `Held` values are unwrapped here)."""
     if _IN_DRIVER.get():
-        out = fn(*(a.value if isinstance(a, Held) else a for a in args))
+        out = fn(*(resolve(a) if isinstance(a, Held | Spilled) else a for a in args))
         return Held(out) if num_returns == 1 else [Held(o) for o in out]
     import ray
 
@@ -138,9 +150,9 @@ def put(value: Any) -> Any:
 
 
 def get(refs: Sequence[Any]) -> list[Any]:
-    """The values behind references from `submit` or `put`."""
-    if all(isinstance(r, Held) for r in refs):
-        return [r.value for r in refs]
+    """The values behind references from `submit` or `put` (or tables persisted by an exchange)."""
+    if all(isinstance(r, Held | Spilled) for r in refs):
+        return [resolve(r) for r in refs]
     import ray
 
     return ray.get(list(refs))
@@ -151,6 +163,10 @@ def resolve(value: Any) -> Any:
     any other value as it is."""
     if isinstance(value, Held):
         return value.value
+    if isinstance(value, Spilled):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(value.path)
     if type(value).__name__ == "ObjectRef":
         import ray
 
@@ -159,9 +175,9 @@ def resolve(value: Any) -> Any:
 
 
 def wait_first(refs: Sequence[Any]) -> Any:
-    """The first of `refs` whose value is ready (a held value always is)."""
-    if any(isinstance(r, Held) for r in refs):
-        return next(r for r in refs if isinstance(r, Held))
+    """The first of `refs` whose value is ready (a held or persisted value always is)."""
+    if any(isinstance(r, Held | Spilled) for r in refs):
+        return next(r for r in refs if isinstance(r, Held | Spilled))
     import ray
 
     (done,), _ = ray.wait(list(refs), num_returns=1)
