@@ -30,8 +30,8 @@ def main() -> None:
 
     rules = {
         "fastText argmax": lambda t: tops[t][0][0] == "en",
-        "before (common_zipf 0, names off)": judged(LanguageId(LanguageConfig(common_zipf=0, names=False))),
-        "default LanguageConfig": judged(stage),
+        "default (common_zipf 0, names off)": judged(LanguageId(LanguageConfig(common_zipf=0, names=False))),
+        "opt-in (common_zipf 3, names on)": judged(LanguageId(LanguageConfig(common_zipf=3.0, names=True))),
     }
     langs = list(others)
     print(f"{len(english)} English captions, {len(langs)} other languages x 500\n")
