@@ -72,9 +72,10 @@ class DataSection(_Section):
         0.05, ge=0, lt=1, description="share of rows (by a hash of their id) kept out of training for eval"
     )
     image_first: bool = Field(
-        False,
+        True,
         description="vlm: start samples with <|image|><|begin_of_text|> (Mllama's order: every text token "
-        "sees the image) instead of <|begin_of_text|><|image|>",
+        "sees the image, and an exported model gives transformers' logits) instead of "
+        "<|begin_of_text|><|image|>",
     )
     synthetic_caption_prob: float = Field(
         0.0,

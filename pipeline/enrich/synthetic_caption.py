@@ -8,8 +8,9 @@ The model is loaded once per actor from ``synthetic_caption.checkpoint``, which 
 - an Mllama directory (``config.json`` with model_type ``mllama``, e.g. written by
   ``training.model.hf.export_mllama``), imported as a single-tile model, with ``tokenizer.json`` beside it.
 
-The prompt is how training starts a caption sample (``training.data.make_sample``): ``<|begin_of_text|>
-<|image|>``, then the tokens of ``prompt``; the caption is what the model writes after it (the prompt text
+The prompt is how training starts a caption sample (``training.data.caption_prefix``): ``<|image|>
+<|begin_of_text|>`` (Mllama's order; BOS first for a run trained with ``data.image_first: false``), then the
+tokens of ``prompt``; the caption is what the model writes after it (the prompt text
 not included), up to EOS or ``max_new_tokens``, whitespace-normalised. Every row has the same prompt, so a
 batch needs no padding and under greedy decoding a row's caption does not depend on the rows batched with
 it. Top-p sampling draws from a generator seeded by ``seed`` and the ids of the batch, so a re-run of the
@@ -31,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from vlmforge.pipeline.config import SyntheticCaptionConfig
-from vlmforge.training.data import load_image
+from vlmforge.training.data import caption_prefix, load_image
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.hf import import_mllama
 from vlmforge.training.tokenizer import TextTokenizer
@@ -69,6 +70,13 @@ def load_captioner(
     return model.eval(), tok
 
 
+def image_first(checkpoint: str | Path) -> bool:
+    """Whether the checkpoint's captions start `<|image|><|begin_of_text|>` (Mllama's order, and a vlm run
+    trained with `data.image_first`) rather than `<|begin_of_text|><|image|>`."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    return config.get("model_type") == "mllama" or bool(config.get("data", {}).get("image_first", False))
+
+
 def batch_seed(seed: int, ids: list[str]) -> int:
     """A 63-bit seed from the configured seed and the ids of a batch."""
     digest = hashlib.blake2b("\n".join([str(seed), *ids]).encode(), digest_size=8).digest()
@@ -87,7 +95,8 @@ class SyntheticCaption:
         model, self.tokenizer = load_captioner(cfg.checkpoint, cfg.tokenizer, self.dtype)
         self.model = model.to(self.device)
         mc = model.config
-        self.prompt = [self.tokenizer.bos_id, mc.image_token_id, *self.tokenizer.encode(cfg.prompt)]
+        prefix = caption_prefix(self.tokenizer.bos_id, mc.image_token_id, image_first(cfg.checkpoint))
+        self.prompt = [*prefix, *self.tokenizer.encode(cfg.prompt)]
         eos = mc.decoder.eos_token_id
         self.eos_ids = sorted({self.tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])} - {None})
         self.image_size = mc.vision.input_size
