@@ -3,7 +3,6 @@
 import copy
 import dataclasses
 import json
-import time
 
 import pytest
 import torch
@@ -42,18 +41,17 @@ def images(model: FusionModel, *shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def test_tiny_forward_backward_is_fast():
+def test_tiny_forward_backward_gives_a_finite_loss_and_gradients():
+    """(Its speed is measured by benchmarks/train_step.py, not asserted here.)"""
     model = tiny_model()
     ids = text_ids(model, 2, 32)
     ids[:, 3] = model.config.image_token_id
     labels = ids.masked_fill(ids >= model.config.decoder.vocab_size, -100)
-    pixels = images(model, 2)
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        model(ids, pixels, labels=labels).loss.backward()
-        times.append(time.perf_counter() - start)
-    assert sorted(times[1:])[1] < 0.5, times
+    loss = model(ids, images(model, 2), labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_zero_gates_give_exactly_the_decoder_logits_for_any_image():
