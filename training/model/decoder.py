@@ -138,6 +138,15 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _drop_tied_head(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    state_dict.pop(prefix + "lm_head.weight", None)
+
+
+def _fill_tied_head(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    if prefix + "embed_tokens.weight" in state_dict:
+        state_dict.setdefault(prefix + "lm_head.weight", state_dict[prefix + "embed_tokens.weight"])
+
+
 class Decoder(nn.Module):
     """Decoder-only Llama: token ids (B, S) -> logits (B, S, vocab_size)."""
 
@@ -151,6 +160,11 @@ class Decoder(nn.Module):
         self.apply(init_weights)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+            # The shared table once in a state dict, as in named_parameters: DeepSpeed's
+            # exclude_frozen_parameters drops frozen parameters by those names, so a frozen tied decoder
+            # would otherwise put its whole table in every checkpoint under the second name.
+            self.register_state_dict_post_hook(_drop_tied_head)
+            self.register_load_state_dict_pre_hook(_fill_tied_head)
 
     def rope(self, start: int, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin (length, head_dim) for positions start .. start + length - 1."""

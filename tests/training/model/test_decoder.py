@@ -91,3 +91,17 @@ def test_llama3_rope_scaling_stretches_only_low_frequencies():
     torch.testing.assert_close(scaled[low], plain[low] / s.factor)
     mid = ~high & ~low
     assert ((scaled[mid] < plain[mid]) & (scaled[mid] > plain[mid] / s.factor)).all()
+
+
+def test_tied_decoder_state_dict_holds_the_table_once():
+    """DeepSpeed's exclude_frozen_parameters goes by named_parameters, which lists a tied table once: the
+    state dict must too, or a frozen tied decoder lands in every checkpoint as lm_head.weight."""
+    cfg = dataclasses.replace(get_config("tiny").decoder, tie_embeddings=True)
+    model = Decoder(cfg)
+    state = model.state_dict()
+    assert "lm_head.weight" not in state and "embed_tokens.weight" in state
+    assert set(state) == {n for n, _ in model.named_parameters()}
+    fresh = Decoder(cfg)
+    fresh.load_state_dict(state)  # strict: the head is the table again
+    assert fresh.lm_head.weight is fresh.embed_tokens.weight
+    assert torch.equal(fresh.lm_head.weight, model.embed_tokens.weight)
