@@ -35,11 +35,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlmforge.training.config import SubsetSection
-from vlmforge.training.model.config import IGNORE_INDEX
+from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
 
-# CLIP's normalisation, which Mllama's image processor uses too.
-IMAGE_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
-IMAGE_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+# CLIP's normalisation, which Mllama's image processor uses too (other encoders convert, VisionConfig).
+IMAGE_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+IMAGE_STD = torch.tensor(CLIP_STD).view(3, 1, 1)
 ROW_COLUMNS = ["id", "image", "caption", "original_caption", "synthetic_caption"]
 
 

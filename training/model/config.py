@@ -16,6 +16,12 @@ from typing import Any
 IGNORE_INDEX = -100
 
 
+# CLIP's image normalisation (OpenAI's mean and std), which Mllama's image processor uses too: the data
+# pipeline normalises every image with it (training/data.py).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 @dataclass
 class VisionConfig:
     """ViT image encoder (conv patches, class token, learned positions, pre-norm blocks)."""
@@ -27,9 +33,17 @@ class VisionConfig:
     num_layers: int = 32
     num_heads: int = 16
     mlp_dim: int = 5120
-    act: str = "gelu"  # "gelu" (Mllama) or "quick_gelu" (OpenAI CLIP)
+    act: str = "gelu"  # "gelu" (Mllama), "quick_gelu" (OpenAI CLIP) or "gelu_pytorch_tanh" (SigLIP)
     norm_eps: float = 1e-5
     attn_bias: bool = False  # CLIP has q/k/v/o biases, Mllama has none
+    # SigLIP's tower has no class token, a bias on the patch convolution and no layer norm before the blocks
+    class_token: bool = True
+    patch_bias: bool = False
+    pre_norm: bool = True
+    # The normalisation the encoder's weights expect (its image processor's); images arrive normalised with
+    # CLIP's, and the encoder converts them where these differ (SigLIP: 0.5 and 0.5).
+    pixel_mean: tuple[float, ...] = CLIP_MEAN
+    pixel_std: tuple[float, ...] = CLIP_STD
     # 0-based indices of the blocks whose INPUTS feed the projection head next to the final output (Meta's
     # reference, torchtune, vLLM and transformers 4.x; index 0 is the embedding after ln_pre).
     intermediate_layers: tuple[int, ...] = (3, 7, 15, 23, 30)
@@ -43,6 +57,11 @@ class VisionConfig:
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per view: the patches and the class token, if any (before padding)."""
+        return self.grid_size**2 + int(self.class_token)
 
     @property
     def num_views(self) -> int:

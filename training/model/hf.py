@@ -1,4 +1,4 @@
-"""Hugging Face interop: Llama and CLIP checkpoints in, Mllama (Llama 3.2 Vision) format in and out.
+"""Hugging Face interop: Llama, CLIP and SigLIP checkpoints in, Mllama (Llama 3.2 Vision) format in and out.
 
 Everything here is plain json + safetensors; transformers is only needed by the tests that compare with it.
 
@@ -6,7 +6,8 @@ Mllama export is exact for the single-tile model built here (``max_num_tiles = 1
 Mllama's vision model (pre/post tile embeddings, tile position embedding and its gate) is written as
 zeros, and on import its single-tile ([1, 1]) part is folded into our position embedding and the bias of
 the post-encoder layer norm. Not representable, so refused or warned about: attention biases in the ViT
-(CLIP has them, Mllama has none), padding other than Mllama's multiple of 8, a decoder ``head_dim`` other
+(CLIP and SigLIP have them, Mllama has none), a tower without a class token or with a patch bias (SigLIP),
+padding other than Mllama's multiple of 8 (CLIP and SigLIP towers pad nothing), a decoder ``head_dim`` other
 than dim / num_heads, more than 8 new tokens, and the video adapters (not part of the Mllama format).
 
 Intermediate vision features: ``intermediate_layers_indices`` name the blocks whose INPUTS feed the projector,
@@ -14,6 +15,9 @@ as in Meta's reference, torchtune, vLLM and transformers 4.45-4.54, so Llama-3.2
 mean what its weights were trained with. transformers 4.55 feeds the last hidden state for every index, and
 4.56 up to at least 5.25 the OUTPUTS (one block deeper: a checkpoint gives other logits there). The test extra
 pins transformers to the range the parity tests pass in (>=4.46,<4.54; run at 4.46.3 and 4.53.3).
+
+Training from checkpoint dirs (``model.hf_decoder``, ``model.hf_encoder``, ``model.hf_mllama``) goes
+through ``fusion_config_from_hf`` / ``mllama_dir_config`` (shapes, checked dirs) and ``load_hf_sources``.
 
 One behaviour differs on the transformers side: for a text token that sees no image, HF's
 ``MllamaCrossAttentionDecoderLayer`` zeroes only the MLP branch and lets the attention branch attend to
@@ -25,6 +29,7 @@ tokens after it. See tests/training/model/test_hf.py::test_mllama_text_before_im
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -39,6 +44,8 @@ from torch import Tensor, nn
 
 from vlmforge.common.files import atomic_path
 from vlmforge.training.model.config import (
+    CLIP_MEAN,
+    CLIP_STD,
     DecoderConfig,
     FusionConfig,
     ModelConfig,
@@ -223,10 +230,51 @@ def clip_vision_config(hf: dict[str, Any], intermediate_layers: Iterable[int] | 
     )
 
 
+def siglip_vision_config(
+    hf: dict[str, Any], intermediate_layers: Iterable[int] | None = None
+) -> VisionConfig:
+    """VisionConfig from a ``SiglipVisionModel`` or ``SiglipModel`` config.json (no class token, a patch
+    bias, no pre-norm; the attention-pooling head is not used)."""
+    v = hf["vision_config"] if "vision_config" in hf else hf
+    clip = clip_vision_config(
+        {
+            **v,
+            "hidden_act": v.get("hidden_act", "gelu_pytorch_tanh"),
+            "layer_norm_eps": v.get("layer_norm_eps", 1e-6),
+        },
+        intermediate_layers,
+    )
+    return dataclasses.replace(clip, class_token=False, patch_bias=True, pre_norm=False)
+
+
+def vision_config(
+    hf: dict[str, Any],
+    intermediate_layers: Iterable[int] | None = None,
+    preprocessor: dict[str, Any] | None = None,
+) -> VisionConfig:
+    """VisionConfig of a CLIP or SigLIP vision tower's (or whole model's) config.json; the pixel
+    normalisation from its preprocessor_config.json where given, else the model type's usual one."""
+    siglip = hf.get("model_type") in SIGLIP_TYPES
+    cfg = (siglip_vision_config if siglip else clip_vision_config)(hf, intermediate_layers)
+    preprocessor = preprocessor or {}
+    default_mean, default_std = ((0.5,) * 3, (0.5,) * 3) if siglip else (CLIP_MEAN, CLIP_STD)
+    return dataclasses.replace(
+        cfg,
+        pixel_mean=tuple(float(x) for x in preprocessor.get("image_mean", default_mean)),
+        pixel_std=tuple(float(x) for x in preprocessor.get("image_std", default_std)),
+    )
+
+
+def read_preprocessor(path: str | Path) -> dict[str, Any] | None:
+    file = Path(path) / "preprocessor_config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
 def _clip_name(name: str) -> str:
     """Encoder parameter name -> CLIP vision tower name (after any ``vision_model.`` prefix)."""
     fixed = {
         "patch_embedding.weight": "embeddings.patch_embedding.weight",
+        "patch_embedding.bias": "embeddings.patch_embedding.bias",
         "class_embedding": "embeddings.class_embedding",
         "position_embedding": "embeddings.position_embedding.weight",
     }
@@ -249,20 +297,82 @@ def load_clip_vision(
     projection: VisionProjection | None = None,
     intermediate_layers: Iterable[int] | None = None,
 ) -> VisionEncoder:
-    """Load a CLIP vision tower into ``encoder`` (or a new one); its post layer norm into ``projection``."""
+    """Load a CLIP or SigLIP vision tower into ``encoder`` (or a new one); its post layer norm into
+    ``projection``."""
     if encoder is None:
-        cfg = clip_vision_config(read_config(path), intermediate_layers)
+        cfg = vision_config(read_config(path), intermediate_layers, read_preprocessor(path))
         encoder = _empty(lambda: VisionEncoder(cfg), torch.float32)
     ckpt = Checkpoint(path)
-    # "vision_model." in CLIPModel and transformers 4.x CLIPVisionModel checkpoints, nothing in 5.x ones
-    (cls_name,) = [k for k in ckpt.keys() if k.endswith("embeddings.class_embedding")]
-    prefix = cls_name.removesuffix("embeddings.class_embedding")
+    # "vision_model." in CLIPModel, SiglipModel and transformers 4.x *VisionModel checkpoints, nothing in 5.x
+    (patch_name,) = [k for k in ckpt.keys() if k.endswith("embeddings.patch_embedding.weight")]
+    prefix = patch_name.removesuffix("embeddings.patch_embedding.weight")
     load_parameters(encoder, lambda name: ckpt[prefix + _clip_name(name)])
     if projection is not None:
         with torch.no_grad():
             projection.ln_post.weight.copy_(ckpt[prefix + "post_layernorm.weight"])
             projection.ln_post.bias.copy_(ckpt[prefix + "post_layernorm.bias"])
     return encoder
+
+
+def _model_type(path: str | Path, expected: tuple[str, ...], what: str) -> dict[str, Any]:
+    """config.json of a checkpoint directory, refused unless its model_type is one of ``expected`` and it
+    has safetensors weights (FileNotFoundError / ValueError saying why)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json (expected a transformers {what} checkpoint dir)")
+    hf = read_config(path)
+    model_type = hf.get("model_type")
+    if model_type not in expected:
+        raise ValueError(f"{path}: model_type {model_type!r} is not a {what} ({', '.join(expected)})")
+    Checkpoint(path)  # raises when there are no safetensors files (or the index names missing ones)
+    return hf
+
+
+LLAMA_TYPES = ("llama",)
+SIGLIP_TYPES = ("siglip", "siglip_vision_model")
+VISION_TYPES = ("clip", "clip_vision_model", *SIGLIP_TYPES)
+MLLAMA_TYPES = ("mllama",)
+
+
+def llama_dir_config(path: str | Path) -> DecoderConfig:
+    """DecoderConfig of a transformers Llama checkpoint directory, checked (config.json, weights)."""
+    return llama_config(_model_type(path, LLAMA_TYPES, "Llama"))
+
+
+def vision_dir_config(path: str | Path, intermediate_layers: Iterable[int] | None = None) -> VisionConfig:
+    """VisionConfig of a CLIP or SigLIP vision tower (or whole model) directory, checked."""
+    hf = _model_type(path, VISION_TYPES, "CLIP or SigLIP vision")
+    return vision_config(hf, intermediate_layers, read_preprocessor(path))
+
+
+def mllama_dir_config(path: str | Path) -> ModelConfig:
+    """ModelConfig of an ``MllamaForConditionalGeneration`` directory (Llama 3.2 Vision), checked."""
+    return model_config_from_mllama(_model_type(path, MLLAMA_TYPES, "Mllama"))
+
+
+def fusion_config_from_hf(
+    base: ModelConfig,
+    llama_path: str | Path | None = None,
+    vision_path: str | Path | None = None,
+) -> ModelConfig:
+    """``base`` with its decoder and/or vision shapes replaced by those of Llama / CLIP checkpoint dirs.
+
+    Projection head, fusion layers and video adapters keep ``base``'s settings; the projection head is
+    sized from the vision tower (its width and intermediate layers) and the decoder width. ``base``'s
+    intermediate layers are kept where the tower is deep enough, else Llama 3.2's choice where it fits.
+    """
+    vision, decoder = base.vision, base.decoder
+    if vision_path is not None:
+        hf = _model_type(vision_path, VISION_TYPES, "CLIP or SigLIP vision")
+        depth = (hf.get("vision_config") or hf)["num_hidden_layers"]
+        layers = base.vision.intermediate_layers if max(base.vision.intermediate_layers) < depth else None
+        vision = vision_config(hf, layers, read_preprocessor(vision_path))
+        vision = dataclasses.replace(vision, tile_grid=base.vision.tile_grid)
+    if llama_path is not None:
+        decoder = llama_dir_config(llama_path)
+    return dataclasses.replace(base, vision=vision, decoder=decoder)
 
 
 def fusion_model_from_hf(
@@ -272,22 +382,28 @@ def fusion_model_from_hf(
 
     Projection head, fusion layers and video adapters come from ``config`` and start from scratch.
     """
-    base = config or ModelConfig()
-    clip_hf = read_config(clip_path)
-    depth = (clip_hf.get("vision_config") or clip_hf)["num_hidden_layers"]
-    layers = base.vision.intermediate_layers if max(base.vision.intermediate_layers) < depth else None
-    cfg = ModelConfig(
-        vision=clip_vision_config(clip_hf, layers),
-        projection=base.projection,
-        decoder=llama_config(read_config(llama_path)),
-        fusion=base.fusion,
-        video=base.video,
-        trainable=base.trainable,
-    )
-    model = FusionModel(cfg)
-    load_llama(llama_path, model.decoder)
-    load_clip_vision(clip_path, model.encoder, model.projection)
+    model = FusionModel(fusion_config_from_hf(config or ModelConfig(), llama_path, clip_path))
+    load_hf_sources(model, {"decoder": str(llama_path), "encoder": str(clip_path)})
     return model
+
+
+# What a model can be initialised from (before any model.init_from file): the Mllama checkpoint of the
+# whole model, or a Llama decoder and/or a CLIP or SigLIP vision tower. Keys as in ``load_hf_sources``.
+HF_SOURCE_KINDS = ("mllama", "decoder", "encoder")
+
+
+def load_hf_sources(model: FusionModel, sources: dict[str, str]) -> None:
+    """Load HF checkpoint directories into ``model``: ``{"mllama": dir}`` or ``{"decoder": dir, "encoder":
+    dir}`` (either). The CLIP tower's post layer norm goes into the projection head's."""
+    unknown = set(sources) - set(HF_SOURCE_KINDS)
+    if unknown or ("mllama" in sources and len(sources) > 1):
+        raise ValueError(f"HF sources: mllama alone, or decoder and/or encoder; got {sorted(sources)}")
+    if "mllama" in sources:
+        load_mllama(sources["mllama"], model)
+    if "decoder" in sources:
+        load_llama(sources["decoder"], model.decoder)
+    if "encoder" in sources:
+        load_clip_vision(sources["encoder"], model.encoder, model.projection)
 
 
 # ------------------------------------------------------------------------------------------------- Mllama
@@ -438,6 +554,12 @@ def mllama_state_dict(model: FusionModel) -> dict[str, Tensor]:
     v, d = cfg.vision, cfg.decoder
     if v.attn_bias:
         raise ValueError("Mllama's ViT has no attention biases; this encoder has them (CLIP-initialised?)")
+    if v.pixel_mean != CLIP_MEAN or v.pixel_std != CLIP_STD:
+        raise ValueError(
+            "Mllama's image processor normalises with CLIP's mean and std; this encoder expects others"
+        )
+    if not v.class_token or v.patch_bias or not v.pre_norm:
+        raise ValueError("Mllama's ViT has a class token, no patch bias and a pre-norm (this one: SigLIP's?)")
     if v.pad_to_multiple != 8:
         raise ValueError("Mllama pads vision tokens to a multiple of 8; set VisionConfig.pad_to_multiple=8")
     if v.norm_eps != 1e-5:
@@ -527,8 +649,17 @@ def import_mllama(path: str | Path, dtype: torch.dtype = torch.float32) -> Fusio
     single-tile image exactly as a 1-tile model would see it; transformers itself would pad such an image
     to max_num_tiles tiles, whose padding tokens its vision attention does not mask out.
     """
+    cfg = model_config_from_mllama(read_config(path))
+    model = _empty(lambda: FusionModel(cfg), dtype)
+    assert isinstance(model, FusionModel)
+    load_mllama(path, model)
+    return model
+
+
+def load_mllama(path: str | Path, model: FusionModel) -> None:
+    """Fill every parameter of ``model`` (built from the checkpoint's config, see ``import_mllama``)."""
     hf = read_config(path)
-    cfg = model_config_from_mllama(hf)
+    cfg = model.config
     ckpt = Checkpoint(path)
     tensors = {_canonical_mllama_name(k): k for k in ckpt.keys()}
 
@@ -564,9 +695,14 @@ def import_mllama(path: str | Path, dtype: torch.dtype = torch.float32) -> Fusio
         "fusion.token_embedding.weight": embed[d.vocab_size : d.vocab_size + MLLAMA_NEW_TOKENS],
         "decoder.lm_head.weight": get("language_model.lm_head.weight"),
     }
-    model = _empty(lambda: FusionModel(cfg), dtype)
-    assert isinstance(model, FusionModel)
-    load_parameters(
-        model, lambda name: special[name] if name in special else get(_mllama_name(name, cfg.fusion.every))
-    )
-    return model
+    # Parameters Mllama has no place for (tile biases and view embeddings of a tiled stage, video adapters)
+    # keep the model's own initialisation.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("video.") or name.endswith(("tile_bias", "view_embedding")):
+                continue
+            hub = _mllama_name(name, cfg.fusion.every)
+            tensor = special[name] if name in special else get(hub)
+            if tensor.shape != param.shape:
+                raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
+            param.copy_(tensor)

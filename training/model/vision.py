@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlmforge.training.model.config import ProjectionConfig, VisionConfig
+from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, ProjectionConfig, VisionConfig
 
 
 class VisionOutput(NamedTuple):
@@ -40,6 +40,8 @@ def activation(name: str, x: Tensor) -> Tensor:
         return F.gelu(x)
     if name == "quick_gelu":
         return x * torch.sigmoid(1.702 * x)
+    if name in ("gelu_pytorch_tanh", "gelu_new"):
+        return F.gelu(x, approximate="tanh")
     raise ValueError(f"unsupported vision activation {name!r}")
 
 
@@ -108,8 +110,10 @@ class VisionBlock(nn.Module):
 
 
 def interpolate_position_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Resize a (1 + g*g, D) position table to a new patch grid, bilinearly; the class row is kept."""
-    cls, patches = pos[:1], pos[1:]
+    """Resize a (1 + g*g, D) position table to a new patch grid, bilinearly; the class row is kept. A (g*g, D)
+    table (no class token, SigLIP) is resized as a whole."""
+    has_cls = math.isqrt(pos.shape[0]) ** 2 != pos.shape[0]
+    cls, patches = pos[: int(has_cls)], pos[int(has_cls) :]
     g = math.isqrt(patches.shape[0])
     patches = patches.reshape(1, g, g, -1).permute(0, 3, 1, 2)
     patches = F.interpolate(patches.float(), size=grid, mode="bilinear", align_corners=False)
@@ -139,11 +143,12 @@ class VisionEncoder(nn.Module):
         self.cfg = cfg
         scale = cfg.dim**-0.5
         self.patch_embedding = nn.Conv2d(
-            cfg.num_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False
+            cfg.num_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias
         )
-        self.class_embedding = nn.Parameter(scale * torch.randn(cfg.dim))
-        self.position_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, cfg.dim))
-        self.ln_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        if cfg.class_token:
+            self.class_embedding = nn.Parameter(scale * torch.randn(cfg.dim))
+        self.position_embedding = nn.Parameter(scale * torch.randn(cfg.num_tokens, cfg.dim))
+        self.ln_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
 
     def position_embedding_for(self, grid: tuple[int, int]) -> Tensor:
@@ -160,11 +165,19 @@ class VisionEncoder(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, image_size=image_size)
 
     def forward(self, images: Tensor) -> VisionOutput:
+        cfg = self.cfg
+        if cfg.pixel_mean != CLIP_MEAN or cfg.pixel_std != CLIP_STD:  # CLIP-normalised -> the encoder's own
+            mean, std, clip_mean, clip_std = (
+                torch.tensor(v, device=images.device).view(-1, 1, 1)
+                for v in (cfg.pixel_mean, cfg.pixel_std, CLIP_MEAN, CLIP_STD)
+            )
+            images = (images * clip_std + clip_mean - mean) / std
         x = self.patch_embedding(images.to(self.patch_embedding.weight.dtype))
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
-        cls = self.class_embedding.expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.position_embedding_for(grid)
+        if self.cfg.class_token:
+            x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = x + self.position_embedding_for(grid)
         x = self.ln_pre(x)
 
         num_tokens = x.shape[1]

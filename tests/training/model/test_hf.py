@@ -7,7 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from vlmforge.training.model.config import get_config  # noqa: E402
+from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, get_config  # noqa: E402
 from vlmforge.training.model.decoder import rope_frequencies  # noqa: E402
 from vlmforge.training.model.fusion import FusionModel, media_attention_mask  # noqa: E402
 from vlmforge.training.model.hf import (  # noqa: E402
@@ -192,6 +192,89 @@ def test_clip_encoder_matches_transformers(tmp_path, full_clip):
     print(f"clip ({'CLIPModel' if full_clip else 'CLIPVisionModel'}): max abs hidden-state diffs {diffs}")
     assert got.last_hidden_state.shape == expected.last_hidden_state.shape
     assert max(diffs) <= TOL
+
+
+def siglip_vision(tmp_path, full_siglip: bool):
+    vision = dict(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=40,
+        patch_size=8,
+    )
+    torch.manual_seed(0)
+    if full_siglip:
+        hf = transformers.SiglipModel(
+            transformers.SiglipConfig(
+                vision_config=vision,
+                text_config=dict(
+                    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+                ),
+            )
+        )
+        tower = hf.vision_model
+    else:
+        hf = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**vision))
+        tower = hf
+    randomize(hf, seed=5, std=0.1)
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    return tower.eval()
+
+
+@pytest.mark.parametrize("full_siglip", [False, True], ids=["SiglipVisionModel", "SiglipModel"])
+def test_siglip_encoder_matches_transformers(tmp_path, full_siglip):
+    """SigLIP: no class token, a patch bias, no pre-norm, tanh GELU; its post layer norm (applied to every
+    token in transformers' last_hidden_state) is the projection head's first layer norm here."""
+    from vlmforge.training.model.vision import VisionProjection
+
+    tower = siglip_vision(tmp_path, full_siglip)
+    encoder = load_clip_vision(tmp_path, intermediate_layers=(0, 2)).eval()
+    cfg = encoder.cfg
+    assert not cfg.class_token and cfg.patch_bias and not cfg.pre_norm and cfg.act == "gelu_pytorch_tanh"
+    assert cfg.norm_eps == 1e-6 and cfg.num_tokens == 25 and cfg.pad_to_multiple == 1
+    assert cfg.pixel_mean == cfg.pixel_std == (0.5, 0.5, 0.5)  # SiglipImageProcessor's
+    projection = VisionProjection(cfg, get_config("tiny").projection, 64)
+    load_clip_vision(tmp_path, encoder, projection)
+
+    # the data pipeline normalises with CLIP's mean and std; the encoder converts to SigLIP's own
+    raw = torch.rand(2, 3, 40, 40)
+    clip_mean, clip_std = (torch.tensor(v).view(3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    with torch.no_grad():
+        expected = tower(pixel_values=(raw - 0.5) / 0.5, output_hidden_states=True)
+        got = encoder((raw - clip_mean) / clip_std)
+        post = projection.ln_post(got.last_hidden_state)
+    diffs = [
+        (got.last_hidden_state - expected.hidden_states[-1]).abs().max().item(),
+        (post - expected.last_hidden_state).abs().max().item(),
+    ]
+    diffs += [
+        (h - expected.hidden_states[i]).abs().max().item()
+        for h, i in zip(got.hidden_states, (0, 2), strict=True)
+    ]
+    print(f"siglip ({type(tower).__name__}): max abs hidden-state diffs {diffs}")
+    assert got.last_hidden_state.shape == expected.last_hidden_state.shape == (2, 25, 48)
+    assert max(diffs) <= TOL
+
+
+def test_fusion_model_from_llama_and_siglip(tmp_path):
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(llama_hf_config()).eval()
+    llama.save_pretrained(tmp_path / "llama")
+    siglip_vision(tmp_path / "siglip", full_siglip=False)
+    model = fusion_model_from_hf(tmp_path / "llama", tmp_path / "siglip", get_config("tiny")).eval()
+    assert model.config.vision.intermediate_layers == (1, 3) and not model.config.vision.class_token
+    ids = torch.randint(0, 300, (1, 12))
+    ids[0, 0] = model.config.image_token_id
+    images, blank = torch.randn(1, 3, 40, 40), torch.zeros(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(model(ids, images).logits, model(ids, blank).logits)  # gates closed at start
+        for name, p in model.fusion.named_parameters():
+            if name.endswith(("attn_gate", "mlp_gate")):
+                p.fill_(0.5)
+        assert (model(ids, images).logits - model(ids, blank).logits).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="attention biases|class token"):
+        export_mllama(model, tmp_path / "out")
 
 
 def test_fusion_model_from_llama_and_clip(tmp_path):
