@@ -122,3 +122,98 @@ def clean_env(**extra: str) -> dict[str, str]:
     }
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
     return env
+
+
+# Tiny random transformers checkpoints (the vocabulary of recipe_data's tokenizer: 512 ids, BOS 0, EOS 1,
+# <|image|> 512), written as HF writes them, in several safetensors shards with an index file.
+HF_VOCAB = 512
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 4.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+@functools.cache
+def tiny_hf_dirs() -> dict[str, Path]:
+    """{"llama", "clip", "mllama"}: a LlamaForCausalLM (GQA, llama3 RoPE, tied embeddings), a
+    CLIPVisionModel at 32 px and an MllamaForConditionalGeneration (single tile, 32 px, adapter gates
+    open, so images change the logits) from the same seed each time."""
+    import torch
+    import transformers
+
+    root = workdir() / "hf"
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=HF_VOCAB,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            rope_scaling=LLAMA3_ROPE,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=None,
+        )
+    )
+    llama.save_pretrained(root / "llama", max_shard_size="200KB")
+    clip = transformers.CLIPVisionModel(
+        transformers.CLIPVisionConfig(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    clip.save_pretrained(root / "clip", max_shard_size="100KB")
+    mllama = transformers.MllamaForConditionalGeneration(
+        transformers.MllamaConfig(
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=4,
+                num_global_layers=2,
+                attention_heads=4,
+                image_size=32,
+                patch_size=8,
+                max_num_tiles=1,
+                supported_aspect_ratios=[[1, 1]],
+                intermediate_layers_indices=[1, 3],
+                vision_output_dim=96,
+            ),
+            text_config=dict(
+                vocab_size=HF_VOCAB,
+                hidden_size=48,
+                intermediate_size=80,
+                num_hidden_layers=6,  # 4 self-attention blocks and cross-attention before blocks 1 and 3
+                cross_attention_layers=[1, 4],
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                rope_theta=10000.0,
+                rope_scaling=LLAMA3_ROPE,
+                max_position_embeddings=256,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=None,
+            ),
+            image_token_index=HF_VOCAB,
+        )
+    )
+    with torch.no_grad():
+        for name, p in mllama.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                p.fill_(0.5)
+    mllama.save_pretrained(root / "mllama", max_shard_size="200KB")
+    for name in ("llama", "clip", "mllama"):
+        assert (root / name / "model.safetensors.index.json").is_file(), name  # sharded
+    return {"llama": root / "llama", "clip": root / "clip", "mllama": root / "mllama"}

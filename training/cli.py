@@ -83,8 +83,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from vlmforge.training.config import load_train_config
     from vlmforge.training.launch import launch
+    from vlmforge.training.train import model_config
 
-    load_train_config(args.config, args.set)  # config errors here, before any process starts
+    # config errors here, before any process starts (model.hf_* dirs: config.json and weights present)
+    model_config(load_train_config(args.config, args.set))
     return launch(args.config, args.nproc, args.hostfile, args.resume, args.set, args.launcher)
 
 

@@ -34,7 +34,11 @@ class TrainableSection(_Section):
 class ModelSection(_Section):
     """The model: a preset of training/model/config.py, the stage resolution, what to load first."""
 
-    preset: str = Field("tiny", description="model preset: tiny, tiny_video, llama32_11b, llama32_90b")
+    preset: str = Field(
+        "tiny",
+        description="model preset: tiny, tiny_video, llama32_11b, llama32_90b (with hf_decoder/hf_encoder: "
+        "the parts they do not give, i.e. the adapters and projection settings)",
+    )
     image_size: int | None = Field(
         None, gt=0, description="stage resolution; position embeddings are interpolated to it (null: preset)"
     )
@@ -49,6 +53,21 @@ class ModelSection(_Section):
         default_factory=list,
         description="safetensors files loaded in order before training (text_lm, clip, stage 1 outputs), "
         "each after the files it was itself initialised from",
+    )
+    hf_decoder: str | None = Field(
+        None,
+        description="vlm: a transformers Llama checkpoint dir (config.json, safetensors, sharded or not) as "
+        "the decoder; its shapes replace the preset's, which still sizes the adapters",
+    )
+    hf_encoder: str | None = Field(
+        None,
+        description="vlm: a transformers CLIP vision tower dir (CLIPVisionModel or CLIPModel) as the "
+        "encoder; the projection head is sized from it",
+    )
+    hf_mllama: str | None = Field(
+        None,
+        description="vlm: a transformers MllamaForConditionalGeneration dir (Llama 3.2 Vision) to continue "
+        "from: the whole model, shapes and weights (preset unused)",
     )
     trainable: TrainableSection = Field(default_factory=TrainableSection)
     # clip task only: the text tower, a small causal transformer over the same tokenizer
@@ -154,6 +173,11 @@ class TrainConfig(_Section):
             raise ValueError("optim.warmup_steps must not exceed train.steps")
         if (self.model.tile_grid or 1) > 1 and self.task != "vlm":
             raise ValueError("model.tile_grid applies to task vlm only")
+        m = self.model
+        if (m.hf_decoder or m.hf_encoder or m.hf_mllama) and self.task != "vlm":
+            raise ValueError("model.hf_decoder, model.hf_encoder and model.hf_mllama apply to task vlm only")
+        if m.hf_mllama and (m.hf_decoder or m.hf_encoder):
+            raise ValueError("model.hf_mllama is the whole model: leave model.hf_decoder, hf_encoder unset")
         if self.data.repeat_text > 1 and self.task != "text_lm":
             raise ValueError("data.repeat_text applies to task text_lm only")
         if self.task == "clip" and self.train.micro_batch_size < 2:

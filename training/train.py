@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +39,7 @@ from vlmforge.training.data import StreamSpec, build_index, heldout_batches, tra
 from vlmforge.training.flops import component_sizes, peak_flops, step_flops
 from vlmforge.training.launch import check_extension_locks, free_port
 from vlmforge.training.metrics import MetricsWriter
+from vlmforge.training.model import hf
 from vlmforge.training.model.config import ModelConfig, get_config
 from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
 from vlmforge.training.tokenizer import TextTokenizer
@@ -53,22 +55,69 @@ class RunResult:
     output: Path
 
 
-def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The preset, at the stage's resolution."""
+HF_FIELDS = {"mllama": "model.hf_mllama", "decoder": "model.hf_decoder", "encoder": "model.hf_encoder"}
+
+
+def hf_sources(cfg: TrainConfig) -> dict[str, str]:
+    """The HF checkpoint dirs the model starts from, by kind (training/model/hf.py:load_hf_sources)."""
+    dirs = {kind: getattr(cfg.model, field.removeprefix("model.")) for kind, field in HF_FIELDS.items()}
+    return {kind: str(Path(d).resolve()) for kind, d in dirs.items() if d}
+
+
+def _from_dir(kind: str, path: str, read: Callable[[], Any]) -> Any:
+    """``read()``, its errors as a ConfigError naming the config field of the directory."""
     try:
-        mc = get_config(cfg.model.preset)
-    except KeyError as e:
-        raise ConfigError(f"model.preset: {e.args[0]}") from None
+        return read()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError(f"{HF_FIELDS[kind]}: {path}: {message}") from None
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The preset (or the HF checkpoints' shapes), at the stage's resolution."""
+    sources = hf_sources(cfg)
+    if "mllama" in sources:
+        mc = _from_dir("mllama", cfg.model.hf_mllama, lambda: hf.mllama_dir_config(sources["mllama"]))
+    else:
+        try:
+            mc = get_config(cfg.model.preset)
+        except KeyError as e:
+            raise ConfigError(f"model.preset: {e.args[0]}") from None
+        if "decoder" in sources:
+            mc = _from_dir(
+                "decoder",
+                cfg.model.hf_decoder,
+                lambda: hf.fusion_config_from_hf(mc, llama_path=sources["decoder"]),
+            )
+        if "encoder" in sources:
+            mc = _from_dir(
+                "encoder",
+                cfg.model.hf_encoder,
+                lambda: hf.fusion_config_from_hf(mc, vision_path=sources["encoder"]),
+            )
     if cfg.model.image_size is not None:
         if cfg.model.image_size % mc.vision.patch_size:
             raise ConfigError(
                 f"model.image_size: {cfg.model.image_size} is not a multiple of the patch size "
                 f"{mc.vision.patch_size}"
             )
+        native = mc.vision.image_size
+        if cfg.model.image_size != native and ("mllama" in sources or "encoder" in sources):
+            raise ConfigError(
+                f"model.image_size: {cfg.model.image_size} differs from the {native} px of the checkpoint in "
+                f"{HF_FIELDS['mllama' if 'mllama' in sources else 'encoder']}; leave it unset (higher "
+                "resolutions: model.tile_grid)"
+            )
         mc.vision = dataclasses.replace(mc.vision, image_size=cfg.model.image_size)
     if cfg.model.tile_grid is not None:
         mc.vision = dataclasses.replace(mc.vision, tile_grid=cfg.model.tile_grid)
     return mc
+
+
+def load_hf(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Load the run's HF checkpoint dirs into the freshly built model (one kind at a time, for errors)."""
+    for kind, path in hf_sources(cfg).items():
+        _from_dir(kind, path, lambda kind=kind, path=path: hf.load_hf_sources(model, {kind: path}))
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -191,6 +240,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         mc.decoder.vocab_size, mc.image_token_id, mc.decoder.bos_token_id, mc.decoder.eos_token_id
     )
     model = task.build_model(cfg, mc)
+    load_hf(model, cfg)  # before init_from: a stage 2 file holds what stage 1 trained on top of it
     for path in cfg.model.init_from:
         load_chain(model, path, strict_names=True)
     if cfg.train.activation_checkpointing:
@@ -294,7 +344,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
-        image_tokens = images * mc.vision.num_views * (mc.vision.grid_size**2 + 1)
+        image_tokens = images * mc.vision.num_views * mc.vision.num_tokens
         flops = step_flops(sizes, task.TOKENS, {"text": tokens, "image": image_tokens})
         if peak is not None:
             record["mfu"] = flops / elapsed / (peak * world)
@@ -324,7 +374,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     for name, keep in task.exports(engine.module).items():
         tensors = gather_tensors(engine.module, keep)
         if rank == 0:
-            save_tensors(tensors, out / name, mc, cfg.model.init_from)
+            save_tensors(tensors, out / name, mc, cfg.model.init_from, hf_sources(cfg))
         files[name] = str(out / name)
     summary = {
         "task": cfg.task,

@@ -3,7 +3,9 @@
 DeepSpeed checkpoints are for resuming; these files are what a stage hands to the next one (ZeRO-3
 checkpoints have lost frozen weights, DeepSpeed issue 3090). A file holds the parameters a run trained, the
 model config, and the files the run was initialised from, so ``load_fusion_model`` can rebuild the whole
-model from the last file of a chain (text_lm -> clip -> stage 1 -> stage 2).
+model from the last file of a chain (text_lm -> clip -> stage 1 -> stage 2). A model built from HF
+checkpoint dirs (``model.hf_decoder`` etc.) keeps their paths in its file and loads them first: the frozen
+decoder is never copied.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 from vlmforge.common.files import atomic_path
 from vlmforge.training.model.config import ModelConfig
 from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.hf import load_hf_sources
 from vlmforge.training.model.vision import interpolate_position_embedding
 
 
@@ -48,13 +51,20 @@ def gather_tensors(module: nn.Module, keep: Callable[[str, nn.Parameter], bool])
 
 
 def save_tensors(
-    tensors: dict[str, Tensor], path: str | Path, config: ModelConfig | None, init_from: list[str]
+    tensors: dict[str, Tensor],
+    path: str | Path,
+    config: ModelConfig | None,
+    init_from: list[str],
+    hf_sources: dict[str, str] | None = None,
 ) -> None:
-    """Write atomically, with the model config and the init chain in the metadata."""
+    """Write atomically, with the model config, the init chain and the HF checkpoint dirs the model was
+    built from (``model.hf_*``, absolute) in the metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     parents = [str(Path(p).resolve()) for p in init_from]
     metadata = {"format": "pt", "init_from": json.dumps(parents)}
+    if hf_sources:
+        metadata["hf_sources"] = json.dumps(hf_sources)
     if config is not None:
         metadata["config"] = json.dumps(config.to_dict())
     with atomic_path(path) as tmp:
@@ -100,8 +110,24 @@ def load_fusion_model(path: str | Path) -> FusionModel:
     if "config" not in meta:
         raise ValueError(f"{path}: no model config in the metadata (not written by a vlm training run)")
     model = FusionModel(ModelConfig.from_dict(json.loads(meta["config"])))
+    sources = hf_sources(path)
+    for directory in sources.values():
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(f"{path} was trained on the HF checkpoint {directory}, which is gone")
+    load_hf_sources(model, sources)
     load_chain(model, path)
     return model
+
+
+def hf_sources(path: str | Path) -> dict[str, str]:
+    """The HF checkpoint dirs (``model.hf_*``) of the nearest file in `path`'s init chain that has them."""
+    meta = read_metadata(path)
+    if "hf_sources" in meta:
+        return json.loads(meta["hf_sources"])
+    for parent in reversed(json.loads(meta.get("init_from", "[]"))):
+        if found := hf_sources(parent):
+            return found
+    return {}
 
 
 def load_chain(module: nn.Module, path: str | Path, strict_names: bool = False) -> None:
