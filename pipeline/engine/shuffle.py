@@ -126,11 +126,10 @@ def _map_spill(fn: Callable[..., pa.Table], key: str, partitions: int, path: str
     return table.num_rows
 
 
-def _reduce_spill(fn: Callable[..., Any], kwargs: dict, i: int, d: str, out: str, *map_rows: int) -> dict:
-    """Reduce partition `i` of the map files in `d` (one per entry of `map_rows`, which only orders this
-    task after them) into `out`; its stats."""
+def _reduce_spill(fn: Callable[..., Any], kwargs: dict, i: int, d: str, out: str, maps: int) -> dict:
+    """Reduce partition `i` of the `maps` map files in `d` into `out`; its stats."""
     pieces, schema = [], None
-    for m in range(len(map_rows)):
+    for m in range(maps):
         f = pq.ParquetFile(f"{d}/map-{m:05d}.parquet")
         schema = f.schema_arrow
         counts = json.loads(schema.metadata[b"vlmforge.counts"])
@@ -181,12 +180,15 @@ def _shuffle_persisted(
         return done
     if not map_args:
         return _finish(d, [], [])
-    rows = [
+    # The reduce tasks start once every map file is written: waiting here, rather than handing each reduce
+    # task all M map references, keeps the driver's task state O(M + P) instead of O(M x P).
+    get([
         submit(_map_spill, map_fn, key, partitions, str(d / f"map-{m:05d}.parquet"), *args)
         for m, args in enumerate(map_args)
-    ]
+    ])  # fmt: skip
     outputs = [str(d / f"out-{i:05d}.parquet") for i in range(partitions)]
-    stats = [submit(_reduce_spill, reduce_fn, kwargs, i, str(d), out, *rows) for i, out in enumerate(outputs)]
+    maps = len(map_args)
+    stats = [submit(_reduce_spill, reduce_fn, kwargs, i, str(d), out, maps) for i, out in enumerate(outputs)]
     return _finish(d, outputs, stats)
 
 
