@@ -138,9 +138,9 @@ LLAMA3_ROPE = {
 
 @functools.cache
 def tiny_hf_dirs() -> dict[str, Path]:
-    """{"llama", "clip", "mllama"}: a LlamaForCausalLM (GQA, llama3 RoPE, tied embeddings), a
-    CLIPVisionModel at 32 px and an MllamaForConditionalGeneration (single tile, 32 px, adapter gates
-    open, so images change the logits) from the same seed each time."""
+    """{"llama", "clip", "siglip", "mllama"}: a LlamaForCausalLM (GQA, llama3 RoPE, tied embeddings),
+    a CLIPVisionModel and a SiglipVisionModel at 32 px and an MllamaForConditionalGeneration (single
+    tile, 32 px, adapter gates open, so images change the logits) from the same seed each time."""
     import torch
     import transformers
 
@@ -176,6 +176,17 @@ def tiny_hf_dirs() -> dict[str, Path]:
         )
     )
     clip.save_pretrained(root / "clip", max_shard_size="100KB")
+    siglip = transformers.SiglipVisionModel(
+        transformers.SiglipVisionConfig(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    siglip.save_pretrained(root / "siglip", max_shard_size="100KB")
     mllama = transformers.MllamaForConditionalGeneration(
         transformers.MllamaConfig(
             vision_config=dict(
@@ -214,6 +225,7 @@ def tiny_hf_dirs() -> dict[str, Path]:
             if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
                 p.fill_(0.5)
     mllama.save_pretrained(root / "mllama", max_shard_size="200KB")
-    for name in ("llama", "clip", "mllama"):
+    names = ("llama", "clip", "siglip", "mllama")
+    for name in names:
         assert (root / name / "model.safetensors.index.json").is_file(), name  # sharded
-    return {"llama": root / "llama", "clip": root / "clip", "mllama": root / "mllama"}
+    return {name: root / name for name in names}

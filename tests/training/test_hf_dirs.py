@@ -54,6 +54,15 @@ def test_llama_clip_example_config_takes_the_shapes_of_the_dirs():
     assert model.projection.proj.in_features == 48 * 4 and model.projection.proj.out_features == 64
 
 
+def test_a_siglip_tower_as_the_encoder():
+    dirs = tiny_hf_dirs()
+    mc = model_config(llama_clip_config(**{"model.hf_encoder": dirs["siglip"], "model.preset": "tiny"}))
+    v = mc.vision
+    assert not v.class_token and v.patch_bias and not v.pre_norm and v.num_tokens == 16
+    assert v.pixel_mean == (0.5, 0.5, 0.5) and v.act == "gelu_pytorch_tanh"
+    assert v.intermediate_layers == (1, 3)
+
+
 def test_mllama_example_config_takes_everything_from_the_checkpoint():
     cfg = load(MLLAMA, **{"model.hf_mllama": tiny_hf_dirs()["mllama"]})
     assert cfg.data.image_first

@@ -51,6 +51,7 @@ def dirs() -> dict[str, Path]:
 def sets(out: Path, dirs: dict[str, Path], source: str) -> list[str]:
     models = {
         "llama_clip": {"model.hf_decoder": dirs["llama"], "model.hf_encoder": dirs["clip"]},
+        "llama_siglip": {"model.hf_decoder": dirs["llama"], "model.hf_encoder": dirs["siglip"]},
         "mllama": {"model.hf_mllama": dirs["mllama"]},
     }[source]
     values = {
@@ -76,8 +77,8 @@ def sets(out: Path, dirs: dict[str, Path], source: str) -> list[str]:
     return [x for k, v in values.items() for x in ("--set", f"{k}={v}")]
 
 
-def train(out: Path, dirs: dict[str, Path], source: str, resume: bool = False) -> None:
-    cmd = CLI + sets(out, dirs, source) + (["--resume"] if resume else [])
+def train(out: Path, dirs: dict[str, Path], source: str, resume: bool = False, nproc: int = 2) -> None:
+    cmd = CLI[:-1] + [str(nproc)] + sets(out, dirs, source) + (["--resume"] if resume else [])
     proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -101,6 +102,15 @@ def checkpoint_names(out: Path) -> set[str]:
     return names
 
 
+def assert_trained(out: Path, losses: dict[int, float]) -> None:
+    """Finite losses, and the adapters' gates (zero at the start) opened. The decoder is random, so its
+    loss stays near ln(512) and says little in a few steps."""
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        gates = [f.get_tensor(n) for n in f.keys() if n.endswith(("attn_gate", "mlp_gate"))]
+    assert gates and all(g.abs().min() > 0 for g in gates), gates
+
+
 @pytest.fixture(scope="module")
 def llama_clip_run(dirs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("llama_clip")
@@ -119,7 +129,8 @@ def test_llama_clip_dirs_train_under_zero3(llama_clip_run, dirs):
     assert s["micro_batches_per_rank"] == [STEPS, STEPS]
     assert s["frozen_unchanged"]  # every rank's partition of the decoder and encoder, before and after
     losses = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl", "train")}
-    assert sorted(losses) == list(range(1, STEPS + 1)) and losses[STEPS] < losses[1]
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert_trained(out, losses)
     # the DeepSpeed checkpoint holds the trained parts only
     names = checkpoint_names(out)
     assert any(n.startswith("fusion.") for n in names), sorted(names)[:5]
@@ -225,3 +236,18 @@ def test_mllama_dir_trains_and_exports_with_transformers_logits(dirs, tmp_path):
     image_effect = (theirs - other_images).abs().max().item()
     print(f"mllama: another row's image moves transformers' logits by up to {image_effect:.2e}")
     assert image_effect > 1e-3  # and the comparison covers the image path, not only the text
+
+
+def test_llama_siglip_dirs_train_on_one_rank(dirs, tmp_path):
+    """A SigLIP tower (no class token, its own pixel normalisation) as the encoder: 1 rank, ZeRO-3."""
+    from vlmforge.training.vlm import evaluate_weights
+
+    train(tmp_path, dirs, "llama_siglip", nproc=1)
+    s = summary(tmp_path)
+    assert s["frozen_unchanged"] and s["micro_batches_per_rank"] == [STEPS]
+    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl", "train")}
+    assert_trained(tmp_path, losses)
+    overrides = sets(tmp_path, dirs, "llama_siglip")[1::2]
+    weights = tmp_path / "model.safetensors"
+    evaluated = evaluate_weights(ROOT / "configs/train/stage1.yaml", weights, overrides)
+    assert abs(evaluated["loss"] - s["eval_after"]["loss"]) <= 1e-5, (evaluated, s["eval_after"])
