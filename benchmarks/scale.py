@@ -10,9 +10,10 @@ phases size their partitions from it, so a cluster's partition count is emulated
 2 cores do the work (`ray.workers` stays at the real core count). Every job runs on Ray
 (`ray.in_process_rows=0`), OCR and diversity off: the recipe's global phases are exact and near dedup.
 
-Measured from outside the `vlmforge curate` process: its RSS (the driver) and the RSS of every other process
-in its tree (Ray's workers and its own services), sampled every 0.2 s; the object store's use from the
-size of Ray's plasma files in /dev/shm; files written under each phase's cache directory.
+Measured from outside the `vlmforge curate` process: its RSS (the driver), the raylet's RSS (it maps the
+object store's shared memory, so the pages the store uses count there) and the largest RSS of every other
+process in its tree (Ray's workers and services), sampled every 0.2 s; files written under each phase's
+cache directory.
 """
 
 from __future__ import annotations
@@ -105,14 +106,11 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def shm_bytes() -> int:
-    total = 0
-    for f in Path("/dev/shm").glob("*"):
-        try:
-            total += f.stat().st_blocks * 512
-        except OSError:
-            pass
-    return total
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def run_job(inp: Path, out: Path, num_cpus: int) -> dict:
@@ -124,8 +122,7 @@ def run_job(inp: Path, out: Path, num_cpus: int) -> dict:
         "--set", "near_dedup.image.enabled=false", "--set", "ocr.enabled=false",
         "--set", "diversity.enabled=false", "--set", "image.min_side=32", "--set", "input.id_column=id",
     ]  # fmt: skip
-    peaks = {"driver": 0, "worker": 0, "shm": 0}
-    shm0 = shm_bytes()
+    peaks = {"driver": 0, "worker": 0, "raylet": 0}
     start = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -133,9 +130,9 @@ def run_job(inp: Path, out: Path, num_cpus: int) -> dict:
         def poll() -> None:
             while proc.poll() is None:
                 peaks["driver"] = max(peaks["driver"], rss(proc.pid))
-                others = [rss(p) for p in descendants(proc.pid)]
-                peaks["worker"] = max([peaks["worker"], *others])
-                peaks["shm"] = max(peaks["shm"], shm_bytes() - shm0)
+                for pid in descendants(proc.pid):
+                    role = "raylet" if comm(pid) == "raylet" else "worker"
+                    peaks[role] = max(peaks[role], rss(pid))
                 time.sleep(0.2)
 
         t = threading.Thread(target=poll, daemon=True)
@@ -156,7 +153,7 @@ def run_job(inp: Path, out: Path, num_cpus: int) -> dict:
         "wall_s": round(wall, 1),
         "driver_peak_rss_mb": round(peaks["driver"] / 2**20),
         "worker_peak_rss_mb": round(peaks["worker"] / 2**20),
-        "object_store_peak_mb": round(peaks["shm"] / 2**20),
+        "raylet_peak_rss_mb": round(peaks["raylet"] / 2**20),  # holds the object store's shared memory
         "files": files,
         "seconds_per_1k_rows": {
             k: round(v["seconds"] / rows * 1000, 4) for k, v in manifest["phases"].items()
@@ -183,7 +180,8 @@ def main() -> None:
     for r in results[1:]:
         ratio_rss = r["driver_peak_rss_mb"] / max(1, base["driver_peak_rss_mb"])
         ratio_wall = (r["wall_s"] / r["rows"]) / (base["wall_s"] / base["rows"])
-        print(f"{r['rows']:,} vs {base['rows']:,}: driver peak RSS x{ratio_rss:.2f}, wall per row x{ratio_wall:.2f}")
+        print(f"{r['rows']:,} vs {base['rows']:,}: driver peak RSS x{ratio_rss:.2f}, wall per row "
+              f"x{ratio_wall:.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
