@@ -52,7 +52,7 @@ def sets(out: Path, dirs: dict[str, Path], source: str) -> list[str]:
     models = {
         "llama_clip": {"model.hf_decoder": dirs["llama"], "model.hf_encoder": dirs["clip"]},
         "llama_siglip": {"model.hf_decoder": dirs["llama"], "model.hf_encoder": dirs["siglip"]},
-        "mllama": {"model.hf_mllama": dirs["mllama"]},
+        "mllama": {"model.hf_mllama": dirs["mllama"], "data.image_first": "true"},  # Mllama's order
     }[source]
     values = {
         "tokenizer": dirs["llama"] / "tokenizer.json",  # tokenizer: the decoder dir's tokenizer.json
