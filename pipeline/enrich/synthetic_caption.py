@@ -8,9 +8,9 @@ The model is loaded once per actor from ``synthetic_caption.checkpoint``, which 
 - an Mllama directory (``config.json`` with model_type ``mllama``, e.g. written by
   ``training.model.hf.export_mllama``), imported as a single-tile model, with ``tokenizer.json`` beside it.
 
-The prompt is how training starts a caption sample (``training.data.caption_prefix``): ``<|image|>
-<|begin_of_text|>`` (Mllama's order; BOS first for a run trained with ``data.image_first: false``), then the
-tokens of ``prompt``; the caption is what the model writes after it (the prompt text
+The prompt is how training starts a caption sample (``training.data.caption_prefix``): ``<|begin_of_text|>
+<|image|>``, or ``<|image|><|begin_of_text|>`` for a run trained with ``data.image_first``, then the tokens
+of ``prompt``; the caption is what the model writes after it (the prompt text
 not included), up to EOS or ``max_new_tokens``, whitespace-normalised. Every row has the same prompt, so a
 batch needs no padding and under greedy decoding a row's caption does not depend on the rows batched with
 it. Top-p sampling draws from a generator seeded by ``seed`` and the ids of the batch, so a re-run of the
@@ -71,10 +71,11 @@ def load_captioner(
 
 
 def image_first(checkpoint: str | Path) -> bool:
-    """Whether the checkpoint's captions start `<|image|><|begin_of_text|>` (Mllama's order, and a vlm run
-    trained with `data.image_first`) rather than `<|begin_of_text|><|image|>`."""
+    """Whether a vlm run was trained with `data.image_first` (captions start `<|image|><|begin_of_text|>`).
+    An Mllama directory records no such thing: it is prompted BOS first, as the runs it is exported from
+    are by default."""
     config = json.loads((Path(checkpoint) / "config.json").read_text())
-    return config.get("model_type") == "mllama" or bool(config.get("data", {}).get("image_first", False))
+    return bool(config.get("data", {}).get("image_first", False))
 
 
 def batch_seed(seed: int, ids: list[str]) -> int:
