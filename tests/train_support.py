@@ -13,8 +13,11 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -229,3 +232,30 @@ def tiny_hf_dirs() -> dict[str, Path]:
     for name in names:
         assert (root / name / "model.safetensors.index.json").is_file(), name  # sharded
     return {name: root / name for name in names}
+
+
+def kill_at_first_checkpoint(
+    cmd: list[str], out: Path, env: dict[str, str], timeout: float, steps: int
+) -> int:
+    """Start the training `cmd` writing into `out`, SIGKILL its whole process group as soon as it has written
+    its first checkpoint, and return that checkpoint's step (checked to be before the last of `steps`)."""
+    log = out / "killed.log"
+    with log.open("w") as stderr:  # a file, not a pipe: a full pipe would stall the run
+        killed = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    deadline = time.monotonic() + timeout
+    try:
+        while not (out / "checkpoints" / "latest").exists():
+            assert killed.poll() is None, "ended before its first checkpoint: " + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.01)
+        os.killpg(killed.pid, signal.SIGKILL)
+    finally:
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+    assert not (out / "summary.json").exists(), "the run finished before it was killed"
+    resumed_from = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    assert resumed_from < steps
+    return resumed_from

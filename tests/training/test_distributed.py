@@ -9,15 +9,12 @@ micro-batches, so its steps see exactly the samples of the 2-process runs: the l
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from train_support import PYTHON, ROOT, clean_env, mixed_data, recipe_data
+from train_support import PYTHON, ROOT, clean_env, kill_at_first_checkpoint, mixed_data, recipe_data
 
 from vlmforge.training.launch import free_port
 from vlmforge.training.metrics import read_metrics
@@ -140,25 +137,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(nproc, request, tmp_path)
     args = overrides(tmp_path, **extra, **{"train.deepspeed": "configs/deepspeed/zero2.json"})
     flat = [x for a in args for x in ("--set", a.removeprefix("--set="))]
     env = clean_env()
-    log = tmp_path / "killed.log"
-    with log.open("w") as stderr:  # a file, not a pipe: a full pipe would stall the run
-        killed = subprocess.Popen(
-            cli + flat, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
-        )
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not (tmp_path / "checkpoints" / "latest").exists():
-            assert killed.poll() is None, "ended before its first checkpoint: " + log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in time"
-            time.sleep(0.01)
-        os.killpg(killed.pid, signal.SIGKILL)
-    finally:
-        if killed.poll() is None:
-            os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    assert not (tmp_path / "summary.json").exists(), "the run finished before it was killed"
-    resumed_from = int((tmp_path / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
-    assert resumed_from < STEPS
+    resumed_from = kill_at_first_checkpoint(cli + flat, tmp_path, env, TIMEOUT, STEPS)
 
     proc = subprocess.run(
         cli + flat + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT

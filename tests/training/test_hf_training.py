@@ -12,18 +12,24 @@ trainer's own sequences.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from train_support import PYTHON, ROOT, clean_env, mixed_data, recipe_data, sample_rows, tiny_hf_dirs
+from train_support import (
+    PYTHON,
+    ROOT,
+    clean_env,
+    kill_at_first_checkpoint,
+    mixed_data,
+    recipe_data,
+    sample_rows,
+    tiny_hf_dirs,
+)  # fmt: skip
 
 from vlmforge.training.metrics import read_metrics
 
@@ -157,25 +163,7 @@ def test_llama_clip_sigkill_then_resume_matches_uninterrupted_run(llama_clip_run
     """The pattern of test_distributed.py::test_sigkill_then_resume_matches_uninterrupted_run, under ZeRO-3
     and with the frozen parts coming back from the HF dirs on resume."""
     cmd = CLI + sets(tmp_path, dirs, "llama_clip")
-    log = tmp_path / "killed.log"
-    with log.open("w") as stderr:  # a file, not a pipe: a full pipe would stall the run
-        killed = subprocess.Popen(
-            cmd, cwd=ROOT, env=clean_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
-        )
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not (tmp_path / "checkpoints" / "latest").exists():
-            assert killed.poll() is None, "ended before its first checkpoint: " + log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in time"
-            time.sleep(0.01)
-        os.killpg(killed.pid, signal.SIGKILL)
-    finally:
-        if killed.poll() is None:
-            os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    assert not (tmp_path / "summary.json").exists(), "the run finished before it was killed"
-    resumed_from = int((tmp_path / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
-    assert resumed_from < STEPS
+    resumed_from = kill_at_first_checkpoint(cmd, tmp_path, clean_env(), TIMEOUT, STEPS)
 
     train(tmp_path, dirs, "llama_clip", resume=True)
     ref = {r["step"]: r for r in read_metrics(llama_clip_run / "metrics.jsonl", "train")}
