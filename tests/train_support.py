@@ -168,27 +168,13 @@ def tiny_hf_dirs() -> dict[str, Path]:
         )
     )
     llama.save_pretrained(root / "llama", max_shard_size="200KB")
-    clip = transformers.CLIPVisionModel(
-        transformers.CLIPVisionConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        )
-    )
+    tower = dict(  # the CLIP and SigLIP towers' shapes
+        hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, image_size=32,
+        patch_size=8,
+    )  # fmt: skip
+    clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**tower))
     clip.save_pretrained(root / "clip", max_shard_size="100KB")
-    siglip = transformers.SiglipVisionModel(
-        transformers.SiglipVisionConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        )
-    )
+    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**tower))
     siglip.save_pretrained(root / "siglip", max_shard_size="100KB")
     mllama = transformers.MllamaForConditionalGeneration(
         transformers.MllamaConfig(
