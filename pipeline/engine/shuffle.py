@@ -238,9 +238,9 @@ def map_each(refs: Sequence[Any], fn: Callable[..., Any], **kwargs: Any) -> tupl
         if (done := _finished(d)) is not None:
             return done
         outputs = [str(d / f"out-{i:05d}.parquet") for i in range(len(calls))]
-        stats = [submit(_map_each_spill, fn, kwargs, out, *call) for out, call in zip(outputs, calls)]  # noqa: B905
-        return _finish(d, outputs, stats)
-    outs = [submit(_map, fn, kwargs, *(r if isinstance(r, tuple) else (r,)), num_returns=2) for r in refs]
+        pairs = zip(outputs, calls, strict=True)
+        return _finish(d, outputs, [submit(_map_each_spill, fn, kwargs, out, *call) for out, call in pairs])
+    outs = [submit(_map, fn, kwargs, *call, num_returns=2) for call in calls]
     return [o[0] for o in outs], [o[1] for o in outs]
 
 
