@@ -245,13 +245,16 @@ def run_vlmforge_text(inp: Path, work: Path, p: dict) -> dict:
     from vlmforge.pipeline.dedup.exact import losers_of_part, resolve_exact_duplicates
     from vlmforge.pipeline.dedup.near import RESULT_SCHEMA, resolve_near_duplicates
     from vlmforge.pipeline.engine.executor import Executor, cluster_cpus, map_units
+    from vlmforge.pipeline.readers import count_rows
+    from vlmforge.pipeline.readers.common import InputPart
 
     t0 = time.perf_counter()
     cfg = load_config(RECIPE)
     cfg.exact_dedup.image = False  # captions only: there are no image hashes to exchange
     parts = sorted(str(f) for f in inp.glob("*.jsonl"))
-    rows = sum(Path(f).read_bytes().count(b"\n") for f in parts)
-    with Executor(cfg.ray.in_driver(rows)):  # as the curate job decides: small jobs stay in the driver
+    jsonl = [InputPart(Path(f).stem, f, "jsonl") for f in parts]
+    # as the curate job decides: small jobs stay in the driver
+    with Executor(cfg.ray.in_driver(lambda limit: count_rows(jsonl, limit))):
         t_ray = time.perf_counter()
         out = work / "phase1"
         out.mkdir(parents=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -63,9 +64,13 @@ class RayConfig(_Section):
         "without starting Ray (0 = always Ray): on small inputs, starting Ray costs more than it saves",
     )
 
-    def in_driver(self, pairs: int) -> bool:
-        """Whether a job over `pairs` input pairs runs in the driver (a cluster address always means Ray)."""
-        return not self.address and pairs <= self.in_process_rows
+    def in_driver(self, count_pairs: Callable[[int], int]) -> bool:
+        """Whether a job runs in the driver: never with a cluster address, else when `count_pairs(limit)` (the
+        input's pairs, counted until more than `limit` are seen) is at most `in_process_rows`. The input is
+        counted only when that can decide."""
+        if self.address or not self.in_process_rows:
+            return False
+        return count_pairs(self.in_process_rows) <= self.in_process_rows
 
 
 class CaptionConfig(_Section):

@@ -132,7 +132,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         shutil.rmtree(layout.dir("finalize"), ignore_errors=True)
     write_json(cache / "state.json", {"finalizing": layout.fps["finalize"]})
 
-    in_driver = cfg.ray.in_driver(count_rows(parts, cfg.ray.in_process_rows))
+    in_driver = cfg.ray.in_driver(lambda limit: count_rows(parts, limit))
     if in_driver:
         log(
             f"at most ray.in_process_rows ({cfg.ray.in_process_rows}) input pairs: "
