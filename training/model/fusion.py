@@ -11,6 +11,15 @@ both branch outputs multiplied by zero: its hidden state passes the layer unchan
 get a placeholder image and an all-false mask, so the encoder and every cross-attention layer run the
 same ops on every row and every rank (ZeRO-3 hangs when ranks skip layers, DeepSpeed issue 7170).
 
+Packed rows (``data.packing``) hold several samples, each with its own image token and image: ``position_ids``
+restart at every sample, ``segment_ids`` give the decoder its block-causal mask, and each image is seen
+only by the tokens of its own sample (``packed_media_mask``: Mllama's rule within the sample); the image
+slots that no token sees (a row with fewer images than the widest row) are not encoded.
+
+The loss is taken in chunks of positions (``chunked_lm_loss``): the output head and the cross entropy run
+on the positions with a target only, an eighth of them at a time, recomputed in the backward pass, so the
+fp32 logits of a long batch over a large vocabulary never exist at once.
+
 ``FusionModel`` keeps encoder, projection head, decoder, fusion layers (and video adapters) as separate
 modules with a ``trainable`` switch each; by default only the decoder is frozen. New special tokens (the
 image token first) are learned in a small table of their own next to the frozen embedding table.
@@ -27,9 +36,18 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vlmforge.training.model.config import IGNORE_INDEX, DecoderConfig, ModelConfig, TrainableConfig
-from vlmforge.training.model.decoder import MLP, Decoder, KVCache, RMSNorm, generate, init_weights
+from vlmforge.training.model.decoder import (
+    MLP,
+    Decoder,
+    KVCache,
+    RMSNorm,
+    block_causal_mask,
+    generate,
+    init_weights,
+)
 from vlmforge.training.model.perceiver import PerceiverResampler, sample_frame_indices
 from vlmforge.training.model.vision import VisionEncoder, VisionProjection, split_views
 
@@ -53,6 +71,47 @@ def media_attention_mask(input_ids: Tensor, media_token_id: int, num_media: int)
         for n, (start, end) in enumerate(zip(starts[:num_media], ends[:num_media], strict=True)):
             mask[row, start:end, n] = True
     return mask
+
+
+def packed_media_mask(input_ids: Tensor, segment_ids: Tensor, media_token_id: int, num_media: int) -> Tensor:
+    """(B, S, num_media) bool for packed rows: ``media_attention_mask`` (the n-th media token's media, from
+    that token on) limited to the tokens of the segment (sample) that holds the media token."""
+    mask = media_attention_mask(input_ids, media_token_id, num_media)
+    b, s = input_ids.shape
+    owner = torch.full((b, num_media), -2, dtype=segment_ids.dtype, device=input_ids.device)
+    for row in range(b):
+        at = (input_ids[row] == media_token_id).nonzero().flatten()[:num_media]
+        owner[row, : len(at)] = segment_ids[row, at]
+    return mask & (segment_ids[:, :, None] == owner[:, None, :])
+
+
+def chunked_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size: int, chunks: int) -> Tensor:
+    """Mean next-token cross entropy of ``head(hidden)`` against ``labels`` shifted by one (-100 and ids
+    >= vocab_size take no loss), computed on the positions that take a loss only, in ``chunks`` pieces.
+
+    Each piece is recomputed in the backward pass (activation checkpointing), so at most one piece's fp32
+    logits are alive at once. The number of pieces is fixed, not derived from the batch, so every rank
+    calls the head equally often (under ZeRO-3 each call gathers its weight; pieces may be empty).
+    """
+    targets = labels[:, 1:]
+    valid = (targets != IGNORE_INDEX) & (targets < vocab_size)
+    h, t = hidden[:, :-1][valid], targets[valid]
+
+    def piece(h_piece: Tensor, t_piece: Tensor) -> Tensor:
+        return F.cross_entropy(head(h_piece).float(), t_piece, reduction="sum")
+
+    if chunks <= 1:
+        total = piece(h, t)
+    else:
+        total = hidden.new_zeros((), dtype=torch.float32)
+        recompute = torch.is_grad_enabled() and h.requires_grad
+        for h_piece, t_piece in zip(h.tensor_split(chunks), t.tensor_split(chunks), strict=True):
+            total = total + (
+                checkpoint(piece, h_piece, t_piece, use_reentrant=False)
+                if recompute
+                else piece(h_piece, t_piece)
+            )
+    return total / t.numel()  # nan without targets, as F.cross_entropy's mean
 
 
 class CrossAttention(nn.Module):
@@ -167,7 +226,7 @@ class Media(NamedTuple):
 
 
 class ModelOutput(NamedTuple):
-    logits: Tensor  # (B, S, vocab_size)
+    logits: Tensor | None  # (B, S, vocab_size); None when labels are given (the loss is chunked)
     loss: Tensor | None  # mean next-token cross entropy over labels != -100, when labels are given
 
 
@@ -180,6 +239,9 @@ class FusionCaches:
 
 class FusionModel(nn.Module):
     """Image encoder + projection head + Llama decoder + gated cross-attention adapters (+ video)."""
+
+    # Pieces of the output head and cross entropy in the loss (chunked_lm_loss): 1/8 of the logits at once.
+    loss_chunks: int = 8
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -257,10 +319,13 @@ class FusionModel(nn.Module):
         encoder_mask: Tensor | None = None,
         videos: Tensor | None = None,
         video_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Media:
         """Run the encoder (and video path) and expand the masks to media-token level.
 
         Without images a placeholder with an all-false mask goes through, so the same layers run always.
+        With ``segment_ids`` (packed rows) the default mask is ``packed_media_mask``, and only the image
+        slots some token sees are encoded (the others get zero tokens, which nothing attends to).
         """
         b, s = input_ids.shape
         if images is None:
@@ -271,11 +336,22 @@ class FusionModel(nn.Module):
         if images.dim() == 4:
             images = images[:, None]
         num_images = images.shape[1]
-        if encoder_mask is None:
+        if encoder_mask is None and segment_ids is not None:
+            if self.video is not None:
+                raise ValueError("packed rows (segment_ids) are not supported with a video path")
+            encoder_mask = packed_media_mask(input_ids, segment_ids, self.config.image_token_id, num_images)
+        elif encoder_mask is None:
             encoder_mask = media_attention_mask(input_ids, self.config.image_token_id, num_images)
         elif encoder_mask.dim() == 2:
             encoder_mask = encoder_mask[..., None]
-        tokens = self.encode_images(images.flatten(0, 1))
+        if segment_ids is None:
+            tokens = self.encode_images(images.flatten(0, 1))
+        else:
+            seen = encoder_mask.any(dim=1).flatten()
+            seen[0] |= ~seen.any()  # at least one image, so the encoder runs on every rank (ZeRO-3)
+            where = seen.nonzero().flatten()
+            encoded = self.encode_images(images.flatten(0, 1)[where])
+            tokens = encoded.new_zeros((b * num_images, *encoded.shape[1:])).index_copy(0, where, encoded)
         per_image = tokens.shape[1]
         image_tokens = tokens.reshape(b, num_images * per_image, -1)
         image_mask = encoder_mask.bool().repeat_interleave(per_image, dim=-1)
@@ -301,11 +377,25 @@ class FusionModel(nn.Module):
 
     # ---------------------------------------------------------------------------------------- decoding
 
-    def decode(self, input_ids: Tensor, media: Media, caches: FusionCaches | None = None) -> Tensor:
+    def decode(
+        self, input_ids: Tensor, media: Media, caches: FusionCaches | None = None, **packed: Any
+    ) -> Tensor:
         """Logits for ``input_ids`` (which continue the cached tokens when ``caches`` is given)."""
+        return self.decoder.lm_head(self.hidden_states(input_ids, media, caches, **packed))
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        media: Media,
+        caches: FusionCaches | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The decoder's final-norm output for ``input_ids``, before the output head."""
         x = self.embed(input_ids)
         start, length = (caches.decoder[0].length if caches else 0), input_ids.shape[1]
-        cos, sin = self.decoder.rope(start, length, x)
+        cos, sin = self.decoder.rope(start, length, x, position_ids)
+        mask = None if segment_ids is None else block_causal_mask(segment_ids)
         image_mask = media.image_mask[:, start : start + length]
         video_mask = None if media.video_mask is None else media.video_mask[:, start : start + length]
         every = self.config.fusion.every
@@ -319,8 +409,8 @@ class FusionModel(nn.Module):
                     )
                 cache = caches.image[j] if caches else None
                 x = self.fusion.layers[j](x, media.image_tokens, image_mask, cache, media.image_is_tile)
-            x = block(x, cos, sin, caches.decoder[i] if caches else None)
-        return self.decoder.lm_head(self.decoder.norm(x))
+            x = block(x, cos, sin, caches.decoder[i] if caches else None, mask)
+        return self.decoder.norm(x)
 
     def forward(
         self,
@@ -330,8 +420,10 @@ class FusionModel(nn.Module):
         labels: Tensor | None = None,
         videos: Tensor | None = None,
         video_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> ModelOutput:
-        """Logits, and the loss when ``labels`` are given.
+        """Logits, or the loss when ``labels`` are given (then no logits: see ``chunked_lm_loss``).
 
         input_ids: (B, S) token ids; ids >= vocab_size are the new special tokens (image token first).
         images: (B, C, H, W) or (B, N, C, H, W); rows with fewer images pad with any image and mask it out.
@@ -340,16 +432,17 @@ class FusionModel(nn.Module):
         labels: (B, S) aligned with ``input_ids`` (shifted here), -100 where no loss is taken; new special
             tokens are never targets (the output head covers the vocabulary only).
         videos: (B, F, C, H, W), any F; video_mask: (B, S) bool, default from the video token.
+        position_ids, segment_ids: (B, S) for packed rows (several samples per row): each token's position
+            within its sample and the sample's index (padding: a segment of its own).
         """
-        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask)
-        logits = self.decode(input_ids, media)
-        loss = None
-        if labels is not None:
-            targets = labels[:, 1:].masked_fill(labels[:, 1:] >= self.config.decoder.vocab_size, IGNORE_INDEX)
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-            )
-        return ModelOutput(logits, loss)
+        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask, segment_ids)
+        hidden = self.hidden_states(input_ids, media, None, position_ids, segment_ids)
+        if labels is None:
+            return ModelOutput(self.decoder.lm_head(hidden), None)
+        vocab = self.config.decoder.vocab_size
+        return ModelOutput(
+            None, chunked_lm_loss(hidden, self.decoder.lm_head, labels, vocab, self.loss_chunks)
+        )
 
     def new_caches(self) -> FusionCaches:
         return FusionCaches(
