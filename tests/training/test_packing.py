@@ -36,7 +36,7 @@ from vlmforge.training.data import (
 from vlmforge.training.flops import computed_counts
 from vlmforge.training.metrics import read_metrics
 from vlmforge.training.model.config import IGNORE_INDEX, get_config
-from vlmforge.training.model.decoder import block_causal_mask
+from vlmforge.training.model.decoder import Attention, Decoder, Segments, block_causal_mask
 from vlmforge.training.model.fusion import FusionModel, media_attention_mask
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.vlm import loss as vlm_loss
@@ -174,6 +174,25 @@ def test_block_causal_mask_and_per_sample_image_masks(tok):
                     assert not block[:, [m for m in range(block.shape[1]) if m != n]].any()
                     n += 1
                 at = end
+
+
+def test_per_sample_attention_is_the_block_causal_mask():
+    """Self-attention over packed rows sample by sample (Segments) gives what the block-causal mask gives."""
+    torch.manual_seed(0)
+    cfg = get_config("tiny").decoder
+    attn = Attention(cfg)
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, -1, -1], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]])
+    x = torch.randn(2, 10, cfg.dim)
+    positions = torch.where(
+        segments >= 0, torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 0, 0], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]]), 0
+    )
+    decoder = Decoder(cfg)
+    cos, sin = decoder.rope(0, 10, x, positions)
+    masked = attn(x, cos, sin, None, block_causal_mask(segments))
+    per_sample = attn(x, cos, sin, None, Segments.of(segments))
+    real = segments >= 0
+    assert torch.allclose(masked[real], per_sample[real], atol=1e-6)
+    assert not torch.allclose(masked[real], attn(x, cos, sin)[real], atol=1e-3)  # plain causal differs
 
 
 def test_packed_samples_cannot_see_each_other(tok):

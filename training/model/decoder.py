@@ -2,8 +2,9 @@
 
 Parameter names follow HF's ``LlamaForCausalLM`` (without its ``model.`` prefix), so a Llama checkpoint
 loads by name. Packed sequences (several samples in one row, ``data.packing``) give each token its position
-within its own sample (``position_ids``) and a block-causal mask from ``segment_ids``
-(``block_causal_mask``): a token sees only the earlier tokens of its own sample. Also here: the KV cache
+within its own sample (``position_ids``) and attend within their sample only (``segment_ids``): attention
+runs sample by sample (``Segments``), which equals the block-causal mask (``block_causal_mask``) without
+computing the masked-out blocks. Also here: the KV cache
 and the decoding loop (greedy and top-p sampling) that the fused model reuses.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,6 +80,62 @@ def block_causal_mask(segment_ids: Tensor) -> Tensor:
     return (same & causal)[:, None]
 
 
+@dataclass
+class Segments:
+    """The samples of packed rows as a batch of their own, for attention without the rows' S x S cost.
+
+    ``index`` (num, L) points each sample's tokens into the flattened (B * S) rows, ``valid`` marks the
+    real ones (L: the longest sample). Attention gathers q, k and v into this layout, runs causally per
+    sample and scatters back: what ``block_causal_mask`` allows, computed without the masked-out blocks.
+    ``image`` (num,) is the flattened (B * N) slot of each sample's image (-1: none) and ``sees`` (num, L)
+    the tokens that see it (the cross-attention in fusion.py).
+    """
+
+    index: Tensor
+    valid: Tensor
+    rows: int
+    length: int
+    image: Tensor | None = None
+    sees: Tensor | None = None
+    num_images: int = 0
+
+    @staticmethod
+    def of(segment_ids: Tensor, encoder_mask: Tensor | None = None) -> Segments:
+        """From (B, S) segment ids (-1: padding) and, for the images, the (B, S, N) encoder mask."""
+        b, s = segment_ids.shape
+        flat = segment_ids.flatten()
+        positions = (flat >= 0).nonzero().flatten()
+        row = positions // s
+        key = row * (int(flat.max()) + 2) + flat[positions]  # samples are contiguous within a row
+        _, counts = torch.unique_consecutive(key, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        length = int(counts.max())
+        offsets = torch.arange(length, device=flat.device)
+        valid = offsets[None, :] < counts[:, None]
+        index = positions[(starts[:, None] + offsets[None, :]).clamp(max=len(positions) - 1)]
+        seg = Segments(index, valid, b, s, length)
+        if encoder_mask is not None:
+            n = encoder_mask.shape[-1]
+            tokens = seg.gather(encoder_mask) & valid[..., None]  # (num, L, N)
+            seen = tokens.any(dim=1)
+            slot = seen.int().argmax(dim=-1)
+            row_of = index[:, 0] // s
+            seg.image = torch.where(seen.any(dim=-1), row_of * n + slot, -1)
+            seg.sees = tokens.any(dim=-1)
+            seg.num_images = n
+        return seg
+
+    def gather(self, x: Tensor) -> Tensor:
+        """(B, S, ...) -> (num, L, ...)."""
+        return x.flatten(0, 1)[self.index]
+
+    def scatter(self, y: Tensor) -> Tensor:
+        """(num, L, ...) -> (B, S, ...), zeros at the padding of the rows."""
+        flat = y.new_zeros((self.rows * self.length, *y.shape[2:]))
+        flat = flat.index_put((self.index[self.valid],), y[self.valid])
+        return flat.view(self.rows, self.length, *y.shape[2:])
+
+
 class KVCache:
     """Keys and values of one attention layer for the tokens processed so far."""
 
@@ -110,7 +168,8 @@ class Attention(nn.Module):
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        """``mask`` (B, 1, S, S) bool (``block_causal_mask``) replaces the causal mask (no cache then)."""
+        """``mask``: (B, 1, S, S) bool (``block_causal_mask``), or the packed rows' ``Segments``, instead
+        of the causal mask (no cache then)."""
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -120,9 +179,13 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(k, v)
+        if mask is not None and past:
+            raise ValueError("a block mask (packed sequences) cannot continue a KV cache")
+        if isinstance(mask, Segments):
+            q, k, v = (mask.gather(t.transpose(1, 2)).transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return self.o_proj(mask.scatter(out.transpose(1, 2).flatten(2)))
         if mask is not None:
-            if past:
-                raise ValueError("a block mask (packed sequences) cannot continue a KV cache")
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         elif past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
@@ -217,7 +280,7 @@ class Decoder(nn.Module):
         module docstring."""
         x = self.embed_tokens(input_ids)
         cos, sin = self.rope(caches[0].length if caches else 0, input_ids.shape[1], x, position_ids)
-        mask = None if segment_ids is None else block_causal_mask(segment_ids)
+        mask = None if segment_ids is None else Segments.of(segment_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, caches[i] if caches else None, mask)
         return self.lm_head(self.norm(x))

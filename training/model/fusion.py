@@ -11,10 +11,11 @@ both branch outputs multiplied by zero: its hidden state passes the layer unchan
 get a placeholder image and an all-false mask, so the encoder and every cross-attention layer run the
 same ops on every row and every rank (ZeRO-3 hangs when ranks skip layers, DeepSpeed issue 7170).
 
-Packed rows (``data.packing``) hold several samples, each with its own image token and image: ``position_ids``
-restart at every sample, ``segment_ids`` give the decoder its block-causal mask, and each image is seen
-only by the tokens of its own sample (``packed_media_mask``: Mllama's rule within the sample); the image
-slots that no token sees (a row with fewer images than the widest row) are not encoded.
+Packed rows (``data.packing``) hold several samples, each with its own image token and image:
+``position_ids`` restart at every sample, ``segment_ids`` make self-attention block-causal (run sample by
+sample, ``Segments``), and each image is seen only by the tokens of its own sample (``packed_media_mask``:
+Mllama's rule within the sample; the cross-attention also runs sample by sample); the image slots that no
+token sees (a row with fewer images than the widest row) are not encoded.
 
 The loss is taken in chunks of positions (``chunked_lm_loss``): the output head and the cross entropy run
 on the positions with a target only, an eighth of them at a time, recomputed in the backward pass, so the
@@ -44,7 +45,7 @@ from vlmforge.training.model.decoder import (
     Decoder,
     KVCache,
     RMSNorm,
-    block_causal_mask,
+    Segments,
     generate,
     init_weights,
 )
@@ -134,13 +135,17 @@ class CrossAttention(nn.Module):
         mask: Tensor,
         cache: KVCache | None = None,
         bias: Tensor | None = None,
+        segments: Segments | None = None,
     ) -> Tensor:
         """x (B, S, D), media (B, T, D), mask (B, S, T) bool; the cache keeps k and v of the media.
 
-        ``bias`` (T,) is added to the attention logits of every query.
+        ``bias`` (T,) is added to the attention logits of every query. With ``segments`` (packed rows)
+        each sample's tokens attend to its own image's tokens only (``Segments.sees``), sample by sample.
         """
         b, s, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
+        if segments is not None:
+            return self._per_sample(q, media, segments, bias)
         if cache is not None and cache.length:
             k, v = cache.k, cache.v
         else:
@@ -155,6 +160,22 @@ class CrossAttention(nn.Module):
             attn_mask = blocked + bias
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+    def _per_sample(self, q: Tensor, media: Tensor, seg: Segments, bias: Tensor | None) -> Tensor:
+        b, t_all = media.shape[:2]
+        t = t_all // seg.num_images
+        k = self.k_norm(self.k_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim)
+        which = seg.image.clamp(min=0)
+        k, v = k[which].transpose(1, 2), v[which].transpose(1, 2)  # (num, heads, T, head_dim)
+        q = seg.gather(q.transpose(1, 2)).transpose(1, 2)  # (num, heads, L, head_dim)
+        # A token that sees no image attends to all of them (no NaN); the block zeroes its output.
+        attn_mask = seg.sees[:, None, :, None].expand(-1, 1, -1, t) | ~seg.sees[:, None, :, None]
+        if bias is not None:
+            blocked = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
+            attn_mask = blocked + bias[:t]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
+        return self.o_proj(seg.scatter(out.transpose(1, 2).flatten(2)))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -181,12 +202,14 @@ class CrossAttentionBlock(nn.Module):
         mask: Tensor,
         cache: KVCache | None = None,
         is_tile: Tensor | None = None,
+        segments: Segments | None = None,
     ) -> Tensor:
-        """``is_tile`` (T,) bool marks the media tokens that come from image tiles (not the thumbnail)."""
+        """``is_tile`` (T,) bool marks the media tokens that come from image tiles (not the thumbnail);
+        ``segments``: packed rows (``CrossAttention``)."""
         sees_media = mask.any(dim=-1, keepdim=True)
         keep = sees_media.to(x.dtype)
         bias = None if is_tile is None else is_tile.to(x.dtype) * self.tile_bias
-        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias) * keep
+        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias, segments) * keep
         x = x + self.attn_gate.tanh() * h
         h = self.mlp(self.post_attention_layernorm(x)) * keep
         return x + self.mlp_gate.tanh() * h
@@ -223,6 +246,7 @@ class Media(NamedTuple):
     image_is_tile: Tensor | None = None  # (num_images * T,) bool: tokens of tiles (not thumbnails)
     video_tokens: Tensor | None = None  # (B, num_groups * num_latents, D)
     video_mask: Tensor | None = None  # (B, S, num_groups * num_latents) bool
+    segments: Segments | None = None  # packed rows: the samples and their images
 
 
 class ModelOutput(NamedTuple):
@@ -363,7 +387,8 @@ class FusionModel(nn.Module):
         if self.video is None:
             if videos is not None:
                 raise ValueError("this model has no video path (config.video is None)")
-            return Media(image_tokens, image_mask, is_tile)
+            segments = None if segment_ids is None else Segments.of(segment_ids, encoder_mask.bool())
+            return Media(image_tokens, image_mask, is_tile, segments=segments)
         if videos is None:
             if video_mask is not None:
                 raise ValueError("video_mask given without videos")
@@ -395,7 +420,9 @@ class FusionModel(nn.Module):
         x = self.embed(input_ids)
         start, length = (caches.decoder[0].length if caches else 0), input_ids.shape[1]
         cos, sin = self.decoder.rope(start, length, x, position_ids)
-        mask = None if segment_ids is None else block_causal_mask(segment_ids)
+        segments = None
+        if segment_ids is not None:
+            segments = media.segments if media.segments is not None else Segments.of(segment_ids)
         image_mask = media.image_mask[:, start : start + length]
         video_mask = None if media.video_mask is None else media.video_mask[:, start : start + length]
         every = self.config.fusion.every
@@ -408,8 +435,10 @@ class FusionModel(nn.Module):
                         x, media.video_tokens, video_mask, caches.video[v] if caches else None
                     )
                 cache = caches.image[j] if caches else None
-                x = self.fusion.layers[j](x, media.image_tokens, image_mask, cache, media.image_is_tile)
-            x = block(x, cos, sin, caches.decoder[i] if caches else None, mask)
+                x = self.fusion.layers[j](
+                    x, media.image_tokens, image_mask, cache, media.image_is_tile, media.segments
+                )
+            x = block(x, cos, sin, caches.decoder[i] if caches else None, segments)
         return self.decoder.norm(x)
 
     def forward(
