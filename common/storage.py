@@ -72,6 +72,10 @@ def filesystem(scheme: str) -> pafs.FileSystem:
     raise ValueError(f"unsupported storage scheme {scheme}://")
 
 
+class StoreError(OSError):
+    """A store request that failed after its retries (not bad data: the job stops, a rerun resumes)."""
+
+
 @dataclass(frozen=True)
 class Stat:
     st_size: int
@@ -190,7 +194,11 @@ class ObjectPath:
     # -- reads and writes --------------------------------------------------------------------------------
     def open(self, mode: str = "rb", encoding: str | None = None) -> IO:
         if mode in ("rb", "r"):
-            f = io.BufferedReader(_RawReader(self.fs.open_input_file(self.key)), buffer_size=1 << 20)
+            try:
+                raw = _RawReader(self.fs.open_input_file(self.key), str(self))
+            except OSError as e:
+                raise StoreError(f"cannot read {self}: {_first_line(e)}") from e
+            f = io.BufferedReader(raw, buffer_size=1 << 20)
             return io.TextIOWrapper(f, encoding=encoding or "utf-8") if mode == "r" else f
         raise ValueError(f"{self}: objects are written whole (write_bytes, atomic_path), not opened {mode!r}")
 
@@ -230,8 +238,8 @@ class ObjectPath:
 class _RawReader(io.RawIOBase):
     """A pyarrow random-access file as a raw stream, so `io.BufferedReader` adds readline and peek."""
 
-    def __init__(self, f: Any) -> None:
-        self.f = f
+    def __init__(self, f: Any, uri: str) -> None:
+        self.f, self.uri = f, uri
 
     def readable(self) -> bool:
         return True
@@ -240,7 +248,10 @@ class _RawReader(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        data = self.f.read(len(b))
+        try:
+            data = self.f.read(len(b))
+        except OSError as e:
+            raise StoreError(f"cannot read {self.uri}: {_first_line(e)}") from e
         b[: len(data)] = data
         return len(data)
 
@@ -312,6 +323,10 @@ def read_parquet_schema(path: str | os.PathLike) -> Any:
         with loc.fs.open_input_file(loc.key) as f:
             return pq.read_schema(f)
     return pq.read_schema(loc)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else repr(e)
 
 
 def describe_failure(uri: str, exc: BaseException) -> str:

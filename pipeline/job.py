@@ -13,6 +13,7 @@ from vlmforge.common import __version__
 from vlmforge.common.errors import InputError, JobError
 from vlmforge.common.files import read_json, write_json
 from vlmforge.common.storage import (
+    RETRIES,
     Location,
     ObjectPath,
     check_bucket,
@@ -95,6 +96,26 @@ def output_fault(exc: BaseException) -> OSError | None:
     return None
 
 
+STORE_ERRORS = ("AWS Error", "curlCode", "GCS Error", "StoreError")
+
+
+def store_fault(exc: BaseException) -> str | None:
+    """The object-store request that failed behind `exc` (its first line names the bucket and key), also
+    when a Ray worker raised it; None when the store is not to blame."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        for line in str(e).splitlines():
+            if any(marker in line for marker in STORE_ERRORS):
+                return line.strip()[:300]
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
 def storage_report(parts: list, cache: Location, out: Location) -> dict:
     """Bytes of the input, of the phase cache this run leaves and of its output, with the cache's and the
     output's shares of the input (what intermediate storage a job of this recipe needs)."""
@@ -121,7 +142,14 @@ def run_curation(
     """
     try:
         return _run_curation(cfg, progress, overwrite, log)
+    except (InputError, JobError):
+        raise  # already says what failed
     except Exception as e:
+        if (failed := store_fault(e)) is not None:
+            raise JobError(
+                f"object storage failed after {RETRIES} attempts: {failed}. When the store is back, run the "
+                "same command again: finished work is reused."
+            ) from None
         fault = output_fault(e)
         if fault is None:
             raise

@@ -11,7 +11,7 @@ from functools import lru_cache
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from vlmforge.common.storage import Location, ObjectPath
+from vlmforge.common.storage import Location, ObjectPath, StoreError
 from vlmforge.pipeline.schema import RAW_SCHEMA
 
 
@@ -144,4 +144,4 @@ def _read_object(root: ObjectPath, rel: str, max_bytes: int) -> tuple[bytes | No
             return None, "image_too_large_bytes", f"{info.size} bytes"
         return obj.read_bytes(), None, None
     except OSError as e:  # failed after the retries: the job stops naming the object; a rerun resumes
-        raise OSError(f"cannot read {obj}: {str(e).splitlines()[0][:200]}") from e
+        raise StoreError(f"cannot read {obj}: {str(e).splitlines()[0][:200]}") from e

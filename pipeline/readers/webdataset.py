@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from vlmforge.common.storage import location
+from vlmforge.common.storage import StoreError, location
 from vlmforge.pipeline.config import InputConfig
 from vlmforge.pipeline.readers.common import InputPart, RawBatches, decode_caption
 
@@ -102,6 +102,8 @@ def read_webdataset(part: InputPart, cfg: InputConfig, batch_rows: int) -> Itera
                     sample.caption = tar.extractfile(member).read()
                 elif ext == "json" and member.size <= _MAX_JSON_BYTES:
                     sample.url = _url_from_json(tar.extractfile(member).read())
+    except StoreError:
+        raise  # the store, not the shard, failed: the job stops and a rerun resumes
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         if sample is not None:
             sample.fail("corrupt_tar", f"{type(e).__name__}: {str(e)[:100]}")

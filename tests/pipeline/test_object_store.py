@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 
@@ -156,3 +159,124 @@ def test_s3_to_s3_on_ray_workers_equals_the_local_run(tmp_path, raw):
     assert not remote["in_driver"]
     for kind in ("data", "rejected"):
         assert rows(f"s3://{BUCKET}/ray-out", remote, kind).equals(rows(str(tmp_path / "out"), local, kind))
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the S3 server that can cut its connections and refuse new ones."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.down = False
+        self.refuse_next = 0
+        self.refused = 0
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                refuse = self.down or self.refuse_next > 0
+                if refuse:
+                    self.refuse_next = max(0, self.refuse_next - 1)
+                    self.refused += 1
+            if refuse:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self, down: bool = False, refuse_next: int = 0) -> None:
+        """Reset every open connection; then refuse all new ones (`down`) or the next `refuse_next`."""
+        with self.lock:
+            self.down, self.refuse_next = down, refuse_next
+            for s in self.open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.open = []
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def flaky(s3, monkeypatch) -> FlakyProxy:
+    proxy = FlakyProxy(s3)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    filesystem.cache_clear()
+    yield proxy
+    monkeypatch.undo()
+    filesystem.cache_clear()
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, s3) -> str:
+    """Four input shards in the store (so a fault can land between parts)."""
+    local = tmp_path_factory.mktemp("sharded")
+    write_sample_data(local, n=N, seed=6, shard_size=N // 4)
+    for f in sorted(local.glob("*.tar")):
+        (ObjectPath(f"s3://{BUCKET}/sharded") / f.name).upload(f)
+    return f"s3://{BUCKET}/sharded"
+
+
+def _after_first_part(out: Path, action) -> threading.Thread:
+    def watch() -> None:
+        while not list((out / "_work/phase1").glob("*.stats.json")):
+            time.sleep(0.005)
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_store_outage_fails_naming_the_object_and_a_rerun_resumes(tmp_path, sharded, flaky):
+    out = tmp_path / "out"
+    _after_first_part(out, lambda: flaky.cut(down=True))
+    with pytest.raises(JobError) as err:
+        curate(sharded, str(out))
+    message = str(err.value)
+    assert "object storage failed" in message and BUCKET in message
+    assert "run the same command again" in message
+    assert "\n" not in message and flaky.refused > 0
+    flaky.cut(down=False)
+    resumed = curate(sharded, str(out))
+    assert resumed["phases"]["phase1"]["reused"] >= 1  # the parts finished before the outage
+    reference = curate(sharded, str(tmp_path / "reference"))
+    for kind in ("data", "rejected"):
+        assert rows(str(out), resumed, kind).equals(rows(str(tmp_path / "reference"), reference, kind))
+
+
+def test_a_blip_shorter_than_the_retries_costs_nothing(tmp_path, sharded, flaky):
+    out = tmp_path / "out"
+    _after_first_part(out, lambda: flaky.cut(refuse_next=2))
+    m = curate(sharded, str(out))
+    assert flaky.refused == 2  # two refused connections, retried by the client
+    assert m["totals"]["input_rows"] == N
