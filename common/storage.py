@@ -298,6 +298,15 @@ def publish(tmp: Path, path: Location) -> None:
         os.replace(tmp, path)
 
 
+def parquet_dataset(paths: list[Location], schema: Any = None) -> Any:
+    """A pyarrow dataset over Parquet files that are all local or all in one store."""
+    import pyarrow.dataset as pads
+
+    if paths and isinstance(paths[0], ObjectPath):
+        return pads.dataset([p.key for p in paths], format="parquet", schema=schema, filesystem=paths[0].fs)
+    return pads.dataset([str(p) for p in paths], format="parquet", schema=schema)
+
+
 def tree_bytes(path: Location) -> int:
     """The bytes of the files under `path` (0 when it does not exist)."""
     if isinstance(path, ObjectPath):

@@ -22,6 +22,8 @@ from vlmforge.common.errors import InputError, JobError
 from vlmforge.common.storage import ObjectPath, filesystem, location
 from vlmforge.pipeline.config import load_config
 from vlmforge.pipeline.job import run_curation
+from vlmforge.pipeline.report.html import Options, write_report
+from vlmforge.pipeline.report.stats import compute_stats
 from vlmforge.pipeline.sample_data import write_sample_data
 
 N = 400
@@ -105,6 +107,12 @@ def test_s3_to_s3_equals_the_local_run(tmp_path, raw):
     assert not [n for n in names if ".tmp-" in n or n.endswith(".upload")]
     # a rerun finds the finished output in the store
     assert curate(s3_in, f"s3://{BUCKET}/out")["already_complete"]
+    # `vlmforge stats` and the HTML report read it there
+    remote_stats = compute_stats(f"s3://{BUCKET}/out")
+    local_stats = compute_stats(tmp_path / "out")
+    assert {**remote_stats, "output": "", "phases": {}} == {**local_stats, "output": "", "phases": {}}
+    write_report([f"s3://{BUCKET}/out"], tmp_path / "report.html", Options(kept_examples=8))
+    assert remote["totals"]["output_rows"] and "<img" in (tmp_path / "report.html").read_text()
 
 
 def test_local_input_to_s3_output_and_back(tmp_path, raw):
