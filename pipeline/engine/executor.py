@@ -184,6 +184,9 @@ def wait_first(refs: Sequence[Any]) -> Any:
     return done
 
 
+BLOCKS_PER_WORKER = 4
+
+
 def map_units(
     units: list[dict], worker: type, kwargs: dict, workers: int, progress: bool, num_gpus: float = 0
 ) -> list[dict]:
@@ -199,7 +202,10 @@ def map_units(
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = progress
-    ds = ray.data.from_items([{"part": json.dumps(u)} for u in units], override_num_blocks=len(units))
+    # A few blocks per actor, not one per unit: Ray Data keeps state per block in the driver (metadata,
+    # stats, the small blocks themselves), which grew the driver with the input's parts.
+    blocks = min(len(units), BLOCKS_PER_WORKER * max(1, workers))
+    ds = ray.data.from_items([{"part": json.dumps(u)} for u in units], override_num_blocks=blocks)
     ds = ds.map_batches(
         worker,
         fn_constructor_kwargs=kwargs,
