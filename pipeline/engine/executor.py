@@ -49,6 +49,9 @@ class Spilled:
         return (Spilled, (self.path,))
 
 
+STORE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address`, or start a local Ray sized to this machine.
 
@@ -64,6 +67,10 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
         "log_to_driver": False,
     }
     if address:
+        # a cluster's workers do not inherit this process's environment: pass the object-store settings on
+        store_env = {k: v for k, v in os.environ.items() if k.startswith(STORE_ENV_PREFIXES)}
+        if store_env:
+            kwargs["runtime_env"] = {"env_vars": store_env}
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
