@@ -237,7 +237,19 @@ class VideoRow:
                 "lang": self.lang, "duplicate_of": self.duplicate_of, "bytes": len(self.data)}  # fmt: skip
 
 
-def generate_video_rows(n: int, seed: int, shard_size: int) -> list[VideoRow]:
+@dataclass(frozen=True)
+class ClipShape:
+    """Clean clips' size (default: one of SIZES), duration (default: 3, 4 or 5 s) and frame rate."""
+
+    size: tuple[int, int] | None = None
+    seconds: float | None = None
+    fps: int = FPS
+
+
+KEEP_ORIGINALS = 4  # clean clips held (with their frames) for duplicates to copy: bounds memory
+
+
+def generate_video_rows(n: int, seed: int, shard_size: int, shape: ClipShape = ClipShape()) -> list[VideoRow]:
     """`n` rows of seeded kinds; every duplicate copies an earlier clean clip (each at most once)."""
     rng = random.Random(f"video/{seed}")
     kinds = [k for k, c in allocate(n, VIDEO_PROPORTIONS).items() for _ in range(c)]
@@ -253,30 +265,31 @@ def generate_video_rows(n: int, seed: int, shard_size: int) -> list[VideoRow]:
             kind = "clean"
         elif kind == "clean" and pending and originals:
             kind = pending.pop()
-        rows.append(make_row(kind, key, r, originals))
+        rows.append(make_row(kind, key, r, originals, shape))
+        del originals[:-KEEP_ORIGINALS]
     return rows
 
 
-def make_row(kind: str, key: str, rng: random.Random, originals: list) -> VideoRow:
+def make_row(kind: str, key: str, rng: random.Random, originals: list, shape: ClipShape) -> VideoRow:
     """One row of `kind`; a clean row joins `originals`, a duplicate consumes the oldest there."""
     if kind in DUPLICATES:
         okey, clip, frames, data, caption = originals.pop(0)
         if kind == "exact_duplicate":
             out = data
         elif kind == "reencoded":
-            out = encode(frames, codec="mpeg4", crf=30)
-        elif kind == "resized":
-            out = encode(resize_frames(frames, rng.choice((0.75, 0.875))))  # smaller: the original survives
+            out = encode(frames, shape.fps, codec="mpeg4", crf=30)
+        elif kind == "resized":  # smaller: the original survives
+            out = encode(resize_frames(frames, rng.choice((0.75, 0.875))), shape.fps)
         else:  # trimmed: the first second cut
-            out = encode(frames[FPS:])
+            out = encode(frames[shape.fps :], shape.fps)
         return VideoRow(key, kind, out, caption, duplicate_of=okey)
-    clip = random_clip(rng)
+    clip = random_clip(rng, shape.seconds, shape.size)
     if kind == "too_short":
         clip = random_clip(rng, seconds=0.5)
     elif kind == "too_small":
         clip = random_clip(rng, size=(32, 24))
-    frames = clip.frames()
-    data = encode(frames)
+    frames = clip.frames(shape.fps)
+    data = encode(frames, shape.fps)
     caption = clip.caption()
     if kind == "clean":
         originals.append((key, clip, frames, data, caption))
@@ -308,14 +321,16 @@ def _write_shard(path: Path, rows: list[VideoRow]) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def write_video_sample_data(out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 100) -> dict:
+def write_video_sample_data(
+    out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 100, shape: ClipShape = ClipShape()
+) -> dict:
     """Write `n` clips as webdataset shards plus ground_truth.jsonl and ground_truth_summary.json; returns
     the summary. Shards of an earlier, larger run in `out_dir` are removed."""
     if n < 0 or not 1 <= shard_size <= 10_000:
         raise ValueError("need n >= 0 and 1 <= shard_size <= 10000 (keys hold 4 digits per shard)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = generate_video_rows(n, seed, shard_size)
+    rows = generate_video_rows(n, seed, shard_size, shape)
     shards = []
     for start in range(0, n, shard_size):
         name = f"{len(shards):05d}.tar"
@@ -330,7 +345,7 @@ def write_video_sample_data(out_dir: str | Path, n: int, seed: int = 0, shard_si
     )
     kinds = Counter(t["kind"] for t in truth)
     summary = {
-        "generator_version": GENERATOR_VERSION, "kind": "video", "n": n, "seed": seed, "fps": FPS,
+        "generator_version": GENERATOR_VERSION, "kind": "video", "n": n, "seed": seed, "fps": shape.fps,
         "shard_size": shard_size, "shards": shards, "counts": {k: kinds.get(k, 0) for k in VIDEO_PROPORTIONS},
         "target_proportions": dict(VIDEO_PROPORTIONS),
         "expected": {k: {"stage": s, "reason": r} for k, (s, r) in VIDEO_EXPECTED.items()},

@@ -118,13 +118,14 @@ def _sample(container: av.container.InputContainer, clip: Clip, cfg: VideoConfig
         declared = round(clip.duration * clip.fps)
     if (bad := check_header(cfg, clip, declared)) is not None:
         return clip.fail(*bad)
-    stream.thread_type = "AUTO"
     step, start, decoded = 1.0 / cfg.fps, None, 0
     target = 0.0
     thumbs: list[np.ndarray] = []
     last = 0.0
     for frame in container.decode(stream):
         decoded += 1
+        if frame.width * frame.height > cfg.max_pixels:  # the stream changed size past its header
+            return clip.fail("decode_bomb", f"frame {decoded} is {frame.width}x{frame.height}")
         t = frame.time if frame.time is not None else decoded / (clip.fps or 1.0)
         start = t if start is None else start
         last = t - start

@@ -123,3 +123,17 @@ def test_copies_align_and_other_clips_do_not(mp4, frames):
     far = [aligned_distance(seq, np.array(inspect_clip(encode(o), CFG).hashes, np.uint64), 2, 0.5)[0]
            for o in others]  # fmt: skip
     assert min(far) > CFG.near_dedup.max_distance
+
+
+def test_damaged_clips_never_raise(mp4):
+    """Seeded byte damage anywhere in a clip (header or frames): every one ends with frames or a reason."""
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(40):
+        data = bytearray(mp4)
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        clip = inspect_clip(bytes(data[: rng.randint(len(data) // 2, len(data))]), CFG)
+        assert (clip.reason is None) == bool(clip.frames)
+        outcomes.add(clip.reason)
+    assert "corrupt_video" in outcomes
