@@ -130,3 +130,19 @@ def test_plan_names_the_video_phases(curated, clips, capsys):
     code = main(["curate", recipe, *args])
     text = capsys.readouterr().out
     assert code == 0 and "video_near_dedup" in text and "video.near_dedup.max_distance" in text
+
+
+def test_stats_and_report_show_durations_and_frame_strips(curated, tmp_path):
+    from vlmforge.pipeline.report.html import STRIP_CLIPS, write_report
+    from vlmforge.pipeline.report.stats import compute_stats
+
+    out, manifest = curated
+    stats = compute_stats(out)
+    kept = manifest["totals"]["output_rows"]
+    assert stats["duration_s"]["count"] == stats["fps"]["count"] == kept
+    assert 3.0 <= stats["duration_s"]["min"] <= stats["duration_s"]["max"] <= 5.0
+    assert sum(b["count"] for b in stats["duration_histogram"]) == kept
+    write_report([out], tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert '<section id="video" data-status="computed">' in html
+    assert html.count('class="strip"') == min(STRIP_CLIPS, kept)
