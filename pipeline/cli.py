@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from vlmforge.common.storage import location
+
 DESCRIPTION = """\
 vlmforge: curate image-text pairs on Ray Data, then pretrain a vision-language model with DeepSpeed.
 
@@ -222,7 +224,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
 def _cache(args: argparse.Namespace) -> int:
     from vlmforge.pipeline.cache.plan import gc
 
-    freed = gc([Path(o) for o in args.outputs])
+    freed = gc([location(o) for o in args.outputs])
     print(f"removed {freed['entries']} cache entries, {freed['bytes'] / 1e6:.1f} MB")
     return 0
 

@@ -18,7 +18,7 @@ from vlmforge.common.config import load_yaml_model
 class InputConfig(_Section):
     """Where the raw pairs come from and how to read them."""
 
-    path: str | None = Field(None, description="file, directory or glob; --input overrides it")
+    path: str | None = Field(None, description="file, directory, glob or s3:// URI; --input overrides it")
     format: Literal["auto", "webdataset", "parquet", "jsonl"] = "auto"
     caption_column: str = Field("caption", description="caption column (parquet) or key (jsonl)")
     image_column: str | None = Field("image", description="column holding encoded image bytes (parquet)")
@@ -37,7 +37,7 @@ class InputConfig(_Section):
 class OutputConfig(_Section):
     """Where and how curated shards are written."""
 
-    path: str | None = Field(None, description="output directory; --output overrides it")
+    path: str | None = Field(None, description="directory or s3:// prefix; --output overrides it")
     cache: str | None = Field(
         None, description="where phase results are cached for reuse across runs; null = <output>/_work"
     )

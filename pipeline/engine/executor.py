@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from vlmforge.common.storage import read_parquet
+
 # Ray Data logs every dataset execution at INFO; keep the terminal for progress bars and the summary.
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
@@ -164,9 +166,7 @@ def resolve(value: Any) -> Any:
     if isinstance(value, Held):
         return value.value
     if isinstance(value, Spilled):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(value.path)
+        return read_parquet(value.path)
     if type(value).__name__ == "ObjectRef":
         import ray
 

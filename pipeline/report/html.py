@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlmforge.common import __version__
+from vlmforge.common.storage import location
 from vlmforge.pipeline.report import charts
 from vlmforge.pipeline.report.gallery import (
     Example,
@@ -768,7 +769,7 @@ def _rejected_languages(out: Path, manifest: dict) -> dict[str, int]:
 
 def load_run(path: str | Path, tag: str, opts: Options) -> Run:
     """Read one output: manifest, the measures' columns, the kept-id index and the gallery samples."""
-    out = Path(path)
+    out = location(path)
     manifest = load_manifest(out)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()

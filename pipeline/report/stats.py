@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from vlmforge.common.files import read_json
+from vlmforge.common.storage import location, parquet_dataset
 from vlmforge.pipeline.schema import REJECTED_SCHEMA
 
 SUMMARY_COLUMNS = ["lang", "caption_words", "width", "height"]
@@ -48,7 +49,7 @@ def _histogram(values: np.ndarray, bins: int = 10) -> list[dict]:
 
 def load_manifest(out_dir: str | Path) -> dict:
     """The manifest of a finished `vlmforge curate` output; FileNotFoundError when there is none."""
-    out = Path(out_dir)
+    out = location(out_dir)
     manifest = read_json(out / "manifest.json")
     if manifest is None:
         raise FileNotFoundError(f"{out} has no manifest.json: is it a finished `vlmforge curate` output?")
@@ -57,14 +58,14 @@ def load_manifest(out_dir: str | Path) -> dict:
 
 def data_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
     """The kept rows' shards listed in the manifest, or None when there are none."""
-    files = [str(Path(out_dir) / f) for f in manifest["files"]["data"]]
-    return pads.dataset(files, format="parquet") if files else None
+    files = [location(out_dir) / f for f in manifest["files"]["data"]]
+    return parquet_dataset(files) if files else None
 
 
 def rejected_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
     """The rejected rows, read as REJECTED_SCHEMA (columns older runs lack read as nulls)."""
-    files = [str(Path(out_dir) / f) for f in manifest["files"].get("rejected", [])]
-    return pads.dataset(files, format="parquet", schema=REJECTED_SCHEMA) if files else None
+    files = [location(out_dir) / f for f in manifest["files"].get("rejected", [])]
+    return parquet_dataset(files, REJECTED_SCHEMA) if files else None
 
 
 def scan_measures(
@@ -123,7 +124,7 @@ def config_diff(manifest_a: dict, manifest_b: dict) -> list[dict]:
 
 def compute_stats(out_dir: str | Path) -> dict:
     """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
-    out = Path(out_dir)
+    out = location(out_dir)
     manifest = load_manifest(out)
     dataset = data_dataset(out, manifest)
     video = [c for c in VIDEO_COLUMNS if dataset is not None and c in dataset.schema.names]
