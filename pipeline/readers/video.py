@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from vlmforge.common.storage import Location, StoreError, location, parquet_file
 from vlmforge.pipeline.config import CurateConfig
 from vlmforge.pipeline.readers.common import InputPart, decode_caption, read_image_file
 from vlmforge.pipeline.readers.jsonl import _lines
@@ -54,7 +53,7 @@ def _path_error(error: str | None) -> str | None:
 def read_video_webdataset(part: InputPart, cfg: CurateConfig, batch_rows: int) -> Iterator[pa.Table]:
     """One tar shard of clips as raw batches."""
     out = VideoBatches(batch_rows)
-    shard = Path(part.path).name
+    shard = location(part.path).name
     limit, seen = cfg.video.max_bytes, set()
     sample: dict | None = None
 
@@ -81,7 +80,7 @@ def read_video_webdataset(part: InputPart, cfg: CurateConfig, batch_rows: int) -
         s.setdefault("read_detail", detail)
 
     try:
-        with tarfile.open(part.path, mode="r|*") as tar:
+        with location(part.path).open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if member.isdir():
                     continue
@@ -104,6 +103,8 @@ def read_video_webdataset(part: InputPart, cfg: CurateConfig, batch_rows: int) -
                         fail(sample, "caption_too_large", f"{member.size} bytes")
                     else:
                         sample["caption_bytes"] = tar.extractfile(member).read()
+    except StoreError:
+        raise  # the store failed after its retries: the job stops, naming the object (a rerun resumes)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         detail = f"{type(e).__name__}: {str(e)[:100]}"
         if sample is None:  # nothing readable at all: one row stands for the shard
@@ -116,7 +117,7 @@ def read_video_webdataset(part: InputPart, cfg: CurateConfig, batch_rows: int) -
 
 
 def _record_row(
-    record: dict, row_id: str, source: str, root: Path, cfg: CurateConfig, data: object = None
+    record: dict, row_id: str, source: str, root: Location, cfg: CurateConfig, data: object = None
 ) -> dict:
     """A raw row from one Parquet/JSONL record: the bytes in `video.column` or the file `video.path_column`
     names."""
@@ -156,9 +157,9 @@ def _record_row(
 
 def read_video_parquet(part: InputPart, cfg: CurateConfig, batch_rows: int) -> Iterator[pa.Table]:
     """The part's row groups of a Parquet file with a video bytes or path column."""
-    path = Path(part.path)
-    root = Path(part.root) if part.root else path.parent
-    pf = pq.ParquetFile(path)
+    path = location(part.path)
+    root = location(part.root) if part.root else path.parent
+    pf = parquet_file(path)
     names = set(pf.schema_arrow.names)
     media = cfg.video.path_column or cfg.video.column
     wanted = [c for c in (cfg.input.caption_column, media, cfg.input.id_column, "url") if c]
@@ -186,8 +187,8 @@ def read_video_parquet(part: InputPart, cfg: CurateConfig, batch_rows: int) -> I
 
 def read_video_jsonl(part: InputPart, cfg: CurateConfig, batch_rows: int) -> Iterator[pa.Table]:
     """A JSONL manifest naming one video path (`video.path_column`, else `video`) and caption per line."""
-    path = Path(part.path)
-    root = Path(part.root) if part.root else path.parent
+    path = location(part.path)
+    root = location(part.root) if part.root else path.parent
     if not cfg.video.path_column:
         cfg = cfg.model_copy(update={"video": cfg.video.model_copy(update={"path_column": "video"})})
     out = VideoBatches(batch_rows)

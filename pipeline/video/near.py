@@ -16,15 +16,14 @@ Runs in the driver: it holds the exact-dedup survivors' pHash sequences (8 B per
 from __future__ import annotations
 
 import math
-import shutil
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlmforge.common.files import AtomicParquetWriter
+from vlmforge.common.storage import Location, rmtree
 from vlmforge.pipeline.config import VideoConfig
 from vlmforge.pipeline.dedup.components import components_local, unique_pairs
 from vlmforge.pipeline.dedup.near import RESULT_SCHEMA, Part, bucket_pairs, live_rows
@@ -75,11 +74,13 @@ def candidate_pairs(seqs: list[np.ndarray], cfg: VideoConfig) -> tuple[np.ndarra
     return unique_pairs(hi[distinct], lo[distinct])
 
 
-def resolve_video_duplicates(parts: list[Part], exact_dir: Path, out_dir: Path, cfg: VideoConfig) -> dict:
+def resolve_video_duplicates(
+    parts: list[Part], exact_dir: Location, out_dir: Location, cfg: VideoConfig
+) -> dict:
     """Find near-duplicate clips among the exact-dedup survivors of `parts`; write each part's results
     (RESULT_SCHEMA) under `out_dir`. Returns counts per reason and counters."""
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     nd = cfg.near_dedup
     columns = ["frame_phashes", "duration_s", "width", "height"]
