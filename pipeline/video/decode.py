@@ -20,6 +20,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pyarrow as pa
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from vlmforge.pipeline.config import VideoConfig
@@ -74,15 +75,18 @@ def check_header(cfg: VideoConfig, clip: Clip, declared_frames: int) -> tuple[st
     return None
 
 
-def _jpeg(img: Image.Image, side: int, quality: int) -> bytes:
-    if max(img.size) > side:
-        scale = side / max(img.size)
-        img = img.resize(
-            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR
-        )
+def _jpeg(img: Image.Image, quality: int) -> bytes:
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+def _scaled(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) scaled down so the longer side is at most `side` (even, as YUV 4:2:0 likes)."""
+    if max(width, height) <= side:
+        return width, height
+    scale = side / max(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
 def inspect_clip(data: bytes | None, cfg: VideoConfig) -> Clip:
@@ -119,6 +123,8 @@ def _sample(container: av.container.InputContainer, clip: Clip, cfg: VideoConfig
     if (bad := check_header(cfg, clip, declared)) is not None:
         return clip.fail(*bad)
     step, start, decoded = 1.0 / cfg.fps, None, 0
+    # one swscale pass per sampled frame: colour conversion and downscale together, its context reused
+    reformatter = VideoReformatter()
     target = 0.0
     thumbs: list[np.ndarray] = []
     last = 0.0
@@ -130,8 +136,10 @@ def _sample(container: av.container.InputContainer, clip: Clip, cfg: VideoConfig
         start = t if start is None else start
         last = t - start
         if last + 1e-6 >= target:
-            img = frame.to_image()
-            clip.frames.append(_jpeg(img, cfg.frame_side, cfg.jpeg_quality))
+            w, h = _scaled(frame.width, frame.height, cfg.frame_side)
+            rgb = reformatter.reformat(frame, w, h, format="rgb24", interpolation="AREA")
+            img = Image.fromarray(rgb.to_ndarray())
+            clip.frames.append(_jpeg(img, cfg.jpeg_quality))
             clip.times.append(round(last, 3))
             thumbs.append(thumbnail(img))
             target = len(clip.frames) * step
