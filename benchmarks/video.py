@@ -66,6 +66,28 @@ class DecodeOnlyWorker:
         return pa.table({"result": [json.dumps(r) for r in results]})
 
 
+def in_process(cfg: CurateConfig, parts: list, rounds: int) -> dict[str, float]:
+    """Both sides over the same parts in this process, alternating, best of `rounds` each (seconds): the
+    steady per-clip cost without Ray, less exposed to other load on a shared machine."""
+    cfg_json = cfg.model_dump_json()
+    units = pa.table({"part": [json.dumps(p.to_dict()) for p in parts]})
+    best = {"decode_only": float("inf"), "phase1": float("inf")}
+    decode = DecodeOnlyWorker(cfg_json)
+    with tempfile.TemporaryDirectory() as work:
+        phase1 = Phase1Worker(cfg_json, Layout.build(cfg, parts, work).to_json())
+        phase1(units)  # loads fastText and the lexicons once, as an actor does at its start
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as work:
+            phase1.layout = Layout.build(cfg, parts, work)  # a fresh cache: every part runs again
+            start = time.perf_counter()
+            phase1(units)
+            best["phase1"] = min(best["phase1"], time.perf_counter() - start)
+        start = time.perf_counter()
+        decode(units)
+        best["decode_only"] = min(best["decode_only"], time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="sample clips (generated once, cached)")
@@ -75,6 +97,13 @@ def main() -> None:
     ap.add_argument("--size", default=None, metavar="WxH", help="clean clips' size (default: the sample's)")
     ap.add_argument("--seconds", type=float, default=None, help="clean clips' duration (default: 3-5 s)")
     ap.add_argument("--fps", type=int, default=8, help="clips' frame rate (default 8)")
+    ap.add_argument(
+        "--in-process",
+        type=int,
+        default=0,
+        metavar="PARTS",
+        help="also time both sides over this many parts in this process (no Ray), best of rounds",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = ap.parse_args()
 
@@ -86,6 +115,14 @@ def main() -> None:
         write_video_sample_data(data, args.n, seed=0, shard_size=args.shard_size, shape=shape)
     cfg = load_config(ROOT / "configs/curate/video.yaml", [f"input.path={data}", *args.set])
     parts = discover_parts(cfg.input)
+    if args.in_process:
+        chosen = parts[: args.in_process]
+        t = in_process(cfg, chosen, max(args.rounds, 3))
+        print(
+            f"in process, {len(chosen)} parts, best of {max(args.rounds, 3)}: decode-only "
+            f"{t['decode_only']:.2f} s, phase 1 {t['phase1']:.2f} s, "
+            f"phase 1 / decode-only rate {t['decode_only'] / t['phase1']:.2f}"
+        )
     start_ray(None, None)
     workers = cluster_cpus()
     cfg_json = cfg.model_dump_json()

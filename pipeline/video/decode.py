@@ -32,6 +32,11 @@ av.logging.set_level(av.logging.PANIC)
 logging.getLogger("libav").setLevel(logging.CRITICAL)
 
 
+# One swscale pass per sampled frame (colour conversion and downscale together); one reformatter per process
+# keeps its context while frame sizes repeat, where a frame's own `to_image` builds one per call.
+_REFORMATTER = VideoReformatter()
+
+
 @dataclass
 class Clip:
     """What the video stage found in one clip."""
@@ -123,8 +128,6 @@ def _sample(container: av.container.InputContainer, clip: Clip, cfg: VideoConfig
     if (bad := check_header(cfg, clip, declared)) is not None:
         return clip.fail(*bad)
     step, start, decoded = 1.0 / cfg.fps, None, 0
-    # one swscale pass per sampled frame: colour conversion and downscale together, its context reused
-    reformatter = VideoReformatter()
     target = 0.0
     thumbs: list[np.ndarray] = []
     last = 0.0
@@ -137,7 +140,7 @@ def _sample(container: av.container.InputContainer, clip: Clip, cfg: VideoConfig
         last = t - start
         if last + 1e-6 >= target:
             w, h = _scaled(frame.width, frame.height, cfg.frame_side)
-            rgb = reformatter.reformat(frame, w, h, format="rgb24", interpolation="AREA")
+            rgb = _REFORMATTER.reformat(frame, w, h, format="rgb24", interpolation="AREA")
             img = Image.fromarray(rgb.to_ndarray())
             clip.frames.append(_jpeg(img, cfg.jpeg_quality))
             clip.times.append(round(last, 3))
