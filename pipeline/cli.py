@@ -96,6 +96,13 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
         "class label (the shape) in OUT/labels.jsonl, drawn from a random stream no training set uses",
     )
     p.add_argument(
+        "--video",
+        action="store_true",
+        help="write synthetic video clips instead (key.mp4 + key.txt: moving, appearing, changing shapes "
+        "with time-dependent captions) with planted defects (corrupt, truncated, audio-only, header bombs, "
+        "wrong language, re-encoded/resized/trimmed duplicates) in OUT/ground_truth.jsonl",
+    )
+    p.add_argument(
         "--exclude",
         action="append",
         default=[],
@@ -290,6 +297,13 @@ def _sample_data(args: argparse.Namespace) -> int:
         raise ValueError("--exclude goes with --eval")
     if args.eval:
         return _eval_set(args)
+    if args.video:
+        from vlmforge.pipeline.sample_data.video import write_video_sample_data
+
+        n = 200 if args.n is None else args.n
+        counts = write_video_sample_data(Path(args.out), n, args.seed)["counts"]
+        print(f"wrote {n} clips to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
     args.n = 2000 if args.n is None else args.n
     if args.n <= 0:
         raise ValueError("--n must be positive")
