@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -54,15 +55,15 @@ def read_video_webdataset(part: InputPart, cfg: CurateConfig, batch_rows: int) -
     """One tar shard of clips as raw batches."""
     out = VideoBatches(batch_rows)
     shard = location(part.path).name
-    limit, seen = cfg.video.max_bytes, set()
+    limit, seen = cfg.video.max_bytes, Counter()
     sample: dict | None = None
 
     def emit(s: dict) -> pa.Table | None:
         key = s.pop("key")
-        row_id = key if key not in seen else f"{key}#dup"
-        if key in seen and "read_error" not in s:
+        row_id = key if not seen[key] else f"{key}#{seen[key]}"
+        if seen[key] and "read_error" not in s:
             s["read_error"], s["read_detail"] = "duplicate_key", f"key {key} repeats in {shard}"
-        seen.add(key)
+        seen[key] += 1
         caption = s.pop("caption_bytes", None)
         if caption is not None:
             s["caption"], bad = decode_caption(caption)
@@ -140,12 +141,10 @@ def _record_row(
     else:
         if isinstance(data, dict):  # a struct column {bytes, path}, as Hugging Face writes media
             data = data.get("bytes")
-        if not isinstance(data, bytes | bytearray) or not data:
-            error, detail = (
-                ("missing_video", f"no bytes in {vc.column!r}")
-                if data is None or not data
-                else ("missing_video", f"{vc.column!r} holds a {type(data).__name__}")
-            )
+        if not data:
+            error, detail = "missing_video", f"no bytes in {vc.column!r}"
+        elif not isinstance(data, bytes | bytearray):
+            error, detail = "missing_video", f"{vc.column!r} holds a {type(data).__name__}, not bytes"
         elif len(data) > vc.max_bytes:
             error, detail = "video_too_large_bytes", f"{len(data)} bytes"
         else:

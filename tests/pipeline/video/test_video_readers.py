@@ -36,10 +36,13 @@ def test_webdataset_shards_take_any_video_container(tmp_path, clip):
     write_tar(tmp_path / "a.tar", [
         ("k1.mp4", clip), ("k1.txt", b"a square moves"), ("k2.webm", b"\x1aE"), ("k2.txt", b"a circle grows"),
         ("k3.mkv", b"x"), ("k4.txt", b"no video here"), ("k5.mov", b"y"), ("k5.txt", b"\xff\xfe"),
+        ("k1.mp4", clip), ("k1.txt", b"again"), ("k6.mp4", clip), ("k6.txt", b"x y"), ("k1.mp4", clip),
     ])  # fmt: skip
     table = read_all(tmp_path)
-    assert errors(table) == {"k1": None, "k2": None, "k3": "missing_caption", "k4": "missing_video",
-                             "k5": "invalid_utf8"}  # fmt: skip
+    assert errors(table) == {
+        "k1": None, "k2": None, "k3": "missing_caption", "k4": "missing_video", "k5": "invalid_utf8",
+        "k1#1": "duplicate_key", "k6": None, "k1#2": "duplicate_key",
+    }  # fmt: skip
     assert table["video_ext"].to_pylist()[:3] == ["mp4", "webm", "mkv"]
     assert table["video"].to_pylist()[0] == clip and table["image"].null_count == table.num_rows
 
