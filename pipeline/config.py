@@ -134,6 +134,14 @@ class LanguageConfig(_Section):
     min_script_share: float = Field(
         0.6, ge=0, le=1, description="share of letters that must be in the languages' scripts"
     )
+    # Opt-in for structured targets (configs/curate/synthetic.yaml): markdown tables, LaTeX, HTML, boxes.
+    structured: bool = Field(
+        False, description="captions with markup (HTML tags, LaTeX commands, markdown tables) are judged by "
+        "their words with the markup stripped; with too few words left they are kept as lang `structured`",
+    )
+    structured_min_words: int = Field(
+        3, ge=1, description="words of 3+ letters a stripped structured caption needs to be judged at all"
+    )
 
 
 class ImageConfig(_Section):
