@@ -9,17 +9,13 @@ from .scenes import COLOURS, SHAPES, Scene, position, render, sample_scene
 from .shards import Sample
 
 
-def _plural(shape: str) -> str:
-    return shape + "es" if shape.endswith("x") else shape + "s"
-
-
 def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     """Every question this scene answers for sure, shuffled."""
     objs, w, h = scene.objects, scene.width, scene.height
     qa: list[tuple[str, str]] = [("How many shapes are there?", str(len(objs)))]
     for shape in SHAPES:
         n = sum(o.shape == shape for o in objs)
-        qa.append((f"How many {_plural(shape)} are there?", str(n)))
+        qa.append((f"How many {shape}s are there?", str(n)))
         if n == 1:
             one = next(o for o in objs if o.shape == shape)
             qa.append((f"What colour is the {shape}?", one.colour))
