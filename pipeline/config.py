@@ -81,6 +81,9 @@ class CaptionConfig(_Section):
     min_words: int = Field(1, ge=0)
     max_words: int = Field(300, gt=0)
     max_symbol_ratio: float = Field(0.3, ge=0, le=1, description="share of non-alphanumeric, non-space chars")
+    keep_newlines: bool = Field(
+        False, description="normalise whitespace within lines but keep line breaks (markdown tables' rows)"
+    )
     max_repeated_word_ratio: float = Field(
         0.5, ge=0, le=1, description="max share of words that repeat an earlier word (captions of >= 4 words)"
     )

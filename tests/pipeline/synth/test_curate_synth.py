@@ -3,8 +3,10 @@ stage drops nothing."""
 
 from __future__ import annotations
 
+import tarfile
 from collections import Counter
 
+import pyarrow.dataset as pads
 from helpers import ROOT, outcomes
 
 from vlmforge.pipeline.config import load_config
@@ -33,3 +35,14 @@ def test_every_kind_curates_without_language_drops(tmp_path, ray_local):
     assert not [r for r in rejected.values() if r["stage"] in ("read", "caption", "language", "image")]
     per_kind = Counter(i.split("_", 1)[0] for i in kept)
     assert set(per_kind) == set(kinds)  # every kind has survivors
+    # the kept caption is the generated target, line breaks included (caption.keep_newlines)
+    targets = {}
+    for shard in (tmp_path / "in").glob("*/*.tar"):
+        with tarfile.open(shard) as tar:
+            targets |= {
+                m.name[:-4]: tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")
+            }
+    data = pads.dataset(tmp_path / "out" / "data").to_table(columns=["id", "caption", "lang"]).to_pylist()
+    assert {r["id"]: r["caption"] for r in data} == {r["id"]: targets[r["id"]] for r in data}
+    assert any("\n|---|" in r["caption"] for r in data)
+    assert {r["lang"] for r in data} == {"en", "structured"}

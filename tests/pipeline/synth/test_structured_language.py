@@ -80,3 +80,18 @@ def test_switch_is_in_the_synthetic_recipe_only():
 
     assert load_config(ROOT / "configs/curate/synthetic.yaml").language.structured
     assert not load_config(ROOT / "configs/curate/default.yaml").language.structured
+
+
+def test_keep_newlines_keeps_a_tables_rows():
+    import pyarrow as pa
+
+    from vlmforge.pipeline.config import CaptionConfig
+    from vlmforge.pipeline.filter.caption_checks import CaptionChecks, keep_lines
+
+    table = "Title  here\n\n\n| a |  b |\n|---|---|\n| 1 | 2 |  \n"
+    assert keep_lines(table) == "Title here\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+    batch = pa.table({"caption": [table]})
+    kept = CaptionChecks(CaptionConfig(keep_newlines=True, max_symbol_ratio=1.0)).decide(batch)
+    flat = CaptionChecks(CaptionConfig(max_symbol_ratio=1.0)).decide(batch)
+    assert kept.columns["caption"].to_pylist() == [keep_lines(table)]
+    assert flat.columns["caption"].to_pylist() == ["Title here | a | b | |---|---| | 1 | 2 |"]
