@@ -45,9 +45,11 @@ _SCRIPTS: dict[str, frozenset[str]] = {
 }
 _WORD = re.compile(r"[^\W\d_]+")
 # Markup of structured captions: an HTML/XML tag (attributes included), a LaTeX command, a markdown table's
-# rule row (`|---|`), a LaTeX group index (`^{`, `_{`) or an HTML entity.
+# rule row (`|---|`), a LaTeX group index (`^{`, `_{`), an HTML entity, or a math operator standing alone
+# between spaces (`y - t = k`).
 _MARKUP = re.compile(
     r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|\\[A-Za-z]+|\|\s*:?-{3,}|[_^]\{|&[a-z]+;|&#\d+;"
+    r"|(?<!\S)[=<>+*/-](?!\S)"
 )
 STRUCTURED = "structured"  # the `lang` of a structured caption with too few words to judge
 # Lexicons asked whether a capitalised word is a name known in many languages (wordfreq's small lists).

@@ -156,7 +156,9 @@ def generate(seed: int, index: int) -> Sample:
         # random margins move the plot around the canvas (charts of one type would otherwise share a
         # layout, and a perceptual hash); cheaper than tight_layout, which draws the figure twice
         fig.subplots_adjust(
-            left=rng.uniform(0.11, 0.2), bottom=rng.uniform(0.11, 0.2), top=rng.uniform(0.84, 0.92),
+            left=rng.uniform(0.11, 0.2),
+            bottom=rng.uniform(0.11, 0.2),
+            top=rng.uniform(0.84, 0.92),
             right=rng.uniform(0.55, 0.65) if chart == "pie" else rng.uniform(0.8, 0.97),
         )
         image = _pixels(fig)

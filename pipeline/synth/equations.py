@@ -72,14 +72,14 @@ def generate(seed: int, index: int) -> Sample:
     rng = sample_rng("equations", seed, index)
     latex = make_latex(rng)
     fontset = rng.choice(FONTSETS)
-    size = rng.randint(18, 26)
+    size = rng.randint(18, 30)
     with matplotlib.rc_context({"mathtext.fontset": fontset}):
         fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI)
         fig.patch.set_facecolor(rng.choice(("white", "white", "#fbfaf5", "#f4f7fb")))
         canvas = FigureCanvasAgg(fig)
         text = fig.text(
-            rng.uniform(0.45, 0.55),
-            rng.uniform(0.45, 0.55),
+            0.5,
+            0.5,
             f"${latex}$",
             fontsize=size,
             ha="center",
@@ -92,6 +92,14 @@ def generate(seed: int, index: int) -> Sample:
         if scale < 1.0:  # shrink a long equation to fit the canvas
             text.set_fontsize(size * scale)
             size = round(size * scale, 1)
+        # anywhere it fits: short equations in one spot would share a perceptual hash
+        w, h = min(1.0, box.width * scale / WIDTH), min(1.0, box.height * scale / HEIGHT)
+        text.set_position(
+            (
+                rng.uniform(0.04 + w / 2, 0.96 - w / 2) if w < 0.92 else 0.5,
+                rng.uniform(0.05 + h / 2, 0.95 - h / 2) if h < 0.9 else 0.5,
+            )
+        )
         canvas.draw()
         image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
     return Sample(png_bytes(image), latex, {"latex": latex, "fontset": fontset, "fontsize": size})

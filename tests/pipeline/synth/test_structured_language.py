@@ -60,6 +60,7 @@ def test_words_without_markup_and_plain_captions_are_unchanged(stages):
     on, off = stages
     assert structured_words("a red circle on a blue background") is None
     assert structured_words(r"\frac{x^{2}}{\sqrt{y}} = \alpha_{i} \, dx") == []
+    assert structured_words("y - t = k") == structured_words("k < c") == []  # math without LaTeX commands
     assert structured_words('<label>Email <input type="email" name="email"></label>') == ["Email"]
     assert structured_words("| Name | Count |\n|---|---|\n| Alice | 3 |") == ["Name", "Count", "Alice"]
     plain = [
