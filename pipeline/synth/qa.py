@@ -27,19 +27,24 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
         if n == 1:
             one = next(o for o in objs if o.colour == colour)
             qa.append((f"What shape is {colour}?", f"a {one.shape}"))
-    colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-    present = any((o.colour, o.shape) == (colour, shape) for o in objs)
-    qa.append((f"Is there a {colour} {shape}?", "yes" if present else "no"))
+    for _ in range(2):
+        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+        present = any((o.colour, o.shape) == (colour, shape) for o in objs)
+        qa.append((f"Is there a {colour} {shape}?", "yes" if present else "no"))
+    for o in objs:  # what lies where, for the objects alone in their part of the image
+        where = position(o, w, h)
+        if [position(x, w, h) for x in objs].count(where) == 1:
+            qa.append((f"What is in the {where} of the image?", f"{o.with_article}"))
     rng.shuffle(qa)
     return qa
 
 
 def generate(seed: int, index: int) -> Sample:
-    """QA scene `index` of the stream `seed`: 2-4 question-answer pairs in the caption."""
+    """QA scene `index` of the stream `seed`: 3-5 question-answer pairs in the caption."""
     rng = sample_rng("qa", seed, index)
     scene = sample_scene(rng, 2, 6, unique=False)
     image = render(scene, rng)
-    pairs = questions(scene, rng)[: rng.randint(2, 4)]
+    pairs = questions(scene, rng)[: rng.randint(3, 5)]
     caption = " ".join(f"Question: {q} Answer: {a}." for q, a in pairs)
     structure = {**scene.as_dict(), "qa": [{"question": q, "answer": a} for q, a in pairs]}
     return Sample(png_bytes(image), caption, structure)

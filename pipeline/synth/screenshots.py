@@ -60,8 +60,16 @@ def check_browser() -> None:
         )
 
 
+# English function words joining the content words: a page of bare nouns reads as several languages
+# (`question message date place` is as French as English).
+LINKS = ("the", "and", "for", "with", "your", "our", "of the", "to the", "in the", "about", "from", "this")
+
+
 def _words(rng: random.Random, lo: int, hi: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+    words = [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+    for k in range(len(words) - 1, 0, -2):
+        words.insert(k, rng.choice(LINKS))
+    return " ".join(words)
 
 
 def _sentence(rng: random.Random, lo: int = 4, hi: int = 12) -> str:
@@ -71,7 +79,7 @@ def _sentence(rng: random.Random, lo: int = 4, hi: int = 12) -> str:
 
 def _heading(rng: random.Random) -> str:
     level = rng.randint(1, 3)
-    text = _words(rng, 1, 4)
+    text = _words(rng, 2, 4)
     return f"<h{level}>{html.escape(text[:1].upper() + text[1:])}</h{level}>"
 
 
@@ -81,17 +89,28 @@ def _paragraph(rng: random.Random) -> str:
 
 def _list(rng: random.Random) -> str:
     tag = rng.choice(("ul", "ol"))
-    pool = rng.choice((PRODUCTS, CITIES, TEAMS, WORDS))
-    items = "".join(f"<li>{html.escape(w)}</li>" for w in rng.sample(list(pool), rng.randint(2, 4)))
-    return f"<{tag}>{items}</{tag}>"
+    n = rng.randint(2, 5)
+    kind = rng.random()
+    if kind < 0.3:
+        items = [f"{rng.randint(1, 12)} {p}" for p in rng.sample(PRODUCTS, n)]
+    elif kind < 0.5:
+        items = [f"{c}, {rng.choice(TEAMS).lower()} office" for c in rng.sample(CITIES, n)]
+    else:
+        items = [_words(rng, 1, 3) for _ in range(n)]
+    return f"<{tag}>{''.join(f'<li>{html.escape(w)}</li>' for w in items)}</{tag}>"
 
 
 def _form(rng: random.Random) -> str:
     fields = []
     for kind, label in rng.sample(INPUT_TYPES, rng.randint(1, 3)):
-        name = label.lower()
-        fields.append(f'<label>{label} <input type="{kind}" name="{name}"></label>')
-    button = rng.choice(("Submit", "Send", "Search", "Sign in", "Save", "Continue"))
+        word = rng.choice(WORDS)
+        label = rng.choice((f"{label}", f"Your {label.lower()}", f"{word.capitalize()} {label.lower()}"))
+        name = label.lower().replace(" ", "_")
+        hint = f' placeholder="{html.escape(_words(rng, 1, 2))}"' if rng.random() < 0.5 else ""
+        fields.append(f'<label>{label} <input type="{kind}" name="{name}"{hint}></label>')
+    button = rng.choice(("Submit", "Send", "Search", "Sign in", "Save", "Continue")) + rng.choice(
+        ("", f" {rng.choice(WORDS)}", " now")
+    )
     return f'<form>{"".join(fields)}<button type="submit">{button}</button></form>'
 
 

@@ -132,11 +132,24 @@ def test_qa_answers_are_true_of_the_scene():
                 checked["presence"] += 1
             elif m := re.fullmatch(r"What shape is (\w+)\?", q):
                 assert [f"a {o['shape']}" for o in objs if o["colour"] == m[1]] == [a]
+            elif m := re.fullmatch(r"What is in the ([\w ]+) of the image\?", q):
+                assert [f"{o['colour']} {o['shape']}" for o in objs if _where(o, s.structure) == m[1]] == [
+                    a.split(" ", 1)[1]
+                ]
+                checked["where"] += 1
             elif m := re.fullmatch(r"Where is the (\w+)\?", q):
                 assert [o["shape"] for o in objs].count(m[1]) == 1 and a
             else:
                 raise AssertionError(f"unchecked question {q!r}")
-    assert checked["shape count"] and checked["colour"] and checked["presence"]
+    assert checked["shape count"] and checked["colour"] and checked["presence"] and checked["where"]
+
+
+def _where(obj: dict, scene: dict) -> str:
+    x0, y0, x1, y1 = obj["box"]
+    cx, cy = (x0 + x1) / 2 / scene["width"], (y0 + y1) / 2 / scene["height"]
+    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
+    return " ".join(p for p in (row, col) if p) or "centre"
 
 
 @pytest.mark.parametrize("kind", ["tables", "charts"])
