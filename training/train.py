@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from vlmforge.common.errors import ConfigError
 from vlmforge.common.files import atomic_path
-from vlmforge.training import clip, text_lm, vlm
+from vlmforge.training import clip, text_lm, video, vlm
 from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
@@ -45,7 +45,7 @@ from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import gather_tensors, load_chain, save_tensors
 
-TASKS: dict[str, ModuleType] = {"text_lm": text_lm, "clip": clip, "vlm": vlm}
+TASKS: dict[str, ModuleType] = {"text_lm": text_lm, "clip": clip, "vlm": vlm, "video": video}
 
 
 @dataclass
@@ -111,6 +111,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         mc.vision = dataclasses.replace(mc.vision, image_size=cfg.model.image_size)
     if cfg.model.tile_grid is not None:
         mc.vision = dataclasses.replace(mc.vision, tile_grid=cfg.model.tile_grid)
+    if cfg.task == "video":
+        mc = video.video_model_config(cfg, mc)
     return mc
 
 
