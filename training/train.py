@@ -239,8 +239,13 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     tok.check_model(
         mc.decoder.vocab_size, mc.image_token_id, mc.decoder.bos_token_id, mc.decoder.eos_token_id
     )
-    model = task.build_model(cfg, mc)
-    load_hf(model, cfg)  # before init_from: a stage 2 file holds what stage 1 trained on top of it
+    if cfg.task == "vlm":
+        # On meta first: the HF dirs' parts get memory in the run's dtype and their weights, nothing else
+        # (before init_from: a stage 2 file holds what stage 1 trained on top of them)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model = vlm.build_model(cfg, mc, hf_sources(cfg), dtype, lambda m, _: load_hf(m, cfg))
+    else:
+        model = task.build_model(cfg, mc)
     for path in cfg.model.init_from:
         load_chain(model, path, strict_names=True)
     if cfg.train.activation_checkpointing:

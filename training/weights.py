@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from vlmforge.common.files import atomic_path
+from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig
 from vlmforge.training.model.fusion import FusionModel
-from vlmforge.training.model.hf import load_hf_sources
 from vlmforge.training.model.vision import interpolate_position_embedding
 
 
@@ -109,12 +109,11 @@ def load_fusion_model(path: str | Path) -> FusionModel:
     meta = read_metadata(path)
     if "config" not in meta:
         raise ValueError(f"{path}: no model config in the metadata (not written by a vlm training run)")
-    model = FusionModel(ModelConfig.from_dict(json.loads(meta["config"])))
     sources = hf_sources(path)
     for directory in sources.values():
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"{path} was trained on the HF checkpoint {directory}, which is gone")
-    load_hf_sources(model, sources)
+    model = build_fusion_model(ModelConfig.from_dict(json.loads(meta["config"])), sources)
     load_chain(model, path)
     return model
 
