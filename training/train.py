@@ -36,6 +36,7 @@ from vlmforge.training import clip, text_lm, vlm
 from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
+from vlmforge.training.eval import EvalBatches, to_device
 from vlmforge.training.flops import component_sizes, peak_flops, step_flops
 from vlmforge.training.launch import check_extension_locks, free_port
 from vlmforge.training.metrics import MetricsWriter
@@ -151,28 +152,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
-
-
 def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
 
 
+DIGEST_CHUNK = 1 << 26  # bytes hashed per device-to-host copy
+
+
 def frozen_digest(module: torch.nn.Module) -> list[str]:
-    """Digest of the frozen parameters' bytes on every rank (its ZeRO-3 partition, or the full tensor)."""
+    """Per rank, a digest of the frozen parameters' bytes: under ZeRO-3 every rank hashes its own
+    partitions, else rank 0 alone hashes the (replicated) tensors; the others give "". One tensor, and of
+    it DIGEST_CHUNK bytes, at a time: never a CPU copy of the whole decoder, nor one on every rank."""
+    rank = torch.distributed.get_rank()
     h = hashlib.blake2b(digest_size=16)
+    hashed = False
     for name, p in module.named_parameters():
-        if not p.requires_grad:
-            local = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
-            h.update(name.encode())
-            h.update(local.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if p.requires_grad:
+            continue
+        partitioned = hasattr(p, "ds_tensor")
+        if not partitioned and rank != 0:
+            continue
+        flat = (p.ds_tensor if partitioned else p.data).detach().reshape(-1).view(torch.uint8)
+        h.update(name.encode())
+        for chunk in flat.split(DIGEST_CHUNK):
+            h.update(chunk.cpu().numpy())
+        hashed = True
     digests: list[str] = [""] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(digests, h.hexdigest())
+    torch.distributed.all_gather_object(digests, h.hexdigest() if hashed else "")
     return digests
 
 
@@ -256,12 +264,16 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     eval_index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
     fmt = task.sample_format(cfg, mc, tok)
     eval_fmt = dataclasses.replace(fmt, synthetic_caption_prob=0.0, repeat_text=1)  # one caption each
-    eval_batches = []
+    eval_batches = EvalBatches([], device)
     if cfg.data.heldout_fraction > 0:  # 0: no held-out rows, no evaluation
-        eval_batches = [
-            to_device(b, device)
-            for b in heldout_batches(eval_index, eval_fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-        ]
+        # On the CPU until each batch's turn; the fused model's eval is split over the ranks (eval.py)
+        eval_batches = EvalBatches(
+            heldout_batches(eval_index, eval_fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size),
+            device,
+            rank,
+            world,
+            shard=cfg.task == "vlm",
+        )
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)

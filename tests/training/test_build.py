@@ -102,3 +102,19 @@ def test_meta_build_of_a_full_size_model_holds_no_memory():
     model = build_meta(get_config("llama32_11b"))
     assert sum(p.numel() for p in model.parameters()) > 10e9
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_frozen_digest_hashes_the_frozen_weights_in_chunks(monkeypatch):
+    from vlmforge.training import train
+
+    train.init_distributed()  # a world of one (gloo) unless a test already started it
+    model = build_fusion_model(get_config("tiny"))
+    before = train.frozen_digest(model)
+    assert before[0] and len(before) == torch.distributed.get_world_size()
+    monkeypatch.setattr(train, "DIGEST_CHUNK", 7)  # chunks that split elements: the same stream of bytes
+    assert train.frozen_digest(model) == before
+    with torch.no_grad():
+        model.fusion.layers[0].mlp_gate.add_(1.0)  # trainable: not in the digest
+        assert train.frozen_digest(model) == before
+        model.decoder.layers[1].mlp.up_proj.weight[3, 5] += 1e-3  # frozen
+    assert train.frozen_digest(model) != before
