@@ -121,6 +121,33 @@ def load_hf(model: torch.nn.Module, cfg: TrainConfig) -> None:
         _from_dir(kind, path, lambda kind=kind, path=path: hf.load_hf_sources(model, {kind: path}))
 
 
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def zero3_partitioner(
+    ds_config: dict[str, Any], dtype: torch.dtype
+) -> Callable[[list[torch.nn.Parameter]], None]:
+    """Turns parameters into this rank's ZeRO-3 partitions (as ``deepspeed.initialize`` would, with the
+    same settings), so the model is partitioned while it is built (model/build.py) instead of after."""
+    import deepspeed
+
+    first: list[torch.nn.Parameter] = []
+
+    def partition(params: list[torch.nn.Parameter]) -> None:
+        if not params:
+            return
+        if not first:
+            deepspeed.zero.Init(
+                module=torch.nn.ParameterList(params), config_dict_or_path=ds_config, dtype=dtype
+            )
+            first.append(params[0])
+        else:  # the same partitioning state as the first ones
+            first[0].convert_to_zero_parameters(param_list=params)
+
+    return partition
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device); a process started without a launcher becomes a world of one."""
     if not torch.cuda.is_available():
@@ -243,6 +270,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     seed_everything(cfg.train.seed)
 
     tok = TextTokenizer(cfg.tokenizer)
+    ds_config = deepspeed_config(cfg, precision)
     mc = model_config(cfg)
     tok.check_model(
         mc.decoder.vocab_size, mc.image_token_id, mc.decoder.bos_token_id, mc.decoder.eos_token_id
@@ -251,7 +279,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         # On meta first: the HF dirs' parts get memory in the run's dtype and their weights, nothing else
         # (before init_from: a stage 2 file holds what stage 1 trained on top of them)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        model = vlm.build_model(cfg, mc, hf_sources(cfg), dtype, lambda m, _: load_hf(m, cfg))
+        partition = zero3_partitioner(ds_config, dtype) if zero_stage(ds_config) == 3 else None
+        model = vlm.build_model(cfg, mc, hf_sources(cfg), dtype, lambda m, _: load_hf(m, cfg), partition)
     else:
         model = task.build_model(cfg, mc)
     for path in cfg.model.init_from:
@@ -278,7 +307,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     spec = StreamSpec(
         cfg.data.seed, cfg.data.shuffle_buffer, cfg.train.micro_batch_size, world, cfg.data.num_workers

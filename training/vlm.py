@@ -38,11 +38,12 @@ def build_model(
     sources: dict[str, str] | None = None,
     dtype: torch.dtype = torch.float32,
     load: Callable[[FusionModel, dict[str, str]], None] = load_hf_sources,
+    partition: Callable[[list[nn.Parameter]], None] | None = None,
 ) -> FusionModel:
     """The fused model in ``dtype``, with the HF checkpoint dirs ``sources`` loaded (model/build.py: no
-    full fp32 copy of what they fill)."""
+    full fp32 copy of what they fill; with ``partition``, ZeRO-3 partitions module by module)."""
     model_cfg = dataclasses.replace(model_cfg, trainable=TrainableConfig(**cfg.model.trainable.model_dump()))
-    return build_fusion_model(model_cfg, sources, dtype, load)
+    return build_fusion_model(model_cfg, sources, dtype, load, partition)
 
 
 def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) -> SampleFormat:

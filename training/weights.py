@@ -31,13 +31,14 @@ def is_zero3(p: nn.Parameter) -> bool:
     return hasattr(p, "ds_id")
 
 
-def gathered(p: nn.Parameter):
-    """Context in which a ZeRO-3 partitioned parameter holds its full value (a no-op otherwise)."""
+def gathered(p: nn.Parameter, modifier_rank: int | None = None):
+    """Context in which a ZeRO-3 partitioned parameter holds its full value (a no-op otherwise); with
+    ``modifier_rank``, what that rank writes into it is partitioned again on exit."""
     if not is_zero3(p):
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters([p], modifier_rank=None)
+    return deepspeed.zero.GatheredParameters([p], modifier_rank=modifier_rank)
 
 
 def gather_tensors(module: nn.Module, keep: Callable[[str, nn.Parameter], bool]) -> dict[str, Tensor]:
@@ -88,14 +89,15 @@ def load_into(module: nn.Module, path: str | Path, strict_names: bool = True) ->
                 if name not in params:
                     continue
                 tensor, target = f.get_tensor(name), params[name]
-                if tensor.shape != target.shape and name.endswith("position_embedding"):
-                    g = int(round((target.shape[0] - 1) ** 0.5))
-                    tensor = interpolate_position_embedding(tensor, (g, g))
-                if tensor.shape != target.shape:
-                    raise ValueError(
-                        f"{path}: {name} has shape {tuple(tensor.shape)}, model {tuple(target.shape)}"
-                    )
-                target.copy_(tensor)
+                with gathered(target, modifier_rank=0):  # ZeRO-3: whole, then re-partitioned from rank 0
+                    if tensor.shape != target.shape and name.endswith("position_embedding"):
+                        g = int(round((target.shape[0] - 1) ** 0.5))
+                        tensor = interpolate_position_embedding(tensor, (g, g))
+                    if tensor.shape != target.shape:
+                        raise ValueError(
+                            f"{path}: {name} has shape {tuple(tensor.shape)}, model {tuple(target.shape)}"
+                        )
+                    target.copy_(tensor)
     return names
 
 

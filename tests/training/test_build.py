@@ -118,3 +118,37 @@ def test_frozen_digest_hashes_the_frozen_weights_in_chunks(monkeypatch):
         assert train.frozen_digest(model) == before
         model.decoder.layers[1].mlp.up_proj.weight[3, 5] += 1e-3  # frozen
     assert train.frozen_digest(model) != before
+
+
+@pytest.mark.parametrize("kind", ["clip", "mllama"])
+def test_zero3_build_partitions_module_by_module_with_the_loaded_values(kind):
+    from vlmforge.training import train
+    from vlmforge.training.optim import param_groups
+    from vlmforge.training.weights import gathered
+
+    train.init_distributed()
+    ds = {
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+    }
+    to_partitions = train.zero3_partitioner(ds, torch.float32)
+    partitions: list[int] = []
+
+    def partition(params):
+        partitions.append(len(params))
+        to_partitions(params)
+
+    model = build_fusion_model(config(kind), sources(kind), partition=partition)
+    assert all(hasattr(p, "ds_id") for p in model.parameters())
+    assert len(partitions) > 10 and max(partitions) <= 4  # module by module, not the model at once
+    reference_model = eager(kind)
+    reference = dict(reference_model.named_parameters())
+    sizes = [[len(g["params"]) for g in param_groups(m, 0.1)] for m in (model, reference_model)]
+    assert sizes[0] == sizes[1]  # the same weight-decay groups as the unpartitioned model
+    for name, p in model.named_parameters():
+        if name in loaded_parameters(model, sources(kind)):
+            with gathered(p):
+                assert torch.equal(p.data, reference[name]), name
+    if kind == "clip":
+        assert model.decoder.lm_head.weight is model.decoder.embed_tokens.weight

@@ -6,7 +6,8 @@ run's dtype (bf16 under bf16 training) and filled tensor by tensor from the safe
 memory-mapped; the components that start from scratch are built as ``FusionModel`` builds them, in the same
 order, so a model without HF sources is bit-identical to ``FusionModel(cfg)`` under the same seed.
 Peak memory is the model in the run's dtype plus one checkpoint tensor, instead of the fp32 model built,
-randomly initialised and then overwritten.
+randomly initialised and then overwritten. Under ZeRO-3 (``partition``) the model is filled module by
+module and each module becomes this rank's partitions as soon as it holds its values.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ def build_fusion_model(
     sources: dict[str, str] | None = None,
     dtype: torch.dtype = torch.float32,
     load: Callable[[FusionModel, dict[str, str]], None] = load_hf_sources,
+    partition: Callable[[list[nn.Parameter]], None] | None = None,
 ) -> FusionModel:
     """The fused model in ``dtype`` on the CPU, with the HF checkpoint dirs ``sources`` loaded by ``load``
-    (``hf.load_hf_sources``: ``{"mllama": dir}`` or ``{"decoder": dir, "encoder": dir}``)."""
+    (``hf.load_hf_sources``: ``{"mllama": dir}`` or ``{"decoder": dir, "encoder": dir}``).
+
+    With ``partition`` (ZeRO-3: turn parameters into this rank's partitions) the model is filled one
+    module at a time, each module's parameters partitioned as soon as they hold their values, so a rank
+    never holds more than one module's full tensors of what the sources fill.
+    """
     sources = sources or {}
     model = build_meta(cfg)
     cfg = model.config
@@ -73,16 +80,49 @@ def build_fusion_model(
             continue
         if c in built:
             setattr(model, c, built[c].to(dtype))
-        else:  # wholly overwritten by the sources: memory, no initialisation
+        elif partition is None:  # wholly overwritten by the sources: memory, no initialisation
             setattr(model, c, _empty(module, dtype))
     model.media_probe = torch.zeros((), dtype=dtype)
     model.set_trainable(cfg.trainable)
-    if sources:
-        load(model, sources)
+    if partition is None:
+        if sources:
+            load(model, sources)
+    else:
+        _fill_and_partition(model, sources, dtype, load, partition)
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:  # a loader that skipped a parameter it was said to fill
         raise RuntimeError(f"parameters left without values: {meta[:5]}")
     return model
+
+
+def _fill_and_partition(
+    model: FusionModel,
+    sources: dict[str, str],
+    dtype: torch.dtype,
+    load: Callable[[FusionModel, dict[str, str]], None],
+    partition: Callable[[list[nn.Parameter]], None],
+) -> None:
+    """Module by module: give the meta parameters memory, fill them from the sources (the loaders skip
+    parameters on meta or already partitioned), partition; a tied parameter is built once."""
+    if sources:  # first what the sources fill in the components built from scratch (a CLIP tower's
+        load(model, sources)  # post-norm in the projection head): nothing is on meta there
+    built: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        filled = False
+        for name, p in own:
+            if id(p) in built:
+                setattr(module, name, built[id(p)])
+            elif p.is_meta:
+                new = nn.Parameter(torch.empty(p.shape, dtype=dtype), requires_grad=p.requires_grad)
+                built[id(p)] = new
+                setattr(module, name, new)
+                filled = True
+        if filled and sources:
+            load(model, sources)
+        partition([p for _, p in module.named_parameters(recurse=False) if not hasattr(p, "ds_id")])
 
 
 def _empty(module: nn.Module, dtype: torch.dtype) -> nn.Module:

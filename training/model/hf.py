@@ -102,10 +102,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "config.json").read_text())
 
 
+def holds_values(param: Tensor) -> bool:
+    """False for a parameter on the meta device (not built yet) or already split into ZeRO-3 partitions
+    (filled before): loaders skip those, which lets model/build.py fill a model one module at a time."""
+    return not param.is_meta and not hasattr(param, "ds_id")
+
+
 def load_parameters(module: nn.Module, source: Callable[[str], Tensor]) -> None:
     """Fill every parameter of ``module`` with ``source(name)`` (shapes must match, dtype is converted)."""
     with torch.no_grad():
         for name, param in module.named_parameters():
+            if not holds_values(param):
+                continue
             tensor = source(name)
             if tensor.shape != param.shape:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
@@ -315,8 +323,10 @@ def load_clip_vision(
     load_parameters(encoder, lambda name: ckpt[prefix + _clip_name(name)])
     if projection is not None:
         with torch.no_grad():
-            projection.ln_post.weight.copy_(ckpt[prefix + "post_layernorm.weight"])
-            projection.ln_post.bias.copy_(ckpt[prefix + "post_layernorm.bias"])
+            for part in ("weight", "bias"):
+                param = getattr(projection.ln_post, part)
+                if holds_values(param):
+                    param.copy_(ckpt[f"{prefix}post_layernorm.{part}"])
     return encoder
 
 
@@ -731,7 +741,7 @@ def load_mllama(path: str | Path, model: FusionModel) -> None:
     # Parameters Mllama has no place for keep the model's own initialisation.
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if _mllama_keeps_init(name):
+            if _mllama_keeps_init(name) or not holds_values(param):
                 continue
             hub = _mllama_name(name, cfg.fusion.every)
             tensor = special[name]() if name in special else raw(hub)
