@@ -1,4 +1,5 @@
-"""Atomic writes: every file appears under its final name only when complete."""
+"""Atomic writes: every file appears under its final name only when complete, locally (temporary file and
+rename) and in an object store (one upload of the finished file)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+from vlmforge.common.storage import Location, local_temp, location, publish, read_parquet
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path` for the block to write; renamed to `path` when the block succeeds,
+def atomic_path(path: str | Path | Location) -> Iterator[Path]:
+    """A temporary local path for the block to write; published as `path` when the block succeeds,
     removed when it fails. For writers that take a file name (safetensors, tokenizers, text)."""
-    path = Path(path)
-    tmp = _tmp_name(path)
+    path = location(path)
+    tmp = local_temp(path)
     try:
         yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 class AtomicParquetWriter:
@@ -36,9 +35,9 @@ class AtomicParquetWriter:
     def __init__(
         self, path: str | Path, schema: pa.Schema, compression: str = "zstd", row_group_rows: int = 1000
     ) -> None:
-        self.path = Path(path)
-        self.tmp = _tmp_name(self.path)
+        self.path = location(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = local_temp(self.path)
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.writer = pq.ParquetWriter(
@@ -61,14 +60,14 @@ class AtomicParquetWriter:
             self.tmp.unlink(missing_ok=True)
             raise
         if exc_type is None:
-            os.replace(self.tmp, self.path)
+            publish(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: dict) -> None:
     """Write JSON atomically (temp file, fsync, rename)."""
-    path = Path(path)
+    path = location(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, tmp.open("w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
@@ -84,13 +83,16 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def read_table_or_empty(path: str | Path, schema: pa.Schema) -> pa.Table:
     """A Parquet file's table, or an empty table of `schema` when the file does not exist."""
-    return pq.read_table(path) if Path(path).is_file() else schema.empty_table()
+    return read_parquet(path) if location(path).is_file() else schema.empty_table()
 
 
 def read_json(path: str | Path) -> dict | None:
     """Read a JSON file, or None when it does not exist."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = location(path)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        return None
 
 
 class ShardedParquetWriter:
@@ -105,7 +107,7 @@ class ShardedParquetWriter:
         compression: str = "zstd",
         row_group_rows: int = 1000,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = location(directory)
         self.prefix = prefix
         self.schema = schema
         self.rows_per_shard = rows_per_shard

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from vlmforge.common.storage import location
+
 DESCRIPTION = """\
 vlmforge: curate image-text pairs on Ray Data, then pretrain a vision-language model with DeepSpeed.
 
@@ -92,6 +94,13 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write a held-out evaluation set instead: clean single-object pairs with long captions and a "
         "class label (the shape) in OUT/labels.jsonl, drawn from a random stream no training set uses",
+    )
+    p.add_argument(
+        "--video",
+        action="store_true",
+        help="write synthetic video clips instead (key.mp4 + key.txt: moving, appearing, changing shapes "
+        "with time-dependent captions) with planted defects (corrupt, truncated, audio-only, header bombs, "
+        "wrong language, re-encoded/resized/trimmed duplicates) in OUT/ground_truth.jsonl",
     )
     p.add_argument(
         "--exclude",
@@ -215,7 +224,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
 def _cache(args: argparse.Namespace) -> int:
     from vlmforge.pipeline.cache.plan import gc
 
-    freed = gc([Path(o) for o in args.outputs])
+    freed = gc([location(o) for o in args.outputs])
     print(f"removed {freed['entries']} cache entries, {freed['bytes'] / 1e6:.1f} MB")
     return 0
 
@@ -288,6 +297,13 @@ def _sample_data(args: argparse.Namespace) -> int:
         raise ValueError("--exclude goes with --eval")
     if args.eval:
         return _eval_set(args)
+    if args.video:
+        from vlmforge.pipeline.sample_data.video import write_video_sample_data
+
+        n = 200 if args.n is None else args.n
+        counts = write_video_sample_data(Path(args.out), n, args.seed)["counts"]
+        print(f"wrote {n} clips to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
     args.n = 2000 if args.n is None else args.n
     if args.n <= 0:
         raise ValueError("--n must be positive")

@@ -18,7 +18,7 @@ from vlmforge.common.config import load_yaml_model
 class InputConfig(_Section):
     """Where the raw pairs come from and how to read them."""
 
-    path: str | None = Field(None, description="file, directory or glob; --input overrides it")
+    path: str | None = Field(None, description="file, directory, glob or s3:// URI; --input overrides it")
     format: Literal["auto", "webdataset", "parquet", "jsonl"] = "auto"
     caption_column: str = Field("caption", description="caption column (parquet) or key (jsonl)")
     image_column: str | None = Field("image", description="column holding encoded image bytes (parquet)")
@@ -37,7 +37,7 @@ class InputConfig(_Section):
 class OutputConfig(_Section):
     """Where and how curated shards are written."""
 
-    path: str | None = Field(None, description="output directory; --output overrides it")
+    path: str | None = Field(None, description="directory or s3:// prefix; --output overrides it")
     cache: str | None = Field(
         None, description="where phase results are cached for reuse across runs; null = <output>/_work"
     )
@@ -353,6 +353,71 @@ class SyntheticCaptionConfig(_Section):
         return self
 
 
+class VideoNearDupConfig(_Section):
+    """Near-duplicate clips: the sequences of their sampled frames' pHashes, aligned in time."""
+
+    enabled: bool = True
+    max_distance: int = Field(
+        10, ge=0, le=32, description="aligned frames' median pHash distance (bits) at which two clips match"
+    )
+    max_shift_s: float = Field(
+        2.0, ge=0, description="largest time offset tried when aligning two clips (a trimmed start)"
+    )
+    min_overlap: float = Field(
+        0.5, gt=0, le=1, description="share of the shorter clip's sampled frames that must align"
+    )
+    bands: int = Field(8, gt=0, le=64, description="LSH bands of sampled bits of each frame's pHash")
+    band_bits: int = Field(16, ge=4, le=64, description="bits sampled per band")
+    seed: int = Field(0, ge=0, description="seed of the sampled bit positions")
+
+
+class VideoConfig(_Section):
+    """Video-text curation: clips instead of images (webdataset `key.mp4|webm|mkv|mov`, or a Parquet/JSONL
+    column of video bytes or paths), checked from their headers, then sampled to JPEG frames."""
+
+    enabled: bool = Field(False, description="the input holds video clips, not images")
+    column: str | None = Field("video", description="column holding encoded video bytes (parquet)")
+    path_column: str | None = Field(
+        None, description="column/key holding a video path relative to input.root (parquet, jsonl)"
+    )
+    max_bytes: int = Field(1_000_000_000, gt=0, description="larger video files are rejected unread")
+    fps: float = Field(1.0, gt=0, le=60, description="frames sampled per second of video")
+    max_frames: int = Field(64, gt=0, description="at most this many sampled frames per clip")
+    min_duration_s: float = Field(1.0, ge=0, description="shorter clips are 'too_short'")
+    max_duration_s: float = Field(600.0, gt=0, description="longer clips are 'too_long'")
+    min_side: int = Field(64, gt=0, description="a shorter frame side below this is 'too_small'")
+    max_side: int = Field(8192, gt=0, description="a longer declared side above this is a 'decode_bomb'")
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="declared width*height above this is a 'decode_bomb'"
+    )
+    max_declared_frames: int = Field(
+        50_000, gt=0, description="a header declaring more frames than this is a 'decode_bomb'"
+    )
+    max_decoded_frames: int = Field(
+        20_000, gt=0, description="decoding stops after this many frames, whatever the header said"
+    )
+    codecs: list[str] = Field(
+        default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mjpeg"],
+        min_length=1,
+        description="FFmpeg decoder names accepted; others are 'unsupported_codec'",
+    )
+    frame_side: int = Field(384, gt=0, description="sampled frames are scaled down to this longer side")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the sampled frames")
+    near_dedup: VideoNearDupConfig = Field(default_factory=VideoNearDupConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> VideoConfig:
+        if self.min_duration_s > self.max_duration_s:
+            raise ValueError("video.min_duration_s must not exceed video.max_duration_s")
+        if self.enabled and not (self.column or self.path_column):
+            raise ValueError("video.column or video.path_column must be set")
+        return self
+
+    @property
+    def near_dup_on(self) -> bool:
+        return self.enabled and self.near_dedup.enabled
+
+
 class CurateConfig(_Section):
     """The whole curation recipe."""
 
@@ -368,6 +433,7 @@ class CurateConfig(_Section):
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
     ocr: OcrConfig = Field(default_factory=OcrConfig)
     synthetic_caption: SyntheticCaptionConfig = Field(default_factory=SyntheticCaptionConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
 
     @model_validator(mode="after")
     def _check_sides(self) -> CurateConfig:
@@ -375,6 +441,8 @@ class CurateConfig(_Section):
             raise ValueError("image.min_side must not exceed image.max_side")
         if self.caption.min_chars > self.caption.max_chars:
             raise ValueError("caption.min_chars must not exceed caption.max_chars")
+        if self.video.enabled and not self.input.image_path_column:
+            self.input.image_column = None  # a video input has no image column to look for
         return self
 
     def recipe_hash(self) -> str:

@@ -5,26 +5,34 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from vlmforge.common import __version__
-from vlmforge.common.errors import JobError
+from vlmforge.common.errors import InputError, JobError
 from vlmforge.common.files import read_json, write_json
+from vlmforge.common.storage import (
+    RETRIES,
+    Location,
+    ObjectPath,
+    check_bucket,
+    is_remote,
+    location,
+    rmtree,
+    tree_bytes,
+)
 from vlmforge.pipeline.cache.layout import Layout
 from vlmforge.pipeline.cache.plan import MANIFEST, cache_dir
 from vlmforge.pipeline.config import CurateConfig
 from vlmforge.pipeline.engine.accounting import StageStats, check_accounting
 from vlmforge.pipeline.engine.executor import Executor
 from vlmforge.pipeline.filter.language_id import fasttext_path
-from vlmforge.pipeline.readers import count_rows, discover_parts, fingerprint
+from vlmforge.pipeline.readers import count_rows, discover_parts, fingerprint, input_bytes
 from vlmforge.pipeline.registry import Context, enabled_phases
 
 
-def _check_output_dir(out: Path, cache: Path, overwrite: bool) -> None:
+def _check_output_dir(out: Location, cache: Location, overwrite: bool) -> None:
     """Refuse an output directory that holds something other than a vlmforge run, unless `overwrite`;
     with `overwrite`, clear the run's outputs and its cache."""
     ours = (out / MANIFEST).exists() or (cache / "state.json").exists()
@@ -36,12 +44,12 @@ def _check_output_dir(out: Path, cache: Path, overwrite: bool) -> None:
     if overwrite:
         for target in (cache, out / "data", out / "rejected", out / MANIFEST):
             if target.is_dir():
-                shutil.rmtree(target)
+                rmtree(target)
             elif target.exists():
                 target.unlink()
 
 
-def remove_stale_outputs(out: Path, files: dict[str, list[str]]) -> None:
+def remove_stale_outputs(out: Location, files: dict[str, list[str]]) -> None:
     """Delete shards under data/ and rejected/ that this run did not write (an earlier config's)."""
     keep = {out / f for names in files.values() for f in names}
     for sub in ("data", "rejected"):
@@ -59,9 +67,11 @@ WRITE_ERRNOS = {
 }
 
 
-def remove_temporaries(*dirs: Path) -> None:
+def remove_temporaries(*dirs: Location) -> None:
     """Delete temporary files killed writers left under `dirs` (once no writer of this run is left)."""
     for d in dirs:
+        if is_remote(d):  # objects are uploaded whole: a store never holds temporaries
+            continue
         for tmp in d.rglob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
 
@@ -86,6 +96,42 @@ def output_fault(exc: BaseException) -> OSError | None:
     return None
 
 
+STORE_ERRORS = ("AWS Error", "curlCode", "GCS Error", "StoreError")
+
+
+def store_fault(exc: BaseException) -> str | None:
+    """The object-store request that failed behind `exc` (its first line names the bucket and key), also
+    when a Ray worker raised it; None when the store is not to blame."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        for line in str(e).splitlines():
+            if any(marker in line for marker in STORE_ERRORS):
+                return line.strip()[:300]
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
+def storage_report(parts: list, cache: Location, out: Location) -> dict:
+    """Bytes of the input, of the phase cache this run leaves and of its output, with the cache's and the
+    output's shares of the input (what intermediate storage a job of this recipe needs)."""
+    sizes = {
+        "input_bytes": input_bytes(parts),
+        "cache_bytes": tree_bytes(cache),
+        "output_bytes": tree_bytes(out / "data") + tree_bytes(out / "rejected"),
+    }
+    total = max(sizes["input_bytes"], 1)
+    return {
+        **sizes,
+        "cache_share_of_input": round(sizes["cache_bytes"] / total, 3),
+        "output_share_of_input": round(sizes["output_bytes"] / total, 3),
+    }
+
+
 def run_curation(
     cfg: CurateConfig, progress: bool = True, overwrite: bool = False, log: Callable[[str], None] = print
 ) -> dict:
@@ -96,12 +142,19 @@ def run_curation(
     """
     try:
         return _run_curation(cfg, progress, overwrite, log)
+    except (InputError, JobError):
+        raise  # already says what failed
     except Exception as e:
+        if (failed := store_fault(e)) is not None:
+            raise JobError(
+                f"object storage failed after {RETRIES} attempts: {failed}. When the store is back, run the "
+                "same command again: finished work is reused."
+            ) from None
         fault = output_fault(e)
         if fault is None:
             raise
         # of the writers the failure stopped (Ray is down by now)
-        remove_temporaries(Path(cfg.output.path), cache_dir(cfg))
+        remove_temporaries(location(cfg.output.path), cache_dir(cfg))
         raise JobError(
             f"cannot write under {cfg.output.path}: {WRITE_ERRNOS[fault.errno]} "
             f"({fault.strerror}: {fault.filename or 'a file'}). Free space or fix the permissions, then run "
@@ -112,7 +165,13 @@ def run_curation(
 def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Callable[[str], None]) -> dict:
     if not cfg.output.path:
         raise JobError("no output: pass --output DIR or set output.path")
-    out, cache = Path(cfg.output.path), cache_dir(cfg)
+    out, cache = location(cfg.output.path), cache_dir(cfg)
+    for where in (out, cache):
+        if isinstance(where, ObjectPath):
+            try:
+                check_bucket(where)
+            except InputError as e:
+                raise JobError(f"cannot write there: {e}") from None
     parts = discover_parts(cfg.input)
     layout = Layout.build(cfg, parts, cache)
     manifest = read_json(out / MANIFEST)
@@ -129,7 +188,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
     state = read_json(cache / "state.json") or {}
     if state.get("finalizing") != layout.fps["finalize"]:
         # data/ may hold another config's shards by now: this fingerprint's finalize markers are stale
-        shutil.rmtree(layout.dir("finalize"), ignore_errors=True)
+        rmtree(layout.dir("finalize"), ignore_errors=True)
     write_json(cache / "state.json", {"finalizing": layout.fps["finalize"]})
 
     in_driver = cfg.ray.in_driver(lambda limit: count_rows(parts, limit))
@@ -178,6 +237,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         **extra,
         "phases": timings,
         "in_driver": in_driver,
+        "storage": storage_report(parts, cache, out),
     }
     write_json(out / MANIFEST, manifest)
     remove_stale_outputs(out, manifest["files"])

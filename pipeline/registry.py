@@ -127,7 +127,7 @@ PHASES: tuple[Phase, ...] = (
         "phase1", 1, (
             *READER_KEYS, "caption", "language", "image", "near_dedup.caption.enabled",
             "near_dedup.caption.ngram", "near_dedup.caption.num_perm", "near_dedup.caption.seed",
-            "near_dedup.image.enabled", "output.rejected_caption_chars", "output.gallery_per_reason",
+            "near_dedup.image.enabled", "output.rejected_caption_chars", "output.gallery_per_reason", "video",
         ),
         "part", "filter.phase", "phase 1: filters per part",
         adds=("image_format", "width", "height", "sha256", "lang", "lang_score", "caption_words"),
@@ -144,6 +144,9 @@ PHASES: tuple[Phase, ...] = (
           "phase 2: exact duplicates across the dataset", group="phase2"),
     Phase("near_dedup", 1, ("near_dedup",), "global", "dedup.near",
           "phase 2: near duplicates across the dataset", enabled="near_dedup.enabled",
+          adds=("dup_cluster", "dup_cluster_size"), group="phase2"),
+    Phase("video_near_dedup", 1, ("video.near_dedup", "video.fps"), "global", "video.near",
+          "phase 2: near-duplicate clips (aligned frame pHashes)", enabled="video.near_dup_on",
           adds=("dup_cluster", "dup_cluster_size"), group="phase2"),
     Phase("alignment_scores", 1,
           ("alignment.scorer", "alignment.checkpoint", "alignment.model_name", "alignment.tokenizer"),

@@ -40,8 +40,18 @@ OUTPUT_SCHEMA = pa.schema(
         ("dup_cluster_size", pa.int32()),
         ("source", pa.string()),
         ("url", pa.string()),
+        # Video rows (null for images): JPEG frames sampled at `video.fps`, their times in seconds from the
+        # clip's first frame, the clip's duration, frame rate and codec. `image` is null for a video row.
+        ("frames", pa.list_(pa.binary())),
+        ("frame_times", pa.list_(pa.float32())),
+        ("duration_s", pa.float32()),
+        ("fps", pa.float32()),
+        ("video_codec", pa.string()),
     ]
 )
+
+# What the video readers yield: the raw row plus the encoded clip and its container's file extension.
+VIDEO_RAW_SCHEMA = pa.schema(list(RAW_SCHEMA) + [("video", pa.binary()), ("video_ext", pa.string())])
 
 # Columns phase 1 adds for phase 2 and drops before the final write. Near-dup keys: the caption's MinHash
 # signature (num_perm little-endian uint32: phase 2 derives from it the LSH band keys it shuffles, and reads
@@ -52,6 +62,7 @@ WORK_COLUMNS = pa.schema(
         ("part", pa.string()),
         ("minhash", pa.binary()),
         ("phash", pa.uint64()),
+        ("frame_phashes", pa.list_(pa.uint64())),  # a video's sampled frames' pHashes, in time order
     ]
 )
 

@@ -7,10 +7,12 @@ Kept free of torch so `vlmforge stats` and the report import it cheaply.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
+
+from vlmforge.common.files import read_json
+from vlmforge.common.storage import location
 
 RESULT_FILE = "eval_curation.json"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "clip.yaml"
@@ -60,9 +62,9 @@ def result_path(run_dir: str | Path) -> Path:
 
 
 def load_result(run_dir: str | Path) -> dict[str, Any] | None:
-    """The latest eval-curation result of a curated output, or None when it was not evaluated."""
-    path = result_path(run_dir)
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The latest eval-curation result of a curated output (local or in an object store), or None when it
+    was not evaluated."""
+    return read_json(location(run_dir) / RESULT_FILE)
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmforge.common.files import read_json, write_json
+from vlmforge.common.storage import Location, location
 from vlmforge.pipeline.config import CurateConfig
 from vlmforge.pipeline.readers.common import InputPart
 from vlmforge.pipeline.registry import PHASES, enabled_phases, lookup
@@ -58,7 +59,7 @@ def digest(*parts: Any) -> str:
 
 def input_identity(part: InputPart) -> list:
     """What identifies an input part's bytes: path, size, modification time, row groups."""
-    st = os.stat(part.path)
+    st = location(part.path).stat()
     return [part.path, st.st_size, st.st_mtime_ns, part.format, list(part.row_groups), part.first_row]
 
 
@@ -80,7 +81,7 @@ class Layout:
     rows: dict[str, str] = field(default_factory=dict)  # row-cached pass or stage -> digest of its config
 
     @classmethod
-    def build(cls, cfg: CurateConfig, parts: list[InputPart], cache: str | Path) -> Layout:
+    def build(cls, cfg: CurateConfig, parts: list[InputPart], cache: str | Location) -> Layout:
         cfg_dict = cfg.model_dump(mode="json")
         keys = {p.name: part_key(p, cfg_dict) for p in parts}
         inputs = {keys[p.name]: digest(input_identity(p)) for p in parts}
@@ -99,22 +100,22 @@ class Layout:
                 rows[phase.name] = digest(phase.name, phase.version, config, files)
         return cls(str(cache), keys, fps, inputs, rows)
 
-    def phase1(self, key: str) -> tuple[Path, Path, Path]:
+    def phase1(self, key: str) -> tuple[Location, Location, Location]:
         """(kept rows, rejected rows, stats) of one phase-1 part; the stats file marks it done."""
-        d = Path(self.cache) / "phase1"
+        d = location(self.cache) / "phase1"
         return d / f"{key}.parquet", d / f"{key}.rejected.parquet", d / f"{key}.stats.json"
 
-    def dir(self, phase: str) -> Path:
-        return Path(self.cache) / phase / self.fps[phase]
+    def dir(self, phase: str) -> Location:
+        return location(self.cache) / phase / self.fps[phase]
 
-    def exchanges(self, phase: str) -> Path:
+    def exchanges(self, phase: str) -> Location:
         """Where a global phase's persisted exchanges live while it runs (`engine.shuffle.persisted`)."""
-        return Path(self.cache) / "exchange" / phase / self.fps[phase]
+        return location(self.cache) / "exchange" / phase / self.fps[phase]
 
-    def row_cache(self, phase: str, key: str) -> Path:
+    def row_cache(self, phase: str, key: str) -> Location:
         """The per-row results of a model pass (or a phase-1 stage's measurements) over one input part's rows,
         ever computed with this config."""
-        return Path(self.cache) / "rows" / phase / self.rows[phase] / f"{self.inputs[key]}.parquet"
+        return location(self.cache) / "rows" / phase / self.rows[phase] / f"{self.inputs[key]}.parquet"
 
     def run_once(
         self, phase: str, compute: Callable[[], dict], log: Callable[[str], None], message: str

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from vlmforge.common.files import read_json
+from vlmforge.common.storage import Location, location, rmtree
 from vlmforge.pipeline.cache.layout import Layout, phase_config
 from vlmforge.pipeline.config import CurateConfig
 from vlmforge.pipeline.readers import discover_parts
@@ -15,9 +15,9 @@ from vlmforge.pipeline.registry import Phase, enabled_phases
 MANIFEST = "manifest.json"
 
 
-def cache_dir(cfg: CurateConfig) -> Path:
+def cache_dir(cfg: CurateConfig) -> Location:
     """Where phase results are cached: `output.cache`, else `<output>/_work`."""
-    return Path(cfg.output.cache) if cfg.output.cache else Path(cfg.output.path) / "_work"
+    return location(cfg.output.cache) if cfg.output.cache else location(cfg.output.path) / "_work"
 
 
 def changed_keys(before: dict | None, after: dict, phase: Phase) -> list[str]:
@@ -31,7 +31,7 @@ def changed_keys(before: dict | None, after: dict, phase: Phase) -> list[str]:
 
 def plan(cfg: CurateConfig) -> list[dict]:
     """For each phase of the recipe: whether a run would reuse its cached results or compute it, and why."""
-    out = Path(cfg.output.path)
+    out = location(cfg.output.path)
     parts = discover_parts(cfg.input)
     layout = Layout.build(cfg, parts, cache_dir(cfg))
     previous = read_json(out / MANIFEST)
@@ -76,7 +76,7 @@ def gc(outputs: list[Path]) -> dict:
         manifest = read_json(out / MANIFEST)
         if manifest is None:
             raise FileNotFoundError(f"{out} holds no finished run (no {MANIFEST})")
-        cache = Path(manifest["config"]["output"].get("cache") or out / "_work")
+        cache = location(manifest["config"]["output"].get("cache") or out / "_work")
         names = keep.setdefault(cache, {"state.json"})
         names.update(f"phase1/{k}" for k in manifest.get("part_keys", {}).values())
         names.update(f"{phase}/{fp}" for phase, fp in manifest.get("fingerprints", {}).items())
@@ -88,10 +88,12 @@ def gc(outputs: list[Path]) -> dict:
             name = rel.split(".")[0] if rel.startswith("phase1/") else rel
             if not entry.exists() or name in names or any(n.startswith(rel + "/") for n in names):
                 continue
-            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()) if entry.is_dir() else (
-                entry.stat().st_size
+            size = (
+                sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+                if entry.is_dir()
+                else (entry.stat().st_size)
             )
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            rmtree(entry) if entry.is_dir() else entry.unlink()
             freed["entries"] += 1
             freed["bytes"] += size
     return freed

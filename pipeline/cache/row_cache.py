@@ -8,22 +8,21 @@ grows as thresholds loosen and never shrinks as they tighten.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vlmforge.common.files import AtomicParquetWriter
+from vlmforge.common.storage import Location, location, read_parquet
 
 
 class RowCache:
     """The cached results (`schema`, including the `key` column) of one pass over one part."""
 
-    def __init__(self, path: str | Path, schema: pa.Schema, key: str) -> None:
-        self.path, self.schema, self.key = Path(path), schema, key
-        self.cached = pq.read_table(self.path).cast(schema) if self.path.is_file() else schema.empty_table()
+    def __init__(self, path: str | Location, schema: pa.Schema, key: str) -> None:
+        self.path, self.schema, self.key = location(path), schema, key
+        self.cached = read_parquet(self.path).cast(schema) if self.path.is_file() else schema.empty_table()
         self.fresh: list[pa.Table] = []
         self.hits = 0
 

@@ -9,16 +9,14 @@ occurrence (smallest id), so the result does not depend on worker count or batch
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vlmforge.common.files import AtomicParquetWriter
+from vlmforge.common.storage import Location, location, read_parquet, rmtree
 from vlmforge.pipeline.config import ExactDedupConfig
 from vlmforge.pipeline.engine.accounting import StageStats
 from vlmforge.pipeline.engine.executor import cluster_cpus
@@ -67,7 +65,7 @@ def with_hash(table: pa.Table, key: str) -> pa.Table:
 
 def read_keys(path: str, key: str) -> pa.Table:
     """The key columns of one phase-1 file, hashed by `key`."""
-    return with_hash(pq.read_table(path, columns=KEY_COLUMNS), key)
+    return with_hash(read_parquet(path, columns=KEY_COLUMNS), key)
 
 
 def resolve_partition(table: pa.Table, dup_key: str, reason: str) -> pa.Table:
@@ -91,13 +89,13 @@ def write_losers(table: pa.Table, out_dir: str) -> tuple[pa.Table, dict]:
     schema = LOSER_SCHEMA.remove(LOSER_SCHEMA.get_field_index("part"))
     for part in pc.unique(table["part"]).to_pylist():
         rows = table.filter(pc.equal(table["part"], part)).sort_by("id").select(schema.names)
-        with AtomicParquetWriter(Path(out_dir) / f"{part}.parquet", schema) as w:
+        with AtomicParquetWriter(location(out_dir) / f"{part}.parquet", schema) as w:
             w.write(rows)
     return table.slice(0, 0), {"parts": pc.count_distinct(table["part"]).as_py()}
 
 
 def resolve_exact_duplicates(
-    phase1_files: list[str], out_dir: Path, cfg: ExactDedupConfig, partitions: int
+    phase1_files: list[str], out_dir: Location, cfg: ExactDedupConfig, partitions: int
 ) -> Counter:
     """Find exact-duplicate losers over all phase-1 rows and write them under `out_dir`, one file per part
     that has any (`losers_of_part` reads them).
@@ -106,7 +104,7 @@ def resolve_exact_duplicates(
     part gathers each part's losers of every step. Returns the number of losers per reason.
     """
     if out_dir.exists() and not resuming():  # a rerun keeps what its finished exchanges wrote
-        shutil.rmtree(out_dir)
+        rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = [
         (k, r)
@@ -137,12 +135,12 @@ def resolve_exact_duplicates(
     return counts
 
 
-def losers_of_part(out_dir: Path, part: str) -> pa.Table:
+def losers_of_part(out_dir: Location, part: str) -> pa.Table:
     """The exact-duplicate losers of one part (id, reason, detail)."""
     path = out_dir / f"{part}.parquet"
     if not path.is_file():
         return LOSER_SCHEMA.empty_table().drop_columns(["part"])
-    return pq.read_table(path, columns=["id", "reason", "detail"])
+    return read_parquet(path, columns=["id", "reason", "detail"])
 
 
 def run(ctx: Context) -> PhaseResult:

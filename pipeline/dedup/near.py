@@ -19,17 +19,22 @@ Results are written per part, so finalize reads only its own.
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vlmforge.common.files import AtomicParquetWriter
+from vlmforge.common.storage import (
+    Location,
+    location,
+    parquet_file,
+    read_parquet,
+    read_parquet_schema,
+    rmtree,
+)
 from vlmforge.pipeline.config import NearDedupConfig
 from vlmforge.pipeline.dedup.components import components_distributed, components_local, to_refs, unique_pairs
 from vlmforge.pipeline.dedup.exact import losers_of_part
@@ -89,7 +94,7 @@ def row_of(nodes: np.ndarray) -> np.ndarray:
 
 def read_rows(path: str, columns: list[str], rows: np.ndarray) -> pa.Table:
     """`columns` of the given rows of a Parquet file, in the order of `rows`; reads only their row groups."""
-    pf = pq.ParquetFile(path)
+    pf = parquet_file(path)
     sizes = np.array([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)], np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     group = np.searchsorted(starts, rows, side="right") - 1
@@ -101,10 +106,10 @@ def read_rows(path: str, columns: list[str], rows: np.ndarray) -> pa.Table:
 
 def live_rows(part: Part, exact_dir: str, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
     """The part's rows that survived exact dedup (only `columns`), with their node ids."""
-    present = [c for c in columns if c in pq.read_schema(part.path).names]
-    table = pq.read_table(part.path, columns=["id", *present])
+    present = [c for c in columns if c in read_parquet_schema(part.path).names]
+    table = read_parquet(part.path, columns=["id", *present])
     nodes = node_ids(part.index, table.num_rows)
-    losers = losers_of_part(Path(exact_dir), part.name)["id"]
+    losers = losers_of_part(location(exact_dir), part.name)["id"]
     if len(losers):
         keep = pc.invert(pc.is_in(table["id"], value_set=losers))
         table, nodes = table.filter(keep), nodes[keep.to_numpy(zero_copy_only=False)]
@@ -270,7 +275,7 @@ def with_rule_columns(table: pa.Table, paths: dict[int, str], columns: list[str]
     nodes, parts = column(table, "node"), column(table, "part")
     order = np.argsort(parts, kind="stable")
     table, nodes, parts = table.take(pa.array(order)), nodes[order], parts[order]
-    schema = pq.read_schema(next(iter(paths.values())))
+    schema = read_parquet_schema(next(iter(paths.values())))
     pieces = [pa.schema([schema.field(c) for c in columns]).empty_table()]
     for index in np.unique(parts):
         at = np.flatnonzero(parts == index)
@@ -323,7 +328,7 @@ def write_results(table: pa.Table, out_dir: str) -> tuple[pa.Table, dict]:
     written = {}
     for name in pc.unique(table["part"]).to_pylist():
         rows = table.filter(pc.equal(table["part"], name)).select(RESULT_SCHEMA.names)
-        with AtomicParquetWriter(Path(out_dir) / f"{name}.parquet", RESULT_SCHEMA) as w:
+        with AtomicParquetWriter(location(out_dir) / f"{name}.parquet", RESULT_SCHEMA) as w:
             w.write(rows)
         written[name] = rows.num_rows
     return pa.table({"part": list(written)}), {"files": len(written)}
@@ -342,7 +347,7 @@ def _groups_of(parts: list[Part], groups: int) -> list[list[Part]]:
 
 
 def find_edges(
-    parts: list[Part], exact_dir: Path, cfg: NearDedupConfig, partitions: int
+    parts: list[Part], exact_dir: Location, cfg: NearDedupConfig, partitions: int
 ) -> tuple[Refs, dict]:
     """The verified near-duplicate edges (hi, lo, kind) of the live rows, as tables in the object store."""
     groups = [(g, str(exact_dir)) for g in _groups_of(parts, 2 * partitions)]
@@ -408,7 +413,7 @@ def _hi_lo(table: pa.Table) -> pa.Table:
     return table.select(["hi", "lo"])
 
 
-def dump_edges(edge_refs: Refs, path: Path) -> None:
+def dump_edges(edge_refs: Refs, path: Location) -> None:
     """Write the edges (hi, lo, kind) to one Parquet file (for evaluation)."""
     with AtomicParquetWriter(path, EDGE_SCHEMA) as w:
         for ref in edge_refs:
@@ -417,8 +422,8 @@ def dump_edges(edge_refs: Refs, path: Path) -> None:
 
 def resolve_near_duplicates(
     phase1_files: list[tuple[str, str]],
-    exact_dir: Path,
-    out_dir: Path,
+    exact_dir: Location,
+    out_dir: Location,
     cfg: NearDedupConfig,
     partitions: int,
     keep_edges: bool = False,
@@ -427,7 +432,7 @@ def resolve_near_duplicates(
     in a fixed order) and write each part's results under `out_dir`. Returns counts per reason and counters.
     """
     if out_dir.exists() and not resuming():  # a rerun keeps what its finished exchanges wrote
-        shutil.rmtree(out_dir)
+        rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [Part(i, name, path) for i, (name, path) in enumerate(phase1_files)]
     if not parts or not cfg.enabled:
@@ -440,7 +445,7 @@ def resolve_near_duplicates(
     counters.update(cc)
     del edge_refs
     paths = put({p.index: p.path for p in parts})
-    rule = _survivor_columns(cfg, pq.read_schema(parts[0].path))
+    rule = _survivor_columns(cfg, read_parquet_schema(parts[0].path))
     columns = list(dict.fromkeys(["id", *(c for c, _ in rule)]))
     fetched, _ = exchange(members, "part", partitions, with_rule_columns, paths=paths, columns=columns)
     names = [p.name for p in parts]

@@ -20,21 +20,19 @@ Statistics (before / after resampling) are over the vocabulary n-grams' document
 from __future__ import annotations
 
 import itertools
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from vlmforge.common.files import AtomicParquetWriter
+from vlmforge.common.storage import Location, location, parquet_file, read_parquet, rmtree
 from vlmforge.pipeline.config import DiversityConfig
 from vlmforge.pipeline.diversity.ngrams import (
     distribution,
@@ -99,7 +97,7 @@ class Tally:
 def reference_batches(path: str, column: str) -> Iterator[list[str]]:
     """The reference documents in batches: lines of a .txt file or values of a Parquet column."""
     if path.endswith(".parquet"):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=[column]):
+        for batch in parquet_file(path).iter_batches(batch_size=READ_BATCH, columns=[column]):
             yield pc.fill_null(batch.column(0), "").to_pylist()
         return
     with open(path, encoding="utf-8") as f:
@@ -118,7 +116,7 @@ def reference_vocabulary(cfg: DiversityConfig) -> np.ndarray:
 
 def read_part(directory: str, part: str) -> pa.Table:
     """A `load` for parts stored as `directory/{part}.parquet`: bind the directory with functools.partial."""
-    return pq.read_table(Path(directory) / f"{part}.parquet", columns=["id", "caption"])
+    return read_parquet(location(directory) / f"{part}.parquet", columns=["id", "caption"])
 
 
 def _captions(table: pa.Table) -> list[str]:
@@ -214,12 +212,12 @@ def _top_ngrams(before: Tally, after: np.ndarray) -> list[dict]:
 
 
 def resolve_diversity(
-    parts: list[str], load: Loader, out_dir: Path, cfg: DiversityConfig, workers: int
+    parts: list[str], load: Loader, out_dir: Location, cfg: DiversityConfig, workers: int
 ) -> dict:
     """Resample the rows `load(part)` returns (columns `id`, `caption`) for diversity, writing each part's
     results to `out_dir/{part}.parquet`. Returns drops per reason, counters and before/after statistics."""
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        rmtree(out_dir)
     out_dir.mkdir(parents=True)
     if not parts or not cfg.enabled:
         return {"reasons": {}, "counters": {}, "stats": {}}

@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from vlmforge.common.storage import read_parquet
+
 # Ray Data logs every dataset execution at INFO; keep the terminal for progress bars and the summary.
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
@@ -47,6 +49,9 @@ class Spilled:
         return (Spilled, (self.path,))
 
 
+STORE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address`, or start a local Ray sized to this machine.
 
@@ -62,6 +67,10 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
         "log_to_driver": False,
     }
     if address:
+        # a cluster's workers do not inherit this process's environment: pass the object-store settings on
+        store_env = {k: v for k, v in os.environ.items() if k.startswith(STORE_ENV_PREFIXES)}
+        if store_env:
+            kwargs["runtime_env"] = {"env_vars": store_env}
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
@@ -164,9 +173,7 @@ def resolve(value: Any) -> Any:
     if isinstance(value, Held):
         return value.value
     if isinstance(value, Spilled):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(value.path)
+        return read_parquet(value.path)
     if type(value).__name__ == "ObjectRef":
         import ray
 
@@ -184,6 +191,9 @@ def wait_first(refs: Sequence[Any]) -> Any:
     return done
 
 
+BLOCKS_PER_WORKER = 4
+
+
 def map_units(
     units: list[dict], worker: type, kwargs: dict, workers: int, progress: bool, num_gpus: float = 0
 ) -> list[dict]:
@@ -199,7 +209,10 @@ def map_units(
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = progress
-    ds = ray.data.from_items([{"part": json.dumps(u)} for u in units], override_num_blocks=len(units))
+    # A few blocks per actor, not one per unit: Ray Data keeps state per block in the driver (metadata,
+    # stats, the small blocks themselves), which grew the driver with the input's parts.
+    blocks = min(len(units), BLOCKS_PER_WORKER * max(1, workers))
+    ds = ray.data.from_items([{"part": json.dumps(u)} for u in units], override_num_blocks=blocks)
     ds = ds.map_batches(
         worker,
         fn_constructor_kwargs=kwargs,

@@ -19,35 +19,33 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vlmforge.common.files import AtomicParquetWriter, read_json, write_json
+from vlmforge.common.storage import Location, location, parquet_file, rmtree
 from vlmforge.pipeline.dedup.minhash import mix64
 from vlmforge.pipeline.engine.executor import Held, Spilled, get, resolve, running_in_driver, submit
 
 Refs = list  # of ray.ObjectRef, executor.Held (in the driver) or executor.Spilled (persisted)
-_PERSISTED: ContextVar[tuple[Path, Iterator[int]] | None] = ContextVar("persisted", default=None)
+_PERSISTED: ContextVar[tuple[Location, Iterator[int]] | None] = ContextVar("persisted", default=None)
 
 
 @contextmanager
-def persisted(directory: Path) -> Iterator[None]:
+def persisted(directory: Location) -> Iterator[None]:
     """Inside this block, exchanges on Ray are persisted under `directory` (see the module's docstring)
     and reused by a rerun; the directory is removed when the block ends without an error."""
-    token = _PERSISTED.set((Path(directory), itertools.count()))
+    token = _PERSISTED.set((location(directory), itertools.count()))
     try:
         yield
     finally:
         _PERSISTED.reset(token)
-    shutil.rmtree(directory, ignore_errors=True)
+    rmtree(directory, ignore_errors=True)
 
 
 def resuming() -> bool:
@@ -56,7 +54,7 @@ def resuming() -> bool:
     return spill is not None and any(spill[0].glob("*/_done.json"))
 
 
-def _next_exchange() -> Path | None:
+def _next_exchange() -> Location | None:
     """The directory of the next persisted exchange, or None when exchanges stay in memory."""
     spill = _PERSISTED.get()
     if spill is None or running_in_driver():
@@ -130,7 +128,7 @@ def _reduce_spill(fn: Callable[..., Any], kwargs: dict, i: int, d: str, out: str
     """Reduce partition `i` of the `maps` map files in `d` into `out`; its stats."""
     pieces, schema = [], None
     for m in range(maps):
-        f = pq.ParquetFile(f"{d}/map-{m:05d}.parquet")
+        f = parquet_file(f"{d}/map-{m:05d}.parquet")
         schema = f.schema_arrow
         counts = json.loads(schema.metadata[b"vlmforge.counts"])
         if counts[i]:
@@ -157,13 +155,13 @@ def _refs(outputs: list[str], stats: list[dict]) -> tuple[Refs, Refs]:
     return tables, [Held({k: v for k, v in s.items() if k != "_written"}) for s in stats]
 
 
-def _finished(d: Path) -> tuple[Refs, Refs] | None:
+def _finished(d: Location) -> tuple[Refs, Refs] | None:
     """The outputs and stats of exchange `d` when a run already finished it."""
     done = read_json(d / "_done.json")
     return None if done is None else _refs(done["outputs"], done["stats"])
 
 
-def _finish(d: Path, outputs: list[str], stat_refs: Refs) -> tuple[Refs, Refs]:
+def _finish(d: Location, outputs: list[str], stat_refs: Refs) -> tuple[Refs, Refs]:
     """Wait for exchange `d`, record it as finished and drop its consumed map files."""
     stats = get(stat_refs)
     write_json(d / "_done.json", {"outputs": outputs, "stats": stats})
@@ -173,7 +171,7 @@ def _finish(d: Path, outputs: list[str], stat_refs: Refs) -> tuple[Refs, Refs]:
 
 
 def _shuffle_persisted(
-    d: Path, map_fn: Callable, map_args: Sequence[tuple], key: str, partitions: int, reduce_fn: Callable,
+    d: Location, map_fn: Callable, map_args: Sequence[tuple], key: str, partitions: int, reduce_fn: Callable,
     kwargs: dict,
 ) -> tuple[Refs, Refs]:  # fmt: skip
     if (done := _finished(d)) is not None:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from vlmforge.common.storage import parquet_file, read_parquet, read_parquet_schema
 from vlmforge.pipeline.cache.layout import Layout
 from vlmforge.pipeline.engine.executor import resolve
 from vlmforge.pipeline.registry import GLOBAL, PHASES, Phase
@@ -34,7 +34,7 @@ def stage_results(layout: Layout, stage: Phase, part: str) -> pa.Table | None:
 
         return losers_of_part(layout.dir(stage.name), part) if layout.dir(stage.name).is_dir() else None
     path = layout.dir(stage.name) / f"{part}.parquet"
-    return pq.read_table(path) if path.is_file() else None
+    return read_parquet(path) if path.is_file() else None
 
 
 def results_of_part(
@@ -62,7 +62,7 @@ def surviving_batches(
 ) -> Iterator[pa.Table]:
     """The part's phase-1 rows that `stages` kept, `columns` only, in batches."""
     dropped = dropped_rows(results_of_part(layout, part, stages))["id"]
-    for batch in pq.ParquetFile(layout.phase1(part)[0]).iter_batches(batch_size=batch_rows, columns=columns):
+    for batch in parquet_file(layout.phase1(part)[0]).iter_batches(batch_size=batch_rows, columns=columns):
         table = pa.Table.from_batches([batch])
         if len(dropped):
             table = table.filter(pc.invert(pc.is_in(table["id"], value_set=dropped)))
@@ -70,13 +70,11 @@ def surviving_batches(
             yield table
 
 
-def surviving_rows(
-    layout_json: str, part: str, columns: list[str], stages: tuple[Phase, ...]
-) -> pa.Table:
+def surviving_rows(layout_json: str, part: str, columns: list[str], stages: tuple[Phase, ...]) -> pa.Table:
     """All of `surviving_batches` as one table (for text columns; picklable as a partial for Ray tasks, with
     the layout's JSON or a reference to it from `executor.put`)."""
     layout = Layout.from_json(resolve(layout_json))
-    schema = pq.read_schema(layout.phase1(part)[0])
+    schema = read_parquet_schema(layout.phase1(part)[0])
     empty = pa.schema([schema.field(c) for c in columns]).empty_table()
     return pa.concat_tables([empty, *surviving_batches(layout, part, columns, stages)])
 
@@ -88,7 +86,7 @@ def kept_columns(layout: Layout, part: str, results: list[tuple[Phase, pa.Table]
     for phase in ENRICHMENTS:
         path = layout.dir(phase.name) / f"{part}.parquet" if layout.has(phase.name) else None
         if path is not None and path.is_file():
-            tables.append(pq.read_table(path, columns=["id", *phase.adds]))
+            tables.append(read_parquet(path, columns=["id", *phase.adds]))
     return tables
 
 

@@ -12,6 +12,7 @@ whose phase-1 thresholds changed re-decides from them without a model call or a 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pyarrow as pa
 
@@ -36,12 +37,17 @@ from vlmforge.pipeline.schema import PHASE1_SCHEMA, REJECTED_SCHEMA, conform
 
 def build_stages(cfg: CurateConfig) -> list[Stage]:
     """The phase-1 stages in order, cheapest first."""
-    stages: list[Stage] = [ReadCheck(), CaptionChecks(cfg.caption)]
-    if cfg.language.enabled:
-        stages.append(LanguageId(cfg.language))
-    stages += [DedupKeys(), ImageDecode(cfg.image, phash=cfg.near_dedup.image.enabled)]
-    if cfg.near_dedup.caption.enabled:
-        stages.append(MinHashSignatures(cfg.near_dedup.caption))
+    if cfg.video.enabled:
+        from vlmforge.pipeline.video.stages import build_video_stages
+
+        stages = build_video_stages(cfg)
+    else:
+        stages = [ReadCheck(), CaptionChecks(cfg.caption)]
+        if cfg.language.enabled:
+            stages.append(LanguageId(cfg.language))
+        stages += [DedupKeys(), ImageDecode(cfg.image, phash=cfg.near_dedup.image.enabled)]
+        if cfg.near_dedup.caption.enabled:
+            stages.append(MinHashSignatures(cfg.near_dedup.caption))
     for s in stages:
         s.rejected_caption_chars = cfg.output.rejected_caption_chars
         s.gallery_per_reason = cfg.output.gallery_per_reason
@@ -69,7 +75,7 @@ def run_part(part: InputPart, key: str, cfg: CurateConfig, stages: list[Stage], 
         AtomicParquetWriter(kept_path, PHASE1_SCHEMA, out.compression, out.row_group_rows) as kept_w,
         AtomicParquetWriter(rejected_path, REJECTED_SCHEMA, out.compression, out.row_group_rows) as rej_w,
     ):
-        for batch in read_part(part, cfg.input, cfg.ray.batch_rows):
+        for batch in read_batches(part, cfg):
             # The row's ordinal in its part keys the measurement caches (ids need not be unique).
             batch = batch.append_column("row", pa.array(range(rows, rows + batch.num_rows), pa.int64()))
             rows += batch.num_rows
@@ -83,6 +89,15 @@ def run_part(part: InputPart, key: str, cfg: CurateConfig, stages: list[Stage], 
     stats = {"part": part.name, "stages": [s.stats.to_dict() for s in stages]}
     write_json(stats_path, stats)
     return {**stats, "reused": False}
+
+
+def read_batches(part: InputPart, cfg: CurateConfig) -> Iterator[pa.Table]:
+    """The part's raw batches: images by the input's reader, clips by the video readers."""
+    if cfg.video.enabled:
+        from vlmforge.pipeline.readers.video import read_video_part
+
+        return read_video_part(part, cfg, cfg.ray.batch_rows)
+    return read_part(part, cfg.input, cfg.ray.batch_rows)
 
 
 class Phase1Worker:

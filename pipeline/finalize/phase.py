@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vlmforge.common.files import AtomicParquetWriter, ShardedParquetWriter, read_json, write_json
+from vlmforge.common.storage import Location, location, parquet_file, read_parquet
 from vlmforge.pipeline.cache.layout import Layout
 from vlmforge.pipeline.config import CurateConfig, OutputConfig
 from vlmforge.pipeline.engine.executor import cluster_cpus, map_units
@@ -26,7 +25,7 @@ from vlmforge.pipeline.report.thumbnails import gallery_thumbnails
 from vlmforge.pipeline.schema import OUTPUT_SCHEMA, REJECTED_SCHEMA, conform
 
 
-def finalize_part(part: str, key: str, cfg: CurateConfig, layout: Layout, out: Path) -> dict:
+def finalize_part(part: str, key: str, cfg: CurateConfig, layout: Layout, out: Location) -> dict:
     """Split one part's phase-1 rows (cache `key`) into data shards and rejected rows named after the input
     part; returns the files written."""
     done_path = layout.dir("finalize") / f"{part}.json"
@@ -44,8 +43,8 @@ def finalize_part(part: str, key: str, cfg: CurateConfig, layout: Layout, out: P
             out / "data", f"part-{part}", OUTPUT_SCHEMA, oc.rows_per_shard, oc.compression, oc.row_group_rows
         ) as data,
     ):
-        rej.write(pq.read_table(phase1_rejected))
-        for batch in pq.ParquetFile(kept_path).iter_batches(batch_size=oc.row_group_rows):
+        rej.write(read_parquet(phase1_rejected))
+        for batch in parquet_file(kept_path).iter_batches(batch_size=oc.row_group_rows):
             table = pa.Table.from_batches([batch])
             idx = pc.index_in(table["id"], value_set=drops["id"])
             gone = pc.is_valid(idx)
@@ -99,7 +98,7 @@ class FinalizeWorker:
 
     def __init__(self, cfg_json: str, layout_json: str, out: str) -> None:
         self.cfg = CurateConfig.model_validate_json(cfg_json)
-        self.layout, self.out = Layout.from_json(layout_json), Path(out)
+        self.layout, self.out = Layout.from_json(layout_json), location(out)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = []

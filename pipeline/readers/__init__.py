@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vlmforge.common.errors import InputError
+from vlmforge.common.storage import (
+    Location,
+    ObjectPath,
+    check_bucket,
+    describe_failure,
+    location,
+    parquet_file,
+)
 from vlmforge.pipeline.config import InputConfig
 from vlmforge.pipeline.readers.common import InputPart
 from vlmforge.pipeline.readers.jsonl import read_jsonl
@@ -23,7 +30,13 @@ SUFFIXES = {"webdataset": (".tar",), "parquet": (".parquet",), "jsonl": (".jsonl
 READERS = {"webdataset": read_webdataset, "parquet": read_parquet, "jsonl": read_jsonl}
 
 
-def _files(path: str) -> list[Path]:
+def _files(path: str) -> list[Location]:
+    if isinstance(loc := location(path), ObjectPath):
+        try:
+            return _objects(loc, path)
+        except OSError as e:
+            raise InputError(describe_failure(path, e)) from None
+    path = str(loc)  # file:// names a local path
     if any(ch in path for ch in "*?["):
         return sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
     p = Path(path)
@@ -34,7 +47,23 @@ def _files(path: str) -> list[Path]:
     raise InputError(f"input path not found: {path}")
 
 
-def detect_format(files: list[Path]) -> str:
+def _objects(loc: ObjectPath, uri: str) -> list[Location]:
+    """The objects a URI names: one object, everything under a prefix, or a glob's matches."""
+    check_bucket(loc)
+    if any(ch in loc.key for ch in "*?["):
+        static = loc.key[: min(loc.key.find(ch) for ch in "*?[" if ch in loc.key)].rsplit("/", 1)[0]
+        base = ObjectPath(f"{loc.scheme}://{static}")
+        found = [f for f in base.rglob("*") if fnmatch.fnmatchcase(f.key, loc.key)]
+    elif loc.is_file():
+        found = [loc]
+    else:
+        found = [f for f in loc.rglob("*") if not f.name.startswith(("_", "."))]
+    if not found:
+        raise InputError(f"{uri}: no objects under this prefix")
+    return sorted(f for f in found if not f.key.endswith("/"))
+
+
+def detect_format(files: list[Location]) -> str:
     """The input format implied by file suffixes: tar shards, else Parquet, else JSON lines (so metadata
     such as a ground_truth.jsonl next to the shards is not taken for the data)."""
     for fmt, sfx in SUFFIXES.items():
@@ -58,7 +87,7 @@ def discover_parts(cfg: InputConfig) -> list[InputPart]:
             parts.append(InputPart(f"{i:05d}", str(f), fmt, cfg.root))
             continue
         parquet_columns(str(f), cfg)  # fail early, naming the missing column
-        meta = pq.ParquetFile(f).metadata
+        meta = parquet_file(f).metadata
         groups: list[int] = []
         first = rows = 0
         for g in range(meta.num_row_groups):
@@ -76,21 +105,26 @@ def fingerprint(parts: list[InputPart]) -> str:
     """Hash of the input files' paths, sizes and modification times."""
     h = hashlib.sha256()
     for path in sorted({p.path for p in parts}):
-        st = os.stat(path)
+        st = location(path).stat()
         h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def input_bytes(parts: list[InputPart]) -> int:
+    """The bytes of the input files the parts read."""
+    return sum(location(path).stat().st_size for path in {p.path for p in parts})
 
 
 def _part_rows(part: InputPart) -> int:
     """About how many pairs a part holds, without decoding them: Parquet row counts, JSONL lines, tar keys."""
     if part.format == "parquet":
-        meta = pq.ParquetFile(part.path).metadata
+        meta = parquet_file(part.path).metadata
         return sum(meta.row_group(g).num_rows for g in part.row_groups)
     if part.format == "jsonl":
-        with open(part.path, "rb") as f:
+        with location(part.path).open("rb") as f:
             return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
     try:
-        with tarfile.open(part.path, mode="r|*") as tar:
+        with location(part.path).open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             return len({split_key(m.name)[0] for m in tar if m.isfile()})
     except (tarfile.TarError, EOFError, OSError, ValueError):
         return 0  # phase 1 rejects it, naming the fault

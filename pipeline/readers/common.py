@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
+from vlmforge.common.storage import Location, ObjectPath, StoreError
 from vlmforge.pipeline.schema import RAW_SCHEMA
 
 
@@ -90,11 +92,13 @@ def _real_dir(path: str) -> str:
     return os.path.realpath(path)
 
 
-def read_image_file(root: Path, rel: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
+def read_image_file(root: Location, rel: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
     """Read an image under `root`, refusing paths (or symlinks) that lead outside it.
 
     Returns (bytes, error, detail).
     """
+    if isinstance(root, ObjectPath):
+        return _read_object(root, rel, max_bytes)
     real_root = _real_dir(str(root))
     head, name = os.path.split(os.path.join(real_root, rel))
     if name in ("", ".", ".."):
@@ -124,3 +128,20 @@ def read_image_file(root: Path, rel: str, max_bytes: int) -> tuple[bytes | None,
             return f.read(), None, None
         except OSError as e:
             return None, "unreadable_image", str(e)[:120]
+
+
+def _read_object(root: ObjectPath, rel: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
+    """`read_image_file` for an object-store root: the key must stay under the root's prefix."""
+    key = posixpath.normpath(posixpath.join(root.key, rel))
+    if rel.startswith("/") or not key.startswith(root.key.rstrip("/") + "/"):
+        return None, "unsafe_path", f"{rel} leaves {root}"
+    obj = ObjectPath(f"{root.scheme}://{key}")
+    try:
+        info = obj.info()
+        if info.type != pafs.FileType.File:
+            return None, "missing_image", f"{rel}: object not found"
+        if (info.size or 0) > max_bytes:
+            return None, "image_too_large_bytes", f"{info.size} bytes"
+        return obj.read_bytes(), None, None
+    except OSError as e:  # failed after the retries: the job stops naming the object; a rerun resumes
+        raise StoreError(f"cannot read {obj}: {str(e).splitlines()[0][:200]}") from e

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 
+from vlmforge.common.storage import Location, location
 from vlmforge.pipeline.config import InputConfig
 from vlmforge.pipeline.readers.common import InputPart, RawBatches, read_image_file
 
 _CHUNK = 1 << 20
 
 
-def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
+def _lines(path: Location, limit: int) -> Iterator[tuple[int, bytes | None]]:
     """Yield (line number, line) with lines longer than `limit` bytes skipped unread (as None)."""
     with path.open("rb") as f:
         lineno = 0
@@ -35,8 +35,8 @@ def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
 def read_jsonl(part: InputPart, cfg: InputConfig, batch_rows: int) -> Iterator[pa.Table]:
     """Stream one manifest file as raw batches; images are read from `root`."""
     out = RawBatches(batch_rows)
-    path = Path(part.path)
-    root = Path(part.root) if part.root else path.parent
+    path = location(part.path)
+    root = location(part.root) if part.root else path.parent
     image_key = cfg.image_path_column or "image"
     for lineno, line in _lines(path, cfg.max_caption_bytes + 65_536):
         row_id, source = f"{path.stem}:{lineno}", f"{path.name}:{lineno}"
@@ -51,7 +51,7 @@ def read_jsonl(part: InputPart, cfg: InputConfig, batch_rows: int) -> Iterator[p
 
 
 def _row(
-    out: RawBatches, line: bytes, row_id: str, source: str, root: Path, image_key: str, cfg: InputConfig
+    out: RawBatches, line: bytes, row_id: str, source: str, root: Location, image_key: str, cfg: InputConfig
 ) -> pa.Table | None:
     try:
         record = json.loads(line)

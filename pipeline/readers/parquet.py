@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from vlmforge.common.storage import location, parquet_file, read_parquet_schema
 from vlmforge.pipeline.config import InputConfig
 from vlmforge.pipeline.readers.common import InputPart, RawBatches, decode_caption, read_image_file
 
@@ -27,7 +26,7 @@ def _caption(value: object) -> tuple[str | None, str | None]:
 
 def parquet_columns(path: str, cfg: InputConfig) -> list[str]:
     """Columns of `path` that the reader needs; raises ValueError naming a missing one."""
-    names = set(pq.read_schema(path).names)
+    names = set(read_parquet_schema(path).names)
     wanted = [cfg.caption_column, cfg.image_path_column or cfg.image_column, cfg.id_column]
     for col, key in zip(
         wanted, ["caption_column", "image_column/image_path_column", "id_column"], strict=True
@@ -40,9 +39,9 @@ def parquet_columns(path: str, cfg: InputConfig) -> list[str]:
 def read_parquet(part: InputPart, cfg: InputConfig, batch_rows: int) -> Iterator[pa.Table]:
     """Stream the part's row groups as raw batches."""
     out = RawBatches(batch_rows)
-    path = Path(part.path)
-    root = Path(part.root) if part.root else path.parent
-    pf = pq.ParquetFile(path)
+    path = location(part.path)
+    root = location(part.root) if part.root else path.parent
+    pf = parquet_file(path)
     row = part.first_row
     for batch in pf.iter_batches(
         batch_size=batch_rows, row_groups=list(part.row_groups), columns=parquet_columns(part.path, cfg)

@@ -6,10 +6,10 @@ import json
 import posixpath
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 
+from vlmforge.common.storage import StoreError, location
 from vlmforge.pipeline.config import InputConfig
 from vlmforge.pipeline.readers.common import InputPart, RawBatches, decode_caption
 
@@ -52,7 +52,7 @@ class _Sample:
 def read_webdataset(part: InputPart, cfg: InputConfig, batch_rows: int) -> Iterator[pa.Table]:
     """Stream one tar shard as raw batches. Every sample becomes exactly one row."""
     out = RawBatches(batch_rows)
-    shard = Path(part.path).name
+    shard = location(part.path).name
     seen: dict[str, int] = {}
     sample: _Sample | None = None
 
@@ -75,7 +75,7 @@ def read_webdataset(part: InputPart, cfg: InputConfig, batch_rows: int) -> Itera
         return out.add(row_id, f"{shard}/{s.key}", s.image, caption, s.url, error, detail)
 
     try:
-        with tarfile.open(part.path, mode="r|*") as tar:
+        with location(part.path).open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if member.isdir():
                     continue
@@ -102,6 +102,8 @@ def read_webdataset(part: InputPart, cfg: InputConfig, batch_rows: int) -> Itera
                     sample.caption = tar.extractfile(member).read()
                 elif ext == "json" and member.size <= _MAX_JSON_BYTES:
                     sample.url = _url_from_json(tar.extractfile(member).read())
+    except StoreError:
+        raise  # the store, not the shard, failed: the job stops and a rerun resumes
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         if sample is not None:
             sample.fail("corrupt_tar", f"{type(e).__name__}: {str(e)[:100]}")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from vlmforge.common.storage import Location, location, parquet_file
 from vlmforge.pipeline.report.stats import rejected_dataset
 from vlmforge.pipeline.report.thumbnails import make_thumbnail, sample_order
 
@@ -40,16 +40,16 @@ class Example:
 class KeptIndex:
     """The kept ids of an output, file by file, so a sampled row can be found by (file, row group)."""
 
-    files: list[Path]
+    files: list[Location]
     ids: pa.ChunkedArray  # one chunk per file, in file order
     row_groups: list[np.ndarray]  # per file: cumulative row counts at the start of each row group
 
     @classmethod
     def read(cls, out_dir: str | Path, manifest: dict) -> KeptIndex:
-        files = [Path(out_dir) / f for f in manifest["files"]["data"]]
+        files = [location(out_dir) / f for f in manifest["files"]["data"]]
         chunks, starts = [], []
         for f in files:
-            pf = pq.ParquetFile(f)
+            pf = parquet_file(f)
             chunks.extend(pf.read(columns=["id"]).column("id").chunks or [pa.array([], pa.string())])
             md = pf.metadata
             starts.append(np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)]))
@@ -91,7 +91,7 @@ def kept_examples(index: KeptIndex, n: int, mask: np.ndarray | None = None) -> l
         by_group[(f, rg)].append((rank, row))
     found: dict[int, Example] = {}
     for (f, rg), rows in by_group.items():
-        pf = pq.ParquetFile(index.files[f])
+        pf = parquet_file(index.files[f])
         cols = [c for c in KEPT_COLUMNS if c in pf.schema_arrow.names]
         table = pf.read_row_group(rg, columns=cols)
         for rank, row in rows:

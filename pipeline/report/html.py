@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlmforge.common import __version__
+from vlmforge.common.storage import location
 from vlmforge.pipeline.report import charts
 from vlmforge.pipeline.report.gallery import (
     Example,
@@ -73,6 +74,8 @@ MEASURES: dict[str, Measure] = {
     "dup_cluster_size": _col("dup_cluster_size"),
     "ocr_chars": (("ocr_text",), lambda b: pc.utf8_length(b.column("ocr_text"))),
     "diversity_keep_prob": _col("diversity_keep_prob"),
+    "duration_s": _col("duration_s"),
+    "fps": _col("fps"),
 }
 
 
@@ -431,6 +434,54 @@ def _images(runs: list[Run], opts: Options) -> Body:
     return Body(_per_run(runs, lambda r: _figs(hists(r), formats(r))), computed)
 
 
+STRIP_CLIPS, STRIP_FRAMES = 6, 8  # kept clips shown as frame strips, and frames shown per clip
+
+
+def _frame_strips(run: Run) -> str:
+    """A strip of sampled frames (with their times) for a few kept clips, picked by a stable id hash."""
+    from vlmforge.pipeline.report.stats import data_dataset
+    from vlmforge.pipeline.report.thumbnails import make_thumbnail, sample_order
+
+    ds = data_dataset(run.path, run.manifest)
+    if ds is None or "frames" not in ds.schema.names:
+        return ""
+    ids = ds.to_table(columns=["id"], filter=pc.is_valid(pc.field("frames")))["id"].to_pylist()
+    chosen = [ids[i] for i in sample_order(ids)[:STRIP_CLIPS]]
+    if not chosen:
+        return ""
+    rows = ds.to_table(
+        columns=["id", "caption", "frames", "frame_times"], filter=pc.field("id").isin(chosen)
+    ).to_pylist()
+    strips = []
+    for r in sorted(rows, key=lambda r: chosen.index(r["id"])):
+        frames = list(zip(r["frames"], r["frame_times"], strict=True))
+        step = max(1, -(-len(frames) // STRIP_FRAMES))
+        cells = []
+        for data, t in frames[::step]:
+            thumb = make_thumbnail(data)
+            img = (f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb).decode()}" alt="{t:.1f} s">'
+                   if thumb else "")
+            cells.append(f'<div class="thumb">{img}<div class="meta">{t:.1f} s</div></div>')
+        strips.append(
+            f'<div class="strip"><div class="cap">{escape((r["caption"] or "")[:200])}</div>'
+            f'<div class="figs">{"".join(cells)}</div><div class="meta"><code>{escape(r["id"])}</code>'
+            f" · {len(frames)} frames</div></div>"
+        )
+    hint = (f'<p class="hint">{len(strips)} kept clips chosen by a stable hash of their id (the same ids in '
+            f"every run), each with up to {STRIP_FRAMES} of its sampled frames and their times.</p>")
+    return hint + "".join(strips)
+
+
+def _video(runs: list[Run], opts: Options) -> Body:
+    hists, computed = _hist_panels(
+        runs,
+        [Hist("duration_s", "Clip duration", "seconds", thresholds=_threshold("video.min_duration_s", "min")),
+         Hist("fps", "Frame rate", "frames per second")],
+        "video: (configs/curate/video.yaml)",
+    )
+    return Body(_per_run(runs, lambda r: _figs(hists(r)) + _frame_strips(r)), computed)
+
+
 def score_section(
     sid: str, title: str, measure: str, threshold_key: str, enable: str, x_label: str
 ) -> Section:
@@ -683,6 +734,7 @@ SECTIONS: list[Section] = [
     Section("languages", "Languages", _languages, ("lang", "lang_score")),
     Section("captions", "Captions", _captions, ("caption_chars", "caption_words")),
     Section("images", "Image sizes", _images, ("width", "height", "aspect_ratio", "image_format")),
+    Section("video", "Video clips", _video, ("duration_s", "fps")),
     score_section("quality", "Quality score", "quality_score", "quality.min_score",
                   "quality scoring in the recipe", "quality score"),
     score_section("alignment", "Image–text alignment", "clip_score", "alignment.min_score",
@@ -717,7 +769,7 @@ def _rejected_languages(out: Path, manifest: dict) -> dict[str, int]:
 
 def load_run(path: str | Path, tag: str, opts: Options) -> Run:
     """Read one output: manifest, the measures' columns, the kept-id index and the gallery samples."""
-    out = Path(path)
+    out = location(path)
     manifest = load_manifest(out)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -11,9 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from vlmforge.common.files import read_json
+from vlmforge.common.storage import location, parquet_dataset
 from vlmforge.pipeline.schema import REJECTED_SCHEMA
 
 SUMMARY_COLUMNS = ["lang", "caption_words", "width", "height"]
+VIDEO_COLUMNS = ["duration_s", "fps"]  # video outputs only (image rows leave them null)
 
 # A per-row measure of the kept rows: the columns it reads and how a batch of them becomes one array.
 Measure = tuple[tuple[str, ...], Callable[[pa.RecordBatch], pa.Array]]
@@ -34,9 +36,20 @@ def _summary(values: np.ndarray) -> dict:
     }
 
 
+def _histogram(values: np.ndarray, bins: int = 10) -> list[dict]:
+    """Counts of `values` in `bins` equal bins: [{"lo", "hi", "count"}] (empty without values)."""
+    if values.size == 0:
+        return []
+    counts, edges = np.histogram(values, bins=bins)
+    return [
+        {"lo": round(float(lo), 3), "hi": round(float(hi), 3), "count": int(n)}
+        for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)
+    ]
+
+
 def load_manifest(out_dir: str | Path) -> dict:
     """The manifest of a finished `vlmforge curate` output; FileNotFoundError when there is none."""
-    out = Path(out_dir)
+    out = location(out_dir)
     manifest = read_json(out / "manifest.json")
     if manifest is None:
         raise FileNotFoundError(f"{out} has no manifest.json: is it a finished `vlmforge curate` output?")
@@ -45,14 +58,14 @@ def load_manifest(out_dir: str | Path) -> dict:
 
 def data_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
     """The kept rows' shards listed in the manifest, or None when there are none."""
-    files = [str(Path(out_dir) / f) for f in manifest["files"]["data"]]
-    return pads.dataset(files, format="parquet") if files else None
+    files = [location(out_dir) / f for f in manifest["files"]["data"]]
+    return parquet_dataset(files) if files else None
 
 
 def rejected_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
     """The rejected rows, read as REJECTED_SCHEMA (columns older runs lack read as nulls)."""
-    files = [str(Path(out_dir) / f) for f in manifest["files"].get("rejected", [])]
-    return pads.dataset(files, format="parquet", schema=REJECTED_SCHEMA) if files else None
+    files = [location(out_dir) / f for f in manifest["files"].get("rejected", [])]
+    return parquet_dataset(files, REJECTED_SCHEMA) if files else None
 
 
 def scan_measures(
@@ -111,18 +124,22 @@ def config_diff(manifest_a: dict, manifest_b: dict) -> list[dict]:
 
 def compute_stats(out_dir: str | Path) -> dict:
     """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
-    out = Path(out_dir)
+    out = location(out_dir)
     manifest = load_manifest(out)
     dataset = data_dataset(out, manifest)
-    table = dataset.to_table(columns=SUMMARY_COLUMNS) if dataset is not None else None
+    video = [c for c in VIDEO_COLUMNS if dataset is not None and c in dataset.schema.names]
+    table = dataset.to_table(columns=SUMMARY_COLUMNS + video) if dataset is not None else None
     langs: dict[str, int] = {}
     words = widths = heights = np.array([])
+    clips = {c: np.array([]) for c in VIDEO_COLUMNS}
     if table is not None and table.num_rows:
         counts = pc.value_counts(table["lang"]).to_pylist()
         langs = {d["values"]: d["counts"] for d in sorted(counts, key=lambda d: -d["counts"])}
         words = table["caption_words"].to_numpy(zero_copy_only=False)
         widths = table["width"].to_numpy(zero_copy_only=False)
         heights = table["height"].to_numpy(zero_copy_only=False)
+        for c in video:
+            clips[c] = table[c].drop_null().to_numpy(zero_copy_only=False)
     reasons: dict[str, int] = {}
     for s in manifest["stages"]:
         for r, n in s["reasons"].items():
@@ -140,6 +157,9 @@ def compute_stats(out_dir: str | Path) -> dict:
         "width": _summary(widths),
         "height": _summary(heights),
         "aspect_ratio": _summary(widths / heights if heights.size else heights),
+        "duration_s": _summary(clips["duration_s"]),
+        "fps": _summary(clips["fps"]),
+        "duration_histogram": _histogram(clips["duration_s"]),
         "phases": manifest["phases"],
         "eval_curation": eval_curation_result(out),
     }
@@ -180,10 +200,19 @@ def print_stats(stats: dict) -> None:
     dist = Table(title="Distributions (kept)")
     for col in ("measure", "min", "p5", "median", "p95", "max", "mean"):
         dist.add_column(col, justify="left" if col == "measure" else "right")
-    for key in ("caption_words", "width", "height", "aspect_ratio"):
+    for key in ("caption_words", "width", "height", "aspect_ratio", "duration_s", "fps"):
         d = stats[key]
         if d.get("count"):
             dist.add_row(key, *(f"{d[k]:.4g}" for k in ("min", "p5", "median", "p95", "max", "mean")))
     console.print(dist)
+    if stats["duration_histogram"]:
+        hist = Table(title="Clip durations (kept)")
+        for col in ("seconds", "clips", ""):
+            hist.add_column(col, justify="right" if col == "clips" else "left")
+        peak = max(b["count"] for b in stats["duration_histogram"]) or 1
+        for b in stats["duration_histogram"]:
+            bar = "#" * round(30 * b["count"] / peak)
+            hist.add_row(f"{b['lo']:.4g}-{b['hi']:.4g}", str(b["count"]), bar)
+        console.print(hist)
     phases = ", ".join(f"{name} {p['seconds']:.1f}s" for name, p in stats["phases"].items())
     console.print(f"wall time per phase: {phases}")

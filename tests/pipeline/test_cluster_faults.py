@@ -127,34 +127,23 @@ def _alive(procs: list[psutil.Process]) -> list[tuple[psutil.Process, str]]:
     return alive
 
 
-def test_worker_node_lost_mid_phase1_job_completes_unchanged(cluster, curated, sample_dir, tmp_path):
-    """SIGKILL the worker node's raylet while its phase-1 actor holds a part: same output as undisturbed."""
+def _run_and_kill_worker(cluster, sample_dir, out: Path, log: Path, ready) -> dict:
+    """Run the job on the cluster, SIGKILL the worker node's raylet once `ready()`, and wait for the job;
+    returns `ready`'s view at the kill (what had finished) and the manifest."""
     address, worker, env = cluster
-    out = tmp_path / "out"
-    parts = len(list(sample_dir.glob("*.tar")))
     cmd = [*CURATE, "--input", str(sample_dir), "--output", str(out), "--address", address]
-
-    def done() -> int:
-        return len(list((out / "_work/phase1").glob("*.stats.json")))
-
-    def phase1_actor_on_worker() -> bool:
-        return any("Phase1Worker" in line for _, line in _alive(worker.processes()))
-
-    log = tmp_path / "driver.log"
     with log.open("w") as f:
         job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
                                start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
-        while not (done() >= 1 and phase1_actor_on_worker()):
+        while not (state := ready(worker)):
             assert job.poll() is None, "the job ended before the fault: " + log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "phase 1 never ran on the worker node"
+            assert time.monotonic() < deadline, "the job never reached the fault point"
             time.sleep(0.02)
         raylet = [p for p, line in _alive(worker.processes()) if line.split(" ")[0].endswith("/raylet")]
         assert len(raylet) == 1, raylet
         raylet[0].kill()
-        done_at_kill = done()
-        assert done_at_kill < parts or pytest.skip("phase 1 finished before the fault landed")
         assert worker.proc.wait(timeout=60) != 0  # `ray start --block` saw its raylet die, took the node down
         rc = job.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
@@ -162,9 +151,10 @@ def test_worker_node_lost_mid_phase1_job_completes_unchanged(cluster, curated, s
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
     assert rc == 0, log.read_text()[-4000:]
+    return {"at_kill": state, "manifest": json.loads((out / "manifest.json").read_text())}
 
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["phases"]["phase1"]["reused"] == 0  # one run, no resume: Ray recovered inside the job
+
+def _assert_same_output(out: Path, manifest: dict, curated) -> None:
     assert manifest["totals"] == curated[1]["totals"]
     kept, rejected = outcomes(out)
     ref_kept, ref_rejected = outcomes(curated[0])
@@ -173,5 +163,43 @@ def test_worker_node_lost_mid_phase1_job_completes_unchanged(cluster, curated, s
     assert {k: (r["stage"], r["reason"], r["detail"]) for k, r in rejected.items()} == {
         k: (r["stage"], r["reason"], r["detail"]) for k, r in ref_rejected.items()
     }
-    # Only under _work may the killed actor's half-written temporary files remain (hidden, never renamed).
+    # Only under _work may the killed tasks' half-written temporary files remain (hidden, never renamed).
     assert not [f for f in out.rglob("*") if ".tmp-" in f.name and "_work" not in f.relative_to(out).parts]
+
+
+def test_worker_node_lost_mid_phase1_job_completes_unchanged(cluster, curated, sample_dir, tmp_path):
+    """SIGKILL the worker node's raylet while its phase-1 actor holds a part: same output as undisturbed."""
+    out = tmp_path / "out"
+    parts = len(list(sample_dir.glob("*.tar")))
+
+    def done() -> int:
+        return len(list((out / "_work/phase1").glob("*.stats.json")))
+
+    def ready(worker) -> int:
+        on_worker = any("Phase1Worker" in line for _, line in _alive(worker.processes()))
+        return done() if done() >= 1 and on_worker else 0
+
+    run = _run_and_kill_worker(cluster, sample_dir, out, tmp_path / "driver.log", ready)
+    assert run["at_kill"] < parts or pytest.skip("phase 1 finished before the fault landed")
+    assert run["manifest"]["phases"]["phase1"]["reused"] == 0  # one run, no resume: Ray recovered inside
+    _assert_same_output(out, run["manifest"], curated)
+
+
+def test_worker_node_lost_during_phase2_exchanges_completes_unchanged(cluster, curated, sample_dir, tmp_path):
+    """SIGKILL the worker node while the global phases' persisted exchanges run: their tasks are retried on
+    the head node and the output equals the undisturbed run's."""
+    out = tmp_path / "out"
+
+    def exchanges() -> list[Path]:
+        return [f for f in (out / "_work/exchange").rglob("*") if f.suffix in (".parquet", ".json")]
+
+    def ready(worker) -> tuple[int, bool] | None:
+        files = exchanges()
+        finished = any((out / "_work/finalize").rglob("*.json"))
+        return (len(files), finished) if files else None
+
+    run = _run_and_kill_worker(cluster, sample_dir, out, tmp_path / "driver.log", ready)
+    assert not run["at_kill"][1] or pytest.skip("the job reached finalize before the fault landed")
+    assert run["manifest"]["phases"]["phase1"]["reused"] == 0
+    _assert_same_output(out, run["manifest"], curated)
+    assert not (out / "_work/exchange").exists() or not exchanges()  # finished exchanges leave no files

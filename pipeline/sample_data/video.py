@@ -1,0 +1,354 @@
+"""Synthetic video-text clips with known defects, written as webdataset shards (`key.mp4` + `key.txt` +
+`key.json`) plus `ground_truth.jsonl`.
+
+Each clean clip is one shape that moves, grows, shrinks, appears, disappears or changes colour over a
+textured background of its own (so distinct clips stay far apart in pHash); its caption needs time to be
+right ("a red square moves from left to right"). Defects are planted in the shares of `VIDEO_PROPORTIONS`
+and `VIDEO_EXPECTED` says which stage and reason should drop each. Clips are H.264 in MP4, encoded with
+PyAV (libx264 single-threaded, bit-exact flags), so the same seed writes byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vlmforge.common.files import write_bytes
+
+from .generator import allocate
+from .writer import _add_member
+
+FPS = 8
+SIZES = ((128, 96), (160, 120), (144, 112))
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 30),
+    "purple": (140, 50, 170), "orange": (245, 140, 20), "white": (250, 250, 250), "black": (15, 15, 15),
+}  # fmt: skip
+SHAPES = ("square", "circle", "triangle")
+MOTIONS = ("left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top", "grows", "shrinks",
+           "appears", "disappears", "changes_colour")  # fmt: skip
+
+VIDEO_PROPORTIONS: dict[str, float] = {
+    "clean": 0.58,
+    "non_english": 0.08,
+    "exact_duplicate": 0.04,
+    "reencoded": 0.04,
+    "resized": 0.04,
+    "trimmed": 0.04,
+    "zero_bytes": 0.03,
+    "truncated": 0.03,
+    "too_short": 0.03,
+    "too_small": 0.03,
+    "audio_only": 0.03,
+    "frame_bomb": 0.03,
+}
+VIDEO_EXPECTED: dict[str, tuple[str | None, str | None]] = {
+    "clean": (None, None),
+    "non_english": ("language", "wrong_language"),
+    "exact_duplicate": ("exact_dedup", "duplicate_image"),
+    "reencoded": ("video_near_dedup", "near_duplicate_video"),
+    "resized": ("video_near_dedup", "near_duplicate_video"),
+    "trimmed": ("video_near_dedup", "near_duplicate_video"),
+    "zero_bytes": ("video", "corrupt_video"),
+    "truncated": ("video", "corrupt_video"),
+    "too_short": ("video", "too_short"),
+    "too_small": ("video", "too_small"),
+    "audio_only": ("video", "no_video_stream"),
+    "frame_bomb": ("video", "decode_bomb"),
+}
+DUPLICATES = ("exact_duplicate", "reencoded", "resized", "trimmed")
+# Motion captions in other languages (with the shape and colour left out, they still read as foreign).
+FOREIGN = {
+    "de": ["ein {c} Quadrat bewegt sich von links nach rechts", "ein Kreis wird langsam größer",
+           "ein Dreieck erscheint in der Mitte des Bildes", "das Quadrat verschwindet nach einer Weile"],
+    "fr": ["un carré {c} se déplace de gauche à droite", "un cercle grandit lentement",
+           "un triangle apparaît au milieu de l'image", "le carré disparaît après un moment"],
+    "es": ["un cuadrado {c} se mueve de izquierda a derecha", "un círculo crece lentamente",
+           "un triángulo aparece en el centro de la imagen", "el cuadrado desaparece después de un rato"],
+}  # fmt: skip
+GENERATOR_VERSION = 1
+
+
+@dataclass
+class Clip:
+    """A clean clip's script: what is drawn on which background, and how it changes over time."""
+
+    width: int
+    height: int
+    seconds: float
+    shape: str
+    colour: str
+    motion: str
+    to_colour: str
+    background: np.ndarray = field(repr=False)
+
+    def caption(self) -> str:
+        obj = f"a {self.colour} {self.shape}"
+        text = {
+            "left_to_right": f"{obj} moves from left to right",
+            "right_to_left": f"{obj} moves from right to left",
+            "top_to_bottom": f"{obj} moves from the top to the bottom",
+            "bottom_to_top": f"{obj} moves from the bottom to the top",
+            "grows": f"{obj} grows",
+            "shrinks": f"{obj} shrinks",
+            "appears": f"{obj} appears in the middle",
+            "disappears": f"{obj} disappears",
+            "changes_colour": f"a {self.shape} changes colour from {self.colour} to {self.to_colour}",
+        }[self.motion]
+        return text
+
+    def frames(self, fps: int = FPS) -> list[np.ndarray]:
+        """The clip's RGB frames."""
+        n = max(1, round(self.seconds * fps))
+        w, h = self.width, self.height
+        base = min(w, h) // 4
+        out = []
+        for i in range(n):
+            t = i / max(n - 1, 1)
+            img = Image.fromarray(self.background)
+            cx, cy, size, colour, visible = w / 2, h / 2, base, COLOURS[self.colour], True
+            m = self.motion
+            if m in ("left_to_right", "right_to_left"):
+                cx = base + (w - 2 * base) * (t if m == "left_to_right" else 1 - t)
+            elif m in ("top_to_bottom", "bottom_to_top"):
+                cy = base + (h - 2 * base) * (t if m == "top_to_bottom" else 1 - t)
+            elif m in ("grows", "shrinks"):
+                size = base * (0.3 + 1.4 * (t if m == "grows" else 1 - t))
+            elif m == "appears":
+                visible = t >= 0.4
+            elif m == "disappears":
+                visible = t < 0.6
+            elif m == "changes_colour" and t >= 0.5:
+                colour = COLOURS[self.to_colour]
+            if visible:
+                draw_shape(ImageDraw.Draw(img), self.shape, cx, cy, size, colour)
+            out.append(np.asarray(img))
+        return out
+
+
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, colour: tuple
+) -> None:
+    r = size / 2
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "circle":
+        draw.ellipse(box, fill=colour)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=colour)
+
+
+def background(rng: random.Random, w: int, h: int) -> np.ndarray:
+    """Large random blocks in muted tones: low-frequency structure that sets each clip's pHashes apart."""
+    img = Image.new("RGB", (w, h), tuple(rng.randrange(60, 200) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(4, 7)):
+        x0, y0 = rng.randrange(-w // 4, w), rng.randrange(-h // 4, h)
+        box = (x0, y0, x0 + rng.randrange(w // 4, w), y0 + rng.randrange(h // 4, h))
+        fill = tuple(rng.randrange(30, 230) for _ in range(3))
+        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=fill)
+    return np.asarray(img)
+
+
+def random_clip(
+    rng: random.Random, seconds: float | None = None, size: tuple[int, int] | None = None
+) -> Clip:
+    w, h = size or rng.choice(SIZES)
+    colour, to_colour = rng.sample([c for c in COLOURS if c not in ("white", "black")], 2)
+    return Clip(w, h, seconds if seconds is not None else rng.choice((3.0, 4.0, 5.0)), rng.choice(SHAPES),
+                colour, rng.choice(MOTIONS), to_colour, background(rng, w, h))  # fmt: skip
+
+
+def encode(frames: list[np.ndarray], fps: int = FPS, codec: str = "libx264", crf: int = 23) -> bytes:
+    """H.264 (or MPEG-4 part 2) in MP4, deterministic: one encoder thread, bit-exact flags."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.codec_context.options = {"preset": "ultrafast", "crf": str(crf), "threads": "1"}
+        else:
+            stream.codec_context.options = {"qscale": str(max(1, crf // 6)), "threads": "1"}
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def audio_only(seconds: float = 2.0, rate: int = 16000) -> bytes:
+    """An MP4 holding one AAC audio stream and no video."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("aac", rate=rate)
+        tone = np.sin(np.arange(1024) * 0.05, dtype=np.float32)[None] * 0.1
+        for i in range(int(seconds * rate / 1024)):
+            frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def claim_frames(data: bytes, frames: int) -> bytes:
+    """`data` (an MP4) whose `stts` box claims `frames` samples in its first entry: a header promising far
+    more frames than the file holds."""
+    at = data.find(b"stts")
+    if at < 0:
+        raise ValueError("no stts box")
+    out = bytearray(data)
+    struct.pack_into(">I", out, at + 4 + 8, frames)  # after version/flags and entry_count
+    return bytes(out)
+
+
+def resize_frames(frames: list[np.ndarray], factor: float) -> list[np.ndarray]:
+    h, w = frames[0].shape[:2]
+    size = (round(w * factor / 2) * 2, round(h * factor / 2) * 2)
+    return [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BILINEAR)) for f in frames]
+
+
+@dataclass
+class VideoRow:
+    key: str
+    kind: str
+    data: bytes
+    caption: str
+    lang: str = "en"
+    duplicate_of: str | None = None
+
+    def truth(self) -> dict:
+        stage, reason = VIDEO_EXPECTED[self.kind]
+        return {"key": self.key, "kind": self.kind, "expected_stage": stage, "expected_reason": reason,
+                "lang": self.lang, "duplicate_of": self.duplicate_of, "bytes": len(self.data)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClipShape:
+    """Clean clips' size (default: one of SIZES), duration (default: 3, 4 or 5 s) and frame rate."""
+
+    size: tuple[int, int] | None = None
+    seconds: float | None = None
+    fps: int = FPS
+
+
+KEEP_ORIGINALS = 4  # clean clips held (with their frames) for duplicates to copy: bounds memory
+
+
+def generate_video_rows(n: int, seed: int, shard_size: int, shape: ClipShape = ClipShape()) -> list[VideoRow]:
+    """`n` rows of seeded kinds; every duplicate copies an earlier clean clip (each at most once)."""
+    rng = random.Random(f"video/{seed}")
+    kinds = [k for k, c in allocate(n, VIDEO_PROPORTIONS).items() for _ in range(c)]
+    rng.shuffle(kinds)
+    rows: list[VideoRow] = []
+    originals: list[tuple[str, Clip, list[np.ndarray], bytes, str]] = []  # unused clean clips
+    pending: list[str] = []  # duplicates drawn before any clean clip was free: placed at later clean slots
+    for i, kind in enumerate(kinds):
+        key = f"{i // shard_size:05d}{i % shard_size:04d}"
+        r = random.Random(f"video/{seed}/{i}")
+        if kind in DUPLICATES and not originals:
+            pending.append(kind)
+            kind = "clean"
+        elif kind == "clean" and pending and originals:
+            kind = pending.pop()
+        rows.append(make_row(kind, key, r, originals, shape))
+        del originals[:-KEEP_ORIGINALS]
+    return rows
+
+
+def make_row(kind: str, key: str, rng: random.Random, originals: list, shape: ClipShape) -> VideoRow:
+    """One row of `kind`; a clean row joins `originals`, a duplicate consumes the oldest there."""
+    if kind in DUPLICATES:
+        okey, clip, frames, data, caption = originals.pop(0)
+        if kind == "exact_duplicate":
+            out = data
+        elif kind == "reencoded":
+            out = encode(frames, shape.fps, codec="mpeg4", crf=30)
+        elif kind == "resized":  # smaller: the original survives
+            out = encode(resize_frames(frames, rng.choice((0.75, 0.875))), shape.fps)
+        else:  # trimmed: the first second cut
+            out = encode(frames[shape.fps :], shape.fps)
+        return VideoRow(key, kind, out, caption, duplicate_of=okey)
+    clip = random_clip(rng, shape.seconds, shape.size)
+    if kind == "too_short":
+        clip = random_clip(rng, seconds=0.5)
+    elif kind == "too_small":
+        clip = random_clip(rng, size=(32, 24))
+    frames = clip.frames(shape.fps)
+    data = encode(frames, shape.fps)
+    caption = clip.caption()
+    if kind == "clean":
+        originals.append((key, clip, frames, data, caption))
+        return VideoRow(key, kind, data, caption)
+    if kind == "non_english":
+        lang = rng.choice(sorted(FOREIGN))
+        text = rng.choice(FOREIGN[lang]).format(c={"de": "rotes", "fr": "rouge", "es": "rojo"}[lang])
+        return VideoRow(key, kind, data, text, lang=lang)
+    if kind == "zero_bytes":
+        data = b""
+    elif kind == "truncated":
+        data = data[: len(data) // 2]
+    elif kind == "audio_only":
+        data = audio_only()
+    elif kind == "frame_bomb":
+        data = claim_frames(data, 100_000)
+    return VideoRow(key, kind, data, caption)
+
+
+def _write_shard(path: Path, rows: list[VideoRow]) -> None:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row in rows:
+            _add_member(tar, f"{row.key}.mp4", row.data)
+            _add_member(tar, f"{row.key}.json", json.dumps({"key": row.key, "status": "success"}).encode())
+            _add_member(tar, f"{row.key}.txt", row.caption.encode("utf-8"))
+    write_bytes(path, buf.getvalue())
+
+
+def write_video_sample_data(
+    out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 100, shape: ClipShape = ClipShape()
+) -> dict:
+    """Write `n` clips as webdataset shards plus ground_truth.jsonl and ground_truth_summary.json; returns
+    the summary. Shards of an earlier, larger run in `out_dir` are removed."""
+    if n < 0 or not 1 <= shard_size <= 10_000:
+        raise ValueError("need n >= 0 and 1 <= shard_size <= 10000 (keys hold 4 digits per shard)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = generate_video_rows(n, seed, shard_size, shape)
+    shards = []
+    for start in range(0, n, shard_size):
+        name = f"{len(shards):05d}.tar"
+        _write_shard(out / name, rows[start : start + shard_size])
+        shards.append(name)
+    for stale in out.glob("[0-9][0-9][0-9][0-9][0-9].tar"):
+        if stale.name not in shards:
+            stale.unlink()
+    truth = [r.truth() for r in rows]
+    write_bytes(
+        out / "ground_truth.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in truth).encode()
+    )
+    kinds = Counter(t["kind"] for t in truth)
+    summary = {
+        "generator_version": GENERATOR_VERSION, "kind": "video", "n": n, "seed": seed, "fps": shape.fps,
+        "shard_size": shard_size, "shards": shards, "counts": {k: kinds.get(k, 0) for k in VIDEO_PROPORTIONS},
+        "target_proportions": dict(VIDEO_PROPORTIONS),
+        "expected": {k: {"stage": s, "reason": r} for k, (s, r) in VIDEO_EXPECTED.items()},
+    }  # fmt: skip
+    write_bytes(out / "ground_truth_summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
