@@ -1,4 +1,4 @@
-"""The `vlmforge` command line: curate, stats, sample-data, cache, eval-curation (and training's)."""
+"""The `vlmforge` command line: curate, stats, sample-data, synth, cache, eval-curation (and training's)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,36 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
         "captions no eval pair may repeat (repeatable)",
     )
     p.set_defaults(handler=_sample_data)
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from vlmforge.pipeline.synth import KINDS
+
+    p = sub.add_parser(
+        "synth",
+        help="write synthetic structured pairs (charts, tables, equations, grounding, screenshots, qa)",
+        description="Write N generated pairs of KIND as webdataset shards for `vlmforge curate`: caption = "
+        "the target text (markdown table, LaTeX, boxes, HTML, question-answer), KEY.json = its structure. "
+        "Deterministic from --seed.",
+        epilog="examples:\n  vlmforge synth tables synth/tables --n 2000\n"
+        "  vlmforge curate configs/curate/synthetic.yaml --input synth/tables --output curated/tables",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kind", choices=KINDS, help="what to generate")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--n", type=int, default=2000, help="number of pairs (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shard-size", type=int, default=500, help="samples per tar shard (default 500)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    p.set_defaults(handler=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from vlmforge.pipeline.synth import write_synth
+
+    shards = write_synth(args.kind, args.out, args.n, args.seed, args.shard_size, args.workers, progress=True)
+    print(f"wrote {args.n} {args.kind} pairs to {args.out} ({len(shards)} shards)")
+    return 0
 
 
 def _add_eval_curation(sub: argparse._SubParsersAction) -> None:
@@ -345,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curate(sub)
     _add_stats(sub)
     _add_sample_data(sub)
+    _add_synth(sub)
     _add_cache(sub)
     _add_eval_curation(sub)
     from vlmforge.training.cli import register as register_training

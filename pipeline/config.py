@@ -81,6 +81,9 @@ class CaptionConfig(_Section):
     min_words: int = Field(1, ge=0)
     max_words: int = Field(300, gt=0)
     max_symbol_ratio: float = Field(0.3, ge=0, le=1, description="share of non-alphanumeric, non-space chars")
+    keep_newlines: bool = Field(
+        False, description="normalise whitespace within lines but keep line breaks (markdown tables' rows)"
+    )
     max_repeated_word_ratio: float = Field(
         0.5, ge=0, le=1, description="max share of words that repeat an earlier word (captions of >= 4 words)"
     )
@@ -133,6 +136,14 @@ class LanguageConfig(_Section):
     name_languages: int = Field(4, ge=1, description="lexicons that must know a capitalised word (names)")
     min_script_share: float = Field(
         0.6, ge=0, le=1, description="share of letters that must be in the languages' scripts"
+    )
+    # Opt-in for structured targets (configs/curate/synthetic.yaml): markdown tables, LaTeX, HTML, boxes.
+    structured: bool = Field(
+        False, description="captions with markup (HTML tags, LaTeX commands, markdown tables) are judged by "
+        "their words with the markup stripped; with too few words left they are kept as lang `structured`",
+    )
+    structured_min_words: int = Field(
+        3, ge=1, description="words of 3+ letters a stripped structured caption needs to be judged at all"
     )
 
 

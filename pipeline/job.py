@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from vlmforge.common import __version__
@@ -76,9 +76,8 @@ def remove_temporaries(*dirs: Location) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def output_fault(exc: BaseException) -> OSError | None:
-    """The write failure (disk full, read-only, no permission) behind `exc`, also when a Ray worker raised
-    it (Ray passes the worker's traceback on as text, so its message is searched too); None otherwise."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every exception behind it (causes, contexts, a Ray task error's `cause`), once each."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -86,9 +85,16 @@ def output_fault(exc: BaseException) -> OSError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+
+
+def output_fault(exc: BaseException) -> OSError | None:
+    """The write failure (disk full, read-only, no permission) behind `exc`, also when a Ray worker raised
+    it (Ray passes the worker's traceback on as text, so its message is searched too); None otherwise."""
+    for e in causes(exc):
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
             return e
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     text = str(exc)
     for code in WRITE_ERRNOS:
         if os.strerror(code) in text:
@@ -102,17 +108,10 @@ STORE_ERRORS = ("AWS Error", "curlCode", "GCS Error", "StoreError")
 def store_fault(exc: BaseException) -> str | None:
     """The object-store request that failed behind `exc` (its first line names the bucket and key), also
     when a Ray worker raised it; None when the store is not to blame."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in causes(exc):
         for line in str(e).splitlines():
             if any(marker in line for marker in STORE_ERRORS):
                 return line.strip()[:300]
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return None
 
 

@@ -132,8 +132,8 @@ PHASES: tuple[Phase, ...] = (
         "part", "filter.phase", "phase 1: filters per part",
         adds=("image_format", "width", "height", "sha256", "lang", "lang_score", "caption_words"),
         measures=(
-            Measure("language", (*READER_KEYS, "language.model_path", "language.top_k"),
-                    "language.model_path"),
+            Measure("language", (*READER_KEYS, "language.model_path", "language.top_k",
+                                 "language.structured"), "language.model_path"),
             Measure("image", (*READER_KEYS, "image.max_pixels", "image.decode_side", "image.reencode_quality",
                               "near_dedup.image.enabled")),
             Measure("minhash", (*READER_KEYS, "near_dedup.caption.ngram", "near_dedup.caption.num_perm",

@@ -1,8 +1,8 @@
 """Training configuration: YAML validated by pydantic. Every default lives here.
 
-One file describes one run: the task (``text_lm``, ``clip`` or ``vlm``), the model, the data, the optimizer,
-the loop and the evaluation. ``--set key.sub=value`` overrides any key. Relative paths are taken from the
-current directory.
+One file describes one run: the task (``text_lm``, ``clip``, ``vlm`` or ``video``), the model, the data,
+the optimizer, the loop and the evaluation. ``--set key.sub=value`` overrides any key. Relative paths are
+taken from the current directory.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from vlmforge.common.config import Section as _Section
 from vlmforge.common.config import load_yaml_model
 from vlmforge.common.errors import ConfigError
 
-Task = Literal["text_lm", "clip", "vlm"]
+Task = Literal["text_lm", "clip", "vlm", "video"]
 
 
 class TrainableSection(_Section):
-    """Which components of the fused model train (the rest get requires_grad=False)."""
+    """Which components of the fused model train (the rest get requires_grad=False).
+
+    Task ``video`` trains only ``video`` unless a field is set explicitly (training/video.py).
+    """
 
     encoder: bool = True
     projection: bool = True
@@ -117,6 +120,20 @@ class DataSection(_Section):
     seed: int = 0
 
 
+class VideoSection(_Section):
+    """Task video: how many frames a clip becomes and how many consecutive frames one set of latents reads."""
+
+    num_frames: int | None = Field(
+        None, gt=0, description="video: frames each clip is resampled to, uniformly in time (null: preset's)"
+    )
+    frames_per_group: int | None = Field(
+        None,
+        gt=0,
+        description="video: consecutive frames the Perceiver Resampler merges into one set of latents "
+        "(null: preset's; 32 in the recipe); must divide num_frames",
+    )
+
+
 class OptimSection(_Section):
     """AdamW on the trainable parameters; linear warmup then cosine decay."""
 
@@ -166,6 +183,7 @@ class TrainConfig(_Section):
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
+    video: VideoSection = Field(default_factory=VideoSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -174,11 +192,22 @@ class TrainConfig(_Section):
     def _check(self) -> TrainConfig:
         if self.optim.warmup_steps > self.train.steps:
             raise ValueError("optim.warmup_steps must not exceed train.steps")
-        if (self.model.tile_grid or 1) > 1 and self.task != "vlm":
-            raise ValueError("model.tile_grid applies to task vlm only")
+        fused = self.task in ("vlm", "video")
+        if (self.model.tile_grid or 1) > 1 and not fused:
+            raise ValueError("model.tile_grid applies to tasks vlm and video only")
         m = self.model
-        if (m.hf_decoder or m.hf_encoder or m.hf_mllama) and self.task != "vlm":
-            raise ValueError("model.hf_decoder, model.hf_encoder and model.hf_mllama apply to task vlm only")
+        if (m.hf_decoder or m.hf_encoder or m.hf_mllama) and not fused:
+            raise ValueError(
+                "model.hf_decoder, model.hf_encoder and model.hf_mllama apply to tasks vlm and video only"
+            )
+        v = self.video
+        if (v.num_frames is not None or v.frames_per_group is not None) and self.task != "video":
+            raise ValueError("video.num_frames and video.frames_per_group apply to task video only")
+        if v.num_frames and v.frames_per_group and v.num_frames % v.frames_per_group:
+            raise ValueError(
+                f"video.frames_per_group: {v.frames_per_group} does not divide video.num_frames "
+                f"{v.num_frames}"
+            )
         if m.hf_mllama and (m.hf_decoder or m.hf_encoder):
             raise ValueError("model.hf_mllama is the whole model: leave model.hf_decoder, hf_encoder unset")
         if self.data.repeat_text > 1 and self.task != "text_lm":
@@ -198,6 +227,8 @@ class TrainConfig(_Section):
     def data_hash(self) -> str:
         """Hash of everything that decides which samples come in which order (checked on resume)."""
         keys = {"data": True, "train": {"micro_batch_size", "seed"}, "task": True}
+        if self.task == "video":  # the frame count shapes every sample
+            keys["video"] = True
         payload = self.model_dump(mode="json", include=keys)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

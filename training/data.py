@@ -36,11 +36,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlmforge.training.config import SubsetSection
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
+from vlmforge.training.model.perceiver import sample_frame_indices
 
 # CLIP's normalisation, which Mllama's image processor uses too (other encoders convert, VisionConfig).
 IMAGE_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 IMAGE_STD = torch.tensor(CLIP_STD).view(3, 1, 1)
-ROW_COLUMNS = ["id", "image", "caption", "original_caption", "synthetic_caption"]
+ROW_COLUMNS = ["id", "image", "frames", "caption", "original_caption", "synthetic_caption"]
 
 
 # --------------------------------------------------------------------------------------------- the index
@@ -176,6 +177,7 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     image: Tensor | None  # (3, H, W), normalised
+    video: Tensor | None = None  # (F, 3, H, W), normalised
 
 
 @dataclass
@@ -191,6 +193,8 @@ class SampleFormat:
     encode: Any = field(default=None, repr=False)  # str -> list[int]
     repeat_text: int = 1  # the caption (with its EOS) this many times in a row, cut at max_tokens
     image_first: bool = False  # <|image|><|begin_of_text|> (Mllama's order) instead of BOS first
+    video_token_id: int | None = None  # task video: the token before the caption of a row with frames
+    video_frames: int | None = None  # task video: frames each clip is resampled to (None: frames unread)
 
 
 def load_image(data: bytes, size: int) -> Tensor:
@@ -201,6 +205,14 @@ def load_image(data: bytes, size: int) -> Tensor:
         img = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         pixels = np.asarray(img, dtype=np.float32) / 255.0
     return (torch.from_numpy(pixels).permute(2, 0, 1) - IMAGE_MEAN) / IMAGE_STD
+
+
+def load_video(frames: list[bytes], size: int, num_frames: int) -> Tensor:
+    """A clip's JPEG frames (in time order) -> (num_frames, 3, size, size), resampled uniformly in time
+    (frames repeat for short clips, as the model's ``sample_frame_indices``); each frame decoded once."""
+    index = sample_frame_indices(len(frames), num_frames).tolist()
+    decoded = {i: load_image(frames[i], size) for i in set(index)}
+    return torch.stack([decoded[i] for i in index])
 
 
 def choose_text(row: dict[str, Any], prob: float, rng: np.random.Generator) -> str:
@@ -224,14 +236,19 @@ def caption_prefix(bos_id: int, image_token_id: int | None, image_first: bool = 
 def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator) -> Sample:
     text = choose_text(row, fmt.synthetic_caption_prob, rng)
     has_image = fmt.image_size is not None and row.get("image") is not None
-    prefix = caption_prefix(fmt.bos_id, fmt.image_token_id if has_image else None, fmt.image_first)
+    has_video = fmt.video_frames is not None and bool(row.get("frames"))
+    media_token = fmt.video_token_id if has_video else fmt.image_token_id if has_image else None
+    prefix = caption_prefix(fmt.bos_id, media_token, fmt.image_first)
     body = fmt.encode(text)[: fmt.max_tokens - len(prefix) - 1] + [fmt.eos_id]
     body = (body * fmt.repeat_text)[: fmt.max_tokens - len(prefix)]
-    image = load_image(row["image"], fmt.image_size) if has_image else None
-    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image)
+    image = load_image(row["image"], fmt.image_size) if has_image and not has_video else None
+    video = load_video(row["frames"], fmt.image_size, fmt.video_frames) if has_video else None
+    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image, video)
 
 
-def collate(samples: list[Sample], pad_id: int, image_size: int | None) -> dict[str, Any]:
+def collate(
+    samples: list[Sample], pad_id: int, image_size: int | None, video_frames: int | None = None
+) -> dict[str, Any]:
     """Right-padded ids and labels, and images stacked when the task uses them.
 
     A row without an image gets a zero placeholder image (and no image token, so its mask is all false):
@@ -253,7 +270,15 @@ def collate(samples: list[Sample], pad_id: int, image_size: int | None) -> dict[
             if s.image is not None:
                 images[i] = s.image
     num_tokens = sum(len(s.input_ids) for s in samples)
+    batch: dict[str, Any] = {}
+    if video_frames is not None and image_size is not None:  # rows without a clip: zeros, masked out
+        batch["videos"] = torch.zeros(len(samples), video_frames, 3, image_size, image_size)
+        for i, s in enumerate(samples):
+            if s.video is not None:
+                batch["videos"][i] = s.video
+        batch["num_videos"] = sum(s.video is not None for s in samples)
     return {
+        **batch,
         "input_ids": input_ids,
         "labels": labels,
         "images": images,
@@ -391,7 +416,7 @@ class CaptionStream(IterableDataset):
                 rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
                 samples.append(make_sample(row, self.fmt, rng))
                 if len(samples) == mb:
-                    yield collate(samples, self.fmt.eos_id, self.fmt.image_size)
+                    yield collate(samples, self.fmt.eos_id, self.fmt.image_size, self.fmt.video_frames)
                     samples = []
             reader.close()
             epoch, batch = epoch + 1, 0
@@ -447,6 +472,6 @@ def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_b
     ]
     reader.close()
     return [
-        collate(samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size)
+        collate(samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size, fmt.video_frames)
         for i in range(0, len(samples), micro_batch_size)
     ]

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from vlmforge.common.errors import ConfigError
 from vlmforge.common.files import atomic_path
-from vlmforge.training import clip, text_lm, vlm
+from vlmforge.training import clip, text_lm, video, vlm
 from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
@@ -46,7 +46,7 @@ from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import gather_tensors, load_chain, save_tensors
 
-TASKS: dict[str, ModuleType] = {"text_lm": text_lm, "clip": clip, "vlm": vlm}
+TASKS: dict[str, ModuleType] = {"text_lm": text_lm, "clip": clip, "vlm": vlm, "video": video}
 
 
 @dataclass
@@ -112,6 +112,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         mc.vision = dataclasses.replace(mc.vision, image_size=cfg.model.image_size)
     if cfg.model.tile_grid is not None:
         mc.vision = dataclasses.replace(mc.vision, tile_grid=cfg.model.tile_grid)
+    if cfg.task == "video":
+        mc = video.video_model_config(cfg, mc)
     return mc
 
 
@@ -283,6 +285,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         model = vlm.build_model(cfg, mc, hf_sources(cfg), dtype, lambda m, _: load_hf(m, cfg), partition)
     else:
         model = task.build_model(cfg, mc)
+        load_hf(model, cfg)  # task video: the HF dirs into the eagerly built model
     for path in cfg.model.init_from:
         load_chain(model, path, strict_names=True)
     if cfg.train.activation_checkpointing:

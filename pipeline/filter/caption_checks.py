@@ -15,6 +15,7 @@ _URL_OR_EMAIL = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
+_BLANK_RUNS = re.compile(r"\n{3,}")
 # Substrings one of which every match of _URL_OR_EMAIL contains (lower case): most captions have none, and
 # the regex is the costliest check, so it runs only on the others.
 _URL_MARKERS = ("://", "@", "www.", ".com", ".org", ".net", ".io", ".co", ".de", ".uk")
@@ -26,6 +27,13 @@ def strip_urls(caption: str) -> str:
     if not any(m in lower for m in _URL_MARKERS):
         return caption
     return _URL_OR_EMAIL.sub(" ", caption)
+
+
+def keep_lines(caption: str) -> str:
+    """Whitespace normalised within each line, runs of blank lines made one, the ends stripped; line breaks
+    kept (a markdown table's rows, the blank line before it)."""
+    text = "\n".join(normalize_whitespace(raw) for raw in caption.splitlines())
+    return _BLANK_RUNS.sub("\n\n", text).strip("\n")
 
 
 class CaptionChecks(Stage):
@@ -74,7 +82,10 @@ class CaptionChecks(Stage):
 
     def decide(self, batch: pa.Table) -> Verdict:
         originals = batch.column("caption").to_pylist()
-        cleaned = [normalize_whitespace(c or "") for c in originals]
+        if self.cfg.keep_newlines:
+            cleaned = [keep_lines(c or "") for c in originals]
+        else:
+            cleaned = [normalize_whitespace(c or "") for c in originals]
         results = [self.check(c) for c in cleaned]
         return Verdict(
             reasons=[r for r, _ in results],

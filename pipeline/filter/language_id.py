@@ -44,6 +44,14 @@ _SCRIPTS: dict[str, frozenset[str]] = {
     "th": frozenset({"THAI"}),
 }
 _WORD = re.compile(r"[^\W\d_]+")
+# Markup of structured captions: an HTML/XML tag (attributes included), a LaTeX command, a markdown table's
+# rule row (`|---|`), a LaTeX group index (`^{`, `_{`), an HTML entity, or a math operator standing alone
+# between spaces (`y - t = k`).
+_MARKUP = re.compile(
+    r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|\\[A-Za-z]+|\|\s*:?-{3,}|[_^]\{|&[a-z]+;|&#\d+;"
+    r"|(?<!\S)[=<>+*/-](?!\S)"
+)
+STRUCTURED = "structured"  # the `lang` of a structured caption with too few words to judge
 # Lexicons asked whether a capitalised word is a name known in many languages (wordfreq's small lists).
 NAME_PANEL = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "tr")
 
@@ -110,6 +118,15 @@ def lexicon_evidence(
     return sum(z >= min_zipf for z in zipf) / len(zipf), sum(zipf) / len(zipf)
 
 
+def structured_words(text: str) -> list[str] | None:
+    """For a caption with markup (HTML tags, LaTeX commands, a markdown table): its words of 3 or more
+    letters once the markup is stripped (variables like `x`, `dx` and tag names are not evidence of a
+    language); None for plain text."""
+    if not _MARKUP.search(text):
+        return None
+    return [w for w in _WORD.findall(_MARKUP.sub(" ", text)) if len(w) >= 3]
+
+
 def _top_text(top: list[tuple[str, float]]) -> str:
     """fastText's top-k as the rejection detail, e.g. ``de:0.61,en:0.20``."""
     return ",".join(f"{lang}:{p:.2f}" for lang, p in top)
@@ -138,7 +155,10 @@ class LanguageId(MeasuredStage):
         return load_fasttext(self.cfg.model_path)
 
     def predict(self, text: str) -> list[tuple[str, float]]:
-        """fastText's top-k (language, probability) for one line of text."""
+        """fastText's top-k (language, probability) for one line of text; with `structured` on, a caption
+        with markup is read without it (fastText reads `<td>` or `\\frac` as noise of some language)."""
+        if self.cfg.structured and (words := structured_words(text)) is not None:
+            text = " ".join(words)
         labels, probs = self.model.predict(text.replace("\n", " "), k=self.cfg.top_k)
         return [(label.removeprefix("__label__"), float(p)) for label, p in zip(labels, probs, strict=True)]
 
@@ -203,6 +223,20 @@ class LanguageId(MeasuredStage):
     ) -> tuple[str, float, str | None, str | None]:
         """Return (lang, score, reason, detail) for one caption with fastText's `top` predictions."""
         cfg = self.cfg
+        if cfg.structured and (words := structured_words(text)) is not None:
+            # A structured caption is judged by its words alone; a table of numbers or an equation has none
+            # worth judging, and is kept.
+            if len(words) < cfg.structured_min_words:
+                return STRUCTURED, 1.0, None, None
+            lang, score, reason, detail = self.judge_plain(" ".join(words), len(words), top)
+            return lang, score, reason, None if reason is None else f"structured text: {detail}"
+        return self.judge_plain(text, n_words, top)
+
+    def judge_plain(
+        self, text: str, n_words: int, top: list[tuple[str, float]]
+    ) -> tuple[str, float, str | None, str | None]:
+        """The rule of the module docstring for text without markup."""
+        cfg = self.cfg
         if self.scripts is not None:
             share = script_share(text, self.scripts)
             if share < cfg.min_script_share:
@@ -237,6 +271,8 @@ class LanguageId(MeasuredStage):
             )
         ]
         results = [self.judge_one(*row) for row in zip(captions, words, tops, strict=True)]
+        if self.cfg.structured:
+            self.stats.counters["structured_kept"] += sum(r[0] == STRUCTURED for r in results)
         return Verdict(
             reasons=[r[2] for r in results],
             details=[r[3] for r in results],

@@ -103,7 +103,7 @@ def test_bad_dirs_are_config_errors_naming_the_field(tmp_path):
             model_config(cfg)
     with pytest.raises(ConfigError, match="model.hf_mllama is the whole model"):
         llama_clip_config(**{"model.hf_mllama": dirs["mllama"]})
-    with pytest.raises(ConfigError, match="apply to task vlm only"):
+    with pytest.raises(ConfigError, match="apply to tasks vlm and video only"):
         load(ROOT / "configs/train/text_lm.yaml", **{"model.hf_decoder": dirs["llama"]})
     with pytest.raises(ConfigError, match=r"model.image_size: 64 differs from the 32 px .*model.hf_encoder"):
         model_config(llama_clip_config(**{"model.image_size": 64}))

@@ -605,8 +605,10 @@ def mllama_state_dict(model: FusionModel) -> dict[str, Tensor]:
             "aspect-ratio tiles do not express; export the untiled stage (tile_grid 1)"
         )
     if model.video is not None:
-        warnings.warn(
-            "the video adapters have no place in the Mllama format and are not exported", stacklevel=2
+        raise ValueError(
+            "this is a video model (config.video is set): Mllama has no video path, so its Perceiver "
+            "Resampler and video cross-attention layers cannot be exported; export the image stage it was "
+            "initialised from instead"
         )
 
     out: dict[str, Tensor] = {}

@@ -497,17 +497,11 @@ def test_media_mask_matches_the_mllama_processor():
     assert torch.equal(media_attention_mask(ids, image, 3), torch.from_numpy(expected).bool())
 
 
-def test_mllama_export_of_a_video_model_keeps_the_image_part(tmp_path):
-    torch.manual_seed(0)
+def test_mllama_export_refuses_a_video_model(tmp_path):
     model = FusionModel(get_config("tiny_video")).eval()
-    with pytest.warns(UserWarning, match="video adapters"):
+    with pytest.raises(ValueError, match="video model.*Mllama has no video path"):
         export_mllama(model, tmp_path)
-    hf, info = transformers.MllamaForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    ids, pixels, mask = mllama_inputs(model.config)
-    assert (
-        hf_mllama_logits(hf.eval(), ids, pixels, mask) - model(ids, pixels, mask).logits
-    ).abs().max() <= TOL
+    assert not (tmp_path / "config.json").exists()
 
 
 @needs_meta_convention

@@ -1,0 +1,203 @@
+"""Task video on a handful of tiny H.264 clips (the sample-data video generator, decoded with PyAV).
+
+One short DeepSpeed run (ZeRO-2, one rank, CPU, in this process) from a saved image-stage model, plus a
+few plain optimizer steps on one repeated batch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from safetensors import safe_open
+from train_support import write_curated
+
+from vlmforge.common.errors import ConfigError
+from vlmforge.pipeline.sample_data.video import encode, random_clip
+from vlmforge.training import video
+from vlmforge.training.config import load_train_config
+from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
+from vlmforge.training.model.config import get_config
+from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.hf import export_mllama
+from vlmforge.training.tokenizer import TextTokenizer, train_tokenizer
+from vlmforge.training.train import model_config, run
+from vlmforge.training.weights import load_fusion_model, save_tensors
+
+ROOT = Path(__file__).resolve().parents[2]
+FPS = 4  # encoded frame rate; curation samples 2 frames a second of it (as video.fps would)
+
+
+def clip_row(i: int, rng: random.Random) -> dict:
+    """A clip encoded to MP4 and decoded back with PyAV at 2 fps: a curated video row."""
+    clip = random_clip(rng, seconds=2.0, size=(48, 32))
+    data = encode(clip.frames(FPS), FPS)
+    frames, times = [], []
+    with av.open(io.BytesIO(data)) as container:
+        for n, frame in enumerate(container.decode(video=0)):
+            if n % (FPS // 2) == 0:
+                out = io.BytesIO()
+                frame.to_image().save(out, "JPEG", quality=90)
+                frames.append(out.getvalue())
+                times.append(n / FPS)
+    caption = clip.caption()
+    return {
+        "id": f"clip{i:03d}",
+        "caption": caption,
+        "original_caption": caption,
+        "frames": frames,
+        "frame_times": times,
+        "duration_s": clip.seconds,
+        "width": clip.width,
+        "height": clip.height,
+        "lang": "en",
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("video")
+    rng = random.Random(0)
+    rows = [clip_row(i, rng) for i in range(24)]
+    curated = write_curated(root / "curated", [rows[:12], rows[12:]], row_group_rows=8)
+    # 512 BPE ids need more text than 24 captions: the README's lines come along.
+    texts = [r["caption"] for r in rows] + (ROOT / "README.md").read_text().splitlines()
+    tokenizer = root / "tokenizer.json"
+    train_tokenizer(texts, 512, tokenizer)
+    torch.manual_seed(0)
+    image_model = FusionModel(get_config("tiny"))  # stands in for a stage-2 output
+    image_file = root / "image.safetensors"
+    tensors = {n: p.detach().clone() for n, p in image_model.named_parameters()}
+    save_tensors(tensors, image_file, image_model.config, [], {})
+    return {"root": root, "curated": curated, "tokenizer": tokenizer, "image": image_file}
+
+
+def config(setup: dict, out: Path, *overrides: str):
+    return load_train_config(
+        ROOT / "configs/train/video.yaml",
+        [
+            f"data.path={setup['curated']}",
+            f"tokenizer={setup['tokenizer']}",
+            f"train.output={out}",
+            f"model.init_from=[{setup['image']}]",
+            "model.tile_grid=1",
+            "data.heldout_fraction=0.2",
+            "data.num_workers=0",
+            "train.micro_batch_size=4",
+            "train.progress=false",
+            "train.save_every=0",
+            "eval.every=0",
+            "eval.micro_batch_size=4",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(setup, torch_one_thread) -> dict:
+    threads = torch.get_num_threads()
+    try:
+        cfg = config(setup, setup["root"] / "run", "train.steps=6", "optim.warmup_steps=1")
+        result = run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return {"cfg": cfg, "result": result}
+
+
+def test_video_rows_become_clips_in_groups(setup):
+    cfg = config(setup, setup["root"] / "unused")
+    mc = model_config(cfg)
+    assert (mc.video.num_frames, mc.video.group_size, mc.video.num_groups) == (8, 4, 2)
+    fmt = video.sample_format(cfg, mc, TextTokenizer(cfg.tokenizer))
+    index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
+    batch = heldout_batches(index, fmt, 4, 4)[0]
+    assert batch["videos"].shape == (4, 8, 3, 32, 32) and batch["num_videos"] == 4
+    # 2 s at 2 fps = 4 frames, each read twice, in time order; every row starts BOS <|video|>
+    assert torch.equal(batch["videos"][:, 0], batch["videos"][:, 1])
+    assert not torch.equal(batch["videos"][:, 1], batch["videos"][:, 2])
+    assert (batch["input_ids"][:, :2] == torch.tensor([fmt.bos_id, mc.video_token_id])).all()
+
+
+def test_video_stream_resumes_exactly(setup):
+    cfg = config(setup, setup["root"] / "unused")
+    mc = model_config(cfg)
+    fmt = video.sample_format(cfg, mc, TextTokenizer(cfg.tokenizer))
+    index = build_index(cfg.data.path, "train", cfg.data.heldout_fraction)
+    spec = StreamSpec(0, 8, 4, 1, 0)
+    batches = iter(train_loader(index, fmt, spec, 0)[1])
+    first = [next(batches) for _ in range(6)]  # past the end of the first epoch
+    resumed = iter(train_loader(index, fmt, spec, 0, start_batches=3)[1])
+    for want in first[3:]:
+        got = next(resumed)
+        assert got["ids"] == want["ids"] and torch.equal(got["videos"], want["videos"])
+
+
+def test_loss_decreases_on_a_repeated_batch(setup, torch_one_thread):
+    cfg = config(setup, setup["root"] / "unused")
+    mc = model_config(cfg)
+    torch.manual_seed(0)
+    model = video.build_model(cfg, mc)
+    fmt = video.sample_format(cfg, mc, TextTokenizer(cfg.tokenizer))
+    batch = heldout_batches(build_index(cfg.data.path, "train", 0.2), fmt, 4, 4)[0]
+    trainable = [p for _, p in model.trainable_parameters()]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = video.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+@pytest.mark.slow  # a DeepSpeed run (its CPU comm op JIT-loads once per process)
+def test_a_few_steps_train_only_the_video_adapters(setup, trained):
+    summary = trained["result"].summary
+    assert summary["task"] == "video" and summary["steps"] == 6
+    assert math.isfinite(summary["final_train_loss"])
+    assert summary["frozen_unchanged"]
+    after = summary["eval_after"]
+    assert all(math.isfinite(v) for v in after.values())
+    # zero gates: before training the clip cannot matter
+    assert summary["eval_before"]["video_gap"] == 1.0
+    model = trained["result"].engine.module
+    with safe_open(str(setup["image"]), "pt") as f:
+        for name in f.keys():
+            assert torch.equal(model.get_parameter(name).detach(), f.get_tensor(name)), name
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("video.") for n in trainable)
+    gates = [p for n, p in model.named_parameters() if n.startswith("video.") and n.endswith("_gate")]
+    assert gates and any(float(g.detach().abs().max()) > 0 for g in gates)
+    with safe_open(str(trained["result"].output / "model.safetensors"), "pt") as f:
+        assert f.keys() and all(k.startswith("video.") for k in f.keys())
+
+
+@pytest.mark.slow  # a DeepSpeed run (its CPU comm op JIT-loads once per process)
+def test_export_refuses_the_trained_video_model(trained, tmp_path):
+    model = load_fusion_model(trained["result"].output / "model.safetensors")
+    assert model.video is not None and model.config.video.num_frames == 8
+    with pytest.raises(ValueError, match="video model"):
+        export_mllama(model, tmp_path)
+
+
+def test_video_config_errors_name_the_field(setup, tmp_path):
+    with pytest.raises(ConfigError, match="video.frames_per_group"):
+        config(setup, tmp_path, "video.frames_per_group=3")
+    with pytest.raises(ConfigError, match="task video only"):
+        load_train_config(ROOT / "configs/train/stage1.yaml", ["video.num_frames=8"])
+    cfg = config(setup, tmp_path, "video.num_frames=6", "video.frames_per_group=null")
+    with pytest.raises(ConfigError, match="video.frames_per_group: 32 does not divide"):
+        model_config(cfg)
+
+
+def test_unset_trainable_fields_default_to_video_only(setup, tmp_path):
+    cfg = config(setup, tmp_path, "model.trainable={fusion: true}")
+    chosen = video.trainable(cfg)
+    assert (chosen.video, chosen.fusion, chosen.encoder, chosen.projection) == (True, True, False, False)
