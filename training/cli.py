@@ -99,7 +99,9 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from vlmforge.training.vlm import evaluate_weights
+    from vlmforge.training import video, vlm
+    from vlmforge.training.config import load_train_config
 
-    print(json.dumps(evaluate_weights(args.config, args.weights, args.set), indent=2))
+    task = video if load_train_config(args.config, args.set).task == "video" else vlm
+    print(json.dumps(task.evaluate_weights(args.config, args.weights, args.set), indent=2))
     return 0

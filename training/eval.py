@@ -7,12 +7,16 @@ each held-out batch by one place, so every caption gets some other row's image.
 The "video gap" is the same with clips (task video), and ``time_shuffled_gap`` is the loss with each clip's
 own frames in a fixed random time order over the other-clip loss: when the adapters use the order of the
 frames (a square moving left to right, not right to left) it stays closer to 1 than the video gap.
+
+In a training run the held-out batches stay on the CPU and go to the device one at a time
+(``EvalBatches``); for the fused model each rank evaluates every world-th batch and the ranks' sums are
+added, which gives the single-process result (up to the order of the additions).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,18 +34,72 @@ def word_f1(a: str | None, b: str) -> float:
     return 2 * common / (len(x) + len(y)) if common else 0.0
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+class EvalBatches:
+    """A rank's held-out batches: kept on the CPU, moved to ``device`` one batch at a time.
+
+    With ``shard`` the rank keeps every world-th batch (from its rank on) and ``padded`` makes every rank
+    run as many forward passes: ZeRO-3 gathers parameters in each forward, so a rank that stopped early
+    would leave the others waiting. Iterating gives the rank's own batches only.
+    """
+
+    def __init__(
+        self,
+        batches: list[dict[str, Any]],
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        shard: bool = False,
+    ) -> None:
+        self.device, self.world = device, world if shard else 1
+        self.own = batches[rank :: self.world] if shard else list(batches)
+        self.steps = -(-len(batches) // self.world)  # forward passes per rank
+        self.filler = batches[0] if len(self.own) < self.steps else None
+
+    def __len__(self) -> int:
+        return len(self.own)
+
+    def __bool__(self) -> bool:
+        return self.steps > 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (to_device(b, self.device) for b in self.own)
+
+    def padded(self) -> Iterator[tuple[dict[str, Any], bool]]:
+        """(batch on the device, whether it counts): the rank's batches, then repeats not counted."""
+        for batch in self.own:
+            yield to_device(batch, self.device), True
+        for _ in range(self.steps - len(self.own)):
+            yield to_device(self.filler, self.device), False
+
+    def total(self, values: list[float]) -> list[float]:
+        """``values`` summed over the ranks that share the batches."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
 @torch.no_grad()
 def caption_loss(
     model: Any,
-    batches: list[dict[str, Any]],
+    batches: list[dict[str, Any]] | EvalBatches,
     shuffle_images: bool = False,
     videos: Callable[[Tensor], Tensor] | None = None,
 ) -> float:
-    """Token-weighted mean caption loss over `batches` (model: FusionModel or its DeepSpeed engine).
+    """Token-weighted mean caption loss over `batches` (model: FusionModel or its DeepSpeed engine); over
+    all ranks' shards for sharded ``EvalBatches``.
 
     ``videos``: applied to each batch's clips (B, F, C, H, W) first, e.g. to give rows other clips."""
     total, count = 0.0, 0
-    for batch in batches:
+    weighted = batches.padded() if isinstance(batches, EvalBatches) else ((b, True) for b in batches)
+    for batch, counted in weighted:
         images = batch["images"]
         if shuffle_images and images is not None:
             images = images.roll(1, dims=0)
@@ -49,17 +107,19 @@ def caption_loss(
         if batch.get("videos") is not None:
             media["videos"] = videos(batch["videos"]) if videos else batch["videos"]
         out = model(input_ids=batch["input_ids"], images=images, labels=batch["labels"], **media)
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += float(out.loss) * n
-        count += n
+        if counted:
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += float(out.loss) * n
+            count += n
+    if isinstance(batches, EvalBatches):
+        total, count = batches.total([total, count])
     return total / max(count, 1)
 
 
-def image_gap(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
+def image_gap(model: Any, batches: list[dict[str, Any]] | EvalBatches) -> dict[str, float]:
     matched = caption_loss(model, batches)
     shuffled = caption_loss(model, batches, shuffle_images=True)
     return {"loss": matched, "loss_shuffled": shuffled, "image_gap": matched / shuffled}
-
 
 
 def other_clip(videos: Tensor) -> Tensor:

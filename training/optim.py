@@ -49,7 +49,11 @@ def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1
             continue
         if name.endswith(GATE_SUFFIXES):
             gates.append(p)
-        elif p.ndim < 2 or id(p) in embeddings or name.endswith(NO_DECAY_SUFFIXES):
+        elif (  # a ZeRO-3 partitioned parameter (train.py builds them so) has its shape in ds_shape
+            len(getattr(p, "ds_shape", p.shape)) < 2
+            or id(p) in embeddings
+            or name.endswith(NO_DECAY_SUFFIXES)
+        ):
             no_decay.append(p)
         else:
             decay.append(p)

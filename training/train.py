@@ -36,6 +36,7 @@ from vlmforge.training import clip, text_lm, video, vlm
 from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
+from vlmforge.training.eval import EvalBatches, to_device
 from vlmforge.training.flops import component_sizes, computed_counts, peak_flops, step_flops
 from vlmforge.training.launch import check_extension_locks, free_port
 from vlmforge.training.metrics import MetricsWriter
@@ -122,6 +123,33 @@ def load_hf(model: torch.nn.Module, cfg: TrainConfig) -> None:
         _from_dir(kind, path, lambda kind=kind, path=path: hf.load_hf_sources(model, {kind: path}))
 
 
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def zero3_partitioner(
+    ds_config: dict[str, Any], dtype: torch.dtype
+) -> Callable[[list[torch.nn.Parameter]], None]:
+    """Turns parameters into this rank's ZeRO-3 partitions (as ``deepspeed.initialize`` would, with the
+    same settings), so the model is partitioned while it is built (model/build.py) instead of after."""
+    import deepspeed
+
+    first: list[torch.nn.Parameter] = []
+
+    def partition(params: list[torch.nn.Parameter]) -> None:
+        if not params:
+            return
+        if not first:
+            deepspeed.zero.Init(
+                module=torch.nn.ParameterList(params), config_dict_or_path=ds_config, dtype=dtype
+            )
+            first.append(params[0])
+        else:  # the same partitioning state as the first ones
+            first[0].convert_to_zero_parameters(param_list=params)
+
+    return partition
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device); a process started without a launcher becomes a world of one."""
     if not torch.cuda.is_available():
@@ -153,28 +181,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
-
-
 def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
 
 
+DIGEST_CHUNK = 1 << 26  # bytes hashed per device-to-host copy
+
+
 def frozen_digest(module: torch.nn.Module) -> list[str]:
-    """Digest of the frozen parameters' bytes on every rank (its ZeRO-3 partition, or the full tensor)."""
+    """Per rank, a digest of the frozen parameters' bytes: under ZeRO-3 every rank hashes its own
+    partitions, else rank 0 alone hashes the (replicated) tensors; the others give "". One tensor, and of
+    it DIGEST_CHUNK bytes, at a time: never a CPU copy of the whole decoder, nor one on every rank."""
+    rank = torch.distributed.get_rank()
     h = hashlib.blake2b(digest_size=16)
+    hashed = False
     for name, p in module.named_parameters():
-        if not p.requires_grad:
-            local = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
-            h.update(name.encode())
-            h.update(local.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if p.requires_grad:
+            continue
+        partitioned = hasattr(p, "ds_tensor")
+        if not partitioned and rank != 0:
+            continue
+        flat = (p.ds_tensor if partitioned else p.data).detach().reshape(-1).view(torch.uint8)
+        h.update(name.encode())
+        for chunk in flat.split(DIGEST_CHUNK):
+            h.update(chunk.cpu().numpy())
+        hashed = True
     digests: list[str] = [""] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(digests, h.hexdigest())
+    torch.distributed.all_gather_object(digests, h.hexdigest() if hashed else "")
     return digests
 
 
@@ -237,12 +272,20 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     seed_everything(cfg.train.seed)
 
     tok = TextTokenizer(cfg.tokenizer)
+    ds_config = deepspeed_config(cfg, precision)
     mc = model_config(cfg)
     tok.check_model(
         mc.decoder.vocab_size, mc.image_token_id, mc.decoder.bos_token_id, mc.decoder.eos_token_id
     )
-    model = task.build_model(cfg, mc)
-    load_hf(model, cfg)  # before init_from: a stage 2 file holds what stage 1 trained on top of it
+    if cfg.task == "vlm":
+        # On meta first: the HF dirs' parts get memory in the run's dtype and their weights, nothing else
+        # (before init_from: a stage 2 file holds what stage 1 trained on top of them)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        partition = zero3_partitioner(ds_config, dtype) if zero_stage(ds_config) == 3 else None
+        model = vlm.build_model(cfg, mc, hf_sources(cfg), dtype, lambda m, _: load_hf(m, cfg), partition)
+    else:
+        model = task.build_model(cfg, mc)
+        load_hf(model, cfg)  # task video: the HF dirs into the eagerly built model
     for path in cfg.model.init_from:
         load_chain(model, path, strict_names=True)
     if cfg.train.activation_checkpointing:
@@ -253,17 +296,21 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     eval_index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
     fmt = task.sample_format(cfg, mc, tok)
     eval_fmt = dataclasses.replace(fmt, synthetic_caption_prob=0.0, repeat_text=1)  # one caption each
-    eval_batches = []
+    eval_batches = EvalBatches([], device)
     if cfg.data.heldout_fraction > 0:  # 0: no held-out rows, no evaluation
-        eval_batches = [
-            to_device(b, device)
-            for b in heldout_batches(eval_index, eval_fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-        ]
+        # On the CPU until each batch's turn; the fused model's eval is split over the ranks (eval.py)
+        eval_batches = EvalBatches(
+            heldout_batches(eval_index, eval_fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size),
+            device,
+            rank,
+            world,
+            shard=cfg.task == "vlm",
+        )
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, precision)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     spec = StreamSpec(
         cfg.data.seed, cfg.data.shuffle_buffer, cfg.train.micro_batch_size, world, cfg.data.num_workers

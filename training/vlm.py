@@ -12,25 +12,38 @@ resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_g
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import SampleFormat, build_index, heldout_batches
 from vlmforge.training.eval import image_gap
+from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
 from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.hf import load_hf_sources
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import load_fusion_model
 
 TOKENS = {"encoder": "image", "projection": "image", "decoder": "text", "fusion": "text", "video": "text"}
 
 
-def build_model(cfg: TrainConfig, model_cfg: ModelConfig) -> FusionModel:
+def build_model(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    sources: dict[str, str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    load: Callable[[FusionModel, dict[str, str]], None] = load_hf_sources,
+    partition: Callable[[list[nn.Parameter]], None] | None = None,
+) -> FusionModel:
+    """The fused model in ``dtype``, with the HF checkpoint dirs ``sources`` loaded (model/build.py: no
+    full fp32 copy of what they fill; with ``partition``, ZeRO-3 partitions module by module)."""
     model_cfg = dataclasses.replace(model_cfg, trainable=TrainableConfig(**cfg.model.trainable.model_dump()))
-    return FusionModel(model_cfg)
+    return build_fusion_model(model_cfg, sources, dtype, load, partition)
 
 
 def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) -> SampleFormat:

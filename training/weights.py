@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from vlmforge.common.files import atomic_path
+from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig
 from vlmforge.training.model.fusion import FusionModel
-from vlmforge.training.model.hf import load_hf_sources
 from vlmforge.training.model.vision import interpolate_position_embedding
 
 
@@ -31,13 +31,14 @@ def is_zero3(p: nn.Parameter) -> bool:
     return hasattr(p, "ds_id")
 
 
-def gathered(p: nn.Parameter):
-    """Context in which a ZeRO-3 partitioned parameter holds its full value (a no-op otherwise)."""
+def gathered(p: nn.Parameter, modifier_rank: int | None = None):
+    """Context in which a ZeRO-3 partitioned parameter holds its full value (a no-op otherwise); with
+    ``modifier_rank``, what that rank writes into it is partitioned again on exit."""
     if not is_zero3(p):
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters([p], modifier_rank=None)
+    return deepspeed.zero.GatheredParameters([p], modifier_rank=modifier_rank)
 
 
 def gather_tensors(module: nn.Module, keep: Callable[[str, nn.Parameter], bool]) -> dict[str, Tensor]:
@@ -88,14 +89,15 @@ def load_into(module: nn.Module, path: str | Path, strict_names: bool = True) ->
                 if name not in params:
                     continue
                 tensor, target = f.get_tensor(name), params[name]
-                if tensor.shape != target.shape and name.endswith("position_embedding"):
-                    g = int(round((target.shape[0] - 1) ** 0.5))
-                    tensor = interpolate_position_embedding(tensor, (g, g))
-                if tensor.shape != target.shape:
-                    raise ValueError(
-                        f"{path}: {name} has shape {tuple(tensor.shape)}, model {tuple(target.shape)}"
-                    )
-                target.copy_(tensor)
+                with gathered(target, modifier_rank=0):  # ZeRO-3: whole, then re-partitioned from rank 0
+                    if tensor.shape != target.shape and name.endswith("position_embedding"):
+                        g = int(round((target.shape[0] - 1) ** 0.5))
+                        tensor = interpolate_position_embedding(tensor, (g, g))
+                    if tensor.shape != target.shape:
+                        raise ValueError(
+                            f"{path}: {name} has shape {tuple(tensor.shape)}, model {tuple(target.shape)}"
+                        )
+                    target.copy_(tensor)
     return names
 
 
@@ -109,12 +111,11 @@ def load_fusion_model(path: str | Path) -> FusionModel:
     meta = read_metadata(path)
     if "config" not in meta:
         raise ValueError(f"{path}: no model config in the metadata (not written by a vlm training run)")
-    model = FusionModel(ModelConfig.from_dict(json.loads(meta["config"])))
     sources = hf_sources(path)
     for directory in sources.values():
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"{path} was trained on the HF checkpoint {directory}, which is gone")
-    load_hf_sources(model, sources)
+    model = build_fusion_model(ModelConfig.from_dict(json.loads(meta["config"])), sources)
     load_chain(model, path)
     return model
 

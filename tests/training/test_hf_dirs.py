@@ -39,7 +39,7 @@ def llama_clip_config(**sets):
 
 def test_llama_clip_example_config_takes_the_shapes_of_the_dirs():
     cfg = llama_clip_config()
-    assert cfg.train.deepspeed == "configs/deepspeed/zero3.json" and not cfg.model.trainable.decoder
+    assert cfg.train.deepspeed == "configs/deepspeed/zero3_real.json" and not cfg.model.trainable.decoder
     mc = model_config(cfg)
     d, v = mc.decoder, mc.vision
     assert (d.vocab_size, d.dim, d.num_layers, d.num_heads, d.num_kv_heads) == (512, 64, 4, 4, 2)

@@ -3,7 +3,9 @@ sharded safetensors, tests/train_support.py:tiny_hf_dirs).
 
 Llama + CLIP dirs (model.hf_decoder, model.hf_encoder): stage 1 trains the adapters while the decoder stays
 the HF dir's, bit for bit; checkpoints leave the frozen decoder and encoder out; a SIGKILL then --resume
-gives the uninterrupted run's losses; `vlmforge eval` rebuilds the model from the dirs and the weights file.
+gives the uninterrupted run's losses; `vlmforge eval` rebuilds the model from the dirs and the weights file
+and gives the run's own evaluation, which the 2 ranks split (3 batches: one rank evaluates two, the other
+one and a repeat it does not count).
 Such a model does not export to Mllama (CLIP's attention biases and unpadded tokens have no place there).
 Mllama dir (model.hf_mllama): training continues from it and the export gives transformers' logits on the
 trainer's own sequences.
@@ -76,7 +78,7 @@ def sets(out: Path, dirs: dict[str, Path], source: str) -> list[str]:
         "train.deepspeed": "configs/deepspeed/zero3.json",
         "train.progress": "false",
         "eval.max_rows": 16,
-        "eval.micro_batch_size": 8,
+        "eval.micro_batch_size": 5,  # 13 held-out rows, 3 batches: eval splits unevenly over 2 ranks
         "optim.warmup_steps": 2,
         "optim.lr": 3e-3,
     }

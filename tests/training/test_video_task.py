@@ -6,7 +6,9 @@ few plain optimizer steps on one repeated batch.
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import math
 import random
 from pathlib import Path
@@ -185,6 +187,22 @@ def test_export_refuses_the_trained_video_model(trained, tmp_path):
     assert model.video is not None and model.config.video.num_frames == 8
     with pytest.raises(ValueError, match="video model"):
         export_mllama(model, tmp_path)
+
+
+@pytest.mark.slow  # evaluates the DeepSpeed run's weights
+def test_vlmforge_eval_reports_the_video_gap_of_the_weights(setup, trained, capsys):
+    from vlmforge.training.cli import _eval
+
+    cfg = trained["cfg"]
+    weights = trained["result"].output / "model.safetensors"
+    overrides = [f"data.path={cfg.data.path}", f"tokenizer={cfg.tokenizer}", "data.heldout_fraction=0.2"]
+    config = str(ROOT / "configs/train/video.yaml")
+    args = argparse.Namespace(config=config, weights=str(weights), set=overrides)
+    assert _eval(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    after = trained["result"].summary["eval_after"]
+    assert set(result) == set(after)
+    assert result["video_gap"] == pytest.approx(after["video_gap"], rel=1e-4)
 
 
 def test_video_config_errors_name_the_field(setup, tmp_path):

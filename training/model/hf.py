@@ -91,15 +91,29 @@ class Checkpoint:
             raise KeyError(f"tensor {name!r} not in checkpoint")
         return self._handles[name].get_tensor(name)
 
+    def rows(self, name: str, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of a tensor, read without the rest of it."""
+        if name not in self._handles:
+            raise KeyError(f"tensor {name!r} not in checkpoint")
+        return self._handles[name].get_slice(name)[start:stop]
+
 
 def read_config(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+def holds_values(param: Tensor) -> bool:
+    """False for a parameter on the meta device (not built yet) or already split into ZeRO-3 partitions
+    (filled before): loaders skip those, which lets model/build.py fill a model one module at a time."""
+    return not param.is_meta and not hasattr(param, "ds_id")
 
 
 def load_parameters(module: nn.Module, source: Callable[[str], Tensor]) -> None:
     """Fill every parameter of ``module`` with ``source(name)`` (shapes must match, dtype is converted)."""
     with torch.no_grad():
         for name, param in module.named_parameters():
+            if not holds_values(param):
+                continue
             tensor = source(name)
             if tensor.shape != param.shape:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
@@ -309,8 +323,10 @@ def load_clip_vision(
     load_parameters(encoder, lambda name: ckpt[prefix + _clip_name(name)])
     if projection is not None:
         with torch.no_grad():
-            projection.ln_post.weight.copy_(ckpt[prefix + "post_layernorm.weight"])
-            projection.ln_post.bias.copy_(ckpt[prefix + "post_layernorm.bias"])
+            for part in ("weight", "bias"):
+                param = getattr(projection.ln_post, part)
+                if holds_values(param):
+                    param.copy_(ckpt[f"{prefix}post_layernorm.{part}"])
     return encoder
 
 
@@ -404,6 +420,19 @@ def load_hf_sources(model: FusionModel, sources: dict[str, str]) -> None:
         load_llama(sources["decoder"], model.decoder)
     if "encoder" in sources:
         load_clip_vision(sources["encoder"], model.encoder, model.projection)
+
+
+def loaded_parameters(model: FusionModel, sources: dict[str, str]) -> set[str]:
+    """Names of the parameters of ``model`` that ``load_hf_sources(model, sources)`` fills."""
+    names = set()
+    for name, _ in model.named_parameters():
+        if "mllama" in sources and not _mllama_keeps_init(name):
+            names.add(name)
+        if "decoder" in sources and name.startswith("decoder."):
+            names.add(name)
+        if "encoder" in sources and name.startswith(("encoder.", "projection.ln_post.")):
+            names.add(name)
+    return names
 
 
 # ------------------------------------------------------------------------------------------------- Mllama
@@ -658,6 +687,11 @@ def import_mllama(path: str | Path, dtype: torch.dtype = torch.float32) -> Fusio
     return model
 
 
+def _mllama_keeps_init(name: str) -> bool:
+    """Parameters Mllama has no place for: tile biases and view embeddings of a tiled stage, video."""
+    return name.startswith("video.") or name.endswith(("tile_bias", "view_embedding"))
+
+
 def load_mllama(path: str | Path, model: FusionModel) -> None:
     """Fill every parameter of ``model`` (built from the checkpoint's config, see ``import_mllama``)."""
     hf = read_config(path)
@@ -665,8 +699,11 @@ def load_mllama(path: str | Path, model: FusionModel) -> None:
     ckpt = Checkpoint(path)
     tensors = {_canonical_mllama_name(k): k for k in ckpt.keys()}
 
+    def raw(name: str) -> Tensor:  # in the checkpoint's dtype: the large tables are not copied to fp32
+        return ckpt[tensors[name]]
+
     def get(name: str) -> Tensor:
-        return ckpt[tensors[name]].float()
+        return raw(name).float()
 
     v, d = cfg.vision, cfg.decoder
     max_tiles = hf["vision_config"].get("max_num_tiles", 4)
@@ -680,31 +717,36 @@ def load_mllama(path: str | Path, model: FusionModel) -> None:
         gate = get(f"vision_model.{prefix}.gate").tanh()
         return gate * get(f"vision_model.{prefix}.embedding.weight")[ratio_id].view(max_tiles, *shape)[0]
 
-    pos_gate = get("vision_model.gated_positional_embedding.gate").tanh()
-    tile_pos = get("vision_model.gated_positional_embedding.tile_embedding.weight")[ratio_id]
-    position = (1 - pos_gate) * get("vision_model.gated_positional_embedding.embedding")
-    position = position + pos_gate * tile_pos.view(max_tiles, tokens, v.dim)[0]
-    position[1:] += tile_part("pre_tile_positional_embedding", (v.dim,))
-    embed = get("language_model.model.embed_tokens.weight")
-    special = {
+    def position() -> Tensor:
+        pos_gate = get("vision_model.gated_positional_embedding.gate").tanh()
+        tile_pos = get("vision_model.gated_positional_embedding.tile_embedding.weight")[ratio_id]
+        pos = (1 - pos_gate) * get("vision_model.gated_positional_embedding.embedding")
+        pos = pos + pos_gate * tile_pos.view(max_tiles, tokens, v.dim)[0]
+        pos[1:] += tile_part("pre_tile_positional_embedding", (v.dim,))
+        return pos
+
+    embed = tensors["language_model.model.embed_tokens.weight"]
+    special: dict[str, Callable[[], Tensor]] = {  # read when their parameter is filled, one at a time
         "encoder.position_embedding": position,
-        "projection.ln_post.bias": get("vision_model.layernorm_post.bias")
-        + tile_part("post_tile_positional_embedding", (v.dim,)),
-        "projection.proj.weight": _projector_from_mllama(
+        "projection.ln_post.bias": lambda: (
+            get("vision_model.layernorm_post.bias") + tile_part("post_tile_positional_embedding", (v.dim,))
+        ),
+        "projection.proj.weight": lambda: _projector_from_mllama(
             get("multi_modal_projector.weight"), v.dim, len(v.intermediate_layers)
         ),
-        "decoder.embed_tokens.weight": embed[: d.vocab_size],
-        "fusion.token_embedding.weight": embed[d.vocab_size : d.vocab_size + MLLAMA_NEW_TOKENS],
-        "decoder.lm_head.weight": get("language_model.lm_head.weight"),
+        "decoder.embed_tokens.weight": lambda: ckpt.rows(embed, 0, d.vocab_size),
+        "fusion.token_embedding.weight": lambda: ckpt.rows(
+            embed, d.vocab_size, d.vocab_size + MLLAMA_NEW_TOKENS
+        ),
+        "decoder.lm_head.weight": lambda: raw("language_model.lm_head.weight"),
     }
-    # Parameters Mllama has no place for (tile biases and view embeddings of a tiled stage, video adapters)
-    # keep the model's own initialisation.
+    # Parameters Mllama has no place for keep the model's own initialisation.
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.startswith("video.") or name.endswith(("tile_bias", "view_embedding")):
+            if _mllama_keeps_init(name) or not holds_values(param):
                 continue
             hub = _mllama_name(name, cfg.fusion.every)
-            tensor = special[name] if name in special else get(hub)
+            tensor = special[name]() if name in special else raw(hub)
             if tensor.shape != param.shape:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
             param.copy_(tensor)
