@@ -6,8 +6,16 @@ pre-built batches (fixed random captions and images, so data loading is not part
 steps alternate between the two loops so that load from other processes hits both alike; the figures are
 median step times. On a GPU it also reports tokens/s and MFU of the DeepSpeed loop (bf16).
 
+With ``--packing`` it compares instead real (non-padding) tokens/s of packed and unpacked micro-batches
+(data.packing) in one plain PyTorch loop (the stage-1 recipe's trainable parts, AdamW), on curated sample
+pairs read by the training stream: unpacked rows are padded to the longest in their micro-batch, packed
+rows hold as many samples as fit in ``--max-tokens``. The packed micro-batch is the largest number of rows
+whose activation memory (the bytes autograd saves for the backward pass) stays within the unpacked
+micro-batch's, so both use the same micro-batch memory.
+
     python benchmarks/train_step.py                      # tiny preset, CPU
     python benchmarks/train_step.py --preset tiny --batch 64 --seq 48 --steps 100
+    python benchmarks/train_step.py --packing --max-tokens 256 --batch 32 --threads 2
 """
 
 from __future__ import annotations
@@ -45,6 +53,126 @@ def make_batches(cfg_model, n: int, batch: int, seq: int, device: torch.device) 
     return out
 
 
+def saved_bytes(model: torch.nn.Module, batch: dict) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one micro-batch (its activations)."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter) and t.device.type != "meta":
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = vlm.loss(model, batch)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def packing_main(args: argparse.Namespace) -> int:
+    """Real tokens/s, packed vs unpacked micro-batches at the same micro-batch memory."""
+    import dataclasses
+
+    import numpy as np
+
+    from vlmforge.training.data import StreamSpec, build_index, train_loader
+    from vlmforge.training.tokenizer import TextTokenizer
+
+    torch.set_num_threads(args.threads)
+    curated, tokenizer = args.curated, args.tokenizer
+    if curated is None or tokenizer is None:  # the training tests' curated sample pairs
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from train_support import recipe_data
+
+        curated, tokenizer = recipe_data()
+    cfg = load_train_config(
+        "configs/train/stage1.yaml",
+        [
+            f"model.preset={args.preset}",
+            f"model.image_size={args.image_size}",
+            "model.init_from=[]",
+            f"data.path={curated}",
+            f"tokenizer={tokenizer}",
+            f"data.max_tokens={args.max_tokens}",
+            "data.num_workers=0",
+        ],
+    )
+    mc = model_config(cfg)
+    torch.manual_seed(0)
+    model = vlm.build_model(cfg, mc)
+    index = build_index(curated, "train", cfg.data.heldout_fraction)
+    fmt = vlm.sample_format(cfg, mc, TextTokenizer(tokenizer))
+
+    def batches(packing: bool, micro_batch: int, n: int) -> list[dict]:
+        spec = StreamSpec(cfg.data.seed, cfg.data.shuffle_buffer, micro_batch, 1, 0)
+        _, loader = train_loader(index, dataclasses.replace(fmt, packing=packing), spec, rank=0)
+        it = iter(loader)
+        return [next(it) for _ in range(n)]
+
+    unpacked = batches(False, args.batch, args.distinct)
+    budget = max(saved_bytes(model, b) for b in unpacked)
+    rows = 1
+    while rows < 64 and max(saved_bytes(model, b) for b in batches(True, rows + 1, 3)) <= budget:
+        rows += 1
+    packed = batches(True, rows, args.distinct)
+    loops = {}
+    for name in ("unpacked", "packed"):
+        m = copy.deepcopy(model)
+        opt = build_optimizer(m, cfg)
+        loops[name] = (m, opt)
+
+    def step(name: str, batch: dict) -> float:
+        m, opt = loops[name]
+        t0 = time.perf_counter()
+        vlm.loss(m, batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    data = {"unpacked": unpacked, "packed": packed}
+    for name in data:  # warm-up
+        step(name, data[name][0])
+    seconds = {name: 0.0 for name in data}
+    tokens = {name: 0 for name in data}
+    samples = {name: 0 for name in data}
+    for i in range(args.steps):  # alternate single steps, so both see the same machine load
+        for name in data:
+            batch = data[name][i % len(data[name])]
+            seconds[name] += step(name, batch)
+            tokens[name] += batch["num_tokens"]
+            samples[name] += len(batch["ids"])
+
+    def shape(name: str) -> dict:
+        bs = data[name]
+        return {
+            "rows": bs[0]["input_ids"].shape[0],
+            "mean_positions": round(float(np.mean([b["input_ids"].numel() for b in bs])), 1),
+            "mean_samples": round(float(np.mean([len(b["ids"]) for b in bs])), 1),
+            "real_token_share": round(
+                sum(b["num_tokens"] for b in bs) / sum(b["input_ids"].numel() for b in bs), 3
+            ),
+            "max_saved_mb": round(max(saved_bytes(model, b) for b in bs) / 2**20, 2),
+            "real_tokens_per_s": round(tokens[name] / seconds[name], 1),
+            "samples_per_s": round(samples[name] / seconds[name], 1),
+        }
+
+    result = {
+        "device": f"cpu, {torch.get_num_threads()} thread(s)",
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "max_tokens": args.max_tokens,
+        "timed_steps_each": args.steps,
+        "unpacked": shape("unpacked"),
+        "packed": shape("packed"),
+    }
+    result["real_tokens_per_s_ratio"] = round(
+        result["packed"]["real_tokens_per_s"] / result["unpacked"]["real_tokens_per_s"], 3
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
@@ -53,7 +181,15 @@ def main() -> int:
     p.add_argument("--seq", type=int, default=48)
     p.add_argument("--steps", type=int, default=60, help="timed steps per loop (alternating)")
     p.add_argument("--deepspeed", default="configs/deepspeed/zero2.json")
+    p.add_argument("--packing", action="store_true", help="packed vs unpacked real tokens/s instead")
+    p.add_argument("--max-tokens", type=int, default=256, help="--packing: data.max_tokens")
+    p.add_argument("--distinct", type=int, default=6, help="--packing: distinct micro-batches per mode")
+    p.add_argument("--threads", type=int, default=2, help="--packing: torch threads")
+    p.add_argument("--curated", type=Path, help="--packing: curated dir (default: the tests' sample pairs)")
+    p.add_argument("--tokenizer", type=Path, help="--packing: its tokenizer.json")
     args = p.parse_args()
+    if args.packing:
+        return packing_main(args)
 
     cfg = load_train_config(
         "configs/train/stage1.yaml",

@@ -102,6 +102,12 @@ class DataSection(_Section):
         "sees the image, and an exported model gives transformers' logits) instead of "
         "<|begin_of_text|><|image|>",
     )
+    packing: bool = Field(
+        False,
+        description="vlm: pack several image-caption samples into each row of max_tokens (each with its own "
+        "image token and image, positions restarting, attention within the sample only); "
+        "train.micro_batch_size then counts rows of max_tokens. Evaluation stays unpacked",
+    )
     synthetic_caption_prob: float = Field(
         0.0,
         ge=0,
@@ -210,6 +216,8 @@ class TrainConfig(_Section):
             )
         if m.hf_mllama and (m.hf_decoder or m.hf_encoder):
             raise ValueError("model.hf_mllama is the whole model: leave model.hf_decoder, hf_encoder unset")
+        if self.data.packing and self.task != "vlm":
+            raise ValueError("data.packing applies to task vlm only")
         if self.data.repeat_text > 1 and self.task != "text_lm":
             raise ValueError("data.repeat_text applies to task text_lm only")
         if self.task == "clip" and self.train.micro_batch_size < 2:

@@ -14,6 +14,15 @@ read a Parquet row group at a time, kept until emitted. That makes the position 
 the checkpoint. A resumed run rebuilds the buffer's contents and emits exactly what an uninterrupted run
 would have emitted.
 
+With packing (``data.packing``, task vlm) a micro-batch is ``micro_batch_size`` rows of up to ``max_tokens``
+tokens, each holding as many samples (each with its own image token and image) as fit, filled greedily in
+stream order: a row is closed when the next sample does not fit, and the batch when its last row is. A
+batch ends just before a sample, so where the next one starts is the reader's (epoch, samples emitted),
+and packing from there gives what an uninterrupted stream gives. That cursor is not a function of the
+batch count (it depends on the captions' lengths), so each packed batch carries it, the loader notes it as
+the loop takes the batch, and the checkpoint keeps every rank's cursors; the stream runs across epochs
+without dropping a tail. Evaluation batches stay unpacked.
+
 Held-out rows (a hash of ``id``) never enter training; a stage-2 subset keeps the rows whose score column
 is at or above a percentile of that column over the whole curated set.
 """
@@ -36,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlmforge.training.config import SubsetSection
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
+from vlmforge.training.model.fusion import packed_media_mask
 from vlmforge.training.model.perceiver import sample_frame_indices
 
 # CLIP's normalisation, which Mllama's image processor uses too (other encoders convert, VisionConfig).
@@ -193,6 +203,7 @@ class SampleFormat:
     encode: Any = field(default=None, repr=False)  # str -> list[int]
     repeat_text: int = 1  # the caption (with its EOS) this many times in a row, cut at max_tokens
     image_first: bool = False  # <|image|><|begin_of_text|> (Mllama's order) instead of BOS first
+    packing: bool = False  # several samples per row of max_tokens (collate_packed)
     video_token_id: int | None = None  # task video: the token before the caption of a row with frames
     video_frames: int | None = None  # task video: frames each clip is resampled to (None: frames unread)
 
@@ -283,8 +294,72 @@ def collate(
         "labels": labels,
         "images": images,
         "ids": [s.id for s in samples],
-        "num_tokens": num_tokens,
+        "num_tokens": num_tokens,  # real tokens (no padding)
         "num_images": sum(s.image is not None for s in samples),
+        # what the encoder runs on: placeholders too, and every frame of the clips
+        "computed_images": (0 if images is None else len(samples))
+        + len(samples) * (video_frames if "videos" in batch else 0),
+    }
+
+
+def pack_rows(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:
+    """Samples in order, greedily into rows of at most `max_tokens` tokens (a row closes when the next
+    sample does not fit). The stream packs the same way, sample by sample (CaptionStream)."""
+    rows: list[list[Sample]] = []
+    used = max_tokens
+    for s in samples:
+        if used + len(s.input_ids) > max_tokens:
+            rows.append([])
+            used = 0
+        rows[-1].append(s)
+        used += len(s.input_ids)
+    return rows
+
+
+def collate_packed(
+    rows: list[list[Sample]], pad_id: int, image_size: int, image_token_id: int
+) -> dict[str, Any]:
+    """Packed rows: ids and labels laid end to end per row, then right padding; each sample's positions
+    start at 0 (``position_ids``) and its tokens carry its index in the row (``segment_ids``; padding -1,
+    a segment of its own). ``images`` (B, N, C, H, W) holds each row's images in order (N: the most in a
+    row, at least 1; empty slots are zeros) and ``encoder_mask`` (B, S, N) lets only a sample's own tokens
+    see its image (``packed_media_mask``). The first label of every sample is -100 (its prefix), so no
+    label crosses from one sample into the next."""
+    length = max(sum(len(s.input_ids) for s in row) for row in rows)
+    num_images = max(1, max(sum(s.image is not None for s in row) for row in rows))
+    b = len(rows)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.arange(length).repeat(b, 1)
+    segment_ids = torch.full((b, length), -1, dtype=torch.long)
+    images = torch.zeros(b, num_images, 3, image_size, image_size)
+    for i, row in enumerate(rows):
+        at, n = 0, 0
+        for j, s in enumerate(row):
+            end = at + len(s.input_ids)
+            input_ids[i, at:end] = torch.tensor(s.input_ids)
+            labels[i, at:end] = torch.tensor(s.labels)
+            position_ids[i, at:end] = torch.arange(end - at)
+            segment_ids[i, at:end] = j
+            if s.image is not None:
+                images[i, n] = s.image
+                n += 1
+            at = end
+    samples = [s for row in rows for s in row]
+    if any(s.labels[0] != IGNORE_INDEX for s in samples):
+        raise ValueError("packing needs samples whose first label is -100 (labels must not cross samples)")
+    real_images = sum(s.image is not None for s in samples)
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "images": images,
+        "encoder_mask": packed_media_mask(input_ids, segment_ids, image_token_id, num_images),
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "ids": [s.id for s in samples],
+        "num_tokens": sum(len(s.input_ids) for s in samples),  # real tokens (no padding)
+        "num_images": real_images,
+        "computed_images": max(real_images, 1),  # only the slots some token sees run the encoder
     }
 
 
@@ -368,11 +443,29 @@ class CaptionStream(IterableDataset):
     """Infinite stream of micro-batches for one rank; epochs follow each other."""
 
     def __init__(
-        self, index: ShardIndex, fmt: SampleFormat, spec: StreamSpec, rank: int, start_batches: int = 0
+        self,
+        index: ShardIndex,
+        fmt: SampleFormat,
+        spec: StreamSpec,
+        rank: int,
+        start_batches: int = 0,
+        position: dict[str, Any] | None = None,
     ) -> None:
+        """``position``: what ``position`` returned at ``start_batches`` (a packed stream resumes from it)."""
         super().__init__()
         self.index, self.fmt, self.spec, self.rank = index, fmt, spec, rank
         self.start_batches = start_batches
+        # Packing: (epoch, samples emitted) per reader where its next batch starts, as the loop takes them.
+        self.cursors = {r: (0, 0) for r in range(spec.readers_per_rank)}
+        self.taken = start_batches
+        if fmt.packing and start_batches:
+            ranks = (position or {}).get("ranks")
+            if not ranks or position.get("rank_batches") != start_batches or len(ranks) <= rank:
+                raise ValueError(
+                    f"data.packing: no packed stream position for batch {start_batches} of rank {rank} "
+                    "in the checkpoint (was it made with data.packing on?)"
+                )
+            self.cursors = {c["reader"]: (c["epoch"], c["emitted"]) for c in ranks[rank]}
         self.batches_per_epoch = (index.total // spec.num_slots) // spec.micro_batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(
@@ -393,10 +486,50 @@ class CaptionStream(IterableDataset):
         return len(range(reader, rank_batches, self.spec.readers_per_rank))
 
     def epoch_order(self, epoch: int, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard, row) of the slot's rows and the order they are emitted in (packing: all of them)."""
         shards, rows = slot_rows(self.index, self.spec.seed, epoch, slot, self.spec.num_slots)
         rng = np.random.default_rng([self.spec.seed, epoch, slot, 1])
         order = shuffle_order(len(rows), self.spec.shuffle_buffer, rng)
+        if self.fmt.packing:
+            return shards, rows, order
         return shards, rows, order[: self.batches_per_epoch * self.spec.micro_batch_size]
+
+    def _samples(self, slot: int, epoch: int, start: int) -> Iterator[tuple[int, int, Sample]]:
+        """(epoch, index in its epoch's order, sample) from `start` of `epoch` on, epoch after epoch."""
+        while True:
+            shards, rows, order = self.epoch_order(epoch, slot)
+            reader = RowReader(self.index, shards, rows)
+            for p, (seq, row) in enumerate(reader.emit(order, start), start):
+                rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
+                yield epoch, p, make_sample(row, self.fmt, rng)
+            reader.close()
+            epoch, start = epoch + 1, 0
+
+    def _packed(self, reader: int) -> Iterator[dict[str, Any]]:
+        """Packed batches of `reader` from its cursor on; each carries the cursor after it."""
+        first_epoch, start = self.cursors[reader]
+        mb, limit = self.spec.micro_batch_size, self.fmt.max_tokens
+        rows: list[list[Sample]] = []
+        used = limit
+        for epoch, p, sample in self._samples(self.slot(reader), first_epoch, start):
+            if used + len(sample.input_ids) > limit:
+                if len(rows) == mb:
+                    batch = collate_packed(
+                        rows, self.fmt.eos_id, self.fmt.image_size, self.fmt.image_token_id
+                    )
+                    yield {**batch, "stream": {"reader": reader, "epoch": epoch, "emitted": p}}
+                    rows = []
+                rows.append([])
+                used = 0
+            rows[-1].append(sample)
+            used += len(sample.input_ids)
+
+    def note(self, batch: dict[str, Any]) -> None:
+        """The loop took `batch`: a packed batch moves its reader's cursor."""
+        self.taken += 1
+        if "stream" in batch:
+            c = batch["stream"]
+            self.cursors[c["reader"]] = (c["epoch"], c["emitted"])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -406,6 +539,9 @@ class CaptionStream(IterableDataset):
         reader = (worker + self.start_batches) % self.spec.readers_per_rank
         slot = self.slot(reader)
         done = self.worker_batches(self.start_batches, reader)
+        if self.fmt.packing:
+            yield from self._packed(reader)
+            return
         epoch, batch = divmod(done, self.batches_per_epoch)
         mb = self.spec.micro_batch_size
         while True:
@@ -423,11 +559,22 @@ class CaptionStream(IterableDataset):
 
     def position(self, rank_batches: int) -> dict[str, Any]:
         """Where this rank's readers stand after `rank_batches` micro-batches: epoch, samples emitted, and
-        the (shard, row) the shuffle buffer reads next."""
+        the (shard, row) the shuffle buffer reads next.
+
+        Packing: from the cursors of the batches the loop took (``note``), which must be `rank_batches`;
+        every rank calls this at once (a checkpoint) and gets all ranks' cursors under "ranks", since the
+        checkpoint's state is rank 0's."""
+        if self.fmt.packing and self.taken != rank_batches:
+            raise ValueError(
+                f"position at batch {rank_batches}, but the loop took {self.taken} packed batches"
+            )
         readers = []
         for reader in range(self.spec.readers_per_rank):
-            epoch, batch = divmod(self.worker_batches(rank_batches, reader), self.batches_per_epoch)
-            emitted = batch * self.spec.micro_batch_size
+            if self.fmt.packing:
+                epoch, emitted = self.cursors[reader]
+            else:
+                epoch, batch = divmod(self.worker_batches(rank_batches, reader), self.batches_per_epoch)
+                emitted = batch * self.spec.micro_batch_size
             shards, rows = slot_rows(
                 self.index, self.spec.seed, epoch, self.slot(reader), self.spec.num_slots
             )
@@ -442,13 +589,39 @@ class CaptionStream(IterableDataset):
                     "row": None if at_end else int(rows[cursor]),
                 }
             )
-        return {"rank_batches": rank_batches, "readers": readers}
+        position: dict[str, Any] = {"rank_batches": rank_batches, "readers": readers}
+        if self.fmt.packing:
+            cursors = [{k: r[k] for k in ("reader", "epoch", "emitted")} for r in readers]
+            ranks = [cursors]
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                ranks = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(ranks, cursors)
+            position["ranks"] = ranks
+        return position
+
+
+class NotingLoader:
+    """The DataLoader of a packed stream: tells the stream (in this process) which batches the loop took."""
+
+    def __init__(self, loader: DataLoader, stream: CaptionStream) -> None:
+        self.loader, self.stream = loader, stream
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            self.stream.note(batch)
+            yield batch
 
 
 def train_loader(
-    index: ShardIndex, fmt: SampleFormat, spec: StreamSpec, rank: int, start_batches: int = 0
-) -> tuple[CaptionStream, DataLoader]:
-    stream = CaptionStream(index, fmt, spec, rank, start_batches)
+    index: ShardIndex,
+    fmt: SampleFormat,
+    spec: StreamSpec,
+    rank: int,
+    start_batches: int = 0,
+    position: dict[str, Any] | None = None,
+) -> tuple[CaptionStream, DataLoader | NotingLoader]:
+    """The rank's stream and its loader; `position`: the checkpoint's (``CaptionStream.position``)."""
+    stream = CaptionStream(index, fmt, spec, rank, start_batches, position)
     loader = DataLoader(
         stream,
         batch_size=None,
@@ -456,7 +629,7 @@ def train_loader(
         prefetch_factor=2 if spec.num_workers else None,
         persistent_workers=False,
     )
-    return stream, loader
+    return stream, NotingLoader(loader, stream) if fmt.packing else loader
 
 
 def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:

@@ -4,9 +4,14 @@ Each top-level component of the model costs its parameter count times the tokens
 tokens for the decoder and adapters, image tokens for the encoder), times 6 when it trains (forward,
 input and weight gradients) and 4 when it is frozen but gradients flow through it (forward and input
 gradients, no weight gradients). Attention scores are not counted, as in the usual 6N estimate.
+
+MFU counts what is computed (``computed_counts``: every position of the padded rows, every image the
+encoder runs on); throughput counts real tokens (a batch's ``num_tokens``, no padding).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +44,15 @@ def step_flops(
         tokens = counts.get(tokens_of.get(name, ""), 0.0)
         total += (6 * trained + 4 * frozen) * tokens
     return total
+
+
+def computed_counts(batch: dict[str, Any], tokens_per_image: int) -> dict[str, float]:
+    """What a micro-batch (training/data.py) makes the model compute, for ``step_flops``: every position of
+    its rows, padding included, and the tokens of every image the encoder runs on (placeholders too)."""
+    return {
+        "text": float(batch["input_ids"].numel()),
+        "image": float(batch.get("computed_images", 0) * tokens_per_image),
+    }
 
 
 def peak_flops(precision: str, override_tflops: float | None = None) -> float | None:

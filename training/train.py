@@ -37,7 +37,7 @@ from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
 from vlmforge.training.eval import EvalBatches, to_device
-from vlmforge.training.flops import component_sizes, peak_flops, step_flops
+from vlmforge.training.flops import component_sizes, computed_counts, peak_flops, step_flops
 from vlmforge.training.launch import check_extension_locks, free_port
 from vlmforge.training.metrics import MetricsWriter
 from vlmforge.training.model import hf
@@ -329,7 +329,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         _check_resume(state, identity)
         start = state["step"]
     accum = cfg.train.grad_accum
-    stream, loader = train_loader(train_index, fmt, spec, rank, start_batches=start * accum)
+    position = state["data"] if resume else None
+    stream, loader = train_loader(
+        train_index, fmt, spec, rank, start_batches=start * accum, position=position
+    )
     metrics = MetricsWriter(out, rank == 0, resume_step=start if resume else None)
     say = tqdm.write if rank == 0 else (lambda *_: None)
     if rank == 0:
@@ -365,6 +368,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         loss_sum, samples, tokens, images = 0.0, 0, 0, 0
+        computed = {"text": 0.0, "image": 0.0}  # what the model computes (padding too), for MFU
         digest = hashlib.blake2b(digest_size=8)
         for _ in range(accum):
             batch = next(batches)
@@ -377,15 +381,20 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
             samples += len(batch["ids"])
             tokens += batch["num_tokens"]
             images += batch["num_images"]
+            for kind, n in computed_counts(batch, mc.vision.num_views * mc.vision.num_tokens).items():
+                computed[kind] += n
             micro_batches += 1
-        loss, samples, tokens, images = _sum_across_ranks([loss_sum / accum, samples, tokens, images], device)
+        loss, samples, tokens, images, text, image = _sum_across_ranks(
+            [loss_sum / accum, samples, tokens, images, computed["text"], computed["image"]], device
+        )
         loss /= world
         elapsed = time.perf_counter() - t0
         record = {
             "loss": loss,
             "lr": scheduler.get_last_lr()[0],
             "samples_per_s": samples / elapsed,
-            "tokens_per_s": tokens / elapsed,
+            "tokens_per_s": tokens / elapsed,  # real tokens (no padding)
+            "real_token_share": tokens / text,
             "step_time_s": elapsed,
             "images": int(images),  # rows with an image, all ranks
             "data": digest.hexdigest(),  # of rank 0's sample ids
@@ -393,8 +402,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
-        image_tokens = images * mc.vision.num_views * mc.vision.num_tokens
-        flops = step_flops(sizes, task.TOKENS, {"text": tokens, "image": image_tokens})
+        flops = step_flops(sizes, task.TOKENS, {"text": text, "image": image})
         if peak is not None:
             record["mfu"] = flops / elapsed / (peak * world)
         metrics.log("train", step, record)

@@ -2,7 +2,7 @@
 
 The sequence is ``<|begin_of_text|> <|image|> caption <|end_of_text|>``, or with ``data.image_first``
 Mllama's ``<|image|> <|begin_of_text|> ...`` (every text token sees the image), with the loss on the caption
-and EOS only. The decoder stays
+and EOS only; with ``data.packing`` several such samples share a row (training/data.py). The decoder stays
 frozen (``model.trainable``); encoder, projection head and adapters train. Stage 2 reads its higher
 resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``); a
 ``model.image_size`` other than the encoder's instead interpolates position embeddings on load
@@ -56,11 +56,16 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
         synthetic_caption_prob=cfg.data.synthetic_caption_prob,
         encode=tok.encode,
         image_first=cfg.data.image_first,
+        packing=cfg.data.packing,
     )
 
 
+PACKED_KEYS = ("encoder_mask", "position_ids", "segment_ids")  # in packed batches (data.collate_packed)
+
+
 def loss(model: Any, batch: dict[str, Any]) -> Tensor:
-    return model(input_ids=batch["input_ids"], images=batch["images"], labels=batch["labels"]).loss
+    packed = {k: batch[k] for k in PACKED_KEYS if k in batch}
+    return model(input_ids=batch["input_ids"], images=batch["images"], labels=batch["labels"], **packed).loss
 
 
 def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:

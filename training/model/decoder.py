@@ -1,14 +1,18 @@
 """Llama decoder: RMSNorm, RoPE with Llama 3 frequency scaling, grouped-query attention, SwiGLU.
 
 Parameter names follow HF's ``LlamaForCausalLM`` (without its ``model.`` prefix), so a Llama checkpoint
-loads by name. Also here: the KV cache and the decoding loop (greedy and top-p sampling) that the fused
-model reuses.
+loads by name. Packed sequences (several samples in one row, ``data.packing``) give each token its position
+within its own sample (``position_ids``) and attend within their sample only (``segment_ids``): attention
+runs sample by sample (``Segments``), which equals the block-causal mask (``block_causal_mask``) without
+computing the masked-out blocks. Also here: the KV cache
+and the decoding loop (greedy and top-p sampling) that the fused model reuses.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,9 +64,76 @@ def rope_frequencies(cfg: DecoderConfig, device: torch.device | None = None) -> 
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, S, head_dim) by position; the rotate-half layout of HF checkpoints."""
+    """Rotate (B, H, S, head_dim) by position; the rotate-half layout of HF checkpoints. cos and sin are
+    (S, head_dim), or (B, 1, S, head_dim) with per-row positions."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def block_causal_mask(segment_ids: Tensor) -> Tensor:
+    """(B, S) segment ids -> (B, 1, S, S) bool: query s sees key t when both are in the same segment and
+    t <= s. Every token sees itself, so no row of the attention is empty (padding is a segment of its own).
+    """
+    s = segment_ids.shape[1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
+    return (same & causal)[:, None]
+
+
+@dataclass
+class Segments:
+    """The samples of packed rows as a batch of their own, for attention without the rows' S x S cost.
+
+    ``index`` (num, L) points each sample's tokens into the flattened (B * S) rows, ``valid`` marks the
+    real ones (L: the longest sample). Attention gathers q, k and v into this layout, runs causally per
+    sample and scatters back: what ``block_causal_mask`` allows, computed without the masked-out blocks.
+    ``image`` (num,) is the flattened (B * N) slot of each sample's image (-1: none) and ``sees`` (num, L)
+    the tokens that see it (the cross-attention in fusion.py).
+    """
+
+    index: Tensor
+    valid: Tensor
+    rows: int
+    length: int
+    image: Tensor | None = None
+    sees: Tensor | None = None
+    num_images: int = 0
+
+    @staticmethod
+    def of(segment_ids: Tensor, encoder_mask: Tensor | None = None) -> Segments:
+        """From (B, S) segment ids (-1: padding) and, for the images, the (B, S, N) encoder mask."""
+        b, s = segment_ids.shape
+        flat = segment_ids.flatten()
+        positions = (flat >= 0).nonzero().flatten()
+        row = positions // s
+        key = row * (int(flat.max()) + 2) + flat[positions]  # samples are contiguous within a row
+        _, counts = torch.unique_consecutive(key, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        length = int(counts.max())
+        offsets = torch.arange(length, device=flat.device)
+        valid = offsets[None, :] < counts[:, None]
+        index = positions[(starts[:, None] + offsets[None, :]).clamp(max=len(positions) - 1)]
+        seg = Segments(index, valid, b, s, length)
+        if encoder_mask is not None:
+            n = encoder_mask.shape[-1]
+            tokens = seg.gather(encoder_mask) & valid[..., None]  # (num, L, N)
+            seen = tokens.any(dim=1)
+            slot = seen.int().argmax(dim=-1)
+            row_of = index[:, 0] // s
+            seg.image = torch.where(seen.any(dim=-1), row_of * n + slot, -1)
+            seg.sees = tokens.any(dim=-1)
+            seg.num_images = n
+        return seg
+
+    def gather(self, x: Tensor) -> Tensor:
+        """(B, S, ...) -> (num, L, ...)."""
+        return x.flatten(0, 1)[self.index]
+
+    def scatter(self, y: Tensor) -> Tensor:
+        """(num, L, ...) -> (B, S, ...), zeros at the padding of the rows."""
+        flat = y.new_zeros((self.rows * self.length, *y.shape[2:]))
+        flat = flat.index_put((self.index[self.valid],), y[self.valid])
+        return flat.view(self.rows, self.length, *y.shape[2:])
 
 
 class KVCache:
@@ -94,7 +165,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """``mask``: (B, 1, S, S) bool (``block_causal_mask``), or the packed rows' ``Segments``, instead
+        of the causal mask (no cache then)."""
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -104,7 +179,15 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(k, v)
-        if past == 0:
+        if mask is not None and past:
+            raise ValueError("a block mask (packed sequences) cannot continue a KV cache")
+        if isinstance(mask, Segments):
+            q, k, v = (mask.gather(t.transpose(1, 2)).transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return self.o_proj(mask.scatter(out.transpose(1, 2).flatten(2)))
+        if mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        elif past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:  # new tokens see all cached ones and, causally, each other
             mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -133,8 +216,10 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -166,9 +251,16 @@ class Decoder(nn.Module):
             self.register_state_dict_post_hook(_drop_tied_head)
             self.register_load_state_dict_pre_hook(_fill_tied_head)
 
-    def rope(self, start: int, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin (length, head_dim) for positions start .. start + length - 1."""
+    def rope(
+        self, start: int, length: int, like: Tensor, position_ids: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """cos and sin (length, head_dim) for positions start .. start + length - 1; with ``position_ids``
+        (B, length) those positions instead, as (B, 1, length, head_dim)."""
         inv_freq = rope_frequencies(self.cfg, like.device)
+        if position_ids is not None:
+            freqs = position_ids[:, None, :, None].float() * inv_freq
+            emb = torch.cat([freqs, freqs], dim=-1)
+            return emb.cos().to(like.dtype), emb.sin().to(like.dtype)
         positions = torch.arange(start, start + length, device=like.device).float()
         freqs = positions[:, None] * inv_freq[None, :]
         emb = torch.cat([freqs, freqs], dim=-1)
@@ -177,12 +269,20 @@ class Decoder(nn.Module):
     def new_caches(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
 
-    def forward(self, input_ids: Tensor, caches: list[KVCache] | None = None) -> Tensor:
-        """Logits for ``input_ids``; with ``caches`` the ids continue the cached tokens."""
+    def forward(
+        self,
+        input_ids: Tensor,
+        caches: list[KVCache] | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Logits for ``input_ids``; with ``caches`` the ids continue the cached tokens. Packed rows: see the
+        module docstring."""
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rope(caches[0].length if caches else 0, input_ids.shape[1], x)
+        cos, sin = self.rope(caches[0].length if caches else 0, input_ids.shape[1], x, position_ids)
+        mask = None if segment_ids is None else Segments.of(segment_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, caches[i] if caches else None)
+            x = layer(x, cos, sin, caches[i] if caches else None, mask)
         return self.lm_head(self.norm(x))
 
     @torch.no_grad()

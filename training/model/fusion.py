@@ -11,6 +11,16 @@ both branch outputs multiplied by zero: its hidden state passes the layer unchan
 get a placeholder image and an all-false mask, so the encoder and every cross-attention layer run the
 same ops on every row and every rank (ZeRO-3 hangs when ranks skip layers, DeepSpeed issue 7170).
 
+Packed rows (``data.packing``) hold several samples, each with its own image token and image:
+``position_ids`` restart at every sample, ``segment_ids`` make self-attention block-causal (run sample by
+sample, ``Segments``), and each image is seen only by the tokens of its own sample (``packed_media_mask``:
+Mllama's rule within the sample; the cross-attention also runs sample by sample); the image slots that no
+token sees (a row with fewer images than the widest row) are not encoded.
+
+The loss is taken in chunks of positions (``chunked_lm_loss``): the output head and the cross entropy run
+on the positions with a target only, an eighth of them at a time, recomputed in the backward pass, so the
+fp32 logits of a long batch over a large vocabulary never exist at once.
+
 ``FusionModel`` keeps encoder, projection head, decoder, fusion layers (and video adapters) as separate
 modules with a ``trainable`` switch each; by default only the decoder is frozen. New special tokens (the
 image token first) are learned in a small table of their own next to the frozen embedding table.
@@ -27,9 +37,18 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vlmforge.training.model.config import IGNORE_INDEX, DecoderConfig, ModelConfig, TrainableConfig
-from vlmforge.training.model.decoder import MLP, Decoder, KVCache, RMSNorm, generate, init_weights
+from vlmforge.training.model.decoder import (
+    MLP,
+    Decoder,
+    KVCache,
+    RMSNorm,
+    Segments,
+    generate,
+    init_weights,
+)
 from vlmforge.training.model.perceiver import PerceiverResampler, sample_frame_indices
 from vlmforge.training.model.vision import VisionEncoder, VisionProjection, split_views
 
@@ -55,6 +74,47 @@ def media_attention_mask(input_ids: Tensor, media_token_id: int, num_media: int)
     return mask
 
 
+def packed_media_mask(input_ids: Tensor, segment_ids: Tensor, media_token_id: int, num_media: int) -> Tensor:
+    """(B, S, num_media) bool for packed rows: ``media_attention_mask`` (the n-th media token's media, from
+    that token on) limited to the tokens of the segment (sample) that holds the media token."""
+    mask = media_attention_mask(input_ids, media_token_id, num_media)
+    b, s = input_ids.shape
+    owner = torch.full((b, num_media), -2, dtype=segment_ids.dtype, device=input_ids.device)
+    for row in range(b):
+        at = (input_ids[row] == media_token_id).nonzero().flatten()[:num_media]
+        owner[row, : len(at)] = segment_ids[row, at]
+    return mask & (segment_ids[:, :, None] == owner[:, None, :])
+
+
+def chunked_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size: int, chunks: int) -> Tensor:
+    """Mean next-token cross entropy of ``head(hidden)`` against ``labels`` shifted by one (-100 and ids
+    >= vocab_size take no loss), computed on the positions that take a loss only, in ``chunks`` pieces.
+
+    Each piece is recomputed in the backward pass (activation checkpointing), so at most one piece's fp32
+    logits are alive at once. The number of pieces is fixed, not derived from the batch, so every rank
+    calls the head equally often (under ZeRO-3 each call gathers its weight; pieces may be empty).
+    """
+    targets = labels[:, 1:]
+    valid = (targets != IGNORE_INDEX) & (targets < vocab_size)
+    h, t = hidden[:, :-1][valid], targets[valid]
+
+    def piece(h_piece: Tensor, t_piece: Tensor) -> Tensor:
+        return F.cross_entropy(head(h_piece).float(), t_piece, reduction="sum")
+
+    if chunks <= 1:
+        total = piece(h, t)
+    else:
+        total = hidden.new_zeros((), dtype=torch.float32)
+        recompute = torch.is_grad_enabled() and h.requires_grad
+        for h_piece, t_piece in zip(h.tensor_split(chunks), t.tensor_split(chunks), strict=True):
+            total = total + (
+                checkpoint(piece, h_piece, t_piece, use_reentrant=False)
+                if recompute
+                else piece(h_piece, t_piece)
+            )
+    return total / t.numel()  # nan without targets, as F.cross_entropy's mean
+
+
 class CrossAttention(nn.Module):
     """Text queries attend to media tokens; grouped-query heads, RMSNorm on q and k, no positions."""
 
@@ -75,13 +135,17 @@ class CrossAttention(nn.Module):
         mask: Tensor,
         cache: KVCache | None = None,
         bias: Tensor | None = None,
+        segments: Segments | None = None,
     ) -> Tensor:
         """x (B, S, D), media (B, T, D), mask (B, S, T) bool; the cache keeps k and v of the media.
 
-        ``bias`` (T,) is added to the attention logits of every query.
+        ``bias`` (T,) is added to the attention logits of every query. With ``segments`` (packed rows)
+        each sample's tokens attend to its own image's tokens only (``Segments.sees``), sample by sample.
         """
         b, s, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
+        if segments is not None:
+            return self._per_sample(q, media, segments, bias)
         if cache is not None and cache.length:
             k, v = cache.k, cache.v
         else:
@@ -96,6 +160,22 @@ class CrossAttention(nn.Module):
             attn_mask = blocked + bias
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+    def _per_sample(self, q: Tensor, media: Tensor, seg: Segments, bias: Tensor | None) -> Tensor:
+        b, t_all = media.shape[:2]
+        t = t_all // seg.num_images
+        k = self.k_norm(self.k_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim)
+        which = seg.image.clamp(min=0)
+        k, v = k[which].transpose(1, 2), v[which].transpose(1, 2)  # (num, heads, T, head_dim)
+        q = seg.gather(q.transpose(1, 2)).transpose(1, 2)  # (num, heads, L, head_dim)
+        # A token that sees no image attends to all of them (no NaN); the block zeroes its output.
+        attn_mask = seg.sees[:, None, :, None].expand(-1, 1, -1, t) | ~seg.sees[:, None, :, None]
+        if bias is not None:
+            blocked = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
+            attn_mask = blocked + bias[:t]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
+        return self.o_proj(seg.scatter(out.transpose(1, 2).flatten(2)))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -122,12 +202,14 @@ class CrossAttentionBlock(nn.Module):
         mask: Tensor,
         cache: KVCache | None = None,
         is_tile: Tensor | None = None,
+        segments: Segments | None = None,
     ) -> Tensor:
-        """``is_tile`` (T,) bool marks the media tokens that come from image tiles (not the thumbnail)."""
+        """``is_tile`` (T,) bool marks the media tokens that come from image tiles (not the thumbnail);
+        ``segments``: packed rows (``CrossAttention``)."""
         sees_media = mask.any(dim=-1, keepdim=True)
         keep = sees_media.to(x.dtype)
         bias = None if is_tile is None else is_tile.to(x.dtype) * self.tile_bias
-        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias) * keep
+        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias, segments) * keep
         x = x + self.attn_gate.tanh() * h
         h = self.mlp(self.post_attention_layernorm(x)) * keep
         return x + self.mlp_gate.tanh() * h
@@ -164,10 +246,11 @@ class Media(NamedTuple):
     image_is_tile: Tensor | None = None  # (num_images * T,) bool: tokens of tiles (not thumbnails)
     video_tokens: Tensor | None = None  # (B, num_groups * num_latents, D)
     video_mask: Tensor | None = None  # (B, S, num_groups * num_latents) bool
+    segments: Segments | None = None  # packed rows: the samples and their images
 
 
 class ModelOutput(NamedTuple):
-    logits: Tensor  # (B, S, vocab_size)
+    logits: Tensor | None  # (B, S, vocab_size); None when labels are given (the loss is chunked)
     loss: Tensor | None  # mean next-token cross entropy over labels != -100, when labels are given
 
 
@@ -180,6 +263,9 @@ class FusionCaches:
 
 class FusionModel(nn.Module):
     """Image encoder + projection head + Llama decoder + gated cross-attention adapters (+ video)."""
+
+    # Pieces of the output head and cross entropy in the loss (chunked_lm_loss): 1/8 of the logits at once.
+    loss_chunks: int = 8
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -257,10 +343,13 @@ class FusionModel(nn.Module):
         encoder_mask: Tensor | None = None,
         videos: Tensor | None = None,
         video_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Media:
         """Run the encoder (and video path) and expand the masks to media-token level.
 
         Without images a placeholder with an all-false mask goes through, so the same layers run always.
+        With ``segment_ids`` (packed rows) the default mask is ``packed_media_mask``, and only the image
+        slots some token sees are encoded (the others get zero tokens, which nothing attends to).
         """
         b, s = input_ids.shape
         if images is None:
@@ -271,11 +360,22 @@ class FusionModel(nn.Module):
         if images.dim() == 4:
             images = images[:, None]
         num_images = images.shape[1]
-        if encoder_mask is None:
+        if encoder_mask is None and segment_ids is not None:
+            if self.video is not None:
+                raise ValueError("packed rows (segment_ids) are not supported with a video path")
+            encoder_mask = packed_media_mask(input_ids, segment_ids, self.config.image_token_id, num_images)
+        elif encoder_mask is None:
             encoder_mask = media_attention_mask(input_ids, self.config.image_token_id, num_images)
         elif encoder_mask.dim() == 2:
             encoder_mask = encoder_mask[..., None]
-        tokens = self.encode_images(images.flatten(0, 1))
+        if segment_ids is None:
+            tokens = self.encode_images(images.flatten(0, 1))
+        else:
+            seen = encoder_mask.any(dim=1).flatten()
+            seen[0] |= ~seen.any()  # at least one image, so the encoder runs on every rank (ZeRO-3)
+            where = seen.nonzero().flatten()
+            encoded = self.encode_images(images.flatten(0, 1)[where])
+            tokens = encoded.new_zeros((b * num_images, *encoded.shape[1:])).index_copy(0, where, encoded)
         per_image = tokens.shape[1]
         image_tokens = tokens.reshape(b, num_images * per_image, -1)
         image_mask = encoder_mask.bool().repeat_interleave(per_image, dim=-1)
@@ -287,7 +387,8 @@ class FusionModel(nn.Module):
         if self.video is None:
             if videos is not None:
                 raise ValueError("this model has no video path (config.video is None)")
-            return Media(image_tokens, image_mask, is_tile)
+            segments = None if segment_ids is None else Segments.of(segment_ids, encoder_mask.bool())
+            return Media(image_tokens, image_mask, is_tile, segments=segments)
         if videos is None:
             if video_mask is not None:
                 raise ValueError("video_mask given without videos")
@@ -301,11 +402,27 @@ class FusionModel(nn.Module):
 
     # ---------------------------------------------------------------------------------------- decoding
 
-    def decode(self, input_ids: Tensor, media: Media, caches: FusionCaches | None = None) -> Tensor:
+    def decode(
+        self, input_ids: Tensor, media: Media, caches: FusionCaches | None = None, **packed: Any
+    ) -> Tensor:
         """Logits for ``input_ids`` (which continue the cached tokens when ``caches`` is given)."""
+        return self.decoder.lm_head(self.hidden_states(input_ids, media, caches, **packed))
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        media: Media,
+        caches: FusionCaches | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The decoder's final-norm output for ``input_ids``, before the output head."""
         x = self.embed(input_ids)
         start, length = (caches.decoder[0].length if caches else 0), input_ids.shape[1]
-        cos, sin = self.decoder.rope(start, length, x)
+        cos, sin = self.decoder.rope(start, length, x, position_ids)
+        segments = None
+        if segment_ids is not None:
+            segments = media.segments if media.segments is not None else Segments.of(segment_ids)
         image_mask = media.image_mask[:, start : start + length]
         video_mask = None if media.video_mask is None else media.video_mask[:, start : start + length]
         every = self.config.fusion.every
@@ -318,9 +435,11 @@ class FusionModel(nn.Module):
                         x, media.video_tokens, video_mask, caches.video[v] if caches else None
                     )
                 cache = caches.image[j] if caches else None
-                x = self.fusion.layers[j](x, media.image_tokens, image_mask, cache, media.image_is_tile)
-            x = block(x, cos, sin, caches.decoder[i] if caches else None)
-        return self.decoder.lm_head(self.decoder.norm(x))
+                x = self.fusion.layers[j](
+                    x, media.image_tokens, image_mask, cache, media.image_is_tile, media.segments
+                )
+            x = block(x, cos, sin, caches.decoder[i] if caches else None, segments)
+        return self.decoder.norm(x)
 
     def forward(
         self,
@@ -330,8 +449,10 @@ class FusionModel(nn.Module):
         labels: Tensor | None = None,
         videos: Tensor | None = None,
         video_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> ModelOutput:
-        """Logits, and the loss when ``labels`` are given.
+        """Logits, or the loss when ``labels`` are given (then no logits: see ``chunked_lm_loss``).
 
         input_ids: (B, S) token ids; ids >= vocab_size are the new special tokens (image token first).
         images: (B, C, H, W) or (B, N, C, H, W); rows with fewer images pad with any image and mask it out.
@@ -340,16 +461,17 @@ class FusionModel(nn.Module):
         labels: (B, S) aligned with ``input_ids`` (shifted here), -100 where no loss is taken; new special
             tokens are never targets (the output head covers the vocabulary only).
         videos: (B, F, C, H, W), any F; video_mask: (B, S) bool, default from the video token.
+        position_ids, segment_ids: (B, S) for packed rows (several samples per row): each token's position
+            within its sample and the sample's index (padding: a segment of its own).
         """
-        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask)
-        logits = self.decode(input_ids, media)
-        loss = None
-        if labels is not None:
-            targets = labels[:, 1:].masked_fill(labels[:, 1:] >= self.config.decoder.vocab_size, IGNORE_INDEX)
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-            )
-        return ModelOutput(logits, loss)
+        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask, segment_ids)
+        hidden = self.hidden_states(input_ids, media, None, position_ids, segment_ids)
+        if labels is None:
+            return ModelOutput(self.decoder.lm_head(hidden), None)
+        vocab = self.config.decoder.vocab_size
+        return ModelOutput(
+            None, chunked_lm_loss(hidden, self.decoder.lm_head, labels, vocab, self.loss_chunks)
+        )
 
     def new_caches(self) -> FusionCaches:
         return FusionCaches(
