@@ -16,17 +16,18 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlmforge.common.errors import ConfigError
-from vlmforge.training.config import TrainConfig, load_train_config
-from vlmforge.training.data import SampleFormat, build_index, heldout_batches
+from vlmforge.training.config import TrainConfig
+from vlmforge.training.data import SampleFormat
 from vlmforge.training.eval import video_gap
 from vlmforge.training.model.config import ModelConfig, TrainableConfig, VideoConfig
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.tokenizer import TextTokenizer
+from vlmforge.training.vlm import exports as vlm_exports
+from vlmforge.training.vlm import heldout_gap
 from vlmforge.training.vlm import sample_format as image_sample_format
-from vlmforge.training.weights import load_fusion_model
 
 TOKENS = {"encoder": "image", "projection": "image", "decoder": "text", "fusion": "text", "video": "text"}
 # What trains when model.trainable leaves a field unset: the video adapters only.
@@ -78,20 +79,11 @@ def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
     return video_gap(model, batches)
 
 
-def exports(model: nn.Module) -> dict[str, Any]:
-    """The trained parameters; the frozen ones stay in the files the run was initialised from."""
-    return {"model.safetensors": lambda name, p: p.requires_grad}
+exports = vlm_exports  # the trained parameters; frozen ones stay in the files the run started from
 
 
 def evaluate_weights(
     config_path: str | Path | None, weights: str | Path, overrides: list[str]
 ) -> dict[str, float]:
-    """Video gap of a trained weights file on the held-out rows of the config's data (one process)."""
-    cfg = load_train_config(config_path, overrides)
-    cfg.require("data.path", "tokenizer")
-    model = load_fusion_model(weights).eval()
-    tok = TextTokenizer(cfg.tokenizer)
-    index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
-    fmt = sample_format(cfg, model.config, tok)
-    batches = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-    return video_gap(model, batches)
+    """Video gap of a trained weights file on the held-out rows of the config's data."""
+    return heldout_gap(config_path, weights, overrides, sample_format, video_gap)

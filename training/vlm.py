@@ -77,15 +77,26 @@ def exports(model: nn.Module) -> dict[str, Any]:
     return {"model.safetensors": lambda name, p: p.requires_grad}
 
 
-def evaluate_weights(
-    config_path: str | Path | None, weights: str | Path, overrides: list[str]
+def heldout_gap(
+    config_path: str | Path | None,
+    weights: str | Path,
+    overrides: list[str],
+    make_format: Callable[[TrainConfig, ModelConfig, TextTokenizer], SampleFormat],
+    gap: Callable[[Any, list[dict[str, Any]]], dict[str, float]],
 ) -> dict[str, float]:
-    """Image gap of a trained weights file on the held-out rows of the config's data (one process)."""
+    """`gap` of a trained weights file on the held-out rows of the config's data (one process)."""
     cfg = load_train_config(config_path, overrides)
     cfg.require("data.path", "tokenizer")
     model = load_fusion_model(weights).eval()
     tok = TextTokenizer(cfg.tokenizer)
     index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
-    fmt = sample_format(cfg, model.config, tok)
+    fmt = make_format(cfg, model.config, tok)
     batches = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-    return image_gap(model, batches)
+    return gap(model, batches)
+
+
+def evaluate_weights(
+    config_path: str | Path | None, weights: str | Path, overrides: list[str]
+) -> dict[str, float]:
+    """Image gap of a trained weights file on the held-out rows of the config's data."""
+    return heldout_gap(config_path, weights, overrides, sample_format, image_gap)
