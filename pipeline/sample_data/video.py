@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from vlmforge.common.files import write_bytes
 
 from .generator import allocate
-from .writer import _add_member
+from .writer import add_member
 
 FPS = 8
 SIZES = ((128, 96), (160, 120), (144, 112))
@@ -315,9 +315,9 @@ def _write_shard(path: Path, rows: list[VideoRow]) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for row in rows:
-            _add_member(tar, f"{row.key}.mp4", row.data)
-            _add_member(tar, f"{row.key}.json", json.dumps({"key": row.key, "status": "success"}).encode())
-            _add_member(tar, f"{row.key}.txt", row.caption.encode("utf-8"))
+            add_member(tar, f"{row.key}.mp4", row.data)
+            add_member(tar, f"{row.key}.json", json.dumps({"key": row.key, "status": "success"}).encode())
+            add_member(tar, f"{row.key}.txt", row.caption.encode("utf-8"))
     write_bytes(path, buf.getvalue())
 
 

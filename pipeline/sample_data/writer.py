@@ -22,7 +22,8 @@ TAR_MTIME = 1_700_000_000  # fixed member mtime, so the same run gives byte-iden
 GENERATOR_VERSION = 1
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add `data` as a regular file with fixed metadata (byte-identical shards for the same content)."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = TAR_MTIME
@@ -44,9 +45,9 @@ def _write_shard(path: Path, rows: list[Row]) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for row in rows:
-            _add_member(tar, f"{row.key}.{row.ext}", row.data)
-            _add_member(tar, f"{row.key}.json", _sample_json(row))
-            _add_member(tar, f"{row.key}.txt", row.caption.encode("utf-8"))
+            add_member(tar, f"{row.key}.{row.ext}", row.data)
+            add_member(tar, f"{row.key}.json", _sample_json(row))
+            add_member(tar, f"{row.key}.txt", row.caption.encode("utf-8"))
     write_bytes(path, buf.getvalue())
 
 

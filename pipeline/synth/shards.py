@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmforge.common.files import write_bytes
+from vlmforge.pipeline.sample_data.writer import add_member
 
-TAR_MTIME = 1_700_000_000  # fixed member mtime: the same seed gives byte-identical shards
 SYNTH_VERSION = 1
 SUMMARY = "synth_summary.json"
 
@@ -32,16 +32,6 @@ class Sample:
     ext: str = "png"
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = TAR_MTIME
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def sample_key(kind: str, index: int) -> str:
     """The webdataset key of sample `index` (no dots: the key ends at the first one)."""
     return f"{kind}_{index:07d}"
@@ -54,9 +44,9 @@ def shard_bytes(kind: str, seed: int, start: int, samples: list[Sample]) -> byte
         for i, s in enumerate(samples, start):
             key = sample_key(kind, i)
             meta = {"key": key, "kind": kind, "seed": seed, "index": i, "structure": s.structure}
-            _add_member(tar, f"{key}.{s.ext}", s.image)
-            _add_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
-            _add_member(tar, f"{key}.txt", s.caption.encode("utf-8"))
+            add_member(tar, f"{key}.{s.ext}", s.image)
+            add_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
+            add_member(tar, f"{key}.txt", s.caption.encode("utf-8"))
     return buf.getvalue()
 
 
