@@ -4,10 +4,12 @@ with one line naming the URL and the cause."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT
+from helpers import CURATE, ROOT
 
 from vlmforge.common.errors import InputError, JobError
 from vlmforge.common.storage import ObjectPath, filesystem, location
@@ -160,10 +162,15 @@ def test_unreachable_endpoint_fails_fast_naming_it(tmp_path, raw, monkeypatch):
 
 @pytest.mark.slow
 def test_s3_to_s3_on_ray_workers_equals_the_local_run(tmp_path, raw):
-    """Ray workers read the shards and write the phase cache and output in the store themselves."""
+    """Ray workers read the shards and write the phase cache and output in the store themselves. The job
+    runs as `vlmforge curate` in its own process, so its local Ray starts with the AWS variables (a Ray
+    this test process started earlier would not have them)."""
     local_in, s3_in = raw
     local = curate(str(local_in), str(tmp_path / "out"), "ray.in_process_rows=0")
-    remote = curate(s3_in, f"s3://{BUCKET}/ray-out", "ray.in_process_rows=0")
+    cmd = [*CURATE, "--input", s3_in, "--output", f"s3://{BUCKET}/ray-out", "--set", "ray.in_process_rows=0"]
+    done = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    remote = json.loads(ObjectPath(f"s3://{BUCKET}/ray-out/manifest.json").read_text())
     assert not remote["in_driver"]
     for kind in ("data", "rejected"):
         assert rows(f"s3://{BUCKET}/ray-out", remote, kind).equals(rows(str(tmp_path / "out"), local, kind))
