@@ -49,11 +49,6 @@ def location(path: str | os.PathLike) -> Location:
     return Path(text)
 
 
-def join(base: str | os.PathLike, *names: str) -> str:
-    """`base` joined with `names`, as a string that keeps a URI's `//`."""
-    return str(location(base).joinpath(*names))
-
-
 @cache
 def filesystem(scheme: str) -> pafs.FileSystem:
     """One pyarrow filesystem per scheme and process, configured from the environment."""

@@ -16,6 +16,7 @@ from vlmforge.common.storage import (
     RETRIES,
     Location,
     ObjectPath,
+    Stat,
     check_bucket,
     is_remote,
     location,
@@ -28,7 +29,7 @@ from vlmforge.pipeline.config import CurateConfig
 from vlmforge.pipeline.engine.accounting import StageStats, check_accounting
 from vlmforge.pipeline.engine.executor import Executor
 from vlmforge.pipeline.filter.language_id import fasttext_path
-from vlmforge.pipeline.readers import count_rows, discover_parts, fingerprint, input_bytes
+from vlmforge.pipeline.readers import count_rows, discover_parts, file_stats, fingerprint
 from vlmforge.pipeline.registry import Context, enabled_phases
 
 
@@ -115,11 +116,11 @@ def store_fault(exc: BaseException) -> str | None:
     return None
 
 
-def storage_report(parts: list, cache: Location, out: Location) -> dict:
-    """Bytes of the input, of the phase cache this run leaves and of its output, with the cache's and the
-    output's shares of the input (what intermediate storage a job of this recipe needs)."""
+def storage_report(stats: dict[str, Stat], cache: Location, out: Location) -> dict:
+    """Bytes of the input (`file_stats`), of the phase cache this run leaves and of its output, with the
+    cache's and the output's shares of the input (what intermediate storage a job of this recipe needs)."""
     sizes = {
-        "input_bytes": input_bytes(parts),
+        "input_bytes": sum(st.st_size for st in stats.values()),
         "cache_bytes": tree_bytes(cache),
         "output_bytes": tree_bytes(out / "data") + tree_bytes(out / "rejected"),
     }
@@ -215,6 +216,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
             for key, value in result.timing.items():
                 timing[key] = (timing[key] and value) if isinstance(value, bool) and key in timing else value
     totals = check_accounting(stages, rows["data"], rows["rejected"])
+    stats = file_stats(parts)
     manifest = {
         "vlmforge_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -224,7 +226,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
             "path": cfg.input.path,
             "format": parts[0].format,
             "parts": len(parts),
-            "fingerprint": fingerprint(parts),
+            "fingerprint": fingerprint(stats),
         },
         "fingerprints": layout.fps,
         "part_keys": layout.parts,
@@ -236,7 +238,7 @@ def _run_curation(cfg: CurateConfig, progress: bool, overwrite: bool, log: Calla
         **extra,
         "phases": timings,
         "in_driver": in_driver,
-        "storage": storage_report(parts, cache, out),
+        "storage": storage_report(stats, cache, out),
     }
     write_json(out / MANIFEST, manifest)
     remove_stale_outputs(out, manifest["files"])

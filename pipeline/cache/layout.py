@@ -63,10 +63,10 @@ def input_identity(part: InputPart) -> list:
     return [part.path, st.st_size, st.st_mtime_ns, part.format, list(part.row_groups), part.first_row]
 
 
-def part_key(part: InputPart, cfg_dict: dict) -> str:
-    """A phase-1 part's cache key: its input bytes and phase 1's config."""
+def part_key(identity: list, cfg_dict: dict) -> str:
+    """A phase-1 part's cache key: its input bytes (`input_identity`) and phase 1's config."""
     p1 = PHASES[0]
-    return digest(p1.name, p1.version, input_identity(part), phase_config(cfg_dict, p1.reads))
+    return digest(p1.name, p1.version, identity, phase_config(cfg_dict, p1.reads))
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,9 @@ class Layout:
     @classmethod
     def build(cls, cfg: CurateConfig, parts: list[InputPart], cache: str | Location) -> Layout:
         cfg_dict = cfg.model_dump(mode="json")
-        keys = {p.name: part_key(p, cfg_dict) for p in parts}
-        inputs = {keys[p.name]: digest(input_identity(p)) for p in parts}
+        identities = {p.name: input_identity(p) for p in parts}
+        keys = {name: part_key(identity, cfg_dict) for name, identity in identities.items()}
+        inputs = {keys[name]: digest(identity) for name, identity in identities.items()}
         fps: dict[str, str] = {}
         rows: dict[str, str] = {}
         first, *later = enabled_phases(cfg)

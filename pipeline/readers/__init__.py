@@ -15,6 +15,7 @@ from vlmforge.common.errors import InputError
 from vlmforge.common.storage import (
     Location,
     ObjectPath,
+    Stat,
     check_bucket,
     describe_failure,
     location,
@@ -101,18 +102,17 @@ def discover_parts(cfg: InputConfig) -> list[InputPart]:
     return parts
 
 
-def fingerprint(parts: list[InputPart]) -> str:
-    """Hash of the input files' paths, sizes and modification times."""
+def file_stats(parts: list[InputPart]) -> dict[str, Stat]:
+    """Size and modification time of each input file the parts read (one request per file in a store)."""
+    return {path: location(path).stat() for path in sorted({p.path for p in parts})}
+
+
+def fingerprint(stats: dict[str, Stat]) -> str:
+    """Hash of the input files' paths, sizes and modification times (`file_stats`)."""
     h = hashlib.sha256()
-    for path in sorted({p.path for p in parts}):
-        st = location(path).stat()
+    for path, st in sorted(stats.items()):
         h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
-
-
-def input_bytes(parts: list[InputPart]) -> int:
-    """The bytes of the input files the parts read."""
-    return sum(location(path).stat().st_size for path in {p.path for p in parts})
 
 
 def _part_rows(part: InputPart) -> int:
