@@ -16,6 +16,7 @@ import io
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -86,9 +87,22 @@ def main() -> None:
             lambda work: {"cfg_json": cfg_json, "layout_json": Layout.build(cfg, parts, work).to_json()},
         ),
     }
-    best: dict[str, dict[str, float]] = {name: {"all": float("inf"), "small": float("inf")} for name in sides}
-    rows = {}
-    for _ in range(args.rounds):
+    best, rows, _ = compare_sides(sides, units, small, workers, args.rounds)
+    print(f"pairs: {rows['all']} in {len(parts)} parts, {workers} Ray workers, best of {args.rounds} rounds")
+    print_rates(best, rows, "pairs", "phase 1")
+
+
+def compare_sides(
+    sides: dict[str, tuple[type, Callable[[str], dict]]], units: list[dict], small: list[dict], workers: int,
+    rounds: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str, list[dict]]]:
+    """Time each side (a map_units worker and its kwargs for a work directory) over one part per worker
+    (`small`) and over all `units`, alternating, best of `rounds`; the best seconds, the rows of each size
+    and each side's results over all units."""
+    best = {name: {"all": float("inf"), "small": float("inf")} for name in sides}
+    rows: dict[str, int] = {}
+    results: dict[str, list[dict]] = {}
+    for _ in range(rounds):
         for name, (worker, kwargs) in sides.items():
             for size, chosen in (("small", small), ("all", units)):
                 with tempfile.TemporaryDirectory() as work:
@@ -97,8 +111,14 @@ def main() -> None:
                     t = time.perf_counter() - start
                 best[name][size] = min(best[name][size], t)
                 rows[size] = sum(r["rows"] if "rows" in r else r["stages"][0]["rows_in"] for r in res)
-    print(f"pairs: {rows['all']} in {len(parts)} parts, {workers} Ray workers, best of {args.rounds} rounds")
-    print("| side | s, all parts | pairs/s end to end | s, 1 part per worker | pairs/s after start-up |")
+                if size == "all":
+                    results[name] = res
+    return best, rows, results
+
+
+def print_rates(best: dict[str, dict[str, float]], rows: dict[str, int], unit: str, label: str) -> None:
+    """The table of `compare_sides`' figures and phase 1's rate over decode-only's."""
+    print(f"| side | s, all parts | {unit}/s end to end | s, 1 part per worker | {unit}/s after start-up |")
     print("|---|---|---|---|---|")
     rate = {}
     for name, b in best.items():
@@ -107,8 +127,9 @@ def main() -> None:
         # the difference between the two runs is the steady throughput.
         rate[name] = (end_to_end, (rows["all"] - rows["small"]) / (b["all"] - b["small"]))
         print(f"| {name} | {b['all']:.1f} | {end_to_end:.0f} | {b['small']:.1f} | {rate[name][1]:.0f} |")
-    print(f"phase 1 / decode-only, end to end: {rate['phase1'][0] / rate['decode_only'][0]:.2f}")
-    print(f"phase 1 / decode-only, after start-up: {rate['phase1'][1] / rate['decode_only'][1]:.2f}")
+    print(f"{label} / decode-only, end to end: {rate['phase1'][0] / rate['decode_only'][0]:.2f}")
+    print(f"{label} / decode-only, after start-up: {rate['phase1'][1] / rate['decode_only'][1]:.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import av
 import pyarrow as pa
+from curate_throughput import compare_sides, print_rates
 
 from vlmforge.pipeline.cache.layout import Layout
 from vlmforge.pipeline.config import CurateConfig, load_config
-from vlmforge.pipeline.engine.executor import cluster_cpus, map_units, start_ray
+from vlmforge.pipeline.engine.executor import cluster_cpus, start_ray
 from vlmforge.pipeline.filter.phase import Phase1Worker
 from vlmforge.pipeline.readers import discover_parts
 from vlmforge.pipeline.readers.common import InputPart
@@ -135,33 +136,13 @@ def main() -> None:
             lambda work: {"cfg_json": cfg_json, "layout_json": Layout.build(cfg, parts, work).to_json()},
         ),
     }
-    best = {name: {"all": float("inf"), "small": float("inf")} for name in sides}
-    rows: dict[str, int] = {}
-    frames = 0
-    for _ in range(args.rounds):
-        for name, (worker, kwargs) in sides.items():
-            for size, chosen in (("small", small), ("all", units)):
-                with tempfile.TemporaryDirectory() as work:
-                    start = time.perf_counter()
-                    res = map_units(chosen, worker, kwargs(work), workers, False)
-                    t = time.perf_counter() - start
-                best[name][size] = min(best[name][size], t)
-                rows[size] = sum(r["rows"] if "rows" in r else r["stages"][0]["rows_in"] for r in res)
-                if name == "decode_only" and size == "all":
-                    frames = sum(r["frames"] for r in res)
+    best, rows, results = compare_sides(sides, units, small, workers, args.rounds)
+    frames = sum(r["frames"] for r in results["decode_only"])
     print(
         f"clips: {rows['all']} ({frames} frames decoded by the baseline) in {len(parts)} parts, "
         f"{workers} Ray workers, best of {args.rounds} rounds"
     )
-    print("| side | s, all parts | clips/s end to end | s, 1 part per worker | clips/s after start-up |")
-    print("|---|---|---|---|---|")
-    rate = {}
-    for name, b in best.items():
-        end_to_end = rows["all"] / b["all"]
-        rate[name] = (end_to_end, (rows["all"] - rows["small"]) / (b["all"] - b["small"]))
-        print(f"| {name} | {b['all']:.1f} | {end_to_end:.0f} | {b['small']:.1f} | {rate[name][1]:.0f} |")
-    print(f"video phase 1 / decode-only, end to end: {rate['phase1'][0] / rate['decode_only'][0]:.2f}")
-    print(f"video phase 1 / decode-only, after start-up: {rate['phase1'][1] / rate['decode_only'][1]:.2f}")
+    print_rates(best, rows, "clips", "video phase 1")
 
 
 if __name__ == "__main__":
