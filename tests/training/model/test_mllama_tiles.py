@@ -224,3 +224,25 @@ def test_tiled_model_checks_its_inputs():
     single = FusionModel(get_config("tiny"))
     with pytest.raises(ValueError, match="single-tile"):
         single(ids, torch.zeros(1, 3, 32, 32), aspect_ratio_ids=torch.tensor([1]))
+
+
+def test_tiled_model_trains_and_generates():
+    model = tiled_tiny()
+    ids, pixels, ratio_ids, ratio_mask, _ = tiled_inputs(model.config)
+    loss = model(ids, pixels, labels=ids, aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask).loss
+    loss.backward()
+    for name in (
+        "encoder.pre_tile_embedding.embedding.weight",
+        "encoder.tile_position_embedding.tile_embedding.weight",
+        "projection.post_tile_embedding.embedding.weight",
+    ):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad[ratio_ids.unique()].abs().sum() > 0, name
+        assert grad[8].abs().sum() == 0  # (4, 1): no image of that grid in the batch
+    model.set_trainable(dataclasses.replace(model.config.trainable, encoder=False, projection=False))
+    assert not model.get_parameter("projection.post_tile_embedding.gate").requires_grad
+
+    prompt = ids[:, :5]
+    kw = dict(aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask, max_new_tokens=4)
+    cached = model.generate(prompt, pixels, **kw)
+    assert torch.equal(cached, model.generate(prompt, pixels, use_cache=False, **kw))
