@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig, load_train_config
-from vlmforge.training.data import SampleFormat, build_index, heldout_batches
-from vlmforge.training.eval import image_gap
+from vlmforge.training.data import SampleFormat, data_index, heldout_batches, source_indexes
+from vlmforge.training.eval import combine_sources, image_gap
 from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
 from vlmforge.training.model.fusion import FusionModel
@@ -89,10 +89,10 @@ def heldout_gap(
     cfg.require("data.path", "tokenizer")
     model = load_fusion_model(weights).eval()
     tok = TextTokenizer(cfg.tokenizer)
-    index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
     fmt = make_format(cfg, model.config, tok)
-    batches = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-    return gap(model, batches)
+    indexes = source_indexes(data_index(cfg.data, "heldout"))
+    rows, mb = cfg.eval.max_rows, cfg.eval.micro_batch_size
+    return combine_sources({n: gap(model, heldout_batches(i, fmt, rows, mb)) for n, i in indexes.items()})
 
 
 def evaluate_weights(
