@@ -746,18 +746,22 @@ def train_loader(
     return stream, NotingLoader(loader, stream) if fmt.packing else loader
 
 
-def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:
-    """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
+def heldout_rows(index: ShardIndex, max_rows: int) -> list[dict[str, Any]]:
+    """The first `max_rows` rows of an index (the held-out split) in shard order, as read."""
     shards = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(index.rows)])
     rows = np.concatenate(index.rows)[:max_rows]
     shards = shards[:max_rows]
     if len(rows) == 0:
         raise ValueError("data.heldout_fraction: no held-out rows to evaluate on (raise the fraction)")
     reader = RowReader(index, shards, rows)
-    samples = [
-        make_sample(row, fmt, np.random.default_rng(0)) for _, row in reader.emit(np.arange(len(rows)), 0)
-    ]
+    out = [row for _, row in reader.emit(np.arange(len(rows)), 0)]
     reader.close()
+    return out
+
+
+def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:
+    """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
+    samples = [make_sample(row, fmt, np.random.default_rng(0)) for row in heldout_rows(index, max_rows)]
     return [
         collate(samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size, fmt.video_frames)
         for i in range(0, len(samples), micro_batch_size)

@@ -42,11 +42,13 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def combine_sources(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
-    """One source's figures as they are; a mix's as ``NAME/key`` each, and their mean under the plain keys."""
+    """One source's figures as they are; a mix's as ``NAME/key`` each, and under the plain keys the mean of
+    those every source has."""
     if len(per_source) == 1:
         return next(iter(per_source.values()))
+    shared = set.intersection(*(set(r) for r in per_source.values()))
     first = next(iter(per_source.values()))
-    mean = {k: float(np.mean([r[k] for r in per_source.values()])) for k in first}
+    mean = {k: float(np.mean([r[k] for r in per_source.values()])) for k in first if k in shared}
     return mean | {f"{name}/{k}": v for name, r in per_source.items() for k, v in r.items()}
 
 
