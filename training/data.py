@@ -43,7 +43,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlmforge.training.config import SubsetSection
+from vlmforge.training.config import DataSection, SourceSection, SubsetSection
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
 from vlmforge.training.model.fusion import packed_media_mask
 from vlmforge.training.model.perceiver import sample_frame_indices
@@ -59,17 +59,31 @@ ROW_COLUMNS = ["id", "image", "frames", "caption", "original_caption", "syntheti
 
 @dataclass
 class ShardIndex:
-    """Which rows of which shards a split uses, and where each shard's row groups start."""
+    """Which rows of which shards a split uses, and where each shard's row groups start.
+
+    A mix (``data.sources``) holds every source's shards, ``files`` named ``source/shard``, and each
+    source's weight; an epoch then interleaves the sources by weight (``epoch_rows``)."""
 
     root: Path
     files: list[str]
     rows: list[np.ndarray]  # selected row numbers of each shard, ascending
     group_starts: list[np.ndarray]  # first row of each row group, per shard
     note: str = ""
+    paths: list[Path] = field(default_factory=list)  # each shard's file (default: root / name)
+    sources: list[str] = field(default_factory=lambda: ["data"])
+    weights: list[float] = field(default_factory=lambda: [1.0])
+    file_source: list[int] = field(default_factory=list)  # each shard's source (default: all 0)
+
+    def __post_init__(self) -> None:
+        self.paths = self.paths or [self.root / f for f in self.files]
+        self.file_source = self.file_source or [0] * len(self.files)
 
     @property
     def total(self) -> int:
         return int(sum(len(r) for r in self.rows))
+
+    def source_rows(self, source: int) -> int:
+        return int(sum(len(r) for r, s in zip(self.rows, self.file_source, strict=True) if s == source))
 
     @property
     def fingerprint(self) -> str:
@@ -130,6 +144,58 @@ def build_index(
     return ShardIndex(data_dir, files, rows, group_starts, note)
 
 
+def build_mix_index(
+    sources: list[SourceSection], split: str, heldout_fraction: float, subset: SubsetSection | None = None
+) -> ShardIndex:
+    """One index over the shards of several curated outputs (``data.sources``); the held-out split keeps
+    each source's own held-out rows (evaluation reports them apart, ``source_indexes``)."""
+    parts = []
+    for src in sources:
+        try:
+            parts.append(build_index(src.path, split, heldout_fraction, subset))
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"data.sources ({src.label}): {e}") from e
+    empty = [s.label for s, p in zip(sources, parts, strict=True) if p.total == 0 and split == "train"]
+    if empty:
+        raise ValueError(f"data.sources: {empty[0]!r} has no {split} rows")
+    return ShardIndex(
+        Path("."),
+        [f"{s.label}/{f}" for s, p in zip(sources, parts, strict=True) for f in p.files],
+        [r for p in parts for r in p.rows],
+        [g for p in parts for g in p.group_starts],
+        "; ".join(f"{s.label} (weight {s.weight:g}) {p.note}" for s, p in zip(sources, parts, strict=True)),
+        paths=[path for p in parts for path in p.paths],
+        sources=[s.label for s in sources],
+        weights=[s.weight for s in sources],
+        file_source=[i for i, p in enumerate(parts) for _ in p.files],
+    )
+
+
+def data_index(data: DataSection, split: str) -> ShardIndex:
+    """The "train" or "heldout" index of data.path or of the data.sources mix (subset: train only)."""
+    subset = data.subset if split == "train" else None
+    if data.sources:
+        return build_mix_index(data.sources, split, data.heldout_fraction, subset)
+    return build_index(data.path, split, data.heldout_fraction, subset)
+
+
+def source_indexes(index: ShardIndex) -> dict[str, ShardIndex]:
+    """Each source's part of a mix, as an index of its own (a single-source index maps to itself)."""
+    if len(index.sources) == 1:
+        return {index.sources[0]: index}
+    out = {}
+    for i, name in enumerate(index.sources):
+        keep = [k for k, s in enumerate(index.file_source) if s == i]
+        out[name] = ShardIndex(
+            index.root,
+            [index.files[k] for k in keep],
+            [index.rows[k] for k in keep],
+            [index.group_starts[k] for k in keep],
+            paths=[index.paths[k] for k in keep],
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the split
 
 
@@ -138,10 +204,50 @@ def slice_bounds(total: int, slot: int, num_slots: int) -> tuple[int, int]:
     return slot * total // num_slots, (slot + 1) * total // num_slots
 
 
+def quotas(total: int, weights: list[float]) -> np.ndarray:
+    """`total` samples shared out in proportion to `weights` (largest remainders; they sum to `total`)."""
+    share = np.asarray(weights, dtype=np.float64) / sum(weights) * total
+    out = np.floor(share).astype(np.int64)
+    out[np.argsort(-(share - out), kind="stable")[: total - int(out.sum())]] += 1
+    return out
+
+
+def epoch_rows(index: ShardIndex, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) of a mix's whole epoch, in stream order.
+
+    Each source gets its quota of the epoch (``quotas`` of all sources' rows): its shards in a seeded
+    order, rows laid end to end, again in a new order while the quota is not filled. The sources are
+    interleaved smoothly: a source's k-th sample sits at (k + 1/2) / quota of the way through the epoch.
+    """
+    quota = quotas(index.total, index.weights)
+    shards, rows, due = [], [], []
+    for src, want in enumerate(quota):
+        mine = np.array([k for k, s in enumerate(index.file_source) if s == src], dtype=np.int64)
+        if want and not index.source_rows(src):
+            raise ValueError(f"data.sources: {index.sources[src]!r} has no rows to draw from")
+        s_parts, r_parts, have, lap = [], [], 0, 0
+        while have < want:
+            for k in np.random.default_rng([seed, epoch, src, lap]).permutation(mine):
+                r = index.rows[k][: want - have]
+                s_parts.append(np.full(len(r), k, dtype=np.int64))
+                r_parts.append(r)
+                have += len(r)
+            lap += 1
+        shards += s_parts
+        rows += r_parts
+        due.append((np.arange(want) + 0.5) / max(want, 1))
+    order = np.lexsort((np.repeat(np.arange(len(quota)), quota), np.concatenate(due)))
+    return np.concatenate(shards)[order], np.concatenate(rows)[order]
+
+
 def slot_rows(
     index: ShardIndex, seed: int, epoch: int, slot: int, num_slots: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(shard, row) of every row in this reader's slice for this epoch, in stream order."""
+    if len(index.sources) > 1:
+        start, end = slice_bounds(index.total, slot, num_slots)
+        shards, rows = epoch_rows(index, seed, epoch)
+        return shards[start:end], rows[start:end]
     order = np.random.default_rng([seed, epoch]).permutation(len(index.files))
     start, end = slice_bounds(index.total, slot, num_slots)
     shards, rows, offset = [], [], 0
@@ -188,6 +294,7 @@ class Sample:
     labels: list[int]
     image: Tensor | None  # (3, H, W), normalised
     video: Tensor | None = None  # (F, 3, H, W), normalised
+    source: int = 0  # which of data.sources the row came from
 
 
 @dataclass
@@ -294,6 +401,7 @@ def collate(
         "labels": labels,
         "images": images,
         "ids": [s.id for s in samples],
+        "sources": [s.source for s in samples],
         "num_tokens": num_tokens,  # real tokens (no padding)
         "num_images": sum(s.image is not None for s in samples),
         # what the encoder runs on: placeholders too, and every frame of the clips
@@ -357,6 +465,7 @@ def collate_packed(
         "position_ids": position_ids,
         "segment_ids": segment_ids,
         "ids": [s.id for s in samples],
+        "sources": [s.source for s in samples],
         "num_tokens": sum(len(s.input_ids) for s in samples),  # real tokens (no padding)
         "num_images": real_images,
         "computed_images": max(real_images, 1),  # only the slots some token sees run the encoder
@@ -386,9 +495,9 @@ class RowReader:
 
     def _file(self, shard: int) -> pq.ParquetFile:
         if shard not in self._files:
-            if len(self._files) >= 4:
+            if len(self._files) >= max(4, 2 * len(self.index.sources)):  # a mix reads every source
                 self._files.pop(next(iter(self._files))).close()
-            self._files[shard] = pq.ParquetFile(self.index.root / self.index.files[shard])
+            self._files[shard] = pq.ParquetFile(self.index.paths[shard])
         return self._files[shard]
 
     def emit(self, order: np.ndarray, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -494,6 +603,11 @@ class CaptionStream(IterableDataset):
             return shards, rows, order
         return shards, rows, order[: self.batches_per_epoch * self.spec.micro_batch_size]
 
+    def _sample(self, row: dict[str, Any], shard: int, rng: np.random.Generator) -> Sample:
+        sample = make_sample(row, self.fmt, rng)
+        sample.source = self.index.file_source[shard]
+        return sample
+
     def _samples(self, slot: int, epoch: int, start: int) -> Iterator[tuple[int, int, Sample]]:
         """(epoch, index in its epoch's order, sample) from `start` of `epoch` on, epoch after epoch."""
         while True:
@@ -501,7 +615,7 @@ class CaptionStream(IterableDataset):
             reader = RowReader(self.index, shards, rows)
             for p, (seq, row) in enumerate(reader.emit(order, start), start):
                 rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
-                yield epoch, p, make_sample(row, self.fmt, rng)
+                yield epoch, p, self._sample(row, int(shards[seq]), rng)
             reader.close()
             epoch, start = epoch + 1, 0
 
@@ -550,7 +664,7 @@ class CaptionStream(IterableDataset):
             samples: list[Sample] = []
             for seq, row in reader.emit(order, batch * mb):
                 rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
-                samples.append(make_sample(row, self.fmt, rng))
+                samples.append(self._sample(row, int(shards[seq]), rng))
                 if len(samples) == mb:
                     yield collate(samples, self.fmt.eos_id, self.fmt.image_size, self.fmt.video_frames)
                     samples = []
@@ -632,18 +746,22 @@ def train_loader(
     return stream, NotingLoader(loader, stream) if fmt.packing else loader
 
 
-def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:
-    """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
+def heldout_rows(index: ShardIndex, max_rows: int) -> list[dict[str, Any]]:
+    """The first `max_rows` rows of an index (the held-out split) in shard order, as read."""
     shards = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(index.rows)])
     rows = np.concatenate(index.rows)[:max_rows]
     shards = shards[:max_rows]
     if len(rows) == 0:
         raise ValueError("data.heldout_fraction: no held-out rows to evaluate on (raise the fraction)")
     reader = RowReader(index, shards, rows)
-    samples = [
-        make_sample(row, fmt, np.random.default_rng(0)) for _, row in reader.emit(np.arange(len(rows)), 0)
-    ]
+    out = [row for _, row in reader.emit(np.arange(len(rows)), 0)]
     reader.close()
+    return out
+
+
+def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:
+    """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
+    samples = [make_sample(row, fmt, np.random.default_rng(0)) for row in heldout_rows(index, max_rows)]
     return [
         collate(samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size, fmt.video_frames)
         for i in range(0, len(samples), micro_batch_size)
