@@ -3,6 +3,7 @@ flat tile batches of the loader."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -12,7 +13,8 @@ from PIL import Image
 from transformers import MllamaImageProcessor
 
 from vlmforge.training.data import SampleFormat, collate, make_sample
-from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD
+from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, get_config
+from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.tiling import (
     BadImage,
     best_grid,
@@ -151,3 +153,38 @@ def test_loader_batches_tiles_flat():
     assert batch["num_images"] == 2 and batch["computed_images"] == 3
     expected = load_tiled_image(rows[0]["image"], TILE, 4).tiles
     assert torch.equal(batch["images"][:2], expected)
+
+
+def test_loader_batch_feeds_the_tiled_model(torch_one_thread):
+    """The flat batch, padded by pad_tiles, is what the vision model's tiles take; a row without an image
+    (id 0, no tiles) gives the same loss as the model's own no-image path."""
+    cfg = get_config("tiny")
+    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
+    torch.manual_seed(0)
+    model = FusionModel(cfg).eval()
+    with torch.no_grad():  # open the gates, so the image path reaches the logits
+        for name, p in model.named_parameters():
+            if name.endswith("gate"):
+                p.fill_(1.0)
+    size = cfg.vision.image_size
+    fmt = SampleFormat(
+        bos_id=0, eos_id=1, image_token_id=cfg.image_token_id, image_size=size, max_tokens=16,
+        encode=lambda text: [5 + len(w) for w in text.split()], max_num_tiles=4,
+    )
+    rows = [
+        {"id": "a", "image": encode(random_image(40, 90)), "caption": "a wide one"},
+        {"id": "b", "image": None, "caption": "no image here"},
+    ]
+    batch = collate([make_sample(r, fmt, np.random.default_rng(0)) for r in rows], 1, size, max_num_tiles=4)
+    pixels, mask = pad_tiles(batch["images"], batch["num_tiles"], 4)
+    with torch.no_grad():
+        logits = model(
+            batch["input_ids"], pixels, aspect_ratio_ids=batch["aspect_ratio_ids"], aspect_ratio_mask=mask
+        ).logits
+        text_only = model(batch["input_ids"][1:]).logits
+    assert logits.shape[:2] == batch["input_ids"].shape
+    with torch.no_grad():  # row a sees its tiles
+        ids = batch["aspect_ratio_ids"][:1]
+        blank = model(batch["input_ids"][:1], torch.zeros_like(pixels[:1]), aspect_ratio_ids=ids).logits
+    assert not torch.allclose(logits[:1], blank)
+    torch.testing.assert_close(logits[1:], text_only)
