@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import SampleFormat, data_index, heldout_batches, source_indexes
-from vlmforge.training.eval import combine_sources, image_gap
+from vlmforge.training.eval import batch_images, combine_sources, image_gap
 from vlmforge.training.grounding import grounding_eval
 from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
@@ -58,6 +58,7 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
         encode=tok.encode,
         image_first=cfg.data.image_first,
         packing=cfg.data.packing,
+        max_num_tiles=model_cfg.vision.max_num_tiles,
     )
 
 
@@ -65,8 +66,9 @@ PACKED_KEYS = ("encoder_mask", "position_ids", "segment_ids")  # in packed batch
 
 
 def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+    """The caption loss of a training batch; Mllama tiles arrive flat and are padded here (on the device)."""
     packed = {k: batch[k] for k in PACKED_KEYS if k in batch}
-    return model(input_ids=batch["input_ids"], images=batch["images"], labels=batch["labels"], **packed).loss
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], **batch_images(batch), **packed).loss
 
 
 def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
