@@ -3,6 +3,7 @@ row's image against the guesses without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -119,3 +120,17 @@ def test_grounding_eval_runs_a_real_model(tmp_path):
     plain = [row(f"p{i}", (i, 0, 0), "a cat") for i in range(3)]
     no_boxes = build_index(write_curated(tmp_path / "plain", [plain]), "train", 0.0)
     assert grounding_eval(model, no_boxes, CHARS, decode, 10) == {}
+
+
+def test_grounding_eval_on_mllama_tiles(tmp_path):
+    """A tiled model (vision.max_num_tiles 4) reads each row's image as its tiles."""
+    index = grounding_data(tmp_path)
+    cfg = get_config("tiny")
+    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
+    torch.manual_seed(0)
+    model = FusionModel(cfg).eval()
+    fmt = dataclasses.replace(CHARS, max_num_tiles=4)
+    result = grounding_eval(model, index, fmt, decode, max_rows=10, max_new_tokens=6)
+    assert result["boxes"] == 5 and 0.0 <= result["box_iou50"] <= 1.0
+    with pytest.raises(ValueError, match="aspect_ratio_ids"):  # square images are not what it takes
+        grounding_eval(model, index, CHARS, decode, max_rows=10, max_new_tokens=6)
