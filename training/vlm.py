@@ -4,9 +4,10 @@ The sequence is ``<|begin_of_text|> <|image|> caption <|end_of_text|>``, or with
 Mllama's ``<|image|> <|begin_of_text|> ...`` (every text token sees the image), with the loss on the caption
 and EOS only; with ``data.packing`` several such samples share a row (training/data.py). The decoder stays
 frozen (``model.trainable``); encoder, projection head and adapters train. Stage 2 reads its higher
-resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``); a
-``model.image_size`` other than the encoder's instead interpolates position embeddings on load
-(training/weights.py).
+resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``), or as Mllama's
+aspect-ratio tiles (``model.max_num_tiles``: batches carry the real tiles flat, padded on the device by
+``eval.batch_images``); a ``model.image_size`` other than the encoder's instead interpolates position
+embeddings on load (training/weights.py).
 """
 
 from __future__ import annotations
