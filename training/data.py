@@ -47,6 +47,7 @@ from vlmforge.training.config import DataSection, SourceSection, SubsetSection
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
 from vlmforge.training.model.fusion import packed_media_mask
 from vlmforge.training.model.perceiver import sample_frame_indices
+from vlmforge.training.model.tiling import TiledImage, collate_tiles, load_tiled_image
 
 # CLIP's normalisation, which Mllama's image processor uses too (other encoders convert, VisionConfig).
 IMAGE_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
@@ -295,6 +296,7 @@ class Sample:
     image: Tensor | None  # (3, H, W), normalised
     video: Tensor | None = None  # (F, 3, H, W), normalised
     source: int = 0  # which of data.sources the row came from
+    tiled: TiledImage | None = None  # Mllama tiles (SampleFormat.max_num_tiles > 1) instead of `image`
 
 
 @dataclass
@@ -313,6 +315,8 @@ class SampleFormat:
     packing: bool = False  # several samples per row of max_tokens (collate_packed)
     video_token_id: int | None = None  # task video: the token before the caption of a row with frames
     video_frames: int | None = None  # task video: frames each clip is resampled to (None: frames unread)
+    # > 1: images are read as Mllama's aspect-ratio tiles of image_size px (model/tiling.py), not squashed
+    max_num_tiles: int = 1
 
 
 def load_image(data: bytes, size: int) -> Tensor:
@@ -359,15 +363,30 @@ def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator
     prefix = caption_prefix(fmt.bos_id, media_token, fmt.image_first)
     body = fmt.encode(text)[: fmt.max_tokens - len(prefix) - 1] + [fmt.eos_id]
     body = (body * fmt.repeat_text)[: fmt.max_tokens - len(prefix)]
-    image = load_image(row["image"], fmt.image_size) if has_image and not has_video else None
+    tiles = has_image and not has_video and fmt.max_num_tiles > 1
+    image = load_image(row["image"], fmt.image_size) if has_image and not has_video and not tiles else None
     video = load_video(row["frames"], fmt.image_size, fmt.video_frames) if has_video else None
-    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image, video)
+    tiled = None
+    if tiles:
+        try:
+            tiled = load_tiled_image(row["image"], fmt.image_size, fmt.max_num_tiles)
+        except ValueError as e:
+            raise ValueError(f"row {row['id']!r}: {e}") from e
+    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image, video, tiled=tiled)
 
 
 def collate(
-    samples: list[Sample], pad_id: int, image_size: int | None, video_frames: int | None = None
+    samples: list[Sample],
+    pad_id: int,
+    image_size: int | None,
+    video_frames: int | None = None,
+    max_num_tiles: int = 1,
 ) -> dict[str, Any]:
     """Right-padded ids and labels, and images stacked when the task uses them.
+
+    With ``max_num_tiles`` > 1 (Mllama tiles) ``images`` holds the batch's real tiles flat (total tiles,
+    3, S, S) with ``num_tiles`` and ``aspect_ratio_ids`` per row (0 and 0 for a row without an image);
+    ``tiling.pad_tiles`` gives the model its padded (B, max_num_tiles, 3, S, S) and ``aspect_ratio_mask``.
 
     A row without an image gets a zero placeholder image (and no image token, so its mask is all false):
     every batch, text-only or not, then runs the encoder and every cross-attention layer on the same
@@ -382,13 +401,17 @@ def collate(
         input_ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
         labels[i, : len(s.labels)] = torch.tensor(s.labels)
     images = None
-    if image_size is not None:
+    batch: dict[str, Any] = {}
+    if image_size is not None and max_num_tiles > 1:
+        flat = collate_tiles([s.tiled for s in samples], image_size)
+        images = flat.pop("tiles")
+        batch.update(flat)
+    elif image_size is not None:
         images = torch.zeros(len(samples), 3, image_size, image_size)
         for i, s in enumerate(samples):
             if s.image is not None:
                 images[i] = s.image
     num_tokens = sum(len(s.input_ids) for s in samples)
-    batch: dict[str, Any] = {}
     if video_frames is not None and image_size is not None:  # rows without a clip: zeros, masked out
         batch["videos"] = torch.zeros(len(samples), video_frames, 3, image_size, image_size)
         for i, s in enumerate(samples):
@@ -403,7 +426,7 @@ def collate(
         "ids": [s.id for s in samples],
         "sources": [s.source for s in samples],
         "num_tokens": num_tokens,  # real tokens (no padding)
-        "num_images": sum(s.image is not None for s in samples),
+        "num_images": sum(s.image is not None or s.tiled is not None for s in samples),
         # what the encoder runs on: placeholders too, and every frame of the clips
         "computed_images": (0 if images is None else len(samples))
         + len(samples) * (video_frames if "videos" in batch else 0),
@@ -433,6 +456,8 @@ def collate_packed(
     row, at least 1; empty slots are zeros) and ``encoder_mask`` (B, S, N) lets only a sample's own tokens
     see its image (``packed_media_mask``). The first label of every sample is -100 (its prefix), so no
     label crosses from one sample into the next."""
+    if any(s.tiled is not None for row in rows for s in row):
+        raise ValueError("data.packing is not supported with Mllama tiles (vision.max_num_tiles > 1)")
     length = max(sum(len(s.input_ids) for s in row) for row in rows)
     num_images = max(1, max(sum(s.image is not None for s in row) for row in rows))
     b = len(rows)
@@ -657,7 +682,7 @@ class CaptionStream(IterableDataset):
             yield from self._packed(reader)
             return
         epoch, batch = divmod(done, self.batches_per_epoch)
-        mb = self.spec.micro_batch_size
+        mb, fmt = self.spec.micro_batch_size, self.fmt
         while True:
             shards, rows, order = self.epoch_order(epoch, slot)
             reader = RowReader(self.index, shards, rows)
@@ -666,7 +691,9 @@ class CaptionStream(IterableDataset):
                 rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
                 samples.append(self._sample(row, int(shards[seq]), rng))
                 if len(samples) == mb:
-                    yield collate(samples, self.fmt.eos_id, self.fmt.image_size, self.fmt.video_frames)
+                    yield collate(
+                        samples, fmt.eos_id, fmt.image_size, fmt.video_frames, fmt.max_num_tiles
+                    )
                     samples = []
             reader.close()
             epoch, batch = epoch + 1, 0
@@ -763,6 +790,8 @@ def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_b
     """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
     samples = [make_sample(row, fmt, np.random.default_rng(0)) for row in heldout_rows(index, max_rows)]
     return [
-        collate(samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size, fmt.video_frames)
+        collate(
+            samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size, fmt.video_frames, fmt.max_num_tiles
+        )
         for i in range(0, len(samples), micro_batch_size)
     ]
