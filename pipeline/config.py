@@ -132,8 +132,8 @@ class LanguageConfig(_Section):
     common_margin: float = Field(
         2.0, ge=0, description="... unless a rival's Zipf for a word is more than this above the wanted one's"
     )
-    # Default since issue 27: better than the rule before it on both real sets (CLDR: English kept 0.865 ->
-    # 0.931, non-English dropped 0.945 -> 0.950; gettext test split in benchmarks/RESULTS.md).
+    # Default since issue 27: better than the rule before it on both real sets (English kept / non-English
+    # dropped, CLDR 0.865/0.945 -> 0.930/0.953, gettext test split 0.868/0.969 -> 0.885/0.974).
     short_words: bool = Field(
         True, description="short captions are judged word by word first: a word common only in a rival "
         "language rejects; words common in a wanted language, and names, keep; else fastText decides",

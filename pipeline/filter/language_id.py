@@ -250,7 +250,8 @@ class LanguageId(MeasuredStage):
           ``Mayotte``) or in `name_languages` lexicons, or an acronym (``IPX``);
         - wanted: Zipf >= `word_zipf` there and no rival more than `common_margin` commoner (``door``);
         - otherwise undecided (``tar``: English, but far commoner in Swedish; ``Nipigon``; ``stdout``).
-        Any foreign word rejects; wanted words and names keep; anything else leaves it to fastText."""
+        Any foreign word rejects; wanted words and names keep, unless the wanted words together are commoner
+        in one rival (`one_rival_commoner`); anything else leaves it to fastText."""
         cfg = self.cfg
         raw = [w for w in _WORD.findall(text) if len(w) >= 2]
         if not raw:  # `9 h`, `x`: no word to judge
@@ -275,11 +276,23 @@ class LanguageId(MeasuredStage):
             named = f" (names {' '.join(kinds['name'])})" if kinds["name"] else ""
             if kinds["foreign"]:
                 why.append(f"foreign word: {'; '.join(kinds['foreign'])}{named}")
-            elif not kinds["other"]:
+            elif not kinds["other"] and not self.one_rival_commoner(kinds["wanted"], lang):
                 return lang, None, f"{lang} words {' '.join(kinds['wanted'])}{named}"
         if why and len(why) == len(cfg.languages):
             return None, "wrong_language", " | ".join(why)
         return None, None, " | ".join(why)
+
+    def one_rival_commoner(self, words: list[str], lang: str) -> str | None:
+        """A rival language in which two or more `words`, together, are more than `common_margin` Zipf
+        commoner than in `lang` (``grande stella blu``: each word is English too, all are Italian)."""
+        if len(words) < 2:
+            return None
+        low = [w.lower() for w in words]
+        here = sum(_zipf(w, lang, "large") for w in low)
+        for rival in self.word_rivals:
+            if sum(_zipf(w, rival, "small") for w in low) - here > self.cfg.common_margin:
+                return rival
+        return None
 
     def is_name(self, word: str, lang: str) -> bool:
         """A capitalised word that `name_languages` or more of the NAME_PANEL lexicons (wanted language
