@@ -359,9 +359,10 @@ def test_mllama_export_gives_the_same_logits_in_transformers(tmp_path):
     assert torch.equal(again(ids, pixels, mask).logits, model(ids, pixels, mask).logits)
 
 
-@needs_meta_convention
-def test_mllama_import_of_a_transformers_model(tmp_path):
-    cfg = transformers.MllamaConfig(
+def tiny_mllama_config(max_num_tiles: int = 1) -> transformers.MllamaConfig:
+    """A tiny random Mllama: 4 + 2 vision layers of 28 px, 8 text layers with cross-attention at 3."""
+    ratios = {} if max_num_tiles > 1 else {"supported_aspect_ratios": [[1, 1]]}
+    return transformers.MllamaConfig(
         vision_config=dict(
             hidden_size=32,
             intermediate_size=64,
@@ -370,8 +371,8 @@ def test_mllama_import_of_a_transformers_model(tmp_path):
             attention_heads=4,
             image_size=28,
             patch_size=7,
-            max_num_tiles=1,
-            supported_aspect_ratios=[[1, 1]],
+            max_num_tiles=max_num_tiles,
+            **ratios,
             intermediate_layers_indices=[1, 2, 0],
             vision_output_dim=128,
         ),
@@ -396,6 +397,11 @@ def test_mllama_import_of_a_transformers_model(tmp_path):
         ),
         image_token_index=200,
     )
+
+
+@needs_meta_convention
+def test_mllama_import_of_a_transformers_model(tmp_path):
+    cfg = tiny_mllama_config()
     torch.manual_seed(0)
     hf = transformers.MllamaForConditionalGeneration(cfg).eval()
     randomize(hf, seed=4)  # includes the tile embeddings and their gates, which import folds away
