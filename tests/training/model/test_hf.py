@@ -1,5 +1,6 @@
 """Against transformers: Llama decoder, CLIP encoder, Mllama export/import. Tiny random models, fp32, CPU."""
 
+import dataclasses
 import json
 
 import pytest
@@ -321,9 +322,12 @@ def hf_mllama_logits(hf, ids, pixels, mask):
         ).logits
 
 
-def trained_tiny(seed: int = 0) -> FusionModel:
+def trained_tiny(seed: int = 0, max_num_tiles: int = 1) -> FusionModel:
+    """The tiny preset with every weight randomised (tile tables too) and the gates away from zero."""
+    cfg = get_config("tiny")
+    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=max_num_tiles)
     torch.manual_seed(seed)
-    model = FusionModel(get_config("tiny")).eval()
+    model = FusionModel(cfg).eval()
     randomize(model, seed=seed + 10)
     with torch.no_grad():
         for name, p in model.named_parameters():

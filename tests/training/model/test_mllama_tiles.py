@@ -10,7 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from test_hf import TOL, needs_meta_convention, randomize, tiny_mllama_config  # noqa: E402
+from test_hf import TOL, needs_meta_convention, randomize, tiny_mllama_config, trained_tiny  # noqa: E402
 
 from vlmforge.training.model.config import VisionConfig, get_config  # noqa: E402
 from vlmforge.training.model.fusion import FusionModel, media_attention_mask  # noqa: E402
@@ -93,16 +93,7 @@ def test_config_validates_the_tile_fields():
 
 
 def tiled_tiny(seed: int = 0) -> FusionModel:
-    cfg = get_config("tiny")
-    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
-    torch.manual_seed(seed)
-    model = FusionModel(cfg).eval()
-    randomize(model, seed=seed + 10)  # tile tables and their gates too (gates away from zero)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("attn_gate", "mlp_gate")):
-                p.uniform_(0.5, 1.0)
-    return model
+    return trained_tiny(seed, max_num_tiles=4)
 
 
 @needs_meta_convention
