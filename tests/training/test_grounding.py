@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_support import write_curated
+from train_support import open_tiled_model, write_curated
 
 from vlmforge.training.data import SampleFormat, build_index
 from vlmforge.training.grounding import box_prompts, grounding_eval, iou, read_box
@@ -125,10 +125,7 @@ def test_grounding_eval_runs_a_real_model(tmp_path):
 def test_grounding_eval_on_mllama_tiles(tmp_path):
     """A tiled model (vision.max_num_tiles 4) reads each row's image as its tiles."""
     index = grounding_data(tmp_path)
-    cfg = get_config("tiny")
-    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
-    torch.manual_seed(0)
-    model = FusionModel(cfg).eval()
+    model = open_tiled_model(4)
     fmt = dataclasses.replace(CHARS, max_num_tiles=4)
     result = grounding_eval(model, index, fmt, decode, max_rows=10, max_new_tokens=6)
     assert result["boxes"] == 5 and 0.0 <= result["box_iou50"] <= 1.0

@@ -29,8 +29,8 @@ from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.tiling import load_tiled_image, pad_tiles
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.train import model_config
+from vlmforge.training.vlm import evaluate_weights, sample_format
 from vlmforge.training.vlm import loss as vlm_loss
-from vlmforge.training.vlm import sample_format
 from vlmforge.training.weights import load_chain, load_fusion_model, save_tensors
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -176,6 +176,10 @@ def test_stage2_on_tiles_trains_evaluates_and_resumes(tiles_run):
     assert after["loss"] < before["loss"]
     assert np.isfinite(after["loss_shuffled"]) and after["loss_shuffled"] != after["loss"]
     assert any(model.get_parameter(g).item() != 0 for g in TILE_GATES)  # the tile tables start to open
+    # `vlmforge eval` on the weights file: the run's own final figures
+    curated, tokenizer = recipe_data()
+    sets = [f"data.path={curated}", f"tokenizer={tokenizer}", *RUN]
+    assert evaluate_weights(CONFIG, out / "model.safetensors", sets) == pytest.approx(after, rel=1e-5)
 
     # resume from step 3: the same losses for steps 4..6
     resumed = root / "resumed"
@@ -186,7 +190,6 @@ def test_stage2_on_tiles_trains_evaluates_and_resumes(tiles_run):
     try:
         from vlmforge.training.train import run
 
-        curated, tokenizer = recipe_data()
         overrides = [f"data.path={curated}", f"tokenizer={tokenizer}", f"train.output={resumed}",
                      "train.progress=false", "eval.every=0", f"model.init_from=[{init}]", *RUN]  # fmt: skip
         run(load_train_config(CONFIG, overrides), resume=True)
