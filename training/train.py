@@ -84,7 +84,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     """The preset (or the HF checkpoints' shapes), at the stage's resolution."""
     sources = hf_sources(cfg)
     if "mllama" in sources:
-        mc = _from_dir("mllama", cfg.model.hf_mllama, lambda: hf.mllama_dir_config(sources["mllama"]))
+        tiles = (cfg.model.max_num_tiles or 1) > 1  # keep the checkpoint's tile tables
+        mc = _from_dir("mllama", cfg.model.hf_mllama, lambda: hf.mllama_dir_config(sources["mllama"], tiles))
     else:
         try:
             mc = get_config(cfg.model.preset)
@@ -118,7 +119,12 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         mc.vision = dataclasses.replace(mc.vision, image_size=cfg.model.image_size)
     if cfg.model.tile_grid is not None:
         mc.vision = dataclasses.replace(mc.vision, tile_grid=cfg.model.tile_grid)
-    if cfg.model.max_num_tiles is not None:  # an Mllama dir keeps its tile tables (checked on load)
+    if cfg.model.max_num_tiles is not None:
+        if "mllama" in sources and cfg.model.max_num_tiles != mc.vision.max_num_tiles:
+            raise ConfigError(
+                f"model.max_num_tiles: {cfg.model.max_num_tiles} differs from the {mc.vision.max_num_tiles} "
+                f"tile(s) of the checkpoint in model.hf_mllama; leave it unset (single tile) or set that"
+            )
         try:
             mc.vision = dataclasses.replace(mc.vision, max_num_tiles=cfg.model.max_num_tiles)
         except ValueError as e:
