@@ -51,10 +51,10 @@ class TimedOcr(OcrText):
 
     engine_s = 0.0
 
-    def words(self, grey):
+    def words(self, grey, psm, timeout_s):
         start = time.perf_counter()
         try:
-            return super().words(grey)
+            return super().words(grey, psm, timeout_s)
         finally:
             self.engine_s += time.perf_counter() - start
 
@@ -120,14 +120,16 @@ def _rapidocr(path: str):
     return read
 
 
-def accuracy(n: int, rapidocr_path: str | None) -> None:
-    evaluation = cases(n, seed=1, blank_share=0.125)
+def accuracy(n: int, seed: int, rapidocr_path: str | None, raw: bool) -> None:
+    evaluation = cases(n, seed=seed, blank_share=0.125)
     stage = OcrText(OcrConfig())
-    contenders = {"OCR stage (tesserocr)": lambda d: stage.read(d) or "", "raw tesseract": _raw_tesseract()}
+    contenders = {"OCR stage (tesserocr)": lambda d: stage.read(d) or ""}
+    if raw:
+        contenders["raw tesseract"] = _raw_tesseract()
     if rapidocr_path:
         contenders["RapidOCR 1.4.4 (PP-OCRv4, onnxruntime)"] = _rapidocr(rapidocr_path)
     n_text = sum(bool(c.text) for c in evaluation)
-    print(f"\naccuracy: {n} real-font cases ({n_text} with text, {n - n_text} blank), ocr_eval seed 1\n")
+    print(f"\naccuracy: {n} real-font cases ({n_text} with text, {n - n_text} blank), ocr_eval seed {seed}\n")
     print("| contender | CER | " + " | ".join(f"{s} px" for s in SIZES) + " | blanks given text | images/s |")
     print("|---|---:|" + "---:|" * len(SIZES) + "---:|---:|")
     for name, read in contenders.items():
@@ -150,12 +152,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--speed", type=int, default=3000, help="sample pairs to draw images from (0: skip)")
     parser.add_argument("--eval", type=int, default=350, help="real-font cases (0: skip)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3],
+                        help="ocr_eval seeds, one table each (1 is the development seed)")
+    parser.add_argument("--no-raw", action="store_true", help="skip raw tesseract")
     parser.add_argument("--rapidocr-path", help="a directory holding rapidocr_onnxruntime and its deps")
     args = parser.parse_args()
     if args.speed:
         speed(args.speed)
     if args.eval:
-        accuracy(args.eval, args.rapidocr_path)
+        for seed in args.seeds:
+            accuracy(args.eval, seed, args.rapidocr_path, not args.no_raw)
 
 
 if __name__ == "__main__":
