@@ -43,8 +43,8 @@ def tiny_png() -> bytes:
     return buf.getvalue()
 
 
-def write_inputs(out: Path, n: int, seed: int = 0) -> None:
-    """`n` rows of id, caption, image in parts of ROWS_PER_PART (skipped when already written)."""
+def write_inputs(out: Path, n: int, seed: int = 0, rows_per_part: int = ROWS_PER_PART) -> None:
+    """`n` rows of id, caption, image in parts of `rows_per_part` (skipped when already written)."""
     from wordfreq import top_n_list
 
     marker = out / "_done"
@@ -56,8 +56,8 @@ def write_inputs(out: Path, n: int, seed: int = 0) -> None:
     weights /= weights.sum()
     rng = np.random.default_rng(seed)
     png = tiny_png()
-    for p in range(-(-n // ROWS_PER_PART)):
-        m = min(ROWS_PER_PART, n - p * ROWS_PER_PART)
+    for p in range(-(-n // rows_per_part)):
+        m = min(rows_per_part, n - p * rows_per_part)
         lengths = rng.integers(6, 20, m)
         picks = rng.choice(len(words), int(lengths.sum()), p=weights)
         captions, start = [], 0
@@ -75,7 +75,7 @@ def write_inputs(out: Path, n: int, seed: int = 0) -> None:
                 captions[i] = " ".join(toks)
         ids = [f"{p:06d}-{i:04d}" for i in range(m)]
         table = pa.table({"id": ids, "caption": captions, "image": pa.array([png] * m, pa.binary())})
-        pq.write_table(table, out / f"part-{p:06d}.parquet", row_group_size=ROWS_PER_PART)
+        pq.write_table(table, out / f"part-{p:06d}.parquet", row_group_size=rows_per_part)
     marker.touch()
 
 
@@ -165,15 +165,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 400_000, 1_600_000])
     p.add_argument("--num-cpus", type=int, default=32, help="CPUs Ray is told it has (partition count)")
+    p.add_argument("--rows-per-part", type=int, nargs="+", default=[ROWS_PER_PART],
+                   help="input part sizes: one per size, or one for all (fewer rows per part: more parts)")
     p.add_argument("--workdir", default="/tmp/vlmforge-bench-scale")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     work = Path(args.workdir)
     results = []
-    for n in args.sizes:
-        inp = work / f"in-{n}"
-        write_inputs(inp, n)
-        r = run_job(inp, work / f"out-{n}", args.num_cpus)
+    per_part = args.rows_per_part * len(args.sizes) if len(args.rows_per_part) == 1 else args.rows_per_part
+    for n, k in zip(args.sizes, per_part, strict=True):
+        inp = work / f"in-{n}-{k}"
+        write_inputs(inp, n, rows_per_part=k)
+        r = run_job(inp, work / f"out-{n}-{k}", args.num_cpus)
+        r["parts"] = -(-n // k)
         results.append(r)
         print(json.dumps(r), flush=True)
     base = results[0]

@@ -85,10 +85,28 @@ class SubsetSection(_Section):
     percentile: float = Field(50.0, ge=0, lt=100, description="keep rows scoring at or above this percentile")
 
 
+class SourceSection(_Section):
+    """One curated output in a training mix."""
+
+    path: str = Field(description="curated output directory (holds data/*.parquet)")
+    weight: float = Field(1.0, gt=0, description="share of the training samples, relative to the others")
+    name: str | None = Field(None, description="label in metrics and evaluation (default: the folder name)")
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path.rstrip("/")).name or self.path
+
+
 class DataSection(_Section):
     """The curated Parquet shards and how samples are drawn from them."""
 
     path: str | None = Field(None, description="curated output directory (holds data/*.parquet)")
+    sources: list[SourceSection] | None = Field(
+        None,
+        description="train on a mix of curated outputs instead of data.path: each epoch holds as many "
+        "samples as all sources' rows, shared out by weight (a source with a larger share than its rows "
+        "repeats rows), interleaved in a fixed order; evaluation reports each source",
+    )
     subset: SubsetSection | None = Field(None, description="train on a score-selected subset (stage 2)")
     heldout_fraction: float = Field(
         0.05, ge=0, lt=1, description="share of rows (by a hash of their id) kept out of training for eval"
@@ -124,6 +142,26 @@ class DataSection(_Section):
         "its colours and shapes can be predicted by copying and the output layer learns to tell them apart",
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> DataSection:
+        if self.sources is None:
+            return self
+        if self.path is not None:
+            raise ValueError("data.path and data.sources: set one of them")
+        if not self.sources:
+            raise ValueError("data.sources: give at least one {path, weight}")
+        names = [s.label for s in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"data.sources: name {repeated[0]!r} is used twice (set name: per source)")
+        return self
+
+    def mix(self) -> list[SourceSection]:
+        """The sources to train on: data.sources, or data.path as the one source (empty when neither)."""
+        if self.sources:
+            return self.sources
+        return [SourceSection(path=self.path, name="data")] if self.path else []
 
 
 class VideoSection(_Section):
@@ -225,8 +263,10 @@ class TrainConfig(_Section):
         return self
 
     def require(self, *fields: str) -> None:
-        """Raise ConfigError naming each of `fields` (dotted) that is unset."""
-        missing = [f for f in fields if _get(self, f) is None]
+        """Raise ConfigError naming each of `fields` (dotted) that is unset (``data.path``: unless
+        ``data.sources`` is set)."""
+        mixed = {"data.path"} if self.data.sources else set()
+        missing = [f for f in fields if _get(self, f) is None and f not in mixed]
         if missing:
             raise ConfigError(
                 "missing config value(s): " + ", ".join(missing) + " (set them in the YAML or --set)"

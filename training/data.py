@@ -43,10 +43,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlmforge.training.config import SubsetSection
+from vlmforge.training.config import DataSection, SourceSection, SubsetSection
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
 from vlmforge.training.model.fusion import packed_media_mask
 from vlmforge.training.model.perceiver import sample_frame_indices
+from vlmforge.training.model.tiling import TiledImage, collate_tiles, load_tiled_image
 
 # CLIP's normalisation, which Mllama's image processor uses too (other encoders convert, VisionConfig).
 IMAGE_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
@@ -59,17 +60,31 @@ ROW_COLUMNS = ["id", "image", "frames", "caption", "original_caption", "syntheti
 
 @dataclass
 class ShardIndex:
-    """Which rows of which shards a split uses, and where each shard's row groups start."""
+    """Which rows of which shards a split uses, and where each shard's row groups start.
+
+    A mix (``data.sources``) holds every source's shards, ``files`` named ``source/shard``, and each
+    source's weight; an epoch then interleaves the sources by weight (``epoch_rows``)."""
 
     root: Path
     files: list[str]
     rows: list[np.ndarray]  # selected row numbers of each shard, ascending
     group_starts: list[np.ndarray]  # first row of each row group, per shard
     note: str = ""
+    paths: list[Path] = field(default_factory=list)  # each shard's file (default: root / name)
+    sources: list[str] = field(default_factory=lambda: ["data"])
+    weights: list[float] = field(default_factory=lambda: [1.0])
+    file_source: list[int] = field(default_factory=list)  # each shard's source (default: all 0)
+
+    def __post_init__(self) -> None:
+        self.paths = self.paths or [self.root / f for f in self.files]
+        self.file_source = self.file_source or [0] * len(self.files)
 
     @property
     def total(self) -> int:
         return int(sum(len(r) for r in self.rows))
+
+    def source_rows(self, source: int) -> int:
+        return int(sum(len(r) for r, s in zip(self.rows, self.file_source, strict=True) if s == source))
 
     @property
     def fingerprint(self) -> str:
@@ -130,6 +145,58 @@ def build_index(
     return ShardIndex(data_dir, files, rows, group_starts, note)
 
 
+def build_mix_index(
+    sources: list[SourceSection], split: str, heldout_fraction: float, subset: SubsetSection | None = None
+) -> ShardIndex:
+    """One index over the shards of several curated outputs (``data.sources``); the held-out split keeps
+    each source's own held-out rows (evaluation reports them apart, ``source_indexes``)."""
+    parts = []
+    for src in sources:
+        try:
+            parts.append(build_index(src.path, split, heldout_fraction, subset))
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"data.sources ({src.label}): {e}") from e
+    empty = [s.label for s, p in zip(sources, parts, strict=True) if p.total == 0 and split == "train"]
+    if empty:
+        raise ValueError(f"data.sources: {empty[0]!r} has no {split} rows")
+    return ShardIndex(
+        Path("."),
+        [f"{s.label}/{f}" for s, p in zip(sources, parts, strict=True) for f in p.files],
+        [r for p in parts for r in p.rows],
+        [g for p in parts for g in p.group_starts],
+        "; ".join(f"{s.label} (weight {s.weight:g}) {p.note}" for s, p in zip(sources, parts, strict=True)),
+        paths=[path for p in parts for path in p.paths],
+        sources=[s.label for s in sources],
+        weights=[s.weight for s in sources],
+        file_source=[i for i, p in enumerate(parts) for _ in p.files],
+    )
+
+
+def data_index(data: DataSection, split: str) -> ShardIndex:
+    """The "train" or "heldout" index of data.path or of the data.sources mix (subset: train only)."""
+    subset = data.subset if split == "train" else None
+    if data.sources:
+        return build_mix_index(data.sources, split, data.heldout_fraction, subset)
+    return build_index(data.path, split, data.heldout_fraction, subset)
+
+
+def source_indexes(index: ShardIndex) -> dict[str, ShardIndex]:
+    """Each source's part of a mix, as an index of its own (a single-source index maps to itself)."""
+    if len(index.sources) == 1:
+        return {index.sources[0]: index}
+    out = {}
+    for i, name in enumerate(index.sources):
+        keep = [k for k, s in enumerate(index.file_source) if s == i]
+        out[name] = ShardIndex(
+            index.root,
+            [index.files[k] for k in keep],
+            [index.rows[k] for k in keep],
+            [index.group_starts[k] for k in keep],
+            paths=[index.paths[k] for k in keep],
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the split
 
 
@@ -138,10 +205,50 @@ def slice_bounds(total: int, slot: int, num_slots: int) -> tuple[int, int]:
     return slot * total // num_slots, (slot + 1) * total // num_slots
 
 
+def quotas(total: int, weights: list[float]) -> np.ndarray:
+    """`total` samples shared out in proportion to `weights` (largest remainders; they sum to `total`)."""
+    share = np.asarray(weights, dtype=np.float64) / sum(weights) * total
+    out = np.floor(share).astype(np.int64)
+    out[np.argsort(-(share - out), kind="stable")[: total - int(out.sum())]] += 1
+    return out
+
+
+def epoch_rows(index: ShardIndex, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) of a mix's whole epoch, in stream order.
+
+    Each source gets its quota of the epoch (``quotas`` of all sources' rows): its shards in a seeded
+    order, rows laid end to end, again in a new order while the quota is not filled. The sources are
+    interleaved smoothly: a source's k-th sample sits at (k + 1/2) / quota of the way through the epoch.
+    """
+    quota = quotas(index.total, index.weights)
+    shards, rows, due = [], [], []
+    for src, want in enumerate(quota):
+        mine = np.array([k for k, s in enumerate(index.file_source) if s == src], dtype=np.int64)
+        if want and not index.source_rows(src):
+            raise ValueError(f"data.sources: {index.sources[src]!r} has no rows to draw from")
+        s_parts, r_parts, have, lap = [], [], 0, 0
+        while have < want:
+            for k in np.random.default_rng([seed, epoch, src, lap]).permutation(mine):
+                r = index.rows[k][: want - have]
+                s_parts.append(np.full(len(r), k, dtype=np.int64))
+                r_parts.append(r)
+                have += len(r)
+            lap += 1
+        shards += s_parts
+        rows += r_parts
+        due.append((np.arange(want) + 0.5) / max(want, 1))
+    order = np.lexsort((np.repeat(np.arange(len(quota)), quota), np.concatenate(due)))
+    return np.concatenate(shards)[order], np.concatenate(rows)[order]
+
+
 def slot_rows(
     index: ShardIndex, seed: int, epoch: int, slot: int, num_slots: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(shard, row) of every row in this reader's slice for this epoch, in stream order."""
+    if len(index.sources) > 1:
+        start, end = slice_bounds(index.total, slot, num_slots)
+        shards, rows = epoch_rows(index, seed, epoch)
+        return shards[start:end], rows[start:end]
     order = np.random.default_rng([seed, epoch]).permutation(len(index.files))
     start, end = slice_bounds(index.total, slot, num_slots)
     shards, rows, offset = [], [], 0
@@ -188,6 +295,8 @@ class Sample:
     labels: list[int]
     image: Tensor | None  # (3, H, W), normalised
     video: Tensor | None = None  # (F, 3, H, W), normalised
+    source: int = 0  # which of data.sources the row came from
+    tiled: TiledImage | None = None  # Mllama tiles (SampleFormat.max_num_tiles > 1) instead of `image`
 
 
 @dataclass
@@ -206,6 +315,8 @@ class SampleFormat:
     packing: bool = False  # several samples per row of max_tokens (collate_packed)
     video_token_id: int | None = None  # task video: the token before the caption of a row with frames
     video_frames: int | None = None  # task video: frames each clip is resampled to (None: frames unread)
+    # > 1: images are read as Mllama's aspect-ratio tiles of image_size px (model/tiling.py), not squashed
+    max_num_tiles: int = 1
 
 
 def load_image(data: bytes, size: int) -> Tensor:
@@ -252,15 +363,30 @@ def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator
     prefix = caption_prefix(fmt.bos_id, media_token, fmt.image_first)
     body = fmt.encode(text)[: fmt.max_tokens - len(prefix) - 1] + [fmt.eos_id]
     body = (body * fmt.repeat_text)[: fmt.max_tokens - len(prefix)]
-    image = load_image(row["image"], fmt.image_size) if has_image and not has_video else None
+    tiles = has_image and not has_video and fmt.max_num_tiles > 1
+    image = load_image(row["image"], fmt.image_size) if has_image and not has_video and not tiles else None
     video = load_video(row["frames"], fmt.image_size, fmt.video_frames) if has_video else None
-    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image, video)
+    tiled = None
+    if tiles:
+        try:
+            tiled = load_tiled_image(row["image"], fmt.image_size, fmt.max_num_tiles)
+        except ValueError as e:
+            raise ValueError(f"row {row['id']!r}: {e}") from e
+    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image, video, tiled=tiled)
 
 
 def collate(
-    samples: list[Sample], pad_id: int, image_size: int | None, video_frames: int | None = None
+    samples: list[Sample],
+    pad_id: int,
+    image_size: int | None,
+    video_frames: int | None = None,
+    max_num_tiles: int = 1,
 ) -> dict[str, Any]:
     """Right-padded ids and labels, and images stacked when the task uses them.
+
+    With ``max_num_tiles`` > 1 (Mllama tiles) ``images`` holds the batch's real tiles flat (total tiles,
+    3, S, S) with ``num_tiles`` and ``aspect_ratio_ids`` per row (0 and 0 for a row without an image);
+    ``tiling.pad_tiles`` gives the model its padded (B, max_num_tiles, 3, S, S) and ``aspect_ratio_mask``.
 
     A row without an image gets a zero placeholder image (and no image token, so its mask is all false):
     every batch, text-only or not, then runs the encoder and every cross-attention layer on the same
@@ -275,13 +401,17 @@ def collate(
         input_ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
         labels[i, : len(s.labels)] = torch.tensor(s.labels)
     images = None
-    if image_size is not None:
+    batch: dict[str, Any] = {}
+    if image_size is not None and max_num_tiles > 1:
+        flat = collate_tiles([s.tiled for s in samples], image_size)
+        images = flat.pop("tiles")
+        batch.update(flat)
+    elif image_size is not None:
         images = torch.zeros(len(samples), 3, image_size, image_size)
         for i, s in enumerate(samples):
             if s.image is not None:
                 images[i] = s.image
     num_tokens = sum(len(s.input_ids) for s in samples)
-    batch: dict[str, Any] = {}
     if video_frames is not None and image_size is not None:  # rows without a clip: zeros, masked out
         batch["videos"] = torch.zeros(len(samples), video_frames, 3, image_size, image_size)
         for i, s in enumerate(samples):
@@ -294,8 +424,9 @@ def collate(
         "labels": labels,
         "images": images,
         "ids": [s.id for s in samples],
+        "sources": [s.source for s in samples],
         "num_tokens": num_tokens,  # real tokens (no padding)
-        "num_images": sum(s.image is not None for s in samples),
+        "num_images": sum(s.image is not None or s.tiled is not None for s in samples),
         # what the encoder runs on: placeholders too, and every frame of the clips
         "computed_images": (0 if images is None else len(samples))
         + len(samples) * (video_frames if "videos" in batch else 0),
@@ -325,6 +456,8 @@ def collate_packed(
     row, at least 1; empty slots are zeros) and ``encoder_mask`` (B, S, N) lets only a sample's own tokens
     see its image (``packed_media_mask``). The first label of every sample is -100 (its prefix), so no
     label crosses from one sample into the next."""
+    if any(s.tiled is not None for row in rows for s in row):
+        raise ValueError("data.packing is not supported with Mllama tiles (vision.max_num_tiles > 1)")
     length = max(sum(len(s.input_ids) for s in row) for row in rows)
     num_images = max(1, max(sum(s.image is not None for s in row) for row in rows))
     b = len(rows)
@@ -357,6 +490,7 @@ def collate_packed(
         "position_ids": position_ids,
         "segment_ids": segment_ids,
         "ids": [s.id for s in samples],
+        "sources": [s.source for s in samples],
         "num_tokens": sum(len(s.input_ids) for s in samples),  # real tokens (no padding)
         "num_images": real_images,
         "computed_images": max(real_images, 1),  # only the slots some token sees run the encoder
@@ -386,9 +520,9 @@ class RowReader:
 
     def _file(self, shard: int) -> pq.ParquetFile:
         if shard not in self._files:
-            if len(self._files) >= 4:
+            if len(self._files) >= max(4, 2 * len(self.index.sources)):  # a mix reads every source
                 self._files.pop(next(iter(self._files))).close()
-            self._files[shard] = pq.ParquetFile(self.index.root / self.index.files[shard])
+            self._files[shard] = pq.ParquetFile(self.index.paths[shard])
         return self._files[shard]
 
     def emit(self, order: np.ndarray, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -494,6 +628,11 @@ class CaptionStream(IterableDataset):
             return shards, rows, order
         return shards, rows, order[: self.batches_per_epoch * self.spec.micro_batch_size]
 
+    def _sample(self, row: dict[str, Any], shard: int, rng: np.random.Generator) -> Sample:
+        sample = make_sample(row, self.fmt, rng)
+        sample.source = self.index.file_source[shard]
+        return sample
+
     def _samples(self, slot: int, epoch: int, start: int) -> Iterator[tuple[int, int, Sample]]:
         """(epoch, index in its epoch's order, sample) from `start` of `epoch` on, epoch after epoch."""
         while True:
@@ -501,7 +640,7 @@ class CaptionStream(IterableDataset):
             reader = RowReader(self.index, shards, rows)
             for p, (seq, row) in enumerate(reader.emit(order, start), start):
                 rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
-                yield epoch, p, make_sample(row, self.fmt, rng)
+                yield epoch, p, self._sample(row, int(shards[seq]), rng)
             reader.close()
             epoch, start = epoch + 1, 0
 
@@ -543,16 +682,18 @@ class CaptionStream(IterableDataset):
             yield from self._packed(reader)
             return
         epoch, batch = divmod(done, self.batches_per_epoch)
-        mb = self.spec.micro_batch_size
+        mb, fmt = self.spec.micro_batch_size, self.fmt
         while True:
             shards, rows, order = self.epoch_order(epoch, slot)
             reader = RowReader(self.index, shards, rows)
             samples: list[Sample] = []
             for seq, row in reader.emit(order, batch * mb):
                 rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
-                samples.append(make_sample(row, self.fmt, rng))
+                samples.append(self._sample(row, int(shards[seq]), rng))
                 if len(samples) == mb:
-                    yield collate(samples, self.fmt.eos_id, self.fmt.image_size, self.fmt.video_frames)
+                    yield collate(
+                        samples, fmt.eos_id, fmt.image_size, fmt.video_frames, fmt.max_num_tiles
+                    )
                     samples = []
             reader.close()
             epoch, batch = epoch + 1, 0
@@ -632,19 +773,25 @@ def train_loader(
     return stream, NotingLoader(loader, stream) if fmt.packing else loader
 
 
-def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:
-    """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
+def heldout_rows(index: ShardIndex, max_rows: int) -> list[dict[str, Any]]:
+    """The first `max_rows` rows of an index (the held-out split) in shard order, as read."""
     shards = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(index.rows)])
     rows = np.concatenate(index.rows)[:max_rows]
     shards = shards[:max_rows]
     if len(rows) == 0:
         raise ValueError("data.heldout_fraction: no held-out rows to evaluate on (raise the fraction)")
     reader = RowReader(index, shards, rows)
-    samples = [
-        make_sample(row, fmt, np.random.default_rng(0)) for _, row in reader.emit(np.arange(len(rows)), 0)
-    ]
+    out = [row for _, row in reader.emit(np.arange(len(rows)), 0)]
     reader.close()
+    return out
+
+
+def heldout_batches(index: ShardIndex, fmt: SampleFormat, max_rows: int, micro_batch_size: int) -> list[dict]:
+    """The first `max_rows` held-out rows in shard order, as batches (the same on every rank)."""
+    samples = [make_sample(row, fmt, np.random.default_rng(0)) for row in heldout_rows(index, max_rows)]
     return [
-        collate(samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size, fmt.video_frames)
+        collate(
+            samples[i : i + micro_batch_size], fmt.eos_id, fmt.image_size, fmt.video_frames, fmt.max_num_tiles
+        )
         for i in range(0, len(samples), micro_batch_size)
     ]

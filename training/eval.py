@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,17 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
     }
+
+
+def combine_sources(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One source's figures as they are; a mix's as ``NAME/key`` each, and under the plain keys the mean of
+    those every source has."""
+    if len(per_source) == 1:
+        return next(iter(per_source.values()))
+    shared = set.intersection(*(set(r) for r in per_source.values()))
+    first = next(iter(per_source.values()))
+    mean = {k: float(np.mean([r[k] for r in per_source.values()])) for k in first if k in shared}
+    return mean | {f"{name}/{k}": v for name, r in per_source.items() for k, v in r.items()}
 
 
 class EvalBatches:

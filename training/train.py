@@ -35,8 +35,8 @@ from vlmforge.common.files import atomic_path
 from vlmforge.training import clip, text_lm, video, vlm
 from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
-from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
-from vlmforge.training.eval import EvalBatches, to_device
+from vlmforge.training.data import StreamSpec, data_index, heldout_batches, source_indexes, train_loader
+from vlmforge.training.eval import EvalBatches, combine_sources, to_device
 from vlmforge.training.flops import component_sizes, computed_counts, peak_flops, step_flops
 from vlmforge.training.launch import check_extension_locks, free_port
 from vlmforge.training.metrics import MetricsWriter
@@ -292,20 +292,16 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         enable_activation_checkpointing(model)
     sizes = component_sizes(model)
 
-    train_index = build_index(cfg.data.path, "train", cfg.data.heldout_fraction, cfg.data.subset)
-    eval_index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
+    train_index = data_index(cfg.data, "train")
     fmt = task.sample_format(cfg, mc, tok)
     eval_fmt = dataclasses.replace(fmt, synthetic_caption_prob=0.0, repeat_text=1)  # one caption each
-    eval_batches = EvalBatches([], device)
+    eval_sets: dict[str, EvalBatches] = {}
     if cfg.data.heldout_fraction > 0:  # 0: no held-out rows, no evaluation
-        # On the CPU until each batch's turn; the fused model's eval is split over the ranks (eval.py)
-        eval_batches = EvalBatches(
-            heldout_batches(eval_index, eval_fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size),
-            device,
-            rank,
-            world,
-            shard=cfg.task == "vlm",
-        )
+        # On the CPU until each batch's turn; the fused model's eval is split over the ranks (eval.py).
+        # A mix is evaluated source by source.
+        for name, index in source_indexes(data_index(cfg.data, "heldout")).items():
+            batches = heldout_batches(index, eval_fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
+            eval_sets[name] = EvalBatches(batches, device, rank, world, shard=cfg.task == "vlm")
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
@@ -343,10 +339,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         )
 
     def evaluate(step: int) -> dict[str, float]:
-        if not eval_batches:
+        if not eval_sets:
             return {}
         engine.eval()
-        result = task.evaluate(engine, eval_batches)
+        result = combine_sources({name: task.evaluate(engine, b) for name, b in eval_sets.items()})
         engine.train()
         metrics.log("eval", step, result)
         say(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
@@ -368,6 +364,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         loss_sum, samples, tokens, images = 0.0, 0, 0, 0
+        by_source = [0] * len(train_index.sources)
         computed = {"text": 0.0, "image": 0.0}  # what the model computes (padding too), for MFU
         digest = hashlib.blake2b(digest_size=8)
         for _ in range(accum):
@@ -379,14 +376,15 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
             engine.step()
             loss_sum += float(micro_loss.detach())
             samples += len(batch["ids"])
+            for source in batch["sources"]:
+                by_source[source] += 1
             tokens += batch["num_tokens"]
             images += batch["num_images"]
             for kind, n in computed_counts(batch, mc.vision.num_views * mc.vision.num_tokens).items():
                 computed[kind] += n
             micro_batches += 1
-        loss, samples, tokens, images, text, image = _sum_across_ranks(
-            [loss_sum / accum, samples, tokens, images, computed["text"], computed["image"]], device
-        )
+        sums = [loss_sum / accum, samples, tokens, images, computed["text"], computed["image"], *by_source]
+        loss, samples, tokens, images, text, image, *by_source = _sum_across_ranks(sums, device)
         loss /= world
         elapsed = time.perf_counter() - t0
         record = {
@@ -399,6 +397,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
             "images": int(images),  # rows with an image, all ranks
             "data": digest.hexdigest(),  # of rank 0's sample ids
         }
+        if len(by_source) > 1:  # a mix: samples of each source this step, all ranks
+            names = train_index.sources
+            record |= {f"samples/{name}": int(n) for name, n in zip(names, by_source, strict=True)}
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
@@ -414,6 +415,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         }
         if "mfu" in record:
             postfix["mfu"] = f"{record['mfu']:.1%}"
+        if len(by_source) > 1:
+            postfix["mix"] = "/".join(str(int(n)) for n in by_source)
         bar.set_postfix(postfix, refresh=False)
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             evaluate(step)

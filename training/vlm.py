@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig, load_train_config
-from vlmforge.training.data import SampleFormat, build_index, heldout_batches
-from vlmforge.training.eval import image_gap
+from vlmforge.training.data import SampleFormat, data_index, heldout_batches, source_indexes
+from vlmforge.training.eval import combine_sources, image_gap
+from vlmforge.training.grounding import grounding_eval
 from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
 from vlmforge.training.model.fusion import FusionModel
@@ -83,20 +84,27 @@ def heldout_gap(
     overrides: list[str],
     make_format: Callable[[TrainConfig, ModelConfig, TextTokenizer], SampleFormat],
     gap: Callable[[Any, list[dict[str, Any]]], dict[str, float]],
+    extra: Callable[..., dict[str, float]] | None = None,
 ) -> dict[str, float]:
-    """`gap` of a trained weights file on the held-out rows of the config's data (one process)."""
+    """`gap` of a trained weights file on the held-out rows of the config's data (one process), source by
+    source; ``extra(model, index, fmt, decode, max_rows)`` adds figures of its own per source."""
     cfg = load_train_config(config_path, overrides)
     cfg.require("data.path", "tokenizer")
     model = load_fusion_model(weights).eval()
     tok = TextTokenizer(cfg.tokenizer)
-    index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
     fmt = make_format(cfg, model.config, tok)
-    batches = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-    return gap(model, batches)
+    rows, mb = cfg.eval.max_rows, cfg.eval.micro_batch_size
+    per_source = {}
+    for name, index in source_indexes(data_index(cfg.data, "heldout")).items():
+        per_source[name] = gap(model, heldout_batches(index, fmt, rows, mb))
+        if extra is not None:
+            per_source[name] |= extra(model, index, fmt, tok.decode, rows)
+    return combine_sources(per_source)
 
 
 def evaluate_weights(
     config_path: str | Path | None, weights: str | Path, overrides: list[str]
 ) -> dict[str, float]:
-    """Image gap of a trained weights file on the held-out rows of the config's data."""
-    return heldout_gap(config_path, weights, overrides, sample_format, image_gap)
+    """Image gap of a trained weights file on the held-out rows of the config's data; for rows whose
+    captions give boxes, the share of boxes found (``grounding_eval``)."""
+    return heldout_gap(config_path, weights, overrides, sample_format, image_gap, grounding_eval)

@@ -15,8 +15,9 @@ not included), up to EOS or ``max_new_tokens``, whitespace-normalised. Every row
 batch needs no padding and under greedy decoding a row's caption does not depend on the rows batched with
 it. Top-p sampling draws from a generator seeded by ``seed`` and the ids of the batch, so a re-run of the
 same rows gives the same captions. Images are read as in training (``vlmforge.training.data.load_image``: the
-whole image resized to the model's square, no crop). A row whose image does not decode, or whose caption
-comes out empty, gets null.
+whole image resized to the model's square, no crop; a model with Mllama's tiles, ``vision.max_num_tiles`` > 1,
+gets them as Mllama's processor makes them, ``vlmforge.training.model.tiling``). A row whose image does not
+decode (or cannot be tiled), or whose caption comes out empty, gets null.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from vlmforge.pipeline.config import SyntheticCaptionConfig
 from vlmforge.training.data import caption_prefix, load_image
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.hf import import_mllama
+from vlmforge.training.model.tiling import BadImage, TiledImage, collate_tiles, load_tiled_image, pad_tiles
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import load_fusion_model
 
@@ -101,6 +103,7 @@ class SyntheticCaption:
         eos = mc.decoder.eos_token_id
         self.eos_ids = sorted({self.tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])} - {None})
         self.image_size = mc.vision.input_size
+        self.max_num_tiles = mc.vision.max_num_tiles
         self.counters: Counter = Counter()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -127,20 +130,31 @@ class SyntheticCaption:
         self.counters["rows"] += len(ids)
         return pa.table({"id": batch.column("id"), "synthetic_caption": pa.array(captions, pa.string())})
 
-    def load(self, data: bytes | None) -> Tensor | None:
+    def load(self, data: bytes | None) -> Tensor | TiledImage | None:
         """The image as the model reads it, or None when the bytes are missing or do not decode."""
         if data is None:
             return None
         try:
+            if self.max_num_tiles > 1:
+                return load_tiled_image(data, self.image_size, self.max_num_tiles)
             return load_image(data, self.image_size)
-        except DECODE_ERRORS:
+        except (BadImage, *DECODE_ERRORS):
             return None
 
     @torch.inference_mode()
-    def caption(self, images: list[Tensor], seed: int) -> list[str]:
-        """Whitespace-normalised captions of decoded images ((3, H, W) each, as ``load_image`` gives)."""
+    def caption(self, images: list[Tensor] | list[TiledImage], seed: int) -> list[str]:
+        """Whitespace-normalised captions of decoded images ((3, H, W) each, as ``load_image`` gives, or
+        ``TiledImage``s for a model with tiles)."""
         cfg = self.cfg
-        pixels = torch.stack(images).to(self.device, self.dtype)
+        tiles = {}
+        if self.max_num_tiles > 1:
+            flat = collate_tiles(images, self.image_size)
+            pixels, mask = pad_tiles(flat["tiles"], flat["num_tiles"], self.max_num_tiles)
+            ids = flat["aspect_ratio_ids"].to(self.device)
+            tiles = {"aspect_ratio_ids": ids, "aspect_ratio_mask": mask.to(self.device)}
+        else:
+            pixels = torch.stack(images)
+        pixels = pixels.to(self.device, self.dtype)
         prompt = torch.tensor([self.prompt] * len(images), device=self.device)
         generator = torch.Generator(self.device).manual_seed(seed) if cfg.temperature > 0 else None
         out = self.model.generate(
@@ -151,6 +165,7 @@ class SyntheticCaption:
             top_p=cfg.top_p,
             eos_token_id=self.eos_ids,
             generator=generator,
+            **tiles,
         )
         return [self.text(ids) for ids in out[:, len(self.prompt) :].tolist()]
 

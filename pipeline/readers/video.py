@@ -10,17 +10,15 @@ stage counts as a rejection. Clips are not opened here: the video stage decodes 
 from __future__ import annotations
 
 import json
-import tarfile
-from collections import Counter
 from collections.abc import Iterator
 
 import pyarrow as pa
 
-from vlmforge.common.storage import Location, StoreError, location, parquet_file
+from vlmforge.common.storage import Location, location, parquet_file
 from vlmforge.pipeline.config import CurateConfig
-from vlmforge.pipeline.readers.common import InputPart, decode_caption, read_image_file
+from vlmforge.pipeline.readers.common import InputPart, read_image_file
 from vlmforge.pipeline.readers.jsonl import _lines
-from vlmforge.pipeline.readers.webdataset import split_key
+from vlmforge.pipeline.readers.webdataset import MediaKind, tar_samples
 from vlmforge.pipeline.schema import VIDEO_RAW_SCHEMA
 
 VIDEO_EXTS = {"mp4", "webm", "mkv", "mov", "m4v", "avi"}
@@ -54,65 +52,12 @@ def _path_error(error: str | None) -> str | None:
 def read_video_webdataset(part: InputPart, cfg: CurateConfig, batch_rows: int) -> Iterator[pa.Table]:
     """One tar shard of clips as raw batches."""
     out = VideoBatches(batch_rows)
-    shard = location(part.path).name
-    limit, seen = cfg.video.max_bytes, Counter()
-    sample: dict | None = None
-
-    def emit(s: dict) -> pa.Table | None:
-        key = s.pop("key")
-        row_id = key if not seen[key] else f"{key}#{seen[key]}"
-        if seen[key] and "read_error" not in s:
-            s["read_error"], s["read_detail"] = "duplicate_key", f"key {key} repeats in {shard}"
-        seen[key] += 1
-        caption = s.pop("caption_bytes", None)
-        if caption is not None:
-            s["caption"], bad = decode_caption(caption)
-            if bad and "read_error" not in s:
-                s["read_error"], s["read_detail"] = bad, "caption is not UTF-8"
-        if "read_error" not in s:
-            if "video" not in s:
-                s["read_error"], s["read_detail"] = "missing_video", "no video member"
-            elif caption is None:
-                s["read_error"], s["read_detail"] = "missing_caption", "no .txt member"
-        return out.add(id=row_id, source=f"{shard}/{key}", **s)
-
-    def fail(s: dict, error: str, detail: str) -> None:
-        s.setdefault("read_error", error)
-        s.setdefault("read_detail", detail)
-
-    try:
-        with location(part.path).open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                key, ext = split_key(member.name)
-                if sample is None or key != sample["key"]:
-                    if sample is not None and (batch := emit(sample)) is not None:
-                        yield batch
-                    sample = {"key": key}
-                if member.name.startswith("/") or ".." in member.name.split("/"):
-                    fail(sample, "unsafe_path", f"member path {member.name!r}")
-                elif not member.isfile():
-                    fail(sample, "unsafe_member", f"{member.name} is not a regular file")
-                elif ext in VIDEO_EXTS and "video" not in sample:
-                    if member.size > limit:
-                        fail(sample, "video_too_large_bytes", f"{member.size} bytes")
-                    else:
-                        sample["video"], sample["video_ext"] = tar.extractfile(member).read(), ext
-                elif ext == "txt":
-                    if member.size > cfg.input.max_caption_bytes:
-                        fail(sample, "caption_too_large", f"{member.size} bytes")
-                    else:
-                        sample["caption_bytes"] = tar.extractfile(member).read()
-    except StoreError:
-        raise  # the store failed after its retries: the job stops, naming the object (a rerun resumes)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        detail = f"{type(e).__name__}: {str(e)[:100]}"
-        if sample is None:  # nothing readable at all: one row stands for the shard
-            sample = {"key": f"{part.name}#unreadable"}
-        fail(sample, "corrupt_tar", detail)
-    if sample is not None and (batch := emit(sample)) is not None:
-        yield batch
+    kind = MediaKind("video", frozenset(VIDEO_EXTS), cfg.video.max_bytes)
+    for s in tar_samples(part, kind, cfg.input.max_caption_bytes):
+        row = {"id": s.row_id, "source": s.source, "caption": s.caption, "url": s.url, "video": s.media}
+        row |= {"video_ext": s.media_ext, "read_error": s.error, "read_detail": s.detail}
+        if (batch := out.add(**row)) is not None:
+            yield batch
     if (batch := out.flush()) is not None:
         yield batch
 

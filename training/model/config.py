@@ -53,6 +53,22 @@ class VisionConfig:
     # Higher resolution without stretching the encoder: with tile_grid g > 1 an image of g * image_size px
     # is read as g * g tiles of image_size px plus a thumbnail of the whole image (vision.split_views).
     tile_grid: int = 1
+    # Mllama's aspect-ratio tiles (model/tiles.py): an image arrives as up to max_num_tiles tiles of
+    # image_size px with its aspect_ratio_id; 1 is the single-tile model (no tile embeddings).
+    max_num_tiles: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("tile_grid", "max_num_tiles"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"vision.{name} must be an integer >= 1, got {value!r}")
+        if self.tile_grid > 1 and self.max_num_tiles > 1:
+            raise ValueError(
+                f"vision.tile_grid ({self.tile_grid}) and vision.max_num_tiles ({self.max_num_tiles}) are "
+                "two ways of tiling an image; set one of them to 1"
+            )
+        if self.max_num_tiles > 1 and not (self.class_token and self.pre_norm):
+            raise ValueError("vision.max_num_tiles > 1 (Mllama's tiles) needs class_token and pre_norm")
 
     @property
     def grid_size(self) -> int:
@@ -67,6 +83,13 @@ class VisionConfig:
     def num_views(self) -> int:
         """Encoder passes per image: 1, or the thumbnail and the tiles."""
         return 1 if self.tile_grid == 1 else 1 + self.tile_grid**2
+
+    @property
+    def supported_aspect_ratios(self) -> list[tuple[int, int]]:
+        """Mllama's tile grids with at most max_num_tiles tiles, as (rows, columns) in the order of its image
+        processor: aspect_ratio_id i + 1 selects entry i (id 0: no image)."""
+        n = self.max_num_tiles
+        return [(w, h) for w in range(1, n + 1) for h in range(1, n + 1) if w * h <= n]
 
     @property
     def input_size(self) -> int:

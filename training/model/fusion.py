@@ -11,6 +11,11 @@ both branch outputs multiplied by zero: its hidden state passes the layer unchan
 get a placeholder image and an all-false mask, so the encoder and every cross-attention layer run the
 same ops on every row and every rank (ZeRO-3 hangs when ranks skip layers, DeepSpeed issue 7170).
 
+Mllama's aspect-ratio tiles (``VisionConfig.max_num_tiles`` > 1): each image is (max_num_tiles, C, S, S)
+with an ``aspect_ratio_id`` and ``aspect_ratio_mask``; its tokens are those of all its tiles (per tile, per
+token, as Mllama), and a text token that sees the image sees the tokens of its real tiles only (Mllama's
+cross-attention mask, where tiles past an image's count are 0).
+
 Packed rows (``data.packing``) hold several samples, each with its own image token and image:
 ``position_ids`` restart at every sample, ``segment_ids`` make self-attention block-causal (run sample by
 sample, ``Segments``), and each image is seen only by the tokens of its own sample (``packed_media_mask``:
@@ -50,6 +55,7 @@ from vlmforge.training.model.decoder import (
     init_weights,
 )
 from vlmforge.training.model.perceiver import PerceiverResampler, sample_frame_indices
+from vlmforge.training.model.tiles import tile_mask_from_ids
 from vlmforge.training.model.vision import VisionEncoder, VisionProjection, split_views
 
 
@@ -273,6 +279,8 @@ class FusionModel(nn.Module):
         # on one rank only starts an all-gather the other ranks never join.
         self.register_buffer("media_probe", torch.zeros(()), persistent=False)
         self.config = cfg = copy.deepcopy(cfg)
+        if cfg.video is not None and cfg.vision.max_num_tiles > 1:
+            raise ValueError("vision.max_num_tiles > 1 (Mllama tiles) is not supported with a video path")
         self.encoder = VisionEncoder(cfg.vision)
         self.projection = VisionProjection(cfg.vision, cfg.projection, cfg.decoder.dim)
         self.decoder = Decoder(cfg.decoder)
@@ -311,11 +319,16 @@ class FusionModel(nn.Module):
         new = self.fusion.token_embedding((input_ids - vocab).clamp(min=0))
         return torch.where(is_new[..., None], new, old)
 
-    def encode_images(self, images: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, T, decoder_dim) image tokens (with tiles: the thumbnail's, then the tiles')."""
+    def encode_images(
+        self, images: Tensor, aspect_ratio_ids: Tensor | None = None, aspect_ratio_mask: Tensor | None = None
+    ) -> Tensor:
+        """(N, C, H, W) -> (N, T, decoder_dim) image tokens (with tiles: the thumbnail's, then the tiles').
+
+        Mllama tiles: (N, max_num_tiles, C, S, S), ids (N,), mask (N, max_num_tiles) -> per tile, per token.
+        """
         if self.config.vision.tile_grid > 1:
             images = split_views(images, self.config.vision.tile_grid)
-        return self.projection(self.encoder(images))
+        return self.projection(self.encoder(images, aspect_ratio_ids, aspect_ratio_mask))
 
     def encode_video(self, videos: Tensor) -> Tensor:
         """(B, F, C, H, W) with any F -> (B, num_groups * num_latents, decoder_dim) video tokens."""
@@ -332,9 +345,31 @@ class FusionModel(nn.Module):
     def placeholder_images(self, batch: int, num: int = 1) -> Tensor:
         v = self.encoder.cfg
         p = self.media_probe
+        tiles = (v.max_num_tiles,) if v.max_num_tiles > 1 else ()
         return torch.zeros(
-            batch, num, v.num_channels, v.input_size, v.input_size, dtype=p.dtype, device=p.device
+            batch, num, *tiles, v.num_channels, v.input_size, v.input_size, dtype=p.dtype, device=p.device
         )
+
+    def tile_inputs(
+        self, images: Tensor, aspect_ratio_ids: Tensor | None, aspect_ratio_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Mllama tiles: images (B, N, T, C, S, S), ids (B, N) and mask (B, N, T) from the accepted forms
+        (one image a row: (B, T, C, S, S), (B,), (B, T); no mask: from the ids)."""
+        if aspect_ratio_ids is None:
+            raise ValueError("vision.max_num_tiles > 1: images need their aspect_ratio_ids")
+        if images.dim() == 5:
+            images, aspect_ratio_ids = images[:, None], aspect_ratio_ids.reshape(-1, 1)
+            if aspect_ratio_mask is not None:
+                aspect_ratio_mask = aspect_ratio_mask[:, None]
+        if images.dim() != 6 or aspect_ratio_ids.shape != images.shape[:2]:
+            raise ValueError(
+                f"tiled images must be (B, N, T, C, S, S) with aspect_ratio_ids (B, N), got "
+                f"{tuple(images.shape)} and {tuple(aspect_ratio_ids.shape)}"
+            )
+        if aspect_ratio_mask is None:
+            aspect_ratio_mask = tile_mask_from_ids(aspect_ratio_ids.flatten(), self.config.vision)
+            aspect_ratio_mask = aspect_ratio_mask.view(*images.shape[:3])
+        return images, aspect_ratio_ids, aspect_ratio_mask
 
     def encode_media(
         self,
@@ -344,19 +379,33 @@ class FusionModel(nn.Module):
         videos: Tensor | None = None,
         video_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        aspect_ratio_ids: Tensor | None = None,
+        aspect_ratio_mask: Tensor | None = None,
     ) -> Media:
         """Run the encoder (and video path) and expand the masks to media-token level.
 
         Without images a placeholder with an all-false mask goes through, so the same layers run always.
         With ``segment_ids`` (packed rows) the default mask is ``packed_media_mask``, and only the image
         slots some token sees are encoded (the others get zero tokens, which nothing attends to).
+        With Mllama tiles each token's mask is also limited to the real tiles (``aspect_ratio_mask``).
         """
         b, s = input_ids.shape
+        tiled = self.config.vision.max_num_tiles > 1
         if images is None:
-            if encoder_mask is not None:
-                raise ValueError("encoder_mask given without images")
+            if encoder_mask is not None or aspect_ratio_ids is not None or aspect_ratio_mask is not None:
+                raise ValueError("encoder_mask or aspect_ratio_ids/_mask given without images")
             images = self.placeholder_images(b)
             encoder_mask = torch.zeros(b, s, 1, dtype=torch.bool, device=input_ids.device)
+            if tiled:  # id 0: no image, every tile padding
+                aspect_ratio_ids = torch.zeros(b, 1, dtype=torch.long, device=input_ids.device)
+        if tiled:
+            if segment_ids is not None:
+                raise ValueError("packed rows (segment_ids) are not supported with vision.max_num_tiles > 1")
+            images, aspect_ratio_ids, aspect_ratio_mask = self.tile_inputs(
+                images, aspect_ratio_ids, aspect_ratio_mask
+            )
+        elif aspect_ratio_ids is not None or aspect_ratio_mask is not None:
+            raise ValueError("aspect_ratio_ids/_mask given to a single-tile model (vision.max_num_tiles 1)")
         if images.dim() == 4:
             images = images[:, None]
         num_images = images.shape[1]
@@ -368,7 +417,11 @@ class FusionModel(nn.Module):
             encoder_mask = media_attention_mask(input_ids, self.config.image_token_id, num_images)
         elif encoder_mask.dim() == 2:
             encoder_mask = encoder_mask[..., None]
-        if segment_ids is None:
+        if tiled:
+            tokens = self.encode_images(
+                images.flatten(0, 1), aspect_ratio_ids.flatten(), aspect_ratio_mask.flatten(0, 1)
+            )
+        elif segment_ids is None:
             tokens = self.encode_images(images.flatten(0, 1))
         else:
             seen = encoder_mask.any(dim=1).flatten()
@@ -379,6 +432,10 @@ class FusionModel(nn.Module):
         per_image = tokens.shape[1]
         image_tokens = tokens.reshape(b, num_images * per_image, -1)
         image_mask = encoder_mask.bool().repeat_interleave(per_image, dim=-1)
+        if tiled:  # tiles past an image's count are not seen (Mllama's cross-attention mask)
+            per_tile = per_image // aspect_ratio_mask.shape[-1]
+            real = aspect_ratio_mask.bool().repeat_interleave(per_tile, dim=-1)
+            image_mask = image_mask & real.reshape(b, 1, -1)
         is_tile = None
         if self.config.vision.num_views > 1:
             per_view = per_image // self.config.vision.num_views
@@ -451,6 +508,8 @@ class FusionModel(nn.Module):
         video_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        aspect_ratio_ids: Tensor | None = None,
+        aspect_ratio_mask: Tensor | None = None,
     ) -> ModelOutput:
         """Logits, or the loss when ``labels`` are given (then no logits: see ``chunked_lm_loss``).
 
@@ -463,8 +522,14 @@ class FusionModel(nn.Module):
         videos: (B, F, C, H, W), any F; video_mask: (B, S) bool, default from the video token.
         position_ids, segment_ids: (B, S) for packed rows (several samples per row): each token's position
             within its sample and the sample's index (padding: a segment of its own).
+        aspect_ratio_ids, aspect_ratio_mask: Mllama tiles (vision.max_num_tiles > 1), where images are
+            (B, N, T, C, S, S) or (B, T, C, S, S): ids (B, N) or (B,), 0 for no image; mask (B, N, T) or
+            (B, T), 1 for real tiles (default: the first tiles of each id's grid).
         """
-        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask, segment_ids)
+        media = self.encode_media(
+            input_ids, images, encoder_mask, videos, video_mask, segment_ids, aspect_ratio_ids,
+            aspect_ratio_mask,
+        )
         hidden = self.hidden_states(input_ids, media, None, position_ids, segment_ids)
         if labels is None:
             return ModelOutput(self.decoder.lm_head(hidden), None)
@@ -490,13 +555,17 @@ class FusionModel(nn.Module):
         use_cache: bool = True,
         videos: Tensor | None = None,
         video_mask: Tensor | None = None,
+        aspect_ratio_ids: Tensor | None = None,
+        aspect_ratio_mask: Tensor | None = None,
         **sampling: Any,
     ) -> Tensor:
         """Prompt (B, S) -> prompt and new tokens. New tokens see the media the last prompt token sees.
 
         ``sampling``: temperature (0 = greedy), top_p, eos_token_id, generator (see decoder.generate).
         """
-        media = self.encode_media(input_ids, images, encoder_mask, videos, video_mask)
+        media = self.encode_media(
+            input_ids, images, encoder_mask, videos, video_mask, None, aspect_ratio_ids, aspect_ratio_mask
+        )
         total = input_ids.shape[1] + max_new_tokens
 
         def extend(mask: Tensor | None) -> Tensor | None:

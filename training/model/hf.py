@@ -5,10 +5,14 @@ Everything here is plain json + safetensors; transformers is only needed by the 
 Mllama export is exact for the single-tile model built here (``max_num_tiles = 1``): the tile machinery of
 Mllama's vision model (pre/post tile embeddings, tile position embedding and its gate) is written as
 zeros, and on import its single-tile ([1, 1]) part is folded into our position embedding and the bias of
-the post-encoder layer norm. Not representable, so refused or warned about: attention biases in the ViT
-(CLIP and SigLIP have them, Mllama has none), a tower without a class token or with a patch bias (SigLIP),
-padding other than Mllama's multiple of 8 (CLIP and SigLIP towers pad nothing), a decoder ``head_dim`` other
-than dim / num_heads, more than 8 new tokens, and the video adapters (not part of the Mllama format).
+the post-encoder layer norm. A model with Mllama's tiles (``vision.max_num_tiles`` > 1, model/tiles.py)
+holds the same tables under the same shapes: they are written and read one to one (``tiles=True`` on
+import keeps the checkpoint's tiles).
+
+Not representable, so refused or warned about: attention biases in the ViT (CLIP and SigLIP have them,
+Mllama has none), a tower without a class token or with a patch bias (SigLIP), padding other than Mllama's
+multiple of 8 (CLIP and SigLIP towers pad nothing), a decoder ``head_dim`` other than dim / num_heads, more
+than 8 new tokens, and the video adapters (not part of the Mllama format).
 
 Intermediate vision features: ``intermediate_layers_indices`` name the blocks whose INPUTS feed the projector,
 as in Meta's reference, torchtune, vLLM and transformers 4.45-4.54, so Llama-3.2-Vision's [3, 7, 15, 23, 30]
@@ -385,7 +389,9 @@ def fusion_config_from_hf(
         depth = (hf.get("vision_config") or hf)["num_hidden_layers"]
         layers = base.vision.intermediate_layers if max(base.vision.intermediate_layers) < depth else None
         vision = vision_config(hf, layers, read_preprocessor(vision_path))
-        vision = dataclasses.replace(vision, tile_grid=base.vision.tile_grid)
+        vision = dataclasses.replace(
+            vision, tile_grid=base.vision.tile_grid, max_num_tiles=base.vision.max_num_tiles
+        )
     if llama_path is not None:
         decoder = llama_dir_config(llama_path)
     return dataclasses.replace(base, vision=vision, decoder=decoder)
@@ -448,7 +454,7 @@ def _cross_layer_index(j: int, every: int) -> int:
 
 
 def mllama_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The config.json of ``MllamaForConditionalGeneration`` for this model (single tile)."""
+    """The config.json of ``MllamaForConditionalGeneration`` for this model."""
     v, d, every = cfg.vision, cfg.decoder, cfg.fusion.every
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": d.rope_theta}
     if d.rope_scaling is not None:
@@ -486,8 +492,8 @@ def mllama_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[
         "patch_size": v.patch_size,
         "hidden_act": v.act,
         "norm_eps": v.norm_eps,
-        "max_num_tiles": 1,
-        "supported_aspect_ratios": [[1, 1]],
+        "max_num_tiles": v.max_num_tiles,
+        "supported_aspect_ratios": [list(r) for r in v.supported_aspect_ratios],
         "intermediate_layers_indices": list(v.intermediate_layers),
         "vision_output_dim": v.dim * (1 + len(v.intermediate_layers)),
     }
@@ -503,8 +509,11 @@ def mllama_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[
     }
 
 
-def model_config_from_mllama(hf: dict[str, Any]) -> ModelConfig:
-    """ModelConfig from an Mllama config.json; the fusion interval is read off ``cross_attention_layers``."""
+def model_config_from_mllama(hf: dict[str, Any], tiles: bool = False) -> ModelConfig:
+    """ModelConfig from an Mllama config.json; the fusion interval is read off ``cross_attention_layers``.
+
+    ``tiles``: keep the checkpoint's ``max_num_tiles`` (Mllama's tiles), else a single-tile model.
+    """
     t, v = hf["text_config"], hf["vision_config"]
     cross = list(t["cross_attention_layers"])
     every = cross[0] + 1
@@ -529,7 +538,13 @@ def model_config_from_mllama(hf: dict[str, Any]) -> ModelConfig:
         attn_bias=False,
         intermediate_layers=tuple(v["intermediate_layers_indices"]),
         pad_to_multiple=8,
+        max_num_tiles=v.get("max_num_tiles", 4) if tiles else 1,
     )
+    ratios = [tuple(r) for r in v.get("supported_aspect_ratios") or [[1, 1]]]
+    if tiles and ratios != vision.supported_aspect_ratios:
+        raise ValueError(
+            f"supported_aspect_ratios {ratios} are not Mllama's for max_num_tiles {vision.max_num_tiles}"
+        )
     return ModelConfig(
         vision=vision,
         projection=ProjectionConfig(num_layers=v["num_global_layers"]),
@@ -544,7 +559,16 @@ def _mllama_name(name: str, every: int) -> str | None:
     if part == "encoder":
         if rest.startswith("layers."):
             return "vision_model.transformer." + rest
-        fixed = {"patch_embedding.weight": "patch_embedding.weight", "class_embedding": "class_embedding"}
+        fixed = {
+            "patch_embedding.weight": "patch_embedding.weight",
+            "class_embedding": "class_embedding",
+            "position_embedding": "gated_positional_embedding.embedding",
+            "tile_position_embedding.gate": "gated_positional_embedding.gate",
+            "tile_position_embedding.tile_embedding.weight": "gated_positional_embedding.tile_embedding."
+            "weight",
+            "pre_tile_embedding.gate": "pre_tile_positional_embedding.gate",
+            "pre_tile_embedding.embedding.weight": "pre_tile_positional_embedding.embedding.weight",
+        }
         fixed.update({f"ln_pre.{p}": f"layernorm_pre.{p}" for p in ("weight", "bias")})
         return "vision_model." + fixed[rest] if rest in fixed else None
     if part == "projection":
@@ -552,6 +576,10 @@ def _mllama_name(name: str, every: int) -> str | None:
             return "vision_model.global_transformer." + rest
         return {
             "ln_post.weight": "vision_model.layernorm_post.weight",
+            "ln_post.bias": "vision_model.layernorm_post.bias",
+            "post_tile_embedding.gate": "vision_model.post_tile_positional_embedding.gate",
+            "post_tile_embedding.embedding.weight": "vision_model.post_tile_positional_embedding.embedding."
+            "weight",
             "proj.bias": "multi_modal_projector.bias",
         }.get(rest)
     if part == "decoder":
@@ -621,7 +649,6 @@ def mllama_state_dict(model: FusionModel) -> dict[str, Tensor]:
     def zeros(*shape: int) -> Tensor:  # a fresh tensor each: safetensors refuses shared storage
         return torch.zeros(*shape, dtype=dtype)
 
-    tokens = v.grid_size**2 + 1
     new_rows = model.fusion.token_embedding.weight.detach()
     padding = zeros(MLLAMA_NEW_TOKENS - new_rows.shape[0], d.dim)
     out.update(
@@ -630,19 +657,20 @@ def mllama_state_dict(model: FusionModel) -> dict[str, Tensor]:
                 [model.decoder.embed_tokens.weight.detach(), new_rows, padding]
             ),
             "language_model.lm_head.weight": model.decoder.lm_head.weight.detach(),
-            "vision_model.gated_positional_embedding.embedding": model.encoder.position_embedding.detach(),
-            "vision_model.gated_positional_embedding.gate": zeros(1),
-            "vision_model.gated_positional_embedding.tile_embedding.weight": zeros(2, tokens * v.dim),
-            "vision_model.pre_tile_positional_embedding.embedding.weight": zeros(2, v.dim),
-            "vision_model.pre_tile_positional_embedding.gate": zeros(1),
-            "vision_model.post_tile_positional_embedding.embedding.weight": zeros(2, v.dim),
-            "vision_model.post_tile_positional_embedding.gate": zeros(1),
-            "vision_model.layernorm_post.bias": model.projection.ln_post.bias.detach(),
             "multi_modal_projector.weight": _projector_to_mllama(
                 model.projection.proj.weight.detach(), v.dim, len(v.intermediate_layers)
             ),
         }
     )
+    if v.max_num_tiles == 1:  # no tile tables: the [1, 1] ratio's, all zero, leave the model as it is
+        tables = {
+            "gated_positional_embedding.tile_embedding.weight": zeros(2, v.num_tokens * v.dim),
+            "pre_tile_positional_embedding.embedding.weight": zeros(2, v.dim),
+            "post_tile_positional_embedding.embedding.weight": zeros(2, v.dim),
+        }
+        for part in ("gated_positional", "pre_tile_positional", "post_tile_positional"):
+            tables[f"{part}_embedding.gate"] = zeros(1)
+        out.update({f"vision_model.{name}": tensor for name, tensor in tables.items()})
     return out
 
 
@@ -671,16 +699,18 @@ def _canonical_mllama_name(name: str) -> str:
     return name
 
 
-def import_mllama(path: str | Path, dtype: torch.dtype = torch.float32) -> FusionModel:
-    """Load an ``MllamaForConditionalGeneration`` checkpoint as a (single-tile) FusionModel.
+def import_mllama(path: str | Path, dtype: torch.dtype = torch.float32, tiles: bool = False) -> FusionModel:
+    """Load an ``MllamaForConditionalGeneration`` checkpoint as a FusionModel: with ``tiles`` one with the
+    checkpoint's tiles (``vision.max_num_tiles``, tables kept as they are), else a single-tile one.
 
+    Single tile:
     The tile embeddings for the [1, 1] aspect ratio are folded in: the pre-tile embedding and the gated
     tile position embedding into our position embedding, the post-tile embedding into the bias of the
     layer norm that follows the encoder. For a checkpoint with max_num_tiles > 1 this reproduces a
     single-tile image exactly as a 1-tile model would see it; transformers itself would pad such an image
     to max_num_tiles tiles, whose padding tokens its vision attention does not mask out.
     """
-    cfg = model_config_from_mllama(read_config(path))
+    cfg = model_config_from_mllama(read_config(path), tiles)
     model = _empty(lambda: FusionModel(cfg), dtype)
     assert isinstance(model, FusionModel)
     load_mllama(path, model)
@@ -708,7 +738,11 @@ def load_mllama(path: str | Path, model: FusionModel) -> None:
     v, d = cfg.vision, cfg.decoder
     max_tiles = hf["vision_config"].get("max_num_tiles", 4)
     ratios = hf["vision_config"].get("supported_aspect_ratios") or [[1, 1]]
-    if max_tiles > 1:
+    if v.max_num_tiles > 1 and max_tiles != v.max_num_tiles:
+        raise ValueError(
+            f"{path}: a {max_tiles}-tile checkpoint for a model with vision.max_num_tiles {v.max_num_tiles}"
+        )
+    if max_tiles > 1 and v.max_num_tiles == 1:
         warnings.warn(f"{path}: {max_tiles}-tile checkpoint imported as a single-tile model", stacklevel=2)
     ratio_id = ratios.index([1, 1]) + 1  # id 0 is padding
     tokens = v.grid_size**2 + 1
@@ -727,10 +761,6 @@ def load_mllama(path: str | Path, model: FusionModel) -> None:
 
     embed = tensors["language_model.model.embed_tokens.weight"]
     special: dict[str, Callable[[], Tensor]] = {  # read when their parameter is filled, one at a time
-        "encoder.position_embedding": position,
-        "projection.ln_post.bias": lambda: (
-            get("vision_model.layernorm_post.bias") + tile_part("post_tile_positional_embedding", (v.dim,))
-        ),
         "projection.proj.weight": lambda: _projector_from_mllama(
             get("multi_modal_projector.weight"), v.dim, len(v.intermediate_layers)
         ),
@@ -740,6 +770,11 @@ def load_mllama(path: str | Path, model: FusionModel) -> None:
         ),
         "decoder.lm_head.weight": lambda: raw("language_model.lm_head.weight"),
     }
+    if v.max_num_tiles == 1:  # fold the [1, 1] tile tables in
+        special["encoder.position_embedding"] = position
+        special["projection.ln_post.bias"] = lambda: (
+            get("vision_model.layernorm_post.bias") + tile_part("post_tile_positional_embedding", (v.dim,))
+        )
     # Parameters Mllama has no place for keep the model's own initialisation.
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -14,6 +14,13 @@ Tiles (``VisionConfig.tile_grid`` > 1): an image of g * image_size px goes throu
 thumbnail plus g * g tiles, each at the resolution the encoder was trained at (``split_views``); the
 projection head adds a learned, zero-initialised embedding per view. Llama 3.2 Vision also reads high
 resolutions as tiles (without a thumbnail) instead of stretching its position embedding.
+
+Mllama's aspect-ratio tiles (``VisionConfig.max_num_tiles`` > 1): images (N, T, C, S, S) with their
+``aspect_ratio_ids`` (N,) and ``aspect_ratio_mask`` (N, T). Each tile gets the pre-tile embedding of its
+aspect ratio and tile index, the class token and the gated tile position embedding (model/tiles.py); the
+tiles of an image are then one sequence (T * padded tokens) through all blocks, the encoder's and the
+projection head's (which first adds the post-tile embedding), under ``tile_attention_mask``. The output
+is laid out per image, per tile, per token, as transformers' ``MllamaVisionModel``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, ProjectionConfig, VisionConfig
+from vlmforge.training.model.tiles import AspectRatioEmbedding, TilePositionEmbedding, tile_attention_mask
 
 
 class VisionOutput(NamedTuple):
     last_hidden_state: Tensor  # (N, L, D); L counts padding tokens when cfg.pad_to_multiple > 1
     hidden_states: list[Tensor]  # inputs of the blocks cfg.intermediate_layers, each (N, L, D)
     num_tokens: int  # real tokens (class token + patches); positions num_tokens.. are padding
+    # Mllama tiles only: L is max_num_tiles * the padded tokens of a tile
+    aspect_ratio_ids: Tensor | None = None  # (N,)
+    tile_mask: Tensor | None = None  # (N, 1, L, L) additive, tiles.tile_attention_mask
 
 
 def activation(name: str, x: Tensor) -> Tensor:
@@ -150,6 +161,9 @@ class VisionEncoder(nn.Module):
         self.position_embedding = nn.Parameter(scale * torch.randn(cfg.num_tokens, cfg.dim))
         self.ln_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
+        if cfg.max_num_tiles > 1:
+            self.pre_tile_embedding = AspectRatioEmbedding(cfg)
+            self.tile_position_embedding = TilePositionEmbedding(cfg)
 
     def position_embedding_for(self, grid: tuple[int, int]) -> Tensor:
         if grid == (self.cfg.grid_size, self.cfg.grid_size):
@@ -159,20 +173,40 @@ class VisionEncoder(nn.Module):
     @torch.no_grad()
     def resize_position_embedding(self, image_size: int) -> None:
         """Store the position embedding at a new resolution (e.g. between training stages)."""
+        if self.cfg.max_num_tiles > 1:
+            raise ValueError("vision.max_num_tiles > 1: the tile position tables are sized for image_size")
         grid = image_size // self.cfg.patch_size
         pos = interpolate_position_embedding(self.position_embedding.detach(), (grid, grid))
         self.position_embedding = nn.Parameter(pos, requires_grad=self.position_embedding.requires_grad)
         self.cfg = dataclasses.replace(self.cfg, image_size=image_size)
 
-    def forward(self, images: Tensor) -> VisionOutput:
+    def normalise(self, images: Tensor) -> Tensor:
+        """CLIP-normalised images -> the encoder's own normalisation, in the weights' dtype."""
         cfg = self.cfg
-        if cfg.pixel_mean != CLIP_MEAN or cfg.pixel_std != CLIP_STD:  # CLIP-normalised -> the encoder's own
+        if cfg.pixel_mean != CLIP_MEAN or cfg.pixel_std != CLIP_STD:
             mean, std, clip_mean, clip_std = (
                 torch.tensor(v, device=images.device).view(-1, 1, 1)
                 for v in (cfg.pixel_mean, cfg.pixel_std, CLIP_MEAN, CLIP_STD)
             )
             images = (images * clip_std + clip_mean - mean) / std
-        x = self.patch_embedding(images.to(self.patch_embedding.weight.dtype))
+        return images.to(self.patch_embedding.weight.dtype)
+
+    def run_layers(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, list[Tensor]]:
+        inputs = []
+        for layer in self.layers:
+            inputs.append(x)  # Meta's convention: the features of block i are what it reads
+            x = layer(x, mask)
+        return x, [inputs[i] for i in self.cfg.intermediate_layers]
+
+    def forward(
+        self, images: Tensor, aspect_ratio_ids: Tensor | None = None, aspect_ratio_mask: Tensor | None = None
+    ) -> VisionOutput:
+        """images (N, C, H, W); with Mllama tiles (N, T, C, S, S) and ids (N,), mask (N, T)."""
+        if self.cfg.max_num_tiles > 1:
+            if aspect_ratio_ids is None or aspect_ratio_mask is None:
+                raise ValueError("vision.max_num_tiles > 1: the encoder needs aspect_ratio_ids and _mask")
+            return self.forward_tiles(images, aspect_ratio_ids, aspect_ratio_mask)
+        x = self.patch_embedding(self.normalise(images))
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
         if self.cfg.class_token:
@@ -183,15 +217,38 @@ class VisionEncoder(nn.Module):
         num_tokens = x.shape[1]
         x = F.pad(x, (0, 0, 0, -num_tokens % self.cfg.pad_to_multiple))
         mask = padding_mask(num_tokens, x.shape[1], x.device)
-        inputs = []
-        for layer in self.layers:
-            inputs.append(x)  # Meta's convention: the features of block i are what it reads
-            x = layer(x, mask)
-        return VisionOutput(x, [inputs[i] for i in self.cfg.intermediate_layers], num_tokens)
+        x, features = self.run_layers(x, mask)
+        return VisionOutput(x, features, num_tokens)
+
+    def forward_tiles(
+        self, images: Tensor, aspect_ratio_ids: Tensor, aspect_ratio_mask: Tensor
+    ) -> VisionOutput:
+        cfg = self.cfg
+        expected = (cfg.max_num_tiles, cfg.num_channels, cfg.image_size, cfg.image_size)
+        if images.dim() != 5 or tuple(images.shape[1:]) != expected:
+            shape = ", ".join(map(str, expected))
+            raise ValueError(f"tiled images must be (N, {shape}), got {tuple(images.shape)}")
+        n, t = images.shape[:2]
+        if aspect_ratio_ids.shape != (n,) or aspect_ratio_mask.shape != (n, t):
+            raise ValueError(
+                f"aspect_ratio_ids must be ({n},) and aspect_ratio_mask ({n}, {t}), got "
+                f"{tuple(aspect_ratio_ids.shape)} and {tuple(aspect_ratio_mask.shape)}"
+            )
+        x = self.patch_embedding(self.normalise(images.flatten(0, 1)))
+        x = self.pre_tile_embedding(x.flatten(2).transpose(1, 2).unflatten(0, (n, t)), aspect_ratio_ids)
+        x = torch.cat([self.class_embedding.expand(n, t, 1, -1), x], dim=2)
+        x = self.ln_pre(self.tile_position_embedding(x, self.position_embedding, aspect_ratio_ids))
+
+        num_tokens = x.shape[2]
+        x = F.pad(x, (0, 0, 0, -num_tokens % cfg.pad_to_multiple))
+        mask = tile_attention_mask(aspect_ratio_mask, num_tokens, x.shape[2], x.dtype)
+        x, features = self.run_layers(x.flatten(1, 2), mask)
+        return VisionOutput(x, features, num_tokens, aspect_ratio_ids, mask)
 
 
 class VisionProjection(nn.Module):
-    """Projection head: encoder output of N images' views -> (N, views * num_tokens, decoder_dim)."""
+    """Projection head: encoder output of N images' views (or Mllama tiles) -> (N, views * num_tokens,
+    decoder_dim) (or (N, max_num_tiles * num_tokens, decoder_dim))."""
 
     def __init__(self, vision: VisionConfig, cfg: ProjectionConfig, out_dim: int) -> None:
         super().__init__()
@@ -203,13 +260,24 @@ class VisionProjection(nn.Module):
         self.num_views = vision.num_views
         if self.num_views > 1:  # zero at first: the thumbnail's tokens are the untiled model's
             self.view_embedding = nn.Parameter(torch.zeros(self.num_views, 1, out_dim))
+        self.max_num_tiles = vision.max_num_tiles
+        if self.max_num_tiles > 1:
+            self.post_tile_embedding = AspectRatioEmbedding(vision)
 
     def forward(self, out: VisionOutput) -> Tensor:
         x = self.ln_post(out.last_hidden_state)
-        mask = padding_mask(out.num_tokens, x.shape[1], x.device)
+        if out.aspect_ratio_ids is None:
+            mask = padding_mask(out.num_tokens, x.shape[1], x.device)
+        else:
+            x = self.post_tile_embedding(x.unflatten(1, (self.max_num_tiles, -1)), out.aspect_ratio_ids)
+            x, mask = x.flatten(1, 2), out.tile_mask
         for layer in self.layers:
             x = layer(x, mask)
-        features = torch.cat([x, *out.hidden_states], dim=-1)[:, : out.num_tokens]
+        features = torch.cat([x, *out.hidden_states], dim=-1)
+        if out.aspect_ratio_ids is None:
+            features = features[:, : out.num_tokens]
+        else:  # drop each tile's padding tokens
+            features = features.unflatten(1, (self.max_num_tiles, -1))[:, :, : out.num_tokens].flatten(1, 2)
         tokens = self.proj(features)
         if self.num_views == 1:
             return tokens

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import shutil
 import statistics
+from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
+from PIL import Image
 from train_support import recipe_data
 
 from vlmforge.pipeline.config import SyntheticCaptionConfig
 from vlmforge.pipeline.enrich.synthetic_caption import SyntheticCaption, load_captioner
 from vlmforge.training.data import is_heldout
 from vlmforge.training.eval import word_f1
+from vlmforge.training.model.config import get_config
+from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.hf import export_mllama
 
 
@@ -123,3 +131,47 @@ def test_exported_mllama_directory_gives_the_same_captions(
 def test_checkpoint_of_another_task_is_refused(recipe):
     with pytest.raises(ValueError, match="neither a vlm training run"):
         SyntheticCaption(SyntheticCaptionConfig(checkpoint=str(recipe["clip"].output)))
+
+
+class _IdsAsText:
+    """A tokenizer stand-in for a captioner built without a run directory: the caption is the ids."""
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
+def test_model_with_tiles_reads_images_as_mllama_tiles(torch_one_thread):
+    cfg = get_config("tiny")
+    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
+    torch.manual_seed(0)
+    model = FusionModel(cfg).eval()
+    with torch.no_grad():  # open every gate, so the captions depend on the tiles
+        for name, p in model.named_parameters():
+            if name.endswith("gate"):
+                p.fill_(1.0)
+    captioner = object.__new__(SyntheticCaption)
+    captioner.cfg = SyntheticCaptionConfig(checkpoint="unused", max_new_tokens=6, temperature=0.0)
+    captioner.model, captioner.tokenizer = model, _IdsAsText()
+    captioner.device, captioner.dtype = torch.device("cpu"), torch.float32
+    captioner.eos_ids = [cfg.decoder.eos_token_id]
+    captioner.prompt = [cfg.image_token_id, cfg.decoder.bos_token_id]
+    captioner.image_size, captioner.max_num_tiles = cfg.vision.image_size, 4
+    captioner.counters = Counter()
+
+    rng = np.random.default_rng(0)
+    sizes = [(30, 70), (64, 64), (70, 20)]  # (h, w): 1x3, 2x2 and 3x1 tiles of 32 px
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    data = []
+    for img in images:
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        data.append(buf.getvalue())
+    loaded = [captioner.load(d) for d in data]
+    assert [t.grid for t in loaded] == [(1, 3), (2, 2), (3, 1)]
+    together = captioner.caption(loaded, seed=0)
+    alone = [captioner.caption([t], seed=0)[0] for t in loaded]
+    assert together == alone  # an image's padding tiles and its neighbours' tiles do not leak in
+    assert len(set(alone)) > 1  # the captions depend on the image
+    out = captioner(pa.table({"id": ["a", "broken", "b"], "image": [data[0], data[2][:40], data[1]]}))
+    assert out.column("synthetic_caption").to_pylist() == [alone[0], None, alone[1]]
+    assert captioner.counters["bad_image"] == 1

@@ -14,6 +14,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -344,3 +345,21 @@ def test_report_in_headless_chromium(report, enriched_report, compare_report, tm
         assert res["width"] <= 1320, f"{name}: page wider than the viewport ({res['width']} px)"
         assert (tmp_path / f"{name}.png").stat().st_size > 50_000
     assert set(control["broken"]) == {"bad", "net"} and control["errors"], control
+
+
+def test_tally_gives_numpys_figures_without_keeping_the_rows():
+    from vlmforge.pipeline.report.stats import Tally
+
+    rng = np.random.default_rng(0)
+    for values in (rng.integers(1, 40, 200_000).astype(float), rng.random(150_000) * 3, np.array([7.0])):
+        t = Tally()
+        for chunk in np.array_split(values, 9):
+            t.add(np.concatenate([chunk, [np.nan]]))  # nulls are not counted
+        s = t.summary()
+        q = np.percentile(values, [5, 50, 95])
+        assert s["count"] == values.size and s["min"] == values.min() and s["max"] == values.max()
+        assert [s["p5"], s["median"], s["p95"]] == pytest.approx(q.tolist(), rel=1e-12)
+        assert s["mean"] == round(float(values.mean()), 3)
+        counts, _ = np.histogram(values, bins=10)
+        assert [b["count"] for b in t.histogram()] == counts.tolist()
+    assert Tally().summary() == {"count": 0} and Tally().histogram() == []

@@ -47,6 +47,24 @@ def test_webdataset_shards_take_any_video_container(tmp_path, clip):
     assert table["video"].to_pylist()[0] == clip and table["image"].null_count == table.num_rows
 
 
+def test_webdataset_video_and_image_shards_share_one_walk(tmp_path, clip):
+    """Unsafe members, oversize members, a url sidecar and a shard that breaks mid-stream read as they do
+    for images (one tar walk serves both readers)."""
+    write_tar(tmp_path / "a.tar", [
+        ("k1.mp4", clip), ("k1.txt", b"a square"), ("k1.json", b'{"url": "https://e.x/k1.mp4"}'),
+        ("../k2.mp4", clip), ("k2.txt", b"climbs out"), ("k3.mp4", clip * 40), ("k3.txt", b"too big"),
+    ])  # fmt: skip
+    table = read_all(tmp_path, max_bytes=len(clip) * 2)
+    assert errors(table) == {
+        "k1": None, "../k2": "unsafe_path", "k2": "missing_video", "k3": "video_too_large_bytes"
+    }
+    assert table["url"].to_pylist()[0] == "https://e.x/k1.mp4"
+    data = (tmp_path / "a.tar").read_bytes()
+    (tmp_path / "a.tar").write_bytes(data[:600])  # inside k1.mp4
+    table = read_all(tmp_path, max_bytes=len(clip) * 2)
+    assert errors(table) == {"k1": "corrupt_tar"}
+
+
 def test_parquet_with_a_bytes_column(tmp_path, clip):
     pq.write_table(
         pa.table({"video": [clip, None, b"z" * 50], "caption": ["a square moves", "x", "y"]}),
