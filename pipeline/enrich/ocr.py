@@ -44,6 +44,7 @@ MIN_SCALE = 0.25  # large text is downscaled towards `text_px`, by this factor a
 CROP_MARGIN = 0.6  # kept above and below a detected line, in its character heights
 SIDE_MARGIN = 3.0  # kept left and right of it (words the detector missed), likewise
 ROW_HEIGHT_RATIO, ROW_GAP = 1.5, 8.0  # lines joined in a row: height ratio, gap in heights
+SURE_CONFIDENCE = 85.0  # a line read with this mean word confidence skips the other polarity's read
 LINE_PSM = 7  # tesseract reads each line crop as a single text line
 
 
@@ -199,24 +200,25 @@ class OcrText:
 
     def _read_line(self, grey: Image.Image, group: list[TextLine]) -> list[str] | None:
         """The words of one group of lines (one text found in pieces, in either polarity, or with its
-        shadow): its lines of each polarity read as one box, the better read kept (more confident
-        characters); [] when neither reads as text (mean confidence under `line_confidence`: texture);
-        None after failures."""
+        shadow): its lines of each polarity read as one box (the polarity with more characters first, the
+        other skipped when that read is sure), the better read kept (more confident characters); [] when
+        neither reads as text (mean confidence under `line_confidence`: texture); None after failures."""
         best: tuple[float, list[str]] | None = None
-        for dark in (True, False):
-            part = [line for line in group if line.dark == dark]
-            if not part:
-                continue
+        parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
+        for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
             found = self._run(self.line_image(grey, _joined(part)), LINE_PSM)
             if found is None:
                 continue
             found = [(w, c) for w, c in found if w.strip()]
-            if not found or statistics.fmean(c for _, c in found) < self.cfg.line_confidence:
+            mean = statistics.fmean(c for _, c in found) if found else 0.0
+            if mean < self.cfg.line_confidence:
                 found = []
             kept = _kept(found, self.cfg.min_confidence)
             mass = sum(len(w) * c for w, c in found if w in kept)
             if best is None or mass > best[0]:
                 best = (mass, kept)
+            if mean >= SURE_CONFIDENCE:  # read with confidence: the other polarity is its shadow or texture
+                break
         return None if best is None else best[1]
 
     @property
