@@ -44,7 +44,7 @@ MIN_SCALE = 0.25  # large text is downscaled towards `text_px`, by this factor a
 CROP_MARGIN = 0.6  # kept above and below a detected line, in its character heights
 SIDE_MARGIN = 3.0  # kept left and right of it (words the detector missed), likewise
 ROW_HEIGHT_RATIO, ROW_GAP = 1.5, 8.0  # lines joined in a row: height ratio, gap in heights
-SURE_CONFIDENCE = 85.0  # a line read with this mean word confidence skips the other polarity's read
+SURE_CONFIDENCE = 92.0  # a line read with this mean word confidence skips the other polarity's read
 LINE_PSM = 7  # tesseract reads each line crop as a single text line
 
 
@@ -156,6 +156,7 @@ class OcrText:
     def read(self, data: bytes | None) -> str | None:
         """The text of one encoded image, or None."""
         self.counters["images"] += 1
+        self._deadline = time.monotonic() + self.cfg.timeout_s  # decode, detection and all tesseract runs
         try:
             with Image.open(io.BytesIO(data)) as image:  # type: ignore[arg-type]
                 grey = to_grey(image)
@@ -166,7 +167,6 @@ class OcrText:
             grey.thumbnail((self.cfg.max_side, self.cfg.max_side), Image.Resampling.BOX)
         lines = text_lines(grey)
         self.counters["detected"] += bool(lines)
-        self._deadline = time.monotonic() + self.cfg.timeout_s  # for all tesseract runs of this image
         try:
             return self._read_lines(grey, lines)
         except _Timeout:
@@ -259,7 +259,7 @@ class OcrText:
         return [(w, float(c)) for w, c in zip(data["text"], data["conf"], strict=True)]
 
     def _run(self, grey: Image.Image, psm: int) -> list[tuple[str, float]] | None:
-        """One tesseract run within what is left of the image's `timeout_s`."""
+        """One tesseract run within what is left of the image's `timeout_s` (its whole read)."""
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise _Timeout
