@@ -27,6 +27,7 @@ from vlmforge.training.metrics import read_metrics
 from vlmforge.training.model.config import get_config
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.tiling import load_tiled_image, pad_tiles
+from vlmforge.training.optim import param_groups
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.train import model_config
 from vlmforge.training.vlm import evaluate_weights, sample_format
@@ -97,6 +98,16 @@ def test_flops_count_every_tile_the_encoder_runs():
     assert encoder_tokens_per_image(get_config("tiny").vision) == get_config("tiny").vision.num_tokens
     batch = tiled_batch()  # 3 rows, each padded to 4 tiles on the device (the empty row too)
     assert computed_counts(batch, per_image)["image"] == 3 * 4 * vision.num_tokens
+
+
+def test_tile_gates_train_with_the_gate_lr_scale():
+    cfg = get_config("tiny")
+    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
+    model = FusionModel(cfg)
+    gates = next(g for g in param_groups(model, 0.05, gate_lr_scale=10) if g.get("lr_scale") == 10)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert set(TILE_GATES) <= {names[id(p)] for p in gates["params"]}
+    assert not any("tile" in names[id(p)] and not names[id(p)].endswith("gate") for p in gates["params"])
 
 
 def stage1_file(path: Path, seed: int = 0) -> Path:
