@@ -29,11 +29,9 @@ is at or above a percentile of that column over the whole curated set.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +41,14 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlmforge.training.config import DataSection, SourceSection, SubsetSection
+from vlmforge.training.index import (  # noqa: F401 (callers import the index from here too)
+    ShardIndex,
+    build_index,
+    build_mix_index,
+    data_index,
+    is_heldout,
+    source_indexes,
+)
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
 from vlmforge.training.model.fusion import packed_media_mask
 from vlmforge.training.model.perceiver import sample_frame_indices
@@ -53,148 +58,6 @@ from vlmforge.training.model.tiling import TiledImage, collate_tiles, load_tiled
 IMAGE_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 IMAGE_STD = torch.tensor(CLIP_STD).view(3, 1, 1)
 ROW_COLUMNS = ["id", "image", "frames", "caption", "original_caption", "synthetic_caption"]
-
-
-# --------------------------------------------------------------------------------------------- the index
-
-
-@dataclass
-class ShardIndex:
-    """Which rows of which shards a split uses, and where each shard's row groups start.
-
-    A mix (``data.sources``) holds every source's shards, ``files`` named ``source/shard``, and each
-    source's weight; an epoch then interleaves the sources by weight (``epoch_rows``)."""
-
-    root: Path
-    files: list[str]
-    rows: list[np.ndarray]  # selected row numbers of each shard, ascending
-    group_starts: list[np.ndarray]  # first row of each row group, per shard
-    note: str = ""
-    paths: list[Path] = field(default_factory=list)  # each shard's file (default: root / name)
-    sources: list[str] = field(default_factory=lambda: ["data"])
-    weights: list[float] = field(default_factory=lambda: [1.0])
-    file_source: list[int] = field(default_factory=list)  # each shard's source (default: all 0)
-
-    def __post_init__(self) -> None:
-        self.paths = self.paths or [self.root / f for f in self.files]
-        self.file_source = self.file_source or [0] * len(self.files)
-
-    @property
-    def total(self) -> int:
-        return int(sum(len(r) for r in self.rows))
-
-    def source_rows(self, source: int) -> int:
-        return int(sum(len(r) for r, s in zip(self.rows, self.file_source, strict=True) if s == source))
-
-    @property
-    def fingerprint(self) -> str:
-        """Changes when the shards or the selected rows change (a resume then refuses)."""
-        h = hashlib.sha256()
-        for name, rows in zip(self.files, self.rows, strict=True):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
-        return h.hexdigest()[:16]
-
-
-def is_heldout(row_id: str, fraction: float) -> bool:
-    """A stable split by id: the same rows are held out in every stage and on every machine."""
-    digest = hashlib.blake2b(row_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def build_index(
-    curated_dir: str | Path, split: str, heldout_fraction: float, subset: SubsetSection | None = None
-) -> ShardIndex:
-    """Index the shards of a curated output for the "train" or "heldout" split (subset: train only)."""
-    data_dir = Path(curated_dir) / "data"
-    files = sorted(p.name for p in data_dir.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"data.path: no Parquet shards in {data_dir}")
-    ids, scores, group_starts = [], [], []
-    for name in files:
-        parquet = pq.ParquetFile(data_dir / name)
-        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
-        group_starts.append(np.cumsum([0, *sizes[:-1]]).astype(np.int64))
-        columns = ["id"] + ([subset.column] if subset and split == "train" else [])
-        missing = set(columns) - set(parquet.schema_arrow.names)
-        if missing:
-            raise ValueError(f"data.subset.column: {data_dir / name} has no column {sorted(missing)[0]!r}")
-        table = parquet.read(columns=columns)
-        ids.append(table.column("id").to_pylist())
-        if len(columns) > 1:
-            scores.append(table.column(subset.column).to_numpy(zero_copy_only=False).astype(np.float64))
-    want_heldout = split == "heldout"
-    rows = [
-        np.array(
-            [i for i, x in enumerate(s) if is_heldout(x, heldout_fraction) == want_heldout], dtype=np.int64
-        )
-        for s in ids
-    ]
-    note = f"{split}: {sum(map(len, rows))} of {sum(map(len, ids))} rows"
-    if scores:
-        every = np.concatenate(scores)
-        known = every[~np.isnan(every)]
-        if known.size == 0:
-            raise ValueError(f"data.subset.column: {subset.column!r} has no values in {data_dir}")
-        threshold = float(np.percentile(known, subset.percentile))
-        rows = [r[s[r] >= threshold] for r, s in zip(rows, scores, strict=True)]
-        note += (
-            f", {sum(map(len, rows))} with {subset.column} >= {threshold:.4g} "
-            f"(percentile {subset.percentile:g})"
-        )
-    return ShardIndex(data_dir, files, rows, group_starts, note)
-
-
-def build_mix_index(
-    sources: list[SourceSection], split: str, heldout_fraction: float, subset: SubsetSection | None = None
-) -> ShardIndex:
-    """One index over the shards of several curated outputs (``data.sources``); the held-out split keeps
-    each source's own held-out rows (evaluation reports them apart, ``source_indexes``)."""
-    parts = []
-    for src in sources:
-        try:
-            parts.append(build_index(src.path, split, heldout_fraction, subset))
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"data.sources ({src.label}): {e}") from e
-    empty = [s.label for s, p in zip(sources, parts, strict=True) if p.total == 0 and split == "train"]
-    if empty:
-        raise ValueError(f"data.sources: {empty[0]!r} has no {split} rows")
-    return ShardIndex(
-        Path("."),
-        [f"{s.label}/{f}" for s, p in zip(sources, parts, strict=True) for f in p.files],
-        [r for p in parts for r in p.rows],
-        [g for p in parts for g in p.group_starts],
-        "; ".join(f"{s.label} (weight {s.weight:g}) {p.note}" for s, p in zip(sources, parts, strict=True)),
-        paths=[path for p in parts for path in p.paths],
-        sources=[s.label for s in sources],
-        weights=[s.weight for s in sources],
-        file_source=[i for i, p in enumerate(parts) for _ in p.files],
-    )
-
-
-def data_index(data: DataSection, split: str) -> ShardIndex:
-    """The "train" or "heldout" index of data.path or of the data.sources mix (subset: train only)."""
-    subset = data.subset if split == "train" else None
-    if data.sources:
-        return build_mix_index(data.sources, split, data.heldout_fraction, subset)
-    return build_index(data.path, split, data.heldout_fraction, subset)
-
-
-def source_indexes(index: ShardIndex) -> dict[str, ShardIndex]:
-    """Each source's part of a mix, as an index of its own (a single-source index maps to itself)."""
-    if len(index.sources) == 1:
-        return {index.sources[0]: index}
-    out = {}
-    for i, name in enumerate(index.sources):
-        keep = [k for k, s in enumerate(index.file_source) if s == i]
-        out[name] = ShardIndex(
-            index.root,
-            [index.files[k] for k in keep],
-            [index.rows[k] for k in keep],
-            [index.group_starts[k] for k in keep],
-            paths=[index.paths[k] for k in keep],
-        )
-    return out
 
 
 # ------------------------------------------------------------------------------------------ the split
@@ -229,7 +92,7 @@ def epoch_rows(index: ShardIndex, seed: int, epoch: int) -> tuple[np.ndarray, np
         s_parts, r_parts, have, lap = [], [], 0, 0
         while have < want:
             for k in np.random.default_rng([seed, epoch, src, lap]).permutation(mine):
-                r = index.rows[k][: want - have]
+                r = index.rows_of(k, 0, want - have)
                 s_parts.append(np.full(len(r), k, dtype=np.int64))
                 r_parts.append(r)
                 have += len(r)
@@ -253,12 +116,12 @@ def slot_rows(
     start, end = slice_bounds(index.total, slot, num_slots)
     shards, rows, offset = [], [], 0
     for s in order:
-        r = index.rows[s]
-        lo, hi = max(start - offset, 0), min(end - offset, len(r))
+        size = int(index.sizes[s])
+        lo, hi = max(start - offset, 0), min(end - offset, size)
         if lo < hi:
             shards.append(np.full(hi - lo, s, dtype=np.int64))
-            rows.append(r[lo:hi])
-        offset += len(r)
+            rows.append(index.rows_of(int(s), lo, hi))
+        offset += size
         if offset >= end:
             break
     if not shards:
@@ -775,12 +638,18 @@ def train_loader(
 
 def heldout_rows(index: ShardIndex, max_rows: int) -> list[dict[str, Any]]:
     """The first `max_rows` rows of an index (the held-out split) in shard order, as read."""
-    shards = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(index.rows)])
-    rows = np.concatenate(index.rows)[:max_rows]
-    shards = shards[:max_rows]
+    shards, rows, have = [], [], 0
+    for s in range(len(index.files)):  # only the shards the first `max_rows` rows lie in
+        r = index.rows_of(s, 0, max_rows - have)
+        shards.append(np.full(len(r), s, dtype=np.int64))
+        rows.append(r)
+        have += len(r)
+        if have >= max_rows:
+            break
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     if len(rows) == 0:
         raise ValueError("data.heldout_fraction: no held-out rows to evaluate on (raise the fraction)")
-    reader = RowReader(index, shards, rows)
+    reader = RowReader(index, np.concatenate(shards), rows)
     out = [row for _, row in reader.emit(np.arange(len(rows)), 0)]
     reader.close()
     return out

@@ -1,0 +1,88 @@
+"""The data index: the held-out rule evaluated a row group at a time, the compact selection, and the
+stream's outputs, which must stay those recorded with the per-row index it replaced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_sources import three_sources
+from train_support import recipe_data, sample_rows, write_curated
+
+from vlmforge.training.config import SubsetSection
+from vlmforge.training.data import (
+    CaptionStream,
+    SampleFormat,
+    StreamSpec,
+    build_index,
+    build_mix_index,
+    heldout_rows,
+    train_loader,
+)
+from vlmforge.training.index import heldout_mask, is_heldout
+from vlmforge.training.tokenizer import TextTokenizer
+
+EXPECT = json.loads((Path(__file__).parent / "stream_expectation.json").read_text())
+
+
+def test_heldout_mask_is_is_heldout_for_any_id():
+    rng = np.random.default_rng(0)
+    ids = ["", "a", "000000004", "é✓ unicode ∑", "x" * 111, "y" * 127, "z" * 128, "w" * 129, "v" * 300]
+    ids += ["".join(map(chr, rng.integers(32, 0x2FF, size=n))) for n in rng.integers(0, 200, size=300)]
+    for fraction in (0.0, 0.05, 0.5, 0.999, 1.0):
+        want = [is_heldout(i, fraction) for i in ids]
+        for arr in (pa.array(ids), pa.array(ids, pa.large_string()), pa.array(ids).slice(7)):
+            offset = len(ids) - len(arr)
+            assert heldout_mask(arr, fraction).tolist() == want[offset:]
+    assert 0 < sum(want) < len(ids) or fraction == 1.0
+    with pytest.raises(ValueError, match="1 null id"):
+        heldout_mask(pa.array(["a", None]), 0.1)
+    with pytest.raises(ValueError, match="must hold strings"):
+        heldout_mask(pa.array([1, 2]), 0.1)
+
+
+def test_rows_of_reads_a_shard_piecewise(tmp_path):
+    index = build_index(write_curated(tmp_path, [list(sample_rows())[:203]], row_group_rows=16), "train", 0.3)
+    every = index.rows[0]
+    assert len(every) == index.total and np.all(np.diff(every) > 0)
+    assert every.tolist() == [i for i, r in enumerate(sample_rows()[:203]) if not is_heldout(r["id"], 0.3)]
+    for lo, hi in ((0, 1), (5, 40), (17, 18), (len(every) - 3, len(every) + 9), (9, 9)):
+        assert index.rows_of(0, lo, hi).tolist() == every[lo:hi].tolist()
+    assert index.nbytes < every.nbytes  # a bit a row, not 8 bytes
+
+
+def order_of(index, spec, fmt) -> dict[str, list]:
+    out = {}
+    for slot in range(spec.num_slots):
+        stream = CaptionStream(index, fmt, spec, rank=slot // spec.readers_per_rank)
+        for e in (0, 1):
+            shards, rows, order = stream.epoch_order(e, slot)
+            out[f"{slot}/{e}"] = [[index.files[int(shards[i])], int(rows[i])] for i in order[:12]]
+    return out
+
+
+def test_stream_is_the_one_recorded_before_the_compact_index(tmp_path):
+    """Orders, batches, positions and fingerprints equal those the per-row index gave (recorded)."""
+    curated, tokenizer = recipe_data()
+    tok = TextTokenizer(tokenizer)
+    fmt = SampleFormat(tok.bos_id, tok.eos_id, None, None, 40, encode=tok.encode)
+    want = EXPECT["single"]
+    spec = StreamSpec(seed=7, shuffle_buffer=16, micro_batch_size=4, world_size=2, num_workers=2)
+    index = build_index(curated, "train", 0.1, SubsetSection(column="clip_score", percentile=50))
+    held = build_index(curated, "heldout", 0.1)
+    assert (index.fingerprint, index.total, index.note) == (want["fingerprint"], want["total"], want["note"])
+    assert (held.fingerprint, held.total) == (want["heldout_fingerprint"], want["heldout_total"])
+    assert [r["id"] for r in heldout_rows(held, 10)] == want["heldout_ids"]
+    assert order_of(index, spec, fmt) == want["orders"]
+    it = iter(train_loader(index, fmt, spec, rank=1)[1])
+    assert [next(it)["ids"] for _ in range(3)] == want["rank1_batches"]
+    assert CaptionStream(index, fmt, spec, rank=1).position(5) == want["rank1_position"]
+    mix = build_mix_index(three_sources(tmp_path), "train", 0.2)
+    spec = StreamSpec(seed=5, shuffle_buffer=8, micro_batch_size=3, world_size=3, num_workers=1)
+    want = EXPECT["mix"]
+    assert (mix.fingerprint, mix.total) == (want["fingerprint"], want["total"])
+    assert order_of(mix, spec, fmt) == want["orders"]
+    assert CaptionStream(mix, fmt, spec, rank=2).position(9) == want["rank2_position"]
