@@ -45,6 +45,7 @@ _SIGMA = [
     [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
     [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
 ]
+_CHUNK = 8192  # ids hashed at once
 _GS = [(0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15)]
 _GS += [(0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)]
 
@@ -129,7 +130,10 @@ def heldout_mask(ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray
     _, offs, data = ids.buffers()
     offsets = np.frombuffer(offs, dtype=width)[ids.offset : ids.offset + len(ids) + 1].astype(np.int64)
     raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    value = _blake2b_64(raw, offsets)
+    value = np.empty(len(ids), dtype=np.uint64)
+    for lo in range(0, len(ids), _CHUNK):  # a bounded working set, in cache
+        hi = min(lo + _CHUNK, len(ids))
+        value[lo:hi] = _blake2b_64(raw, offsets[lo : hi + 1])
     # as is_heldout: the integer rounded to the nearest double, over 2**64 (exact), then compared
     return value.astype(np.float64) * 2.0**-64 < fraction
 
