@@ -129,6 +129,48 @@ def slot_rows(
     return np.concatenate(shards), np.concatenate(rows)
 
 
+def epoch_at(
+    index: ShardIndex, seed: int, epoch: int, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) at ascending `positions` of the epoch's row sequence (the one ``slot_rows`` cuts)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(index.sources) > 1:
+        shards, rows = epoch_rows(index, seed, epoch)
+        return shards[positions], rows[positions]
+    order = np.random.default_rng([seed, epoch]).permutation(len(index.files))
+    ends = np.cumsum(index.sizes[order])
+    at = np.searchsorted(ends, positions, side="right")
+    shards = order[at].astype(np.int64)
+    within = positions - (ends[at] - index.sizes[order][at])
+    rows = np.empty(len(positions), dtype=np.int64)
+    for k in np.unique(at):  # each shard's positions are one run; unpack only its span
+        run = np.flatnonzero(at == k)
+        lo, hi = int(within[run[0]]), int(within[run[-1]]) + 1
+        rows[run] = index.rows_of(int(order[k]), lo, hi)[within[run] - lo]
+    return shards, rows
+
+
+def layout_rng(seed: int, epoch: int, slot: int, generation: int) -> np.random.Generator:
+    """The shuffle buffer's randomness of a slot; generation g > 0: the g-th layout of an epoch's unseen
+    rows after resuming onto a different number of readers (generation 0 is the epoch's first)."""
+    return np.random.default_rng([seed, epoch, slot, 1, *([generation] if generation else [])])
+
+
+def unseen(total: int, seed: int, buffer: int, epoch: int, history: list[dict[str, Any]]) -> np.ndarray:
+    """Ascending positions of the epoch's row sequence that no reader of the earlier layouts emitted.
+
+    ``history``: each earlier layout of this epoch, ``{"num_slots": n, "emitted": [samples per slot]}``;
+    layout g cuts what the layouts before it left into n slices and shuffles each (``layout_rng``)."""
+    remaining = np.arange(total, dtype=np.int64)
+    for g, layer in enumerate(history):
+        keep = np.ones(len(remaining), dtype=bool)
+        for slot, emitted in enumerate(layer["emitted"]):
+            lo, hi = slice_bounds(len(remaining), slot, layer["num_slots"])
+            keep[lo + shuffle_order(hi - lo, buffer, layout_rng(seed, epoch, slot, g))[:emitted]] = False
+        remaining = remaining[keep]
+    return remaining
+
+
 def shuffle_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
     """The order in which a shuffle buffer of `buffer` slots emits a stream of `n` items.
 
@@ -447,8 +489,13 @@ class CaptionStream(IterableDataset):
         rank: int,
         start_batches: int = 0,
         position: dict[str, Any] | None = None,
+        previous: StreamSpec | None = None,
     ) -> None:
-        """``position``: what ``position`` returned at ``start_batches`` (a packed stream resumes from it)."""
+        """``position``: what ``position`` returned at ``start_batches`` (a packed stream resumes from it).
+
+        ``previous``: the spec the position was made with, when it had another number of readers or another
+        micro-batch size: the rest of that epoch is then the rows its readers had not emitted, cut among
+        this spec's readers (``relayout``); later epochs are this spec's."""
         super().__init__()
         self.index, self.fmt, self.spec, self.rank = index, fmt, spec, rank
         self.start_batches = start_batches
@@ -469,6 +516,22 @@ class CaptionStream(IterableDataset):
                 f"data: {index.total} training rows cannot give each of {spec.num_slots} readers "
                 f"(ranks x data.num_workers) one batch of train.micro_batch_size {spec.micro_batch_size}"
             )
+        # Where this spec's layout starts: batch `base` of every rank is the first of epoch `epoch`, whose
+        # rows the `history` layouts (other readers, before a resume) left unseen.
+        self.layout: dict[str, Any] = {"base": 0, "epoch": 0, "history": []}
+        self.layout.update((position or {}).get("layout") or {})
+        self._unseen: np.ndarray | None = None
+        changed = previous is not None and (previous.num_slots, previous.micro_batch_size) != (
+            spec.num_slots,
+            spec.micro_batch_size,
+        )
+        if changed:
+            if fmt.packing:
+                raise ValueError(
+                    "data.packing: resuming onto another number of ranks x data.num_workers or another "
+                    "train.micro_batch_size is not supported for packed streams"
+                )
+            self.layout = relayout(index, fmt, previous, start_batches, position)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -482,14 +545,50 @@ class CaptionStream(IterableDataset):
         """How many of the first `rank_batches` batches of this rank came from `reader` (round robin)."""
         return len(range(reader, rank_batches, self.spec.readers_per_rank))
 
+    def _resumed(self, epoch: int) -> bool:
+        """Is `epoch` the rest of an epoch that readers of another layout began?"""
+        return epoch == self.layout["epoch"] and bool(self.layout["history"])
+
+    def remaining(self) -> np.ndarray:
+        """Positions of the resumed epoch's row sequence not seen before this layout (computed once)."""
+        if self._unseen is None:
+            spec, layout = self.spec, self.layout
+            args = (spec.seed, spec.shuffle_buffer, layout["epoch"], layout["history"])
+            self._unseen = unseen(self.index.total, *args)
+        return self._unseen
+
+    def epoch_batches(self, epoch: int) -> int:
+        """Micro-batches each reader yields in `epoch` (fewer in a resumed epoch: its unseen rows only)."""
+        if self._resumed(epoch):
+            return len(self.remaining()) // self.spec.num_slots // self.spec.micro_batch_size
+        return self.batches_per_epoch
+
+    def locate(self, reader_batches: int) -> tuple[int, int]:
+        """(epoch, batch in it) of a reader that has yielded `reader_batches` batches since ``base``."""
+        first = self.epoch_batches(self.layout["epoch"])
+        if reader_batches < first:
+            return self.layout["epoch"], reader_batches
+        epoch, batch = divmod(reader_batches - first, self.batches_per_epoch)
+        return self.layout["epoch"] + 1 + epoch, batch
+
+    def slice_rows(self, epoch: int, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of the slot's slice of `epoch`, in the order the shuffle buffer reads it."""
+        spec = self.spec
+        if not self._resumed(epoch):
+            return slot_rows(self.index, spec.seed, epoch, slot, spec.num_slots)
+        remaining = self.remaining()
+        lo, hi = slice_bounds(len(remaining), slot, spec.num_slots)
+        return epoch_at(self.index, spec.seed, epoch, remaining[lo:hi])
+
     def epoch_order(self, epoch: int, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, row) of the slot's rows and the order they are emitted in (packing: all of them)."""
-        shards, rows = slot_rows(self.index, self.spec.seed, epoch, slot, self.spec.num_slots)
-        rng = np.random.default_rng([self.spec.seed, epoch, slot, 1])
+        shards, rows = self.slice_rows(epoch, slot)
+        generation = len(self.layout["history"]) if self._resumed(epoch) else 0
+        rng = layout_rng(self.spec.seed, epoch, slot, generation)
         order = shuffle_order(len(rows), self.spec.shuffle_buffer, rng)
         if self.fmt.packing:
             return shards, rows, order
-        return shards, rows, order[: self.batches_per_epoch * self.spec.micro_batch_size]
+        return shards, rows, order[: self.epoch_batches(epoch) * self.spec.micro_batch_size]
 
     def _sample(self, row: dict[str, Any], shard: int, rng: np.random.Generator) -> Sample:
         sample = make_sample(row, self.fmt, rng)
@@ -538,13 +637,14 @@ class CaptionStream(IterableDataset):
         # The DataLoader asks its workers in turn starting from worker 0, while rank batch k belongs to
         # reader k % readers: after a resume at batch `start`, worker w serves reader (w + start) % readers.
         worker = 0 if info is None else info.id
-        reader = (worker + self.start_batches) % self.spec.readers_per_rank
+        start = self.start_batches - self.layout["base"]
+        reader = (worker + start) % self.spec.readers_per_rank
         slot = self.slot(reader)
-        done = self.worker_batches(self.start_batches, reader)
+        done = self.worker_batches(start, reader)
         if self.fmt.packing:
             yield from self._packed(reader)
             return
-        epoch, batch = divmod(done, self.batches_per_epoch)
+        epoch, batch = self.locate(done)
         mb, fmt = self.spec.micro_batch_size, self.fmt
         while True:
             shards, rows, order = self.epoch_order(epoch, slot)
@@ -577,11 +677,10 @@ class CaptionStream(IterableDataset):
             if self.fmt.packing:
                 epoch, emitted = self.cursors[reader]
             else:
-                epoch, batch = divmod(self.worker_batches(rank_batches, reader), self.batches_per_epoch)
+                done = self.worker_batches(rank_batches - self.layout["base"], reader)
+                epoch, batch = self.locate(done)
                 emitted = batch * self.spec.micro_batch_size
-            shards, rows = slot_rows(
-                self.index, self.spec.seed, epoch, self.slot(reader), self.spec.num_slots
-            )
+            shards, rows = self.slice_rows(epoch, self.slot(reader))
             cursor = min(emitted + self.spec.shuffle_buffer, len(rows))
             at_end = cursor == len(rows)
             readers.append(
@@ -594,6 +693,8 @@ class CaptionStream(IterableDataset):
                 }
             )
         position: dict[str, Any] = {"rank_batches": rank_batches, "readers": readers}
+        if self.layout != {"base": 0, "epoch": 0, "history": []}:  # since a resume onto other readers
+            position["layout"] = self.layout
         if self.fmt.packing:
             cursors = [{k: r[k] for k in ("reader", "epoch", "emitted")} for r in readers]
             ranks = [cursors]
@@ -602,6 +703,24 @@ class CaptionStream(IterableDataset):
                 torch.distributed.all_gather_object(ranks, cursors)
             position["ranks"] = ranks
         return position
+
+
+def relayout(
+    index: ShardIndex, fmt: SampleFormat, previous: StreamSpec, rank_batches: int, position: dict | None
+) -> dict[str, Any]:
+    """The layout of a stream resumed after `rank_batches` batches of every rank of `previous`'s readers:
+    from that batch on, the epoch those readers were in goes on with what none of them emitted."""
+    old = CaptionStream(index, fmt, previous, 0, rank_batches, position)
+    since = rank_batches - old.layout["base"]
+    at = [old.locate(old.worker_batches(since, r)) for r in range(previous.readers_per_rank)]
+    # readers differ by at most one batch: one that finished the epoch stands at (epoch + 1, 0)
+    epoch = min(e for e, _ in at)
+    full = old.epoch_batches(epoch)
+    emitted = [(b if e == epoch else full) * previous.micro_batch_size for e, b in at]
+    history = list(old.layout["history"]) if epoch == old.layout["epoch"] else []
+    if any(emitted):
+        history.append({"num_slots": previous.num_slots, "emitted": emitted * previous.world_size})
+    return {"base": rank_batches, "epoch": epoch, "history": history}
 
 
 class NotingLoader:
@@ -623,9 +742,11 @@ def train_loader(
     rank: int,
     start_batches: int = 0,
     position: dict[str, Any] | None = None,
+    previous: StreamSpec | None = None,
 ) -> tuple[CaptionStream, DataLoader | NotingLoader]:
-    """The rank's stream and its loader; `position`: the checkpoint's (``CaptionStream.position``)."""
-    stream = CaptionStream(index, fmt, spec, rank, start_batches, position)
+    """The rank's stream and its loader; `position`: the checkpoint's (``CaptionStream.position``),
+    `previous`: the checkpoint's spec if its readers or micro-batch size differ."""
+    stream = CaptionStream(index, fmt, spec, rank, start_batches, position, previous)
     loader = DataLoader(
         stream,
         batch_size=None,

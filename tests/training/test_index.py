@@ -3,6 +3,7 @@ stream's outputs, which must stay those recorded with the per-row index it repla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from test_sources import three_sources
 from train_support import recipe_data, sample_rows, write_curated
 
+from vlmforge.training import data as data_module
 from vlmforge.training import index as index_module
 from vlmforge.training.config import SubsetSection
 from vlmforge.training.data import (
@@ -88,3 +90,80 @@ def test_stream_is_the_one_recorded_before_the_compact_index(tmp_path):
     assert (mix.fingerprint, mix.total) == (want["fingerprint"], want["total"])
     assert order_of(mix, spec, fmt) == want["orders"]
     assert CaptionStream(mix, fmt, spec, rank=2).position(9) == want["rank2_position"]
+
+
+# ------------------------------------------------------------------------- resume onto other readers
+
+
+class _Worker:
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+
+def rank_ids(monkeypatch, index, fmt, spec, rank, n, start=0, position=None, previous=None) -> list:
+    """The ids of a rank's next `n` batches as its DataLoader yields them (workers asked in turn)."""
+    stream = CaptionStream(index, fmt, spec, rank, start, position, previous)
+    readers = []
+    for w in range(spec.readers_per_rank):  # a generator asks for its worker on its first batch
+        info = _Worker(w) if spec.num_workers else None
+        monkeypatch.setattr(data_module, "get_worker_info", lambda info=info: info)
+        it = iter(stream)
+        readers.append((it, [next(it)]))
+    out = []
+    for k in range(n):
+        it, first = readers[k % len(readers)]
+        out.append((first.pop() if first else next(it))["ids"])
+    return out, stream
+
+
+def test_resume_onto_other_readers_sees_each_row_once(tmp_path, monkeypatch):
+    """3 ranks x 2 workers stop mid-epoch; 2 ranks x 1 worker see exactly the rows not yet seen, then
+    1 rank x 3 workers takes over mid-way again; the next epoch is the new layout's own."""
+    rows = list(sample_rows())[:230]
+    curated = write_curated(tmp_path, [rows[:70], rows[70:83], rows[83:184], rows[184:]], row_group_rows=16)
+    index = build_index(curated, "train", 0.0)
+    tok = TextTokenizer(recipe_data()[1])
+    fmt = SampleFormat(tok.bos_id, tok.eos_id, None, None, 40, encode=tok.encode)
+    a = StreamSpec(seed=1, shuffle_buffer=10, micro_batch_size=3, world_size=3, num_workers=2)
+    b = StreamSpec(seed=1, shuffle_buffer=10, micro_batch_size=3, world_size=2, num_workers=0)
+    c = StreamSpec(seed=1, shuffle_buffer=10, micro_batch_size=2, world_size=1, num_workers=3)
+    k = 17  # of 24 batches a rank per epoch
+    seen_a = []
+    for rank in range(3):
+        ids, stream = rank_ids(monkeypatch, index, fmt, a, rank, k)
+        seen_a += [i for batch in ids for i in batch]
+    position = stream.position(k)
+    resumed = [CaptionStream(index, fmt, b, r, k, position, previous=a) for r in range(2)]
+    rest = resumed[0].epoch_batches(0)
+    assert rest == len(resumed[0].remaining()) // 2 // 3 and len(resumed[0].remaining()) == 230 - len(seen_a)
+    m = 3  # B stops after m of its batches, C takes over
+    seen_b, full_b = [], []
+    for r in range(2):
+        ids, stream_b = rank_ids(monkeypatch, index, fmt, b, r, rest + 1, k, position, a)
+        seen_b += [i for batch in ids[:m] for i in batch]
+        full_b += [i for batch in ids[:rest] for i in batch]
+        # after the rest of epoch 0, epoch 1 is B's own layout, as a run that always had B's readers
+        fresh, _ = rank_ids(monkeypatch, index, fmt, b, r, 1, start=(230 // 2 // 3))
+        assert ids[rest] == fresh[0]
+    every = [r["id"] for r in rows]
+    assert not set(seen_a) & set(full_b) and len(set(full_b)) == len(full_b)
+    assert len(set(every) - set(seen_a) - set(full_b)) < 2 * 3  # the dropped tails: under a batch a reader
+    position = stream_b.position(k + m)
+    assert len(position["layout"]["history"]) == 1 and position["layout"]["base"] == k
+    again, _ = rank_ids(monkeypatch, index, fmt, b, 1, rest - m, k + m, position)  # same readers: exact
+    assert [i for batch in again for i in batch] == full_b[len(full_b) // 2 + 3 * m :]
+    ids, stream_c = rank_ids(monkeypatch, index, fmt, c, 0, 200, k + m, position, b)
+    per_epoch = stream_c.epoch_batches(0)
+    assert len(stream_c.layout["history"]) == 2 and per_epoch == (230 - len(seen_a) - len(seen_b)) // 3 // 2
+    seen_c = [i for batch in ids[: per_epoch * 3] for i in batch]
+    assert not (set(seen_a) | set(seen_b)) & set(seen_c) and len(set(seen_c)) == len(seen_c)
+    assert len(set(every) - set(seen_a) - set(seen_b) - set(seen_c)) < 3 * 2
+    fresh, _ = rank_ids(monkeypatch, index, fmt, c, 0, 3, start=stream_c.steps_per_epoch)
+    assert ids[per_epoch * 3 : per_epoch * 3 + 3] == fresh  # epoch 1: C's own layout
+    # and a checkpoint of C resumes C exactly
+    position = stream_c.position(k + m + 5)
+    tail, _ = rank_ids(monkeypatch, index, fmt, c, 0, 10, k + m + 5, position)
+    assert tail == ids[5:15]
+    packed = dataclasses.replace(fmt, packing=True)
+    with pytest.raises(ValueError, match="not supported for packed streams"):
+        CaptionStream(index, packed, b, 0, k, {"rank_batches": k, "ranks": [[]] * 3}, previous=a)
