@@ -521,17 +521,16 @@ class CaptionStream(IterableDataset):
         self.layout: dict[str, Any] = {"base": 0, "epoch": 0, "history": []}
         self.layout.update((position or {}).get("layout") or {})
         self._unseen: np.ndarray | None = None
-        changed = previous is not None and (previous.num_slots, previous.micro_batch_size) != (
-            spec.num_slots,
-            spec.micro_batch_size,
-        )
-        if changed:
-            if fmt.packing:
-                raise ValueError(
-                    "data.packing: resuming onto another number of ranks x data.num_workers or another "
-                    "train.micro_batch_size is not supported for packed streams"
-                )
-            self.layout = relayout(index, fmt, previous, start_batches, position)
+        previous = previous or spec
+        made_at = (position or {}).get("rank_batches", start_batches)  # another grad_accum: another count
+        changed = (previous.num_slots, previous.micro_batch_size) != (spec.num_slots, spec.micro_batch_size)
+        if (changed or made_at != start_batches) and not fmt.packing:
+            self.layout = {**relayout(index, fmt, previous, made_at, position), "base": start_batches}
+        elif changed:
+            raise ValueError(
+                "data.packing: resuming onto another number of ranks x data.num_workers or another "
+                "train.micro_batch_size is not supported for packed streams"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -709,7 +708,7 @@ def relayout(
     index: ShardIndex, fmt: SampleFormat, previous: StreamSpec, rank_batches: int, position: dict | None
 ) -> dict[str, Any]:
     """The layout of a stream resumed after `rank_batches` batches of every rank of `previous`'s readers:
-    from that batch on, the epoch those readers were in goes on with what none of them emitted."""
+    the epoch those readers were in goes on with what none of them emitted (``base``: that batch)."""
     old = CaptionStream(index, fmt, previous, 0, rank_batches, position)
     since = rank_batches - old.layout["base"]
     at = [old.locate(old.worker_batches(since, r)) for r in range(previous.readers_per_rank)]
