@@ -24,7 +24,15 @@ the loop takes the batch, and the checkpoint keeps every rank's cursors; the str
 without dropping a tail. Evaluation batches stay unpacked.
 
 Held-out rows (a hash of ``id``) never enter training; a stage-2 subset keeps the rows whose score column
-is at or above a percentile of that column over the whole curated set.
+is at or above a percentile of that column over the whole curated set (the index: ``training/index.py``).
+
+Resuming onto another number of readers (ranks x workers), micro-batch size or batch count per step
+(unpacked streams): the rest of the interrupted epoch is the positions of its row sequence that no reader
+had emitted (``unseen``, from each earlier layout's samples emitted per slot), cut among the new readers
+and shuffled with a new generation of seeds; later epochs are the new layout's own. The layout (first batch,
+epoch, earlier layouts) is part of the position, so a resumed run resumes again. A resumed epoch costs
+O(epoch rows) once (the unseen positions); otherwise a reader holds its own slice only, except a mix,
+whose epoch order (``epoch_rows``) every reader computes whole.
 """
 
 from __future__ import annotations

@@ -133,6 +133,8 @@ def test_resume_onto_other_readers_sees_each_row_once(tmp_path, monkeypatch):
         ids, stream = rank_ids(monkeypatch, index, fmt, a, rank, k)
         seen_a += [i for batch in ids for i in batch]
     position = stream.position(k)
+    twice = CaptionStream(index, fmt, a, 0, 2 * k, position)  # grad_accum doubled: the same samples seen
+    assert twice.layout["base"] == 2 * k and len(twice.remaining()) == 230 - len(seen_a)
     resumed = [CaptionStream(index, fmt, b, r, k, position, previous=a) for r in range(2)]
     rest = resumed[0].epoch_batches(0)
     assert rest == len(resumed[0].remaining()) // 2 // 3 and len(resumed[0].remaining()) == 230 - len(seen_a)
