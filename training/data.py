@@ -418,17 +418,18 @@ class RowReader:
 
     def __init__(self, index: ShardIndex, shards: np.ndarray, rows: np.ndarray) -> None:
         self.index, self.shards, self.rows = index, shards, rows
-        groups = np.array(
-            [
-                np.searchsorted(index.group_starts[s], r, side="right") - 1
-                for s, r in zip(shards, rows, strict=True)
-            ],
-            dtype=np.int64,
-        )
+        groups = np.empty(len(rows), dtype=np.int64)
+        for s in np.unique(shards):  # vectorised per shard: a reader's slice has millions of rows
+            at = shards == s
+            groups[at] = np.searchsorted(index.group_starts[s], rows[at], side="right") - 1
         keys = shards * (1 << 32) + groups
         self._keys = keys
         uniq, inverse = np.unique(keys, return_inverse=True)
-        self._members = {int(k): np.flatnonzero(inverse == i) for i, k in enumerate(uniq)}
+        by_key = np.argsort(inverse, kind="stable")  # each row group's members, ascending
+        counts = np.bincount(inverse, minlength=len(uniq))
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        self._members = {int(k): by_key[a:b] for k, a, b in zip(uniq, starts, ends, strict=True)}
         self._files: dict[int, pq.ParquetFile] = {}
 
     def _file(self, shard: int) -> pq.ParquetFile:
