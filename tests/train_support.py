@@ -245,3 +245,24 @@ def kill_at_first_checkpoint(
     resumed_from = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
     assert resumed_from < steps
     return resumed_from
+
+
+def open_tiled_model(max_num_tiles: int = 4):
+    """The tiny preset with Mllama tiles, seeded, every gate opened to 1 so the image path reaches the
+    logits (a fresh model's zero gates would hide it)."""
+    import dataclasses
+
+    import torch
+
+    from vlmforge.training.model.config import get_config
+    from vlmforge.training.model.fusion import FusionModel
+
+    cfg = get_config("tiny")
+    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=max_num_tiles)
+    torch.manual_seed(0)
+    model = FusionModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate"):
+                p.fill_(1.0)
+    return model

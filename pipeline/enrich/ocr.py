@@ -5,14 +5,16 @@ data comes from Debian's tesseract-ocr-eng): one engine per worker, its model lo
 image, fed raw greyscale bytes. Where tesserocr or the language data is missing (or `ocr.engine:
 pytesseract`), pytesseract starts one tesseract process per image, as before (~20x slower per image).
 
-Each image is decoded once to greyscale. The cheap detector (`text_detect`) finds text-like
-lines; with `detect` on, images without any skip tesseract. The lines also shape what tesseract sees (in both
-modes, so a detected image gets the same tesseract input either way): the band of rows holding them, scaled
-so the text is about `text_px` tall, as the strokes' contrast against their local background drawn black on
-white (no gradients or shading left; light text on dark becomes dark on light). Without a detected line
-(detect off) the whole image goes in, upscaled 2x. Words under `min_confidence`, and tokens without a letter
-or digit, are dropped. A bad image or a tesseract failure or timeout never raises: it is counted, the row
-gets null.
+Each image is decoded once to greyscale. The cheap detector (`text_detect`) finds text-like lines; with
+`detect` on, images without any skip tesseract. Lines found at one place (a text in pieces, in both
+polarities, or with its shadow; words of one row found apart) form a group; each group is read on its own as
+a single text line (psm 7): per polarity, the lines' union box with a margin (wide at the sides, for words
+the detector missed), scaled so the characters are about `text_px` tall, greyscale (tesseract binarises the
+small crop itself; a stroke-contrast image lost wide strokes, Otsu on the crop read worse), light text
+inverted. The better-read polarity wins; a group read with a mean word confidence under `line_confidence` is
+texture taken for text and gives nothing. Without a detected line (detect off) the whole image goes in,
+upscaled 2x, in `psm`. Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad
+image or a tesseract failure or timeout never raises: it is counted, the row gets null.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import time
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -30,16 +33,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytesseract
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
-from vlmforge.pipeline.enrich.text_detect import TextLine, ink, text_lines, to_grey
+from vlmforge.pipeline.enrich.text_detect import TextLine, text_lines, to_grey
 
 FALLBACK_UPSCALE = 2.0  # when no line was detected (detect off), text height is unknown
 MIN_SCALE = 0.25  # large text is downscaled towards `text_px`, by this factor at most
-INK_GAIN = 2  # stroke contrast x this = darkness of the stroke on white
-CROP_MARGIN = 1.0  # rows kept above and below the detected lines, in heights of the tallest line
+CROP_MARGIN = 0.6  # kept above and below a detected line, in its character heights
+SIDE_MARGIN = 3.0  # kept left and right of it (words the detector missed), likewise
+ROW_HEIGHT_RATIO, ROW_GAP = 1.5, 8.0  # lines joined in a row: height ratio, gap in heights
+SURE_CONFIDENCE = 92.0  # a line read with this mean word confidence skips the other polarity's read
+LINE_PSM = 7  # tesseract reads each line crop as a single text line
 
 
 TESSDATA_DIRS = (  # where Debian and source builds put the language data
@@ -124,11 +130,8 @@ def clip_words(text: str, max_chars: int) -> str:
     return cut if len(cut) <= max_chars else text[:max_chars]
 
 
-def _light_text(region: Image.Image) -> bool:
-    """Whether the text in `region` (mostly background, some text) is lighter than its background: the
-    median pixel, background, then lies on the dark side of the 5th-95th percentile range."""
-    low, median, high = np.percentile(np.asarray(region), (5, 50, 95))
-    return bool(median < (low + high) / 2)
+class _Timeout(Exception):
+    """An image's tesseract runs took longer than `timeout_s`."""
 
 
 class OcrText:
@@ -140,10 +143,11 @@ class OcrText:
         # inherits this environment): OCR runs one worker per CPU, and tesseract's OpenMP threads only add
         # ~40% CPU time on small images. An explicit setting wins.
         os.environ.setdefault("OMP_THREAD_LIMIT", "1")
-        # images, bad_image, detected, ocr_run, with_text, timeouts, errors
+        # images, bad_image, detected, ocr_run (tesseract runs), with_text, timeouts, errors
         self.counters: Counter = Counter()
         self.engine = engine_name(cfg)
         self._api = None
+        self._deadline = 0.0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = [self.read(data) for data in batch.column("image").to_pylist()]
@@ -152,6 +156,7 @@ class OcrText:
     def read(self, data: bytes | None) -> str | None:
         """The text of one encoded image, or None."""
         self.counters["images"] += 1
+        self._deadline = time.monotonic() + self.cfg.timeout_s  # decode, detection and all tesseract runs
         try:
             with Image.open(io.BytesIO(data)) as image:  # type: ignore[arg-type]
                 grey = to_grey(image)
@@ -162,29 +167,59 @@ class OcrText:
             grey.thumbnail((self.cfg.max_side, self.cfg.max_side), Image.Resampling.BOX)
         lines = text_lines(grey)
         self.counters["detected"] += bool(lines)
-        if self.cfg.detect and not lines:
+        try:
+            return self._read_lines(grey, lines)
+        except _Timeout:
+            self.counters["timeouts"] += 1
             return None
-        return self._tesseract(self.prepare(grey, lines))
 
-    def prepare(self, grey: Image.Image, lines: list[TextLine]) -> Image.Image:
-        """The band of rows holding the detected lines, scaled so the text is about `text_px` tall, as black
-        strokes on white (the strokes' contrast against their local background: gradients and shading are
-        gone, light text on dark turns dark on light)."""
+    def _read_lines(self, grey: Image.Image, lines: list[TextLine]) -> str | None:
         if not lines:
+            if self.cfg.detect:
+                return None
             factor = min(self.cfg.max_upscale, FALLBACK_UPSCALE)
             size = (round(grey.width * factor), round(grey.height * factor))
-            return grey.resize(size, Image.Resampling.LANCZOS)
-        margin = CROP_MARGIN * max(line.box[3] - line.box[1] for line in lines)
-        top = max(0, round(min(line.box[1] for line in lines) - margin))
-        bottom = min(grey.height, round(max(line.box[3] for line in lines) + margin))
-        left, right = min(line.box[0] for line in lines), max(line.box[2] for line in lines)
-        dark = not _light_text(grey.crop((left, top, right, bottom)))
-        height = statistics.median(line.height for line in lines)
-        factor = min(self.cfg.max_upscale, max(MIN_SCALE, self.cfg.text_px / height))
-        size = (max(1, round(grey.width * factor)), max(1, round((bottom - top) * factor)))
-        band = grey.resize(size, Image.Resampling.LANCZOS, box=(0, top, grey.width, bottom))
-        strokes = ink(np.asarray(band, np.int16), dark)
-        return Image.fromarray((255 - np.clip(strokes * INK_GAIN, 0, 255)).astype(np.uint8))
+            found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
+            return None if found is None else self._finish(_kept(found, self.cfg.min_confidence))
+        read = [self._read_line(grey, group) for group in _same_place(lines)]
+        if all(words is None for words in read):
+            return None
+        return self._finish([w for words in read if words for w in words])
+
+    def line_image(self, grey: Image.Image, line: TextLine) -> Image.Image:
+        """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
+        light (light text is inverted)."""
+        pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
+        x0, y0, x1, y1 = line.box
+        box = (max(0, round(x0 - side)), max(0, round(y0 - pad)), min(grey.width, round(x1 + side)),
+               min(grey.height, round(y1 + pad)))
+        factor = min(self.cfg.max_upscale, max(MIN_SCALE, self.cfg.text_px / line.height))
+        size = (max(1, round((box[2] - box[0]) * factor)), max(1, round((box[3] - box[1]) * factor)))
+        crop = grey.resize(size, Image.Resampling.LANCZOS, box=box)
+        return crop if line.dark else ImageOps.invert(crop)
+
+    def _read_line(self, grey: Image.Image, group: list[TextLine]) -> list[str] | None:
+        """The words of one group of lines (one text found in pieces, in either polarity, or with its
+        shadow): its lines of each polarity read as one box (the polarity with more characters first, the
+        other skipped when that read is sure), the better read kept (more confident characters); [] when
+        neither reads as text (mean confidence under `line_confidence`: texture); None after failures."""
+        best: tuple[float, list[str]] | None = None
+        parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
+        for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
+            found = self._run(self.line_image(grey, _joined(part)), LINE_PSM)
+            if found is None:
+                continue
+            found = [(w, c) for w, c in found if w.strip()]
+            mean = statistics.fmean(c for _, c in found) if found else 0.0
+            if mean < self.cfg.line_confidence:
+                found = []
+            kept = _kept(found, self.cfg.min_confidence)
+            mass = sum(len(w) * c for w, c in found if w in kept)
+            if best is None or mass > best[0]:
+                best = (mass, kept)
+            if mean >= SURE_CONFIDENCE:  # read with confidence: the other polarity is its shadow or texture
+                break
+        return None if best is None else best[1]
 
     @property
     def api(self):
@@ -197,40 +232,102 @@ class OcrText:
             )
         return self._api
 
-    def words(self, grey: Image.Image) -> list[tuple[str, float]] | None:
-        """(word, confidence) pairs tesseract reads in `grey`; None after a failure or timeout (counted)."""
+    def words(self, grey: Image.Image, psm: int, timeout_s: float) -> list[tuple[str, float]] | None:
+        """(word, confidence) pairs tesseract reads in `grey`; None after a failure (counted); raises
+        _Timeout past `timeout_s`."""
         if self.api is not None:
+            self.api.SetPageSegMode(psm)
             pixels = np.ascontiguousarray(np.asarray(grey, np.uint8))
             self.api.SetImageBytes(pixels.tobytes(), grey.width, grey.height, 1, grey.width)
-            if not self.api.Recognize(timeout=max(1, round(self.cfg.timeout_s * 1000))):
-                self.counters["timeouts"] += 1
-                return None
+            if not self.api.Recognize(timeout=max(1, round(timeout_s * 1000))):
+                raise _Timeout
             return [(w, float(c)) for w, c in self.api.MapWordConfidences()]
         grey.format = "BMP"  # pytesseract writes its temp file in this format: uncompressed is fastest
         try:
             data = pytesseract.image_to_data(
-                grey, lang=self.cfg.languages, config=f"--psm {self.cfg.psm}", timeout=self.cfg.timeout_s,
+                grey, lang=self.cfg.languages, config=f"--psm {psm}", timeout=timeout_s,
                 output_type=pytesseract.Output.DICT,
             )
         except pytesseract.TesseractError:
             self.counters["errors"] += 1
             return None
         except RuntimeError as e:  # pytesseract's timeout is a bare RuntimeError
-            self.counters["timeouts" if "timeout" in str(e).lower() else "errors"] += 1
+            if "timeout" in str(e).lower():
+                raise _Timeout from e
+            self.counters["errors"] += 1
             return None
         return [(w, float(c)) for w, c in zip(data["text"], data["conf"], strict=True)]
 
-    def _tesseract(self, grey: Image.Image) -> str | None:
+    def _run(self, grey: Image.Image, psm: int) -> list[tuple[str, float]] | None:
+        """One tesseract run within what is left of the image's `timeout_s` (its whole read)."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _Timeout
         self.counters["ocr_run"] += 1
-        found = self.words(grey)
-        if found is None:
-            return None
-        words = [
-            word for word, conf in found
-            if conf >= self.cfg.min_confidence and any(ch.isalnum() for ch in word)
-        ]
+        return self.words(grey, psm, left)
+
+    def _finish(self, words: list[str]) -> str | None:
         text = clip_words(" ".join(words), self.cfg.max_chars)
         if not text:
             return None
         self.counters["with_text"] += 1
         return text
+
+
+def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
+    """Words at `min_confidence` or above that hold a letter or digit."""
+    return [w for w, c in found if c >= min_confidence and any(ch.isalnum() for ch in w)]
+
+
+def _joined(lines: list[TextLine]) -> TextLine:
+    """One line holding `lines`: their union box, the character-weighted median height."""
+    box = (min(ln.box[0] for ln in lines), min(ln.box[1] for ln in lines), max(ln.box[2] for ln in lines),
+           max(ln.box[3] for ln in lines))
+    heights = [ln.height for ln in lines for _ in range(ln.chars)]
+    return TextLine(box, sum(ln.chars for ln in lines), float(np.median(heights)), lines[0].dark)
+
+
+def _same_place(lines: list[TextLine]) -> list[list[TextLine]]:
+    """Lines grouped (transitively) where one overlaps half the smaller box or follows the other in its row
+    (words of one text line found apart, in either polarity, or a text and its shadow); the groups in
+    reading order: top to bottom, left to right within a row."""
+    parent = list(range(len(lines)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(lines):
+        for j in range(i):
+            if _overlap(a.box, lines[j].box) >= 0.5 or _same_row(a, lines[j]):
+                parent[find(i)] = find(j)
+    groups: dict[int, list[TextLine]] = {}
+    for i, line in enumerate(lines):
+        groups.setdefault(find(i), []).append(line)
+
+    def key(group: list[TextLine]) -> tuple[float, int]:
+        line = _joined(group)
+        return round((line.box[1] + line.box[3]) / 2 / max(1.0, line.height)), line.box[0]
+
+    return sorted(groups.values(), key=key)
+
+
+def _same_row(a: TextLine, b: TextLine) -> bool:
+    """Whether `b` continues `a`'s row: similar heights, rows overlapping by half, a gap under ROW_GAP
+    heights (the detector can miss most of a word of small text)."""
+    short, tall = sorted((a.height, b.height))
+    rows = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+    gap = max(a.box[0], b.box[0]) - min(a.box[2], b.box[2])
+    return tall <= ROW_HEIGHT_RATIO * short and rows >= 0.5 * min(a.box[3] - a.box[1], b.box[3] - b.box[1]) \
+        and gap <= ROW_GAP * tall
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection area over the smaller box's area."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / max(1, smaller)

@@ -41,6 +41,7 @@ class TextLine:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in input-image pixels
     chars: int
     height: float  # median blob height
+    dark: bool = True  # darker than its background (found in the dark-ink pass)
 
 
 def to_grey(image: Image.Image) -> Image.Image:
@@ -207,7 +208,7 @@ def text_lines(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> list[Te
             x0, y0 = min(b.x0 for b in line), min(b.y0 for b in line)
             x1, y1 = max(b.x1 for b in line), max(b.y1 for b in line)
             box = (int(x0 / scale), int(y0 / scale), int(np.ceil(x1 / scale)), int(np.ceil(y1 / scale)))
-            found.append(TextLine(box, len(line), float(np.median([b.h for b in line])) / scale))
+            found.append(TextLine(box, len(line), float(np.median([b.h for b in line])) / scale, dark))
     return found
 
 

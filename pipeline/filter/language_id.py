@@ -4,14 +4,16 @@ Web captions are often 1-4 words, where fastText's probabilities are flat or wro
 0.2 for English, ``solid mint star`` 0.96 for Hungarian), so one threshold either drops much English or
 keeps much else. The rule here:
 1. letters mostly outside the wanted languages' scripts: reject (Cyrillic, CJK ... when English is wanted);
-2. a wanted language is fastText's confident top-1: keep;
-3. otherwise ask the lexicon (wordfreq's frequency lists). In a short caption, names are set aside first:
-   capitalised words that several languages know (``Paris``); a caption of names only is kept. A short
-   caption whose remaining words are all common in the wanted language (Zipf >= `common_zipf`) is kept
-   even when they are commoner in a rival fastText proposed, by at most `common_margin` (``door`` is
-   commoner in Dutch, ``fog`` in Hungarian). Otherwise keep when enough of the words are known in the
-   wanted language and they are more common there, on average, than in each other same-script language
-   fastText proposed. Without lexicon evidence, reject; the rejection detail says which test failed.
+2. a short caption (`short_words`) is judged word by word against every same-script wordfreq lexicon: a word
+   common in a rival language but not in the wanted one (``Tür``, ``puerta``) rejects; a caption of words
+   common in the wanted language, even when also common elsewhere (``door``, ``fog``), and of names
+   (capitalised words the wanted language or many lexicons know, acronyms) is kept; else go on;
+3. a wanted language is fastText's confident top-1: keep;
+4. otherwise ask the lexicon (wordfreq's frequency lists). Optionally (`names`, `common_zipf`) names are set
+   aside first and a caption of common wanted words is kept. Otherwise keep when enough of the words are
+   known in the wanted language and they are more common there, on average, than in each other same-script
+   language fastText proposed. Without lexicon evidence, reject. The rejection detail says which rule
+   failed, with the word and its Zipf frequencies (``words: foreign word: Tür en 0.0 tr 5.4``).
 """
 
 from __future__ import annotations
@@ -102,6 +104,19 @@ def _zipf(word: str, lang: str, wordlist: str) -> float:
     table = _frequencies(lang, wordlist)
     f = table.get(word, 0.0) if table else 0.0
     return math.log10(f) + 9 if f > 0 else 0.0
+
+
+@cache
+def _commonest(langs: tuple[str, ...]) -> dict[str, float]:
+    """word -> its highest Zipf frequency among `langs`' small lists: one lookup per word instead of one per
+    language (the language itself is looked up only for a rejection's detail)."""
+    best: dict[str, float] = {}
+    for lang in langs:
+        for word, f in (_frequencies(lang, "small") or {}).items():
+            z = round(math.log10(f) + 9, 2)
+            if z > best.get(word, 0.0):
+                best[word] = z
+    return best
 
 
 def lexicon_evidence(
@@ -209,6 +224,76 @@ class LanguageId(MeasuredStage):
             why.append(f"mean zipf {lang} {ev[1]:.1f} <= {best} {rival_zipf[best]:.1f}{named}")
         return None, "; ".join(why)
 
+    @cached_property
+    def word_rivals(self) -> tuple[str, ...]:
+        """Languages whose lexicons can claim a word of a short caption: every wordfreq language written in
+        the wanted languages' script (all wordfreq languages when that script is unknown), not wanted."""
+        import wordfreq
+
+        return tuple(
+            lang for lang in sorted(wordfreq.available_languages("small"))
+            if lang not in self.wanted and (self.scripts is None or _SCRIPTS.get(lang) == self.scripts)
+        )
+
+    def rival_of(self, word: str, zipf: float) -> str:
+        """The rival language where `word` has Zipf `zipf` (its commonest), for the rejection detail."""
+        if not zipf:
+            return "none"
+        return next((x for x in self.word_rivals if round(_zipf(word, x, "small"), 2) == zipf), "?")
+
+    def words_decision(self, text: str) -> tuple[str | None, str | None, str]:
+        """The short-caption word rule: (wanted language or None, reason or None, why); (None, None, why)
+        when the words do not decide. Each word of 2+ letters is, for a wanted language:
+        - foreign: below `word_zipf` there, >= `word_zipf` in a rival and more than 1 (capitalised:
+          `common_margin`) commoner in it (``Tür``, ``puerta``, ``Pagina``; not ``Ceuta``);
+        - a name: capitalised, not foreign, and known in the wanted language (Zipf >= `lexicon_min_zipf`:
+          ``Mayotte``) or in `name_languages` lexicons, or an acronym (``IPX``);
+        - wanted: Zipf >= `word_zipf` there and no rival more than `common_margin` commoner (``door``);
+        - otherwise undecided (``tar``: English, but far commoner in Swedish; ``Nipigon``; ``stdout``).
+        Any foreign word rejects; wanted words and names keep, unless the wanted words together are commoner
+        in one rival (`one_rival_commoner`); anything else leaves it to fastText."""
+        cfg = self.cfg
+        raw = [w for w in _WORD.findall(text) if len(w) >= 2]
+        if not raw:  # `9 h`, `x`: no word to judge
+            return None, None, ""
+        why = []
+        for lang in cfg.languages:
+            if _frequencies(lang, "large") is None:
+                continue
+            kinds: dict[str, list[str]] = {"name": [], "wanted": [], "foreign": [], "other": []}
+            for w in raw:
+                low, cap = w.lower(), w[:1].isupper()
+                z = _zipf(low, lang, "large")
+                rz = _commonest(self.word_rivals).get(low, 0.0)
+                if z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + (cfg.common_margin if cap else 1.0):
+                    kinds["foreign"].append(f"{w} {lang} {z:.1f} {self.rival_of(low, rz)} {rz:.1f}")
+                elif cap and (z >= cfg.lexicon_min_zipf or w.isupper() or self.is_name(w, lang)):
+                    kinds["name"].append(w)
+                elif z >= cfg.word_zipf and rz <= z + cfg.common_margin:
+                    kinds["wanted"].append(w)
+                else:
+                    kinds["other"].append(w)
+            named = f" (names {' '.join(kinds['name'])})" if kinds["name"] else ""
+            if kinds["foreign"]:
+                why.append(f"foreign word: {'; '.join(kinds['foreign'])}{named}")
+            elif not kinds["other"] and not self.one_rival_commoner(kinds["wanted"], lang):
+                return lang, None, f"{lang} words {' '.join(kinds['wanted'])}{named}"
+        if why and len(why) == len(cfg.languages):
+            return None, "wrong_language", " | ".join(why)
+        return None, None, " | ".join(why)
+
+    def one_rival_commoner(self, words: list[str], lang: str) -> str | None:
+        """A rival language in which two or more `words`, together, are more than `common_margin` Zipf
+        commoner than in `lang` (``grande stella blu``: each word is English too, all are Italian)."""
+        if len(words) < 2:
+            return None
+        low = [w.lower() for w in words]
+        here = sum(_zipf(w, lang, "large") for w in low)
+        for rival in self.word_rivals:
+            if sum(_zipf(w, rival, "small") for w in low) - here > self.cfg.common_margin:
+                return rival
+        return None
+
     def is_name(self, word: str, lang: str) -> bool:
         """A capitalised word that `name_languages` or more of the NAME_PANEL lexicons (wanted language
         included) know: a name, the same in many languages (German nouns, capitalised, are known in one)."""
@@ -242,6 +327,12 @@ class LanguageId(MeasuredStage):
             if share < cfg.min_script_share:
                 detail = f"script: {share:.2f} in {'/'.join(sorted(self.scripts))}; {_top_text(top)}"
                 return top[0][0], top[0][1], "wrong_language", detail
+        if cfg.short_words and cfg.lexicon and n_words <= cfg.short_max_words:
+            lang, reason, why = self.words_decision(text)
+            if lang is not None:
+                return lang, dict(top).get(lang, 0.0), None, None
+            if reason is not None:
+                return top[0][0], top[0][1], reason, f"{_top_text(top)}; words: {why}"
         if top[0][0] in self.wanted and top[0][1] >= cfg.min_score:
             return top[0][0], top[0][1], None, None
         if not cfg.lexicon:

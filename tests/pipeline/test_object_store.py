@@ -145,6 +145,22 @@ def test_missing_output_bucket_fails_naming_it(tmp_path, raw):
         curate(str(raw[0]), "s3://no-such-out-bucket/out")
 
 
+def test_wrong_credentials_fail_before_work_naming_them(tmp_path, raw, monkeypatch):
+    """The server checks keys (moto's IAM authentication, on for this test): ours are unknown to it."""
+    import moto.settings
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    filesystem.cache_clear()
+    try:
+        denied = r"s3://vlmforge-test/raw: access denied: check AWS_ACCESS_KEY_ID"
+        with pytest.raises(InputError, match=denied):
+            curate(f"s3://{BUCKET}/raw", str(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+    finally:
+        monkeypatch.undo()
+        filesystem.cache_clear()
+
+
 def test_unreachable_endpoint_fails_fast_naming_it(tmp_path, raw, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     filesystem.cache_clear()

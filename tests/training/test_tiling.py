@@ -3,18 +3,17 @@ flat tile batches of the loader."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_support import open_tiled_model
 from transformers import MllamaImageProcessor
 
 from vlmforge.training.data import SampleFormat, collate, make_sample
-from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, get_config
-from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD
 from vlmforge.training.model.tiling import (
     BadImage,
     best_grid,
@@ -158,14 +157,8 @@ def test_loader_batches_tiles_flat():
 def test_loader_batch_feeds_the_tiled_model(torch_one_thread):
     """The flat batch, padded by pad_tiles, is what the vision model's tiles take; a row without an image
     (id 0, no tiles) gives the same loss as the model's own no-image path."""
-    cfg = get_config("tiny")
-    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
-    torch.manual_seed(0)
-    model = FusionModel(cfg).eval()
-    with torch.no_grad():  # open the gates, so the image path reaches the logits
-        for name, p in model.named_parameters():
-            if name.endswith("gate"):
-                p.fill_(1.0)
+    model = open_tiled_model()  # gates open: the image path reaches the logits
+    cfg = model.config
     size = cfg.vision.image_size
     fmt = SampleFormat(
         bos_id=0, eos_id=1, image_token_id=cfg.image_token_id, image_size=size, max_tokens=16,

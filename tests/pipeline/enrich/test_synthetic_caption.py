@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import shutil
 import statistics
@@ -14,14 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from train_support import recipe_data
+from train_support import open_tiled_model, recipe_data
 
 from vlmforge.pipeline.config import SyntheticCaptionConfig
 from vlmforge.pipeline.enrich.synthetic_caption import SyntheticCaption, load_captioner
 from vlmforge.training.data import is_heldout
 from vlmforge.training.eval import word_f1
-from vlmforge.training.model.config import get_config
-from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.hf import export_mllama
 
 
@@ -141,14 +138,8 @@ class _IdsAsText:
 
 
 def test_model_with_tiles_reads_images_as_mllama_tiles(torch_one_thread):
-    cfg = get_config("tiny")
-    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
-    torch.manual_seed(0)
-    model = FusionModel(cfg).eval()
-    with torch.no_grad():  # open every gate, so the captions depend on the tiles
-        for name, p in model.named_parameters():
-            if name.endswith("gate"):
-                p.fill_(1.0)
+    model = open_tiled_model()  # gates open: the image path reaches the logits
+    cfg = model.config
     captioner = object.__new__(SyntheticCaption)
     captioner.cfg = SyntheticCaptionConfig(checkpoint="unused", max_new_tokens=6, temperature=0.0)
     captioner.model, captioner.tokenizer = model, _IdsAsText()

@@ -1,5 +1,6 @@
 """Against transformers: Llama decoder, CLIP encoder, Mllama export/import. Tiny random models, fp32, CPU."""
 
+import dataclasses
 import json
 
 import pytest
@@ -321,9 +322,12 @@ def hf_mllama_logits(hf, ids, pixels, mask):
         ).logits
 
 
-def trained_tiny(seed: int = 0) -> FusionModel:
+def trained_tiny(seed: int = 0, max_num_tiles: int = 1) -> FusionModel:
+    """The tiny preset with every weight randomised (tile tables too) and the gates away from zero."""
+    cfg = get_config("tiny")
+    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=max_num_tiles)
     torch.manual_seed(seed)
-    model = FusionModel(get_config("tiny")).eval()
+    model = FusionModel(cfg).eval()
     randomize(model, seed=seed + 10)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -359,9 +363,10 @@ def test_mllama_export_gives_the_same_logits_in_transformers(tmp_path):
     assert torch.equal(again(ids, pixels, mask).logits, model(ids, pixels, mask).logits)
 
 
-@needs_meta_convention
-def test_mllama_import_of_a_transformers_model(tmp_path):
-    cfg = transformers.MllamaConfig(
+def tiny_mllama_config(max_num_tiles: int = 1) -> transformers.MllamaConfig:
+    """A tiny random Mllama: 4 + 2 vision layers of 28 px, 8 text layers with cross-attention at 3."""
+    ratios = {} if max_num_tiles > 1 else {"supported_aspect_ratios": [[1, 1]]}
+    return transformers.MllamaConfig(
         vision_config=dict(
             hidden_size=32,
             intermediate_size=64,
@@ -370,8 +375,8 @@ def test_mllama_import_of_a_transformers_model(tmp_path):
             attention_heads=4,
             image_size=28,
             patch_size=7,
-            max_num_tiles=1,
-            supported_aspect_ratios=[[1, 1]],
+            max_num_tiles=max_num_tiles,
+            **ratios,
             intermediate_layers_indices=[1, 2, 0],
             vision_output_dim=128,
         ),
@@ -396,6 +401,11 @@ def test_mllama_import_of_a_transformers_model(tmp_path):
         ),
         image_token_index=200,
     )
+
+
+@needs_meta_convention
+def test_mllama_import_of_a_transformers_model(tmp_path):
+    cfg = tiny_mllama_config()
     torch.manual_seed(0)
     hf = transformers.MllamaForConditionalGeneration(cfg).eval()
     randomize(hf, seed=4)  # includes the tile embeddings and their gates, which import folds away

@@ -10,7 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from test_hf import TOL, llama3_rope, needs_meta_convention, randomize  # noqa: E402
+from test_hf import TOL, needs_meta_convention, randomize, tiny_mllama_config, trained_tiny  # noqa: E402
 
 from vlmforge.training.model.config import VisionConfig, get_config  # noqa: E402
 from vlmforge.training.model.fusion import FusionModel, media_attention_mask  # noqa: E402
@@ -74,40 +74,7 @@ def per_grid_diffs(ours, theirs) -> dict[str, float]:
 
 
 def hf_tiled_config():
-    return transformers.MllamaConfig(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_global_layers=2,
-            attention_heads=4,
-            image_size=28,
-            patch_size=7,
-            max_num_tiles=4,
-            intermediate_layers_indices=[1, 2, 0],
-            vision_output_dim=128,
-        ),
-        text_config=dict(
-            vocab_size=200,
-            hidden_size=48,
-            intermediate_size=80,
-            num_hidden_layers=8,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            cross_attention_layers=[3],
-            pad_token_id=None,
-            bos_token_id=0,
-            eos_token_id=1,
-            **llama3_rope(
-                10000.0,
-                factor=8.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=32,
-            ),
-        ),
-        image_token_index=200,
-    )
+    return tiny_mllama_config(max_num_tiles=4)
 
 
 def test_config_validates_the_tile_fields():
@@ -126,16 +93,7 @@ def test_config_validates_the_tile_fields():
 
 
 def tiled_tiny(seed: int = 0) -> FusionModel:
-    cfg = get_config("tiny")
-    cfg.vision = dataclasses.replace(cfg.vision, max_num_tiles=4)
-    torch.manual_seed(seed)
-    model = FusionModel(cfg).eval()
-    randomize(model, seed=seed + 10)  # tile tables and their gates too (gates away from zero)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("attn_gate", "mlp_gate")):
-                p.uniform_(0.5, 1.0)
-    return model
+    return trained_tiny(seed, max_num_tiles=4)
 
 
 @needs_meta_convention
