@@ -85,30 +85,71 @@ def quotas(total: int, weights: list[float]) -> np.ndarray:
 
 
 def epoch_rows(index: ShardIndex, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(shard, row) of a mix's whole epoch, in stream order.
+    """(shard, row) of a mix's whole epoch, in stream order (``mix_rows`` over all of it)."""
+    return mix_rows(index, seed, epoch, 0, index.total)
+
+
+def _due(quota: int, k: Any) -> Any:
+    """Where a source's k-th sample sits in the epoch, as a fraction (the interleaving's sort key)."""
+    return (np.asarray(k, dtype=np.int64) + 0.5) / max(quota, 1)
+
+
+def _before(quota: int, x: float, inclusive: bool) -> int:
+    """How many of a source's samples sit before `x` (or at it, `inclusive`)."""
+    k = int(np.clip(np.floor(x * quota - 0.5), 0, quota))  # close; the exact floats settle it
+    while k < quota and (_due(quota, k) <= x if inclusive else _due(quota, k) < x):
+        k += 1
+    while k > 0 and (_due(quota, k - 1) > x if inclusive else _due(quota, k - 1) >= x):
+        k -= 1
+    return k
+
+
+def _taken(quota: np.ndarray, src: int, position: int) -> int:
+    """How many of source `src`'s samples lie in the epoch's first `position` samples: its k-th lies at
+    k + the other sources' samples before it (sorted by where they sit, then by source)."""
+
+    def rank(k: int) -> int:
+        x = float(_due(int(quota[src]), k))
+        others = (_before(int(q), x, inclusive=u < src) for u, q in enumerate(quota) if u != src)
+        return k + sum(others)
+
+    lo, hi = 0, int(quota[src])  # the first k whose rank is >= position
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if rank(mid) < position else (lo, mid)
+    return lo
+
+
+def mix_rows(index: ShardIndex, seed: int, epoch: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) of samples `start` to `end` - 1 of a mix's epoch, in stream order; only those.
 
     Each source gets its quota of the epoch (``quotas`` of all sources' rows): its shards in a seeded
     order, rows laid end to end, again in a new order while the quota is not filled. The sources are
-    interleaved smoothly: a source's k-th sample sits at (k + 1/2) / quota of the way through the epoch.
+    interleaved smoothly: a source's k-th sample sits at (k + 1/2) / quota of the way through the epoch
+    (ties: the lower source first).
     """
     quota = quotas(index.total, index.weights)
-    shards, rows, due = [], [], []
+    shards, rows, due, source = [], [], [], []
     for src, want in enumerate(quota):
-        mine = np.array([k for k, s in enumerate(index.file_source) if s == src], dtype=np.int64)
         if want and not index.source_rows(src):
             raise ValueError(f"data.sources: {index.sources[src]!r} has no rows to draw from")
-        s_parts, r_parts, have, lap = [], [], 0, 0
-        while have < want:
-            for k in np.random.default_rng([seed, epoch, src, lap]).permutation(mine):
-                r = index.rows_of(k, 0, want - have)
-                s_parts.append(np.full(len(r), k, dtype=np.int64))
-                r_parts.append(r)
-                have += len(r)
-            lap += 1
-        shards += s_parts
-        rows += r_parts
-        due.append((np.arange(want) + 0.5) / max(want, 1))
-    order = np.lexsort((np.repeat(np.arange(len(quota)), quota), np.concatenate(due)))
+        ks = np.arange(_taken(quota, src, start), _taken(quota, src, end), dtype=np.int64)
+        if not len(ks):
+            continue
+        mine = np.array([k for k, s in enumerate(index.file_source) if s == src], dtype=np.int64)
+        have = index.source_rows(src)
+        laps = ks // have
+        for lap in np.unique(laps):  # each lap: the source's shards in a new order, rows end to end
+            at = laps == lap
+            order = np.random.default_rng([seed, epoch, src, int(lap)]).permutation(mine)
+            s, r = _laid_out(index, order, ks[at] % have)
+            shards.append(s)
+            rows.append(r)
+        due.append(_due(int(want), ks))
+        source.append(np.full(len(ks), src, dtype=np.int64))
+    if not shards:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((np.concatenate(source), np.concatenate(due)))
     return np.concatenate(shards)[order], np.concatenate(rows)[order]
 
 
@@ -117,9 +158,7 @@ def slot_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(shard, row) of every row in this reader's slice for this epoch, in stream order."""
     if len(index.sources) > 1:
-        start, end = slice_bounds(index.total, slot, num_slots)
-        shards, rows = epoch_rows(index, seed, epoch)
-        return shards[start:end], rows[start:end]
+        return mix_rows(index, seed, epoch, *slice_bounds(index.total, slot, num_slots))
     order = np.random.default_rng([seed, epoch]).permutation(len(index.files))
     start, end = slice_bounds(index.total, slot, num_slots)
     shards, rows, offset = [], [], 0
@@ -143,9 +182,16 @@ def epoch_at(
     """(shard, row) at ascending `positions` of the epoch's row sequence (the one ``slot_rows`` cuts)."""
     positions = np.asarray(positions, dtype=np.int64)
     if len(index.sources) > 1:
-        shards, rows = epoch_rows(index, seed, epoch)
-        return shards[positions], rows[positions]
-    order = np.random.default_rng([seed, epoch]).permutation(len(index.files))
+        if not len(positions):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lo = int(positions[0])
+        shards, rows = mix_rows(index, seed, epoch, lo, int(positions[-1]) + 1)
+        return shards[positions - lo], rows[positions - lo]
+    return _laid_out(index, np.random.default_rng([seed, epoch]).permutation(len(index.files)), positions)
+
+
+def _laid_out(index: ShardIndex, order: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) at ascending `positions` of the rows of the shards `order`, laid end to end."""
     ends = np.cumsum(index.sizes[order])
     at = np.searchsorted(ends, positions, side="right")
     shards = order[at].astype(np.int64)
