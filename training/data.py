@@ -30,9 +30,11 @@ Resuming onto another number of readers (ranks x workers), micro-batch size or b
 (unpacked streams): the rest of the interrupted epoch is the positions of its row sequence that no reader
 had emitted (``unseen``, from each earlier layout's samples emitted per slot), cut among the new readers
 and shuffled with a new generation of seeds; later epochs are the new layout's own. The layout (first batch,
-epoch, earlier layouts) is part of the position, so a resumed run resumes again. A resumed epoch costs
-O(epoch rows) once (the unseen positions); otherwise a reader holds its own slice only, except a mix,
-whose epoch order (``epoch_rows``) every reader computes whole.
+epoch, earlier layouts) is part of the position, so a resumed run resumes again.
+
+Memory: a reader holds its own slice of an epoch (shard and row, 16 B a row, and its shuffle order), a mix
+included (``mix_rows``); the rest of a resumed epoch costs O(epoch rows) once (``unseen`` replays every
+earlier reader's shuffle buffer).
 """
 
 from __future__ import annotations
