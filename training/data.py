@@ -24,16 +24,24 @@ the loop takes the batch, and the checkpoint keeps every rank's cursors; the str
 without dropping a tail. Evaluation batches stay unpacked.
 
 Held-out rows (a hash of ``id``) never enter training; a stage-2 subset keeps the rows whose score column
-is at or above a percentile of that column over the whole curated set.
+is at or above a percentile of that column over the whole curated set (the index: ``training/index.py``).
+
+Resuming onto another number of readers (ranks x workers), micro-batch size or batch count per step
+(unpacked streams): the rest of the interrupted epoch is the positions of its row sequence that no reader
+had emitted (``unseen``, from each earlier layout's samples emitted per slot), cut among the new readers
+and shuffled with a new generation of seeds; later epochs are the new layout's own. The layout (first batch,
+epoch, earlier layouts) is part of the position, so a resumed run resumes again.
+
+Memory: a reader holds its own slice of an epoch (shard and row, 16 B a row, and its shuffle order), a mix
+included (``mix_rows``); the rest of a resumed epoch costs O(epoch rows) once (``unseen`` replays every
+earlier reader's shuffle buffer).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +51,14 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlmforge.training.config import DataSection, SourceSection, SubsetSection
+from vlmforge.training.index import (  # noqa: F401 (callers import the index from here too)
+    ShardIndex,
+    build_index,
+    build_mix_index,
+    data_index,
+    is_heldout,
+    source_indexes,
+)
 from vlmforge.training.model.config import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
 from vlmforge.training.model.fusion import packed_media_mask
 from vlmforge.training.model.perceiver import sample_frame_indices
@@ -53,148 +68,6 @@ from vlmforge.training.model.tiling import TiledImage, collate_tiles, load_tiled
 IMAGE_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 IMAGE_STD = torch.tensor(CLIP_STD).view(3, 1, 1)
 ROW_COLUMNS = ["id", "image", "frames", "caption", "original_caption", "synthetic_caption"]
-
-
-# --------------------------------------------------------------------------------------------- the index
-
-
-@dataclass
-class ShardIndex:
-    """Which rows of which shards a split uses, and where each shard's row groups start.
-
-    A mix (``data.sources``) holds every source's shards, ``files`` named ``source/shard``, and each
-    source's weight; an epoch then interleaves the sources by weight (``epoch_rows``)."""
-
-    root: Path
-    files: list[str]
-    rows: list[np.ndarray]  # selected row numbers of each shard, ascending
-    group_starts: list[np.ndarray]  # first row of each row group, per shard
-    note: str = ""
-    paths: list[Path] = field(default_factory=list)  # each shard's file (default: root / name)
-    sources: list[str] = field(default_factory=lambda: ["data"])
-    weights: list[float] = field(default_factory=lambda: [1.0])
-    file_source: list[int] = field(default_factory=list)  # each shard's source (default: all 0)
-
-    def __post_init__(self) -> None:
-        self.paths = self.paths or [self.root / f for f in self.files]
-        self.file_source = self.file_source or [0] * len(self.files)
-
-    @property
-    def total(self) -> int:
-        return int(sum(len(r) for r in self.rows))
-
-    def source_rows(self, source: int) -> int:
-        return int(sum(len(r) for r, s in zip(self.rows, self.file_source, strict=True) if s == source))
-
-    @property
-    def fingerprint(self) -> str:
-        """Changes when the shards or the selected rows change (a resume then refuses)."""
-        h = hashlib.sha256()
-        for name, rows in zip(self.files, self.rows, strict=True):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
-        return h.hexdigest()[:16]
-
-
-def is_heldout(row_id: str, fraction: float) -> bool:
-    """A stable split by id: the same rows are held out in every stage and on every machine."""
-    digest = hashlib.blake2b(row_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def build_index(
-    curated_dir: str | Path, split: str, heldout_fraction: float, subset: SubsetSection | None = None
-) -> ShardIndex:
-    """Index the shards of a curated output for the "train" or "heldout" split (subset: train only)."""
-    data_dir = Path(curated_dir) / "data"
-    files = sorted(p.name for p in data_dir.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"data.path: no Parquet shards in {data_dir}")
-    ids, scores, group_starts = [], [], []
-    for name in files:
-        parquet = pq.ParquetFile(data_dir / name)
-        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
-        group_starts.append(np.cumsum([0, *sizes[:-1]]).astype(np.int64))
-        columns = ["id"] + ([subset.column] if subset and split == "train" else [])
-        missing = set(columns) - set(parquet.schema_arrow.names)
-        if missing:
-            raise ValueError(f"data.subset.column: {data_dir / name} has no column {sorted(missing)[0]!r}")
-        table = parquet.read(columns=columns)
-        ids.append(table.column("id").to_pylist())
-        if len(columns) > 1:
-            scores.append(table.column(subset.column).to_numpy(zero_copy_only=False).astype(np.float64))
-    want_heldout = split == "heldout"
-    rows = [
-        np.array(
-            [i for i, x in enumerate(s) if is_heldout(x, heldout_fraction) == want_heldout], dtype=np.int64
-        )
-        for s in ids
-    ]
-    note = f"{split}: {sum(map(len, rows))} of {sum(map(len, ids))} rows"
-    if scores:
-        every = np.concatenate(scores)
-        known = every[~np.isnan(every)]
-        if known.size == 0:
-            raise ValueError(f"data.subset.column: {subset.column!r} has no values in {data_dir}")
-        threshold = float(np.percentile(known, subset.percentile))
-        rows = [r[s[r] >= threshold] for r, s in zip(rows, scores, strict=True)]
-        note += (
-            f", {sum(map(len, rows))} with {subset.column} >= {threshold:.4g} "
-            f"(percentile {subset.percentile:g})"
-        )
-    return ShardIndex(data_dir, files, rows, group_starts, note)
-
-
-def build_mix_index(
-    sources: list[SourceSection], split: str, heldout_fraction: float, subset: SubsetSection | None = None
-) -> ShardIndex:
-    """One index over the shards of several curated outputs (``data.sources``); the held-out split keeps
-    each source's own held-out rows (evaluation reports them apart, ``source_indexes``)."""
-    parts = []
-    for src in sources:
-        try:
-            parts.append(build_index(src.path, split, heldout_fraction, subset))
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"data.sources ({src.label}): {e}") from e
-    empty = [s.label for s, p in zip(sources, parts, strict=True) if p.total == 0 and split == "train"]
-    if empty:
-        raise ValueError(f"data.sources: {empty[0]!r} has no {split} rows")
-    return ShardIndex(
-        Path("."),
-        [f"{s.label}/{f}" for s, p in zip(sources, parts, strict=True) for f in p.files],
-        [r for p in parts for r in p.rows],
-        [g for p in parts for g in p.group_starts],
-        "; ".join(f"{s.label} (weight {s.weight:g}) {p.note}" for s, p in zip(sources, parts, strict=True)),
-        paths=[path for p in parts for path in p.paths],
-        sources=[s.label for s in sources],
-        weights=[s.weight for s in sources],
-        file_source=[i for i, p in enumerate(parts) for _ in p.files],
-    )
-
-
-def data_index(data: DataSection, split: str) -> ShardIndex:
-    """The "train" or "heldout" index of data.path or of the data.sources mix (subset: train only)."""
-    subset = data.subset if split == "train" else None
-    if data.sources:
-        return build_mix_index(data.sources, split, data.heldout_fraction, subset)
-    return build_index(data.path, split, data.heldout_fraction, subset)
-
-
-def source_indexes(index: ShardIndex) -> dict[str, ShardIndex]:
-    """Each source's part of a mix, as an index of its own (a single-source index maps to itself)."""
-    if len(index.sources) == 1:
-        return {index.sources[0]: index}
-    out = {}
-    for i, name in enumerate(index.sources):
-        keep = [k for k, s in enumerate(index.file_source) if s == i]
-        out[name] = ShardIndex(
-            index.root,
-            [index.files[k] for k in keep],
-            [index.rows[k] for k in keep],
-            [index.group_starts[k] for k in keep],
-            paths=[index.paths[k] for k in keep],
-        )
-    return out
 
 
 # ------------------------------------------------------------------------------------------ the split
@@ -214,30 +87,71 @@ def quotas(total: int, weights: list[float]) -> np.ndarray:
 
 
 def epoch_rows(index: ShardIndex, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(shard, row) of a mix's whole epoch, in stream order.
+    """(shard, row) of a mix's whole epoch, in stream order (``mix_rows`` over all of it)."""
+    return mix_rows(index, seed, epoch, 0, index.total)
+
+
+def _due(quota: int, k: Any) -> Any:
+    """Where a source's k-th sample sits in the epoch, as a fraction (the interleaving's sort key)."""
+    return (np.asarray(k, dtype=np.int64) + 0.5) / max(quota, 1)
+
+
+def _before(quota: int, x: float, inclusive: bool) -> int:
+    """How many of a source's samples sit before `x` (or at it, `inclusive`)."""
+    k = int(np.clip(np.floor(x * quota - 0.5), 0, quota))  # close; the exact floats settle it
+    while k < quota and (_due(quota, k) <= x if inclusive else _due(quota, k) < x):
+        k += 1
+    while k > 0 and (_due(quota, k - 1) > x if inclusive else _due(quota, k - 1) >= x):
+        k -= 1
+    return k
+
+
+def _taken(quota: np.ndarray, src: int, position: int) -> int:
+    """How many of source `src`'s samples lie in the epoch's first `position` samples: its k-th lies at
+    k + the other sources' samples before it (sorted by where they sit, then by source)."""
+
+    def rank(k: int) -> int:
+        x = float(_due(int(quota[src]), k))
+        others = (_before(int(q), x, inclusive=u < src) for u, q in enumerate(quota) if u != src)
+        return k + sum(others)
+
+    lo, hi = 0, int(quota[src])  # the first k whose rank is >= position
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if rank(mid) < position else (lo, mid)
+    return lo
+
+
+def mix_rows(index: ShardIndex, seed: int, epoch: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) of samples `start` to `end` - 1 of a mix's epoch, in stream order; only those.
 
     Each source gets its quota of the epoch (``quotas`` of all sources' rows): its shards in a seeded
     order, rows laid end to end, again in a new order while the quota is not filled. The sources are
-    interleaved smoothly: a source's k-th sample sits at (k + 1/2) / quota of the way through the epoch.
+    interleaved smoothly: a source's k-th sample sits at (k + 1/2) / quota of the way through the epoch
+    (ties: the lower source first).
     """
     quota = quotas(index.total, index.weights)
-    shards, rows, due = [], [], []
+    shards, rows, due, source = [], [], [], []
     for src, want in enumerate(quota):
-        mine = np.array([k for k, s in enumerate(index.file_source) if s == src], dtype=np.int64)
         if want and not index.source_rows(src):
             raise ValueError(f"data.sources: {index.sources[src]!r} has no rows to draw from")
-        s_parts, r_parts, have, lap = [], [], 0, 0
-        while have < want:
-            for k in np.random.default_rng([seed, epoch, src, lap]).permutation(mine):
-                r = index.rows[k][: want - have]
-                s_parts.append(np.full(len(r), k, dtype=np.int64))
-                r_parts.append(r)
-                have += len(r)
-            lap += 1
-        shards += s_parts
-        rows += r_parts
-        due.append((np.arange(want) + 0.5) / max(want, 1))
-    order = np.lexsort((np.repeat(np.arange(len(quota)), quota), np.concatenate(due)))
+        ks = np.arange(_taken(quota, src, start), _taken(quota, src, end), dtype=np.int64)
+        if not len(ks):
+            continue
+        mine = np.array([k for k, s in enumerate(index.file_source) if s == src], dtype=np.int64)
+        have = index.source_rows(src)
+        laps = ks // have
+        for lap in np.unique(laps):  # each lap: the source's shards in a new order, rows end to end
+            at = laps == lap
+            order = np.random.default_rng([seed, epoch, src, int(lap)]).permutation(mine)
+            s, r = _laid_out(index, order, ks[at] % have)
+            shards.append(s)
+            rows.append(r)
+        due.append(_due(int(want), ks))
+        source.append(np.full(len(ks), src, dtype=np.int64))
+    if not shards:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((np.concatenate(source), np.concatenate(due)))
     return np.concatenate(shards)[order], np.concatenate(rows)[order]
 
 
@@ -246,24 +160,71 @@ def slot_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(shard, row) of every row in this reader's slice for this epoch, in stream order."""
     if len(index.sources) > 1:
-        start, end = slice_bounds(index.total, slot, num_slots)
-        shards, rows = epoch_rows(index, seed, epoch)
-        return shards[start:end], rows[start:end]
+        return mix_rows(index, seed, epoch, *slice_bounds(index.total, slot, num_slots))
     order = np.random.default_rng([seed, epoch]).permutation(len(index.files))
     start, end = slice_bounds(index.total, slot, num_slots)
     shards, rows, offset = [], [], 0
     for s in order:
-        r = index.rows[s]
-        lo, hi = max(start - offset, 0), min(end - offset, len(r))
+        size = int(index.sizes[s])
+        lo, hi = max(start - offset, 0), min(end - offset, size)
         if lo < hi:
             shards.append(np.full(hi - lo, s, dtype=np.int64))
-            rows.append(r[lo:hi])
-        offset += len(r)
+            rows.append(index.rows_of(int(s), lo, hi))
+        offset += size
         if offset >= end:
             break
     if not shards:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(shards), np.concatenate(rows)
+
+
+def epoch_at(
+    index: ShardIndex, seed: int, epoch: int, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) at ascending `positions` of the epoch's row sequence (the one ``slot_rows`` cuts)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(index.sources) > 1:
+        if not len(positions):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lo = int(positions[0])
+        shards, rows = mix_rows(index, seed, epoch, lo, int(positions[-1]) + 1)
+        return shards[positions - lo], rows[positions - lo]
+    return _laid_out(index, np.random.default_rng([seed, epoch]).permutation(len(index.files)), positions)
+
+
+def _laid_out(index: ShardIndex, order: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) at ascending `positions` of the rows of the shards `order`, laid end to end."""
+    ends = np.cumsum(index.sizes[order])
+    at = np.searchsorted(ends, positions, side="right")
+    shards = order[at].astype(np.int64)
+    within = positions - (ends[at] - index.sizes[order][at])
+    rows = np.empty(len(positions), dtype=np.int64)
+    for k in np.unique(at):  # each shard's positions are one run; unpack only its span
+        run = np.flatnonzero(at == k)
+        lo, hi = int(within[run[0]]), int(within[run[-1]]) + 1
+        rows[run] = index.rows_of(int(order[k]), lo, hi)[within[run] - lo]
+    return shards, rows
+
+
+def layout_rng(seed: int, epoch: int, slot: int, generation: int) -> np.random.Generator:
+    """The shuffle buffer's randomness of a slot; generation g > 0: the g-th layout of an epoch's unseen
+    rows after resuming onto a different number of readers (generation 0 is the epoch's first)."""
+    return np.random.default_rng([seed, epoch, slot, 1, *([generation] if generation else [])])
+
+
+def unseen(total: int, seed: int, buffer: int, epoch: int, history: list[dict[str, Any]]) -> np.ndarray:
+    """Ascending positions of the epoch's row sequence that no reader of the earlier layouts emitted.
+
+    ``history``: each earlier layout of this epoch, ``{"num_slots": n, "emitted": [samples per slot]}``;
+    layout g cuts what the layouts before it left into n slices and shuffles each (``layout_rng``)."""
+    remaining = np.arange(total, dtype=np.int64)
+    for g, layer in enumerate(history):
+        keep = np.ones(len(remaining), dtype=bool)
+        for slot, emitted in enumerate(layer["emitted"]):
+            lo, hi = slice_bounds(len(remaining), slot, layer["num_slots"])
+            keep[lo + shuffle_order(hi - lo, buffer, layout_rng(seed, epoch, slot, g))[:emitted]] = False
+        remaining = remaining[keep]
+    return remaining
 
 
 def shuffle_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
@@ -506,17 +467,18 @@ class RowReader:
 
     def __init__(self, index: ShardIndex, shards: np.ndarray, rows: np.ndarray) -> None:
         self.index, self.shards, self.rows = index, shards, rows
-        groups = np.array(
-            [
-                np.searchsorted(index.group_starts[s], r, side="right") - 1
-                for s, r in zip(shards, rows, strict=True)
-            ],
-            dtype=np.int64,
-        )
+        groups = np.empty(len(rows), dtype=np.int64)
+        for s in np.unique(shards):  # vectorised per shard: a reader's slice has millions of rows
+            at = shards == s
+            groups[at] = np.searchsorted(index.group_starts[s], rows[at], side="right") - 1
         keys = shards * (1 << 32) + groups
         self._keys = keys
         uniq, inverse = np.unique(keys, return_inverse=True)
-        self._members = {int(k): np.flatnonzero(inverse == i) for i, k in enumerate(uniq)}
+        by_key = np.argsort(inverse, kind="stable")  # each row group's members, ascending
+        counts = np.bincount(inverse, minlength=len(uniq))
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        self._members = {int(k): by_key[a:b] for k, a, b in zip(uniq, starts, ends, strict=True)}
         self._files: dict[int, pq.ParquetFile] = {}
 
     def _file(self, shard: int) -> pq.ParquetFile:
@@ -585,8 +547,13 @@ class CaptionStream(IterableDataset):
         rank: int,
         start_batches: int = 0,
         position: dict[str, Any] | None = None,
+        previous: StreamSpec | None = None,
     ) -> None:
-        """``position``: what ``position`` returned at ``start_batches`` (a packed stream resumes from it)."""
+        """``position``: what ``position`` returned at ``start_batches`` (a packed stream resumes from it).
+
+        ``previous``: the spec the position was made with, when it had another number of readers or another
+        micro-batch size: the rest of that epoch is then the rows its readers had not emitted, cut among
+        this spec's readers (``relayout``); later epochs are this spec's."""
         super().__init__()
         self.index, self.fmt, self.spec, self.rank = index, fmt, spec, rank
         self.start_batches = start_batches
@@ -607,6 +574,21 @@ class CaptionStream(IterableDataset):
                 f"data: {index.total} training rows cannot give each of {spec.num_slots} readers "
                 f"(ranks x data.num_workers) one batch of train.micro_batch_size {spec.micro_batch_size}"
             )
+        # Where this spec's layout starts: batch `base` of every rank is the first of epoch `epoch`, whose
+        # rows the `history` layouts (other readers, before a resume) left unseen.
+        self.layout: dict[str, Any] = {"base": 0, "epoch": 0, "history": []}
+        self.layout.update((position or {}).get("layout") or {})
+        self._unseen: np.ndarray | None = None
+        previous = previous or spec
+        made_at = (position or {}).get("rank_batches", start_batches)  # another grad_accum: another count
+        changed = (previous.num_slots, previous.micro_batch_size) != (spec.num_slots, spec.micro_batch_size)
+        if (changed or made_at != start_batches) and not fmt.packing:
+            self.layout = {**relayout(index, fmt, previous, made_at, position), "base": start_batches}
+        elif changed:
+            raise ValueError(
+                "data.packing: resuming onto another number of ranks x data.num_workers or another "
+                "train.micro_batch_size is not supported for packed streams"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -620,14 +602,50 @@ class CaptionStream(IterableDataset):
         """How many of the first `rank_batches` batches of this rank came from `reader` (round robin)."""
         return len(range(reader, rank_batches, self.spec.readers_per_rank))
 
+    def _resumed(self, epoch: int) -> bool:
+        """Is `epoch` the rest of an epoch that readers of another layout began?"""
+        return epoch == self.layout["epoch"] and bool(self.layout["history"])
+
+    def remaining(self) -> np.ndarray:
+        """Positions of the resumed epoch's row sequence not seen before this layout (computed once)."""
+        if self._unseen is None:
+            spec, layout = self.spec, self.layout
+            args = (spec.seed, spec.shuffle_buffer, layout["epoch"], layout["history"])
+            self._unseen = unseen(self.index.total, *args)
+        return self._unseen
+
+    def epoch_batches(self, epoch: int) -> int:
+        """Micro-batches each reader yields in `epoch` (fewer in a resumed epoch: its unseen rows only)."""
+        if self._resumed(epoch):
+            return len(self.remaining()) // self.spec.num_slots // self.spec.micro_batch_size
+        return self.batches_per_epoch
+
+    def locate(self, reader_batches: int) -> tuple[int, int]:
+        """(epoch, batch in it) of a reader that has yielded `reader_batches` batches since ``base``."""
+        first = self.epoch_batches(self.layout["epoch"])
+        if reader_batches < first:
+            return self.layout["epoch"], reader_batches
+        epoch, batch = divmod(reader_batches - first, self.batches_per_epoch)
+        return self.layout["epoch"] + 1 + epoch, batch
+
+    def slice_rows(self, epoch: int, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of the slot's slice of `epoch`, in the order the shuffle buffer reads it."""
+        spec = self.spec
+        if not self._resumed(epoch):
+            return slot_rows(self.index, spec.seed, epoch, slot, spec.num_slots)
+        remaining = self.remaining()
+        lo, hi = slice_bounds(len(remaining), slot, spec.num_slots)
+        return epoch_at(self.index, spec.seed, epoch, remaining[lo:hi])
+
     def epoch_order(self, epoch: int, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, row) of the slot's rows and the order they are emitted in (packing: all of them)."""
-        shards, rows = slot_rows(self.index, self.spec.seed, epoch, slot, self.spec.num_slots)
-        rng = np.random.default_rng([self.spec.seed, epoch, slot, 1])
+        shards, rows = self.slice_rows(epoch, slot)
+        generation = len(self.layout["history"]) if self._resumed(epoch) else 0
+        rng = layout_rng(self.spec.seed, epoch, slot, generation)
         order = shuffle_order(len(rows), self.spec.shuffle_buffer, rng)
         if self.fmt.packing:
             return shards, rows, order
-        return shards, rows, order[: self.batches_per_epoch * self.spec.micro_batch_size]
+        return shards, rows, order[: self.epoch_batches(epoch) * self.spec.micro_batch_size]
 
     def _sample(self, row: dict[str, Any], shard: int, rng: np.random.Generator) -> Sample:
         sample = make_sample(row, self.fmt, rng)
@@ -676,13 +694,14 @@ class CaptionStream(IterableDataset):
         # The DataLoader asks its workers in turn starting from worker 0, while rank batch k belongs to
         # reader k % readers: after a resume at batch `start`, worker w serves reader (w + start) % readers.
         worker = 0 if info is None else info.id
-        reader = (worker + self.start_batches) % self.spec.readers_per_rank
+        start = self.start_batches - self.layout["base"]
+        reader = (worker + start) % self.spec.readers_per_rank
         slot = self.slot(reader)
-        done = self.worker_batches(self.start_batches, reader)
+        done = self.worker_batches(start, reader)
         if self.fmt.packing:
             yield from self._packed(reader)
             return
-        epoch, batch = divmod(done, self.batches_per_epoch)
+        epoch, batch = self.locate(done)
         mb, fmt = self.spec.micro_batch_size, self.fmt
         while True:
             shards, rows, order = self.epoch_order(epoch, slot)
@@ -715,11 +734,10 @@ class CaptionStream(IterableDataset):
             if self.fmt.packing:
                 epoch, emitted = self.cursors[reader]
             else:
-                epoch, batch = divmod(self.worker_batches(rank_batches, reader), self.batches_per_epoch)
+                done = self.worker_batches(rank_batches - self.layout["base"], reader)
+                epoch, batch = self.locate(done)
                 emitted = batch * self.spec.micro_batch_size
-            shards, rows = slot_rows(
-                self.index, self.spec.seed, epoch, self.slot(reader), self.spec.num_slots
-            )
+            shards, rows = self.slice_rows(epoch, self.slot(reader))
             cursor = min(emitted + self.spec.shuffle_buffer, len(rows))
             at_end = cursor == len(rows)
             readers.append(
@@ -732,6 +750,8 @@ class CaptionStream(IterableDataset):
                 }
             )
         position: dict[str, Any] = {"rank_batches": rank_batches, "readers": readers}
+        if self.layout != {"base": 0, "epoch": 0, "history": []}:  # since a resume onto other readers
+            position["layout"] = self.layout
         if self.fmt.packing:
             cursors = [{k: r[k] for k in ("reader", "epoch", "emitted")} for r in readers]
             ranks = [cursors]
@@ -740,6 +760,24 @@ class CaptionStream(IterableDataset):
                 torch.distributed.all_gather_object(ranks, cursors)
             position["ranks"] = ranks
         return position
+
+
+def relayout(
+    index: ShardIndex, fmt: SampleFormat, previous: StreamSpec, rank_batches: int, position: dict | None
+) -> dict[str, Any]:
+    """The layout of a stream resumed after `rank_batches` batches of every rank of `previous`'s readers:
+    the epoch those readers were in goes on with what none of them emitted (``base``: that batch)."""
+    old = CaptionStream(index, fmt, previous, 0, rank_batches, position)
+    since = rank_batches - old.layout["base"]
+    at = [old.locate(old.worker_batches(since, r)) for r in range(previous.readers_per_rank)]
+    # readers differ by at most one batch: one that finished the epoch stands at (epoch + 1, 0)
+    epoch = min(e for e, _ in at)
+    full = old.epoch_batches(epoch)
+    emitted = [(b if e == epoch else full) * previous.micro_batch_size for e, b in at]
+    history = list(old.layout["history"]) if epoch == old.layout["epoch"] else []
+    if any(emitted):
+        history.append({"num_slots": previous.num_slots, "emitted": emitted * previous.world_size})
+    return {"base": rank_batches, "epoch": epoch, "history": history}
 
 
 class NotingLoader:
@@ -761,9 +799,11 @@ def train_loader(
     rank: int,
     start_batches: int = 0,
     position: dict[str, Any] | None = None,
+    previous: StreamSpec | None = None,
 ) -> tuple[CaptionStream, DataLoader | NotingLoader]:
-    """The rank's stream and its loader; `position`: the checkpoint's (``CaptionStream.position``)."""
-    stream = CaptionStream(index, fmt, spec, rank, start_batches, position)
+    """The rank's stream and its loader; `position`: the checkpoint's (``CaptionStream.position``),
+    `previous`: the checkpoint's spec if its readers or micro-batch size differ."""
+    stream = CaptionStream(index, fmt, spec, rank, start_batches, position, previous)
     loader = DataLoader(
         stream,
         batch_size=None,
@@ -776,12 +816,18 @@ def train_loader(
 
 def heldout_rows(index: ShardIndex, max_rows: int) -> list[dict[str, Any]]:
     """The first `max_rows` rows of an index (the held-out split) in shard order, as read."""
-    shards = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(index.rows)])
-    rows = np.concatenate(index.rows)[:max_rows]
-    shards = shards[:max_rows]
+    shards, rows, have = [], [], 0
+    for s in range(len(index.files)):  # only the shards the first `max_rows` rows lie in
+        r = index.rows_of(s, 0, max_rows - have)
+        shards.append(np.full(len(r), s, dtype=np.int64))
+        rows.append(r)
+        have += len(r)
+        if have >= max_rows:
+            break
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     if len(rows) == 0:
         raise ValueError("data.heldout_fraction: no held-out rows to evaluate on (raise the fraction)")
-    reader = RowReader(index, shards, rows)
+    reader = RowReader(index, np.concatenate(shards), rows)
     out = [row for _, row in reader.emit(np.arange(len(rows)), 0)]
     reader.close()
     return out

@@ -272,7 +272,7 @@ def _check_resume(state: dict[str, Any], expect: dict[str, Any]) -> None:
         if state.get(key) != value:
             raise ConfigError(
                 f"--resume: the checkpoint was made with {key}={state.get(key)!r}, this run has {value!r}; "
-                "resume with the same data, processes and data.num_workers (or start a new train.output)"
+                "resume with the same data and processes (or start a new train.output)"
             )
 
 
@@ -328,12 +328,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     spec = StreamSpec(
         cfg.data.seed, cfg.data.shuffle_buffer, cfg.train.micro_batch_size, world, cfg.data.num_workers
     )
-    identity = {
-        "data_hash": cfg.data_hash(),
-        "fingerprint": train_index.fingerprint,
-        "world_size": world,
-        "num_workers": cfg.data.num_workers,
-    }
+    # World size stays: DeepSpeed's partitioned optimizer state is not re-sharded here (the stream could).
+    identity = {"data_hash": cfg.data_hash(), "fingerprint": train_index.fingerprint, "world_size": world}
+    # These may change: the rest of the epoch is then the rows not yet seen, cut among the new readers.
+    layout = {"num_workers": cfg.data.num_workers, "micro_batch_size": cfg.train.micro_batch_size}
     checkpoints = Checkpoints(out, cfg.train.keep_checkpoints, rank)
     frozen_before = frozen_digest(engine.module)
     start = 0
@@ -343,8 +341,12 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         start = state["step"]
     accum = cfg.train.grad_accum
     position = state["data"] if resume else None
+    previous = None
+    if resume:
+        made = {k: state.get(k, v) for k, v in layout.items()}  # checkpoints before: mb as now
+        previous = dataclasses.replace(spec, **made)
     stream, loader = train_loader(
-        train_index, fmt, spec, rank, start_batches=start * accum, position=position
+        train_index, fmt, spec, rank, start_batches=start * accum, position=position, previous=previous
     )
     metrics = MetricsWriter(out, rank == 0, resume_step=start if resume else None)
     say = tqdm.write if rank == 0 else (lambda *_: None)
@@ -354,6 +356,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
             f"{cfg.task}: {train_index.note}; {stream.steps_per_epoch} micro-batches per rank per epoch, "
             f"{world} rank(s), ZeRO stage {engine.zero_optimization_stage()}, {precision}"
         )
+
+    def client_state(step: int) -> dict[str, Any]:
+        return {"step": step, "data": stream.position(step * accum), **identity, **layout}
 
     def evaluate(step: int) -> dict[str, float]:
         if not eval_sets:
@@ -438,12 +443,12 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             evaluate(step)
         if cfg.train.save_every and step % cfg.train.save_every == 0:
-            checkpoints.save(engine, step, {"step": step, "data": stream.position(step * accum), **identity})
+            checkpoints.save(engine, step, client_state(step))
             saved = step
     bar.close()
     after = evaluate(step)
     if saved != step:
-        checkpoints.save(engine, step, {"step": step, "data": stream.position(step * accum), **identity})
+        checkpoints.save(engine, step, client_state(step))
     frozen_after = frozen_digest(engine.module)
     per_rank: list[int] = [0] * world
     torch.distributed.all_gather_object(per_rank, micro_batches)

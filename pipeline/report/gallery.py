@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlmforge.common.storage import Location, location, parquet_file
-from vlmforge.pipeline.report.stats import rejected_dataset
+from vlmforge.pipeline.report.stats import rejected_table
 from vlmforge.pipeline.report.thumbnails import make_thumbnail, sample_order
 
 KEPT_COLUMNS = ["id", "image", "caption", "width", "height", "lang", "clip_score", "dup_cluster_size",
@@ -105,11 +105,8 @@ def kept_examples(index: KeptIndex, n: int, mask: np.ndarray | None = None) -> l
 
 def rejected_examples(out_dir: str | Path, manifest: dict, per_reason: int) -> dict[str, list[Example]]:
     """Up to `per_reason` rejected pairs per "stage/reason", those with a stored thumbnail first."""
-    ds = rejected_dataset(out_dir, manifest)
-    if ds is None or per_reason <= 0:
-        return {}
-    t = ds.to_table(columns=["id", "stage", "reason", "thumbnail"])
-    if t.num_rows == 0:
+    t = rejected_table(out_dir, manifest, ["id", "stage", "reason", "thumbnail"]) if per_reason > 0 else None
+    if t is None or t.num_rows == 0:
         return {}
     keys = pc.dictionary_encode(pc.binary_join_element_wise(t["stage"], t["reason"], "/")).combine_chunks()
     order = sample_order(t["id"].to_pylist())
@@ -122,7 +119,7 @@ def rejected_examples(out_dir: str | Path, manifest: dict, per_reason: int) -> d
         picked[key] = [int(i) for i in np.concatenate([with_thumb, without])[:per_reason]]
     rows = pa.array([i for v in picked.values() for i in v], pa.int64())
     ids = t["id"].take(rows).combine_chunks()
-    extra = ds.to_table(columns=["id", "detail", "caption"], filter=pc.field("id").isin(ids))
+    extra = rejected_table(out_dir, manifest, ["id", "detail", "caption"], pc.field("id").isin(ids))
     info = {r["id"]: r for r in extra.to_pylist()}
     thumbs = t["thumbnail"]
     out: dict[str, list[Example]] = {}
@@ -137,10 +134,11 @@ def rejected_examples(out_dir: str | Path, manifest: dict, per_reason: int) -> d
 
 def rejected_reasons(out_dir: str | Path, manifest: dict, ids: pa.Array) -> dict[str, str]:
     """For each of `ids` that the run at `out_dir` rejected: "stage/reason: detail" (or "stage/reason")."""
-    ds = rejected_dataset(out_dir, manifest)
-    if ds is None or len(ids) == 0:
+    if len(ids) == 0:
         return {}
-    t = ds.to_table(columns=["id", "stage", "reason", "detail"], filter=pc.field("id").isin(ids))
+    t = rejected_table(out_dir, manifest, ["id", "stage", "reason", "detail"], pc.field("id").isin(ids))
+    if t is None:
+        return {}
     return {
         i: f"{s}/{r}: {d}" if d else f"{s}/{r}"
         for i, s, r, d in zip(*(t[c].to_pylist() for c in ("id", "stage", "reason", "detail")), strict=True)

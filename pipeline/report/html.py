@@ -46,7 +46,7 @@ from vlmforge.pipeline.report.stats import (
     Measure,
     config_diff,
     load_manifest,
-    rejected_dataset,
+    rejected_table,
     scan_measures,
 )
 
@@ -439,19 +439,17 @@ STRIP_CLIPS, STRIP_FRAMES = 6, 8  # kept clips shown as frame strips, and frames
 
 def _frame_strips(run: Run) -> str:
     """A strip of sampled frames (with their times) for a few kept clips, picked by a stable id hash."""
-    from vlmforge.pipeline.report.stats import data_dataset
+    from vlmforge.pipeline.report.stats import kept_columns, kept_table
     from vlmforge.pipeline.report.thumbnails import make_thumbnail, sample_order
 
-    ds = data_dataset(run.path, run.manifest)
-    if ds is None or "frames" not in ds.schema.names:
+    if "frames" not in kept_columns(run.path, run.manifest):
         return ""
-    ids = ds.to_table(columns=["id"], filter=pc.is_valid(pc.field("frames")))["id"].to_pylist()
+    ids = kept_table(run.path, run.manifest, ["id"], pc.is_valid(pc.field("frames")))["id"].to_pylist()
     chosen = [ids[i] for i in sample_order(ids)[:STRIP_CLIPS]]
     if not chosen:
         return ""
-    rows = ds.to_table(
-        columns=["id", "caption", "frames", "frame_times"], filter=pc.field("id").isin(chosen)
-    ).to_pylist()
+    columns = ["id", "caption", "frames", "frame_times"]
+    rows = kept_table(run.path, run.manifest, columns, pc.field("id").isin(chosen)).to_pylist()
     strips = []
     for r in sorted(rows, key=lambda r: chosen.index(r["id"])):
         frames = list(zip(r["frames"], r["frame_times"], strict=True))
@@ -756,10 +754,9 @@ def section_ids(compare: bool = False) -> list[str]:
 
 
 def _rejected_languages(out: Path, manifest: dict) -> dict[str, int]:
-    ds = rejected_dataset(out, manifest)
-    if ds is None or not any(s["stage"] == "language" and s["rejected"] for s in manifest["stages"]):
+    if not any(s["stage"] == "language" and s["rejected"] for s in manifest["stages"]):
         return {}
-    t = ds.to_table(columns=["detail"], filter=pc.field("stage") == "language")
+    t = rejected_table(out, manifest, ["detail"], pc.field("stage") == "language")
     labels = Counter()
     for d in t["detail"].to_pylist():
         m = _LANG_LABEL.search(d or "")

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from vlmforge.common.files import read_json
 from vlmforge.common.storage import location, parquet_dataset, parquet_file, read_parquet_schema
@@ -92,16 +91,31 @@ def load_manifest(out_dir: str | Path) -> dict:
     return manifest
 
 
-def data_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
-    """The kept rows' shards listed in the manifest, or None when there are none."""
-    files = [location(out_dir) / f for f in manifest["files"]["data"]]
-    return parquet_dataset(files) if files else None
+def read_shards(
+    out_dir: str | Path, names: list[str], columns: list[str], filter: pc.Expression | None = None,
+    schema: pa.Schema | None = None,
+) -> pa.Table | None:
+    """`columns` of the rows of the listed shards (that pass `filter`), one shard open at a time (a dataset
+    over all of them would keep every shard's footer in memory); None when there are no shards."""
+    tables = [
+        parquet_dataset([location(out_dir) / name], schema).to_table(columns=columns, filter=filter)
+        for name in names
+    ]
+    return pa.concat_tables(tables) if tables else None
 
 
-def rejected_dataset(out_dir: str | Path, manifest: dict) -> pads.Dataset | None:
-    """The rejected rows, read as REJECTED_SCHEMA (columns older runs lack read as nulls)."""
-    files = [location(out_dir) / f for f in manifest["files"].get("rejected", [])]
-    return parquet_dataset(files, REJECTED_SCHEMA) if files else None
+def kept_table(
+    out_dir: str | Path, manifest: dict, columns: list[str], filter: pc.Expression | None = None
+) -> pa.Table | None:
+    """The kept rows' `columns` (None when there are no shards)."""
+    return read_shards(out_dir, manifest["files"]["data"], columns, filter)
+
+
+def rejected_table(
+    out_dir: str | Path, manifest: dict, columns: list[str], filter: pc.Expression | None = None
+) -> pa.Table | None:
+    """The rejected rows' `columns`, read as REJECTED_SCHEMA (columns older runs lack read as nulls)."""
+    return read_shards(out_dir, manifest["files"].get("rejected", []), columns, filter, REJECTED_SCHEMA)
 
 
 def kept_batches(

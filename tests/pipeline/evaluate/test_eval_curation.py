@@ -200,6 +200,7 @@ def test_cli_errors_are_readable(data, tmp_path, capsys):
     assert "--budget" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~25 s: four short CLIP trainings (2 outputs x 2 seeds) and their retrieval evals
 def test_eval_curation_end_to_end(data, capsys, torch_one_thread):
     runs = [data["clean"], data["all"]]
     code = main(["eval-curation", *map(str, runs), "--eval-set", str(data["eval"]), "--budget", "32",
