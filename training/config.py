@@ -52,6 +52,14 @@ class ModelSection(_Section):
         description="vlm: read images of tile_grid * image_size px as a thumbnail plus tile_grid^2 tiles at "
         "image_size (the encoder's own resolution; null: the preset's, 1)",
     )
+    max_num_tiles: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="vlm: read images as Mllama's aspect-ratio tiles: the best grid of at most this many "
+        "tiles of image_size px that keeps the aspect ratio (stage 2; a stage-1 file loads as the 1x1 case, "
+        "tile tables fresh with closed gates; null: the preset's, 1)",
+    )
     init_from: list[str] = Field(
         default_factory=list,
         description="safetensors files loaded in order before training (text_lm, clip, stage 1 outputs), "
@@ -240,6 +248,15 @@ class TrainConfig(_Section):
         if (self.model.tile_grid or 1) > 1 and not fused:
             raise ValueError("model.tile_grid applies to tasks vlm and video only")
         m = self.model
+        if (m.max_num_tiles or 1) > 1:
+            if self.task != "vlm":
+                raise ValueError("model.max_num_tiles applies to task vlm only")
+            if (m.tile_grid or 1) > 1:
+                raise ValueError(
+                    "model.max_num_tiles and model.tile_grid are two ways of tiling an image; set one of them"
+                )
+            if self.data.packing:
+                raise ValueError("model.max_num_tiles > 1 does not work with data.packing (set it false)")
         if (m.hf_decoder or m.hf_encoder or m.hf_mllama) and not fused:
             raise ValueError(
                 "model.hf_decoder, model.hf_encoder and model.hf_mllama apply to tasks vlm and video only"

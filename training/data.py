@@ -346,8 +346,9 @@ def collate(
     """Right-padded ids and labels, and images stacked when the task uses them.
 
     With ``max_num_tiles`` > 1 (Mllama tiles) ``images`` holds the batch's real tiles flat (total tiles,
-    3, S, S) with ``num_tiles`` and ``aspect_ratio_ids`` per row (0 and 0 for a row without an image);
-    ``tiling.pad_tiles`` gives the model its padded (B, max_num_tiles, 3, S, S) and ``aspect_ratio_mask``.
+    3, S, S) with ``num_tiles`` and ``aspect_ratio_ids`` per row (0 and 0 for a row without an image) and
+    ``max_num_tiles``; ``tiling.pad_tiles`` gives the model its padded (B, max_num_tiles, 3, S, S) and
+    ``aspect_ratio_mask`` (``eval.batch_images``).
 
     A row without an image gets a zero placeholder image (and no image token, so its mask is all false):
     every batch, text-only or not, then runs the encoder and every cross-attention layer on the same
@@ -366,7 +367,7 @@ def collate(
     if image_size is not None and max_num_tiles > 1:
         flat = collate_tiles([s.tiled for s in samples], image_size)
         images = flat.pop("tiles")
-        batch.update(flat)
+        batch.update(flat, max_num_tiles=max_num_tiles)
     elif image_size is not None:
         images = torch.zeros(len(samples), 3, image_size, image_size)
         for i, s in enumerate(samples):

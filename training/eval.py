@@ -2,7 +2,8 @@
 
 The "image gap" is matched loss / shuffled loss: 1.0 when the adapters ignore the image, lower when the
 captions are predicted better from their own image than from another one. Shuffling rolls the images of
-each held-out batch by one place, so every caption gets some other row's image.
+each held-out batch by one place, so every caption gets some other row's image (with Mllama tiles the
+whole image: its tiles, aspect ratio id and mask).
 
 The "video gap" is the same with clips (task video), and ``time_shuffled_gap`` is the loss with each clip's
 own frames in a fixed random time order over the other-clip loss: when the adapters use the order of the
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from vlmforge.training.model.config import IGNORE_INDEX
+from vlmforge.training.model.tiling import pad_tiles
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -98,6 +100,19 @@ class EvalBatches:
         return t.tolist()
 
 
+def batch_images(batch: dict[str, Any], shuffle: bool = False) -> dict[str, Tensor | None]:
+    """A batch's images as the model takes them: ``images``, and for Mllama tiles (flat in the batch,
+    training/data.py ``collate``) padded to ``max_num_tiles`` with ``aspect_ratio_ids`` and ``_mask``.
+
+    ``shuffle``: every row gets the previous row's image, a tiled one whole (its tiles, count and id)."""
+    images = batch["images"]
+    if "num_tiles" not in batch:
+        return {"images": images.roll(1, dims=0) if shuffle and images is not None else images}
+    images, mask = pad_tiles(images, batch["num_tiles"], batch["max_num_tiles"])
+    tiled = {"images": images, "aspect_ratio_ids": batch["aspect_ratio_ids"], "aspect_ratio_mask": mask}
+    return {k: v.roll(1, dims=0) for k, v in tiled.items()} if shuffle else tiled
+
+
 @torch.no_grad()
 def caption_loss(
     model: Any,
@@ -112,13 +127,10 @@ def caption_loss(
     total, count = 0.0, 0
     weighted = batches.padded() if isinstance(batches, EvalBatches) else ((b, True) for b in batches)
     for batch, counted in weighted:
-        images = batch["images"]
-        if shuffle_images and images is not None:
-            images = images.roll(1, dims=0)
-        media = {}
+        media = batch_images(batch, shuffle_images)
         if batch.get("videos") is not None:
             media["videos"] = videos(batch["videos"]) if videos else batch["videos"]
-        out = model(input_ids=batch["input_ids"], images=images, labels=batch["labels"], **media)
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"], **media)
         if counted:
             n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             total += float(out.loss) * n

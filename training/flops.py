@@ -6,7 +6,8 @@ input and weight gradients) and 4 when it is frozen but gradients flow through i
 gradients, no weight gradients). Attention scores are not counted, as in the usual 6N estimate.
 
 MFU counts what is computed (``computed_counts``: every position of the padded rows, every image the
-encoder runs on); throughput counts real tokens (a batch's ``num_tokens``, no padding).
+encoder runs on, each as its views or Mllama tiles, padding tiles included: ``encoder_tokens_per_image``);
+throughput counts real tokens (a batch's ``num_tokens``, no padding).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from vlmforge.training.model.config import VisionConfig
 
 # Dense bf16 peak TFLOP/s per device, by name fragment (the first match wins).
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0))
@@ -44,6 +47,12 @@ def step_flops(
         tokens = counts.get(tokens_of.get(name, ""), 0.0)
         total += (6 * trained + 4 * frozen) * tokens
     return total
+
+
+def encoder_tokens_per_image(vision: VisionConfig) -> int:
+    """Tokens the encoder runs on for one image: every view (thumbnail and tiles, ``tile_grid``) or every
+    Mllama tile (``max_num_tiles``: the model pads each image to all of them) times a view's tokens."""
+    return vision.num_views * vision.max_num_tiles * vision.num_tokens
 
 
 def computed_counts(batch: dict[str, Any], tokens_per_image: int) -> dict[str, float]:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from vlmforge.training.data import SampleFormat, ShardIndex, caption_prefix, heldout_rows, load_image
+from vlmforge.training.eval import batch_images
+from vlmforge.training.model.tiling import collate_tiles, load_tiled_image
 
 BOX = re.compile(r"<box>\s*([-0-9.]+)\s*,\s*([-0-9.]+)\s*,\s*([-0-9.]+)\s*,\s*([-0-9.]+)\s*</box>")
 NUMBERS = re.compile(r"^\s*([0-9.]+)\s*,\s*([0-9.]+)\s*,\s*([0-9.]+)\s*,\s*([0-9.]+)")
@@ -56,6 +58,14 @@ def iou(a: Box | None, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def image_pair(a: Any, b: Any, fmt: SampleFormat) -> dict[str, Any]:
+    """Two images as one batch of the model's image inputs (Mllama tiles: padded, with ids and mask)."""
+    if fmt.max_num_tiles == 1:
+        return {"images": torch.stack([a, b])}
+    flat = collate_tiles([a, b], fmt.image_size)
+    return batch_images({"images": flat.pop("tiles"), **flat, "max_num_tiles": fmt.max_num_tiles})
+
+
 @torch.no_grad()
 def grounding_eval(
     model: Any, index: ShardIndex, fmt: SampleFormat, decode: Any, max_rows: int, max_new_tokens: int = 24
@@ -66,14 +76,17 @@ def grounding_eval(
     rows = [r for r in rows if r.get("image") and box_prompts(r.get("caption") or "")]
     if len(rows) < 2:
         return {}
-    images = [load_image(r["image"], fmt.image_size) for r in rows]
+    if fmt.max_num_tiles > 1:
+        images = [load_tiled_image(r["image"], fmt.image_size, fmt.max_num_tiles) for r in rows]
+    else:
+        images = [load_image(r["image"], fmt.image_size) for r in rows]
     prefix = caption_prefix(fmt.bos_id, fmt.image_token_id, fmt.image_first)
     truth, found, other = [], [], []
     for i, row in enumerate(rows):
-        pair = torch.stack([images[i], images[(i + 1) % len(rows)]])  # its image, and the next row's
+        pair = image_pair(images[i], images[(i + 1) % len(rows)], fmt)  # its image, and the next row's
         for text, box in box_prompts(row["caption"]):
             ids = torch.tensor([prefix + fmt.encode(text)] * 2)
-            out = model.generate(ids, pair, max_new_tokens=max_new_tokens, eos_token_id=fmt.eos_id)
+            out = model.generate(ids, **pair, max_new_tokens=max_new_tokens, eos_token_id=fmt.eos_id)
             mine, theirs = (read_box(decode(out[k, ids.shape[1] :].tolist())) for k in range(2))
             truth.append(box)
             found.append(iou(mine, box))

@@ -33,9 +33,10 @@ OWNED_KEYS = (
 # Parameters named so take no weight decay: learned embeddings that are not nn.Embedding tables (position,
 # class, view and frame embeddings) and the Perceiver's latent queries.
 NO_DECAY_SUFFIXES = ("embedding", "latents")
-# The cross-attention adapters' tanh gates and tile biases: they start at zero (or at a fixed bias) and move
-# about one learning rate per step, so they get their own group whose ``lr_scale`` multiplies the lr.
-GATE_SUFFIXES = ("attn_gate", "mlp_gate", "tile_bias")
+# The cross-attention adapters' tanh gates and tile biases, and the gates of Mllama's tile tables
+# (model/tiles.py): they start at zero (or at a fixed bias) and move about one learning rate per step, so
+# they get their own group whose ``lr_scale`` multiplies the lr.
+GATE_SUFFIXES = ("attn_gate", "mlp_gate", "tile_bias", "tile_embedding.gate", "tile_position_embedding.gate")
 
 
 def param_groups(model: nn.Module, weight_decay: float, gate_lr_scale: float = 1.0) -> list[dict[str, Any]]:

@@ -37,7 +37,13 @@ from vlmforge.training.activations import enable_activation_checkpointing
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, data_index, heldout_batches, source_indexes, train_loader
 from vlmforge.training.eval import EvalBatches, combine_sources, to_device
-from vlmforge.training.flops import component_sizes, computed_counts, peak_flops, step_flops
+from vlmforge.training.flops import (
+    component_sizes,
+    computed_counts,
+    encoder_tokens_per_image,
+    peak_flops,
+    step_flops,
+)
 from vlmforge.training.launch import check_extension_locks, free_port
 from vlmforge.training.metrics import MetricsWriter
 from vlmforge.training.model import hf
@@ -78,7 +84,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     """The preset (or the HF checkpoints' shapes), at the stage's resolution."""
     sources = hf_sources(cfg)
     if "mllama" in sources:
-        mc = _from_dir("mllama", cfg.model.hf_mllama, lambda: hf.mllama_dir_config(sources["mllama"]))
+        tiles = (cfg.model.max_num_tiles or 1) > 1  # keep the checkpoint's tile tables
+        mc = _from_dir("mllama", cfg.model.hf_mllama, lambda: hf.mllama_dir_config(sources["mllama"], tiles))
     else:
         try:
             mc = get_config(cfg.model.preset)
@@ -112,6 +119,16 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         mc.vision = dataclasses.replace(mc.vision, image_size=cfg.model.image_size)
     if cfg.model.tile_grid is not None:
         mc.vision = dataclasses.replace(mc.vision, tile_grid=cfg.model.tile_grid)
+    if cfg.model.max_num_tiles is not None:
+        if "mllama" in sources and cfg.model.max_num_tiles != mc.vision.max_num_tiles:
+            raise ConfigError(
+                f"model.max_num_tiles: {cfg.model.max_num_tiles} differs from the {mc.vision.max_num_tiles} "
+                f"tile(s) of the checkpoint in model.hf_mllama; leave it unset (single tile) or set that"
+            )
+        try:
+            mc.vision = dataclasses.replace(mc.vision, max_num_tiles=cfg.model.max_num_tiles)
+        except ValueError as e:
+            raise ConfigError(f"model.max_num_tiles: {e}") from None
     if cfg.task == "video":
         mc = video.video_model_config(cfg, mc)
     return mc
@@ -385,7 +402,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
                 by_source[source] += 1
             tokens += batch["num_tokens"]
             images += batch["num_images"]
-            for kind, n in computed_counts(batch, mc.vision.num_views * mc.vision.num_tokens).items():
+            for kind, n in computed_counts(batch, encoder_tokens_per_image(mc.vision)).items():
                 computed[kind] += n
             micro_batches += 1
         sums = [loss_sum / accum, samples, tokens, images, computed["text"], computed["image"], *by_source]

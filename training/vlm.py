@@ -4,9 +4,10 @@ The sequence is ``<|begin_of_text|> <|image|> caption <|end_of_text|>``, or with
 Mllama's ``<|image|> <|begin_of_text|> ...`` (every text token sees the image), with the loss on the caption
 and EOS only; with ``data.packing`` several such samples share a row (training/data.py). The decoder stays
 frozen (``model.trainable``); encoder, projection head and adapters train. Stage 2 reads its higher
-resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``); a
-``model.image_size`` other than the encoder's instead interpolates position embeddings on load
-(training/weights.py).
+resolution as a thumbnail plus tiles at the encoder's resolution (``model.tile_grid``), or as Mllama's
+aspect-ratio tiles (``model.max_num_tiles``: batches carry the real tiles flat, padded on the device by
+``eval.batch_images``); a ``model.image_size`` other than the encoder's instead interpolates position
+embeddings on load (training/weights.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import SampleFormat, data_index, heldout_batches, source_indexes
-from vlmforge.training.eval import combine_sources, image_gap
+from vlmforge.training.eval import batch_images, combine_sources, image_gap
 from vlmforge.training.grounding import grounding_eval
 from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
@@ -58,6 +59,7 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
         encode=tok.encode,
         image_first=cfg.data.image_first,
         packing=cfg.data.packing,
+        max_num_tiles=model_cfg.vision.max_num_tiles,
     )
 
 
@@ -65,8 +67,9 @@ PACKED_KEYS = ("encoder_mask", "position_ids", "segment_ids")  # in packed batch
 
 
 def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+    """The caption loss of a training batch; Mllama tiles arrive flat and are padded here (on the device)."""
     packed = {k: batch[k] for k in PACKED_KEYS if k in batch}
-    return model(input_ids=batch["input_ids"], images=batch["images"], labels=batch["labels"], **packed).loss
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], **batch_images(batch), **packed).loss
 
 
 def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:

@@ -3,13 +3,14 @@ row's image against the guesses without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_support import write_curated
+from train_support import open_tiled_model, write_curated
 
 from vlmforge.training.data import SampleFormat, build_index
 from vlmforge.training.grounding import box_prompts, grounding_eval, iou, read_box
@@ -119,3 +120,14 @@ def test_grounding_eval_runs_a_real_model(tmp_path):
     plain = [row(f"p{i}", (i, 0, 0), "a cat") for i in range(3)]
     no_boxes = build_index(write_curated(tmp_path / "plain", [plain]), "train", 0.0)
     assert grounding_eval(model, no_boxes, CHARS, decode, 10) == {}
+
+
+def test_grounding_eval_on_mllama_tiles(tmp_path):
+    """A tiled model (vision.max_num_tiles 4) reads each row's image as its tiles."""
+    index = grounding_data(tmp_path)
+    model = open_tiled_model(4)
+    fmt = dataclasses.replace(CHARS, max_num_tiles=4)
+    result = grounding_eval(model, index, fmt, decode, max_rows=10, max_new_tokens=6)
+    assert result["boxes"] == 5 and 0.0 <= result["box_iou50"] <= 1.0
+    with pytest.raises(ValueError, match="aspect_ratio_ids"):  # square images are not what it takes
+        grounding_eval(model, index, CHARS, decode, max_rows=10, max_new_tokens=6)

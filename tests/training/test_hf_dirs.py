@@ -72,6 +72,31 @@ def test_mllama_example_config_takes_everything_from_the_checkpoint():
     assert mc.image_token_id == 512
 
 
+def test_mllama_with_tiles_needs_the_checkpoints_tile_count():
+    cfg = load(MLLAMA, **{"model.hf_mllama": tiny_hf_dirs()["mllama"], "model.max_num_tiles": 4})
+    with pytest.raises(ConfigError, match=r"model.max_num_tiles: 4 differs from the 1 tile\(s\)"):
+        model_config(cfg)
+    one = load(MLLAMA, **{"model.hf_mllama": tiny_hf_dirs()["mllama"], "model.max_num_tiles": 1})
+    assert model_config(one).vision.max_num_tiles == 1
+
+
+def test_mllama_with_tiles_keeps_the_tile_tables(tmp_path):
+    from train_support import open_tiled_model
+
+    from vlmforge.training.model.hf import export_mllama
+
+    tiled = open_tiled_model(4)
+    export_mllama(tiled, tmp_path)
+    cfg = load(MLLAMA, **{"model.hf_mllama": tmp_path, "model.max_num_tiles": 4})
+    mc = model_config(cfg)
+    assert mc.vision.max_num_tiles == 4
+    model = build_model(cfg, mc, hf_sources(cfg))
+    ours = dict(model.named_parameters())
+    tables = ("encoder.tile_position_embedding.tile_embedding.weight", "projection.post_tile_embedding.gate")
+    for name in tables:
+        assert torch.equal(ours[name], tiled.get_parameter(name)), name
+
+
 @pytest.mark.parametrize("placeholder", [LLAMA_CLIP, MLLAMA], ids=lambda p: p.stem)
 def test_the_placeholders_are_named_when_not_set(placeholder):
     cfg = load(placeholder)

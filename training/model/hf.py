@@ -367,9 +367,10 @@ def vision_dir_config(path: str | Path, intermediate_layers: Iterable[int] | Non
     return vision_config(hf, intermediate_layers, read_preprocessor(path))
 
 
-def mllama_dir_config(path: str | Path) -> ModelConfig:
-    """ModelConfig of an ``MllamaForConditionalGeneration`` directory (Llama 3.2 Vision), checked."""
-    return model_config_from_mllama(_model_type(path, MLLAMA_TYPES, "Mllama"))
+def mllama_dir_config(path: str | Path, tiles: bool = False) -> ModelConfig:
+    """ModelConfig of an ``MllamaForConditionalGeneration`` directory (Llama 3.2 Vision), checked; with
+    ``tiles`` the checkpoint's tiles (``model_config_from_mllama``)."""
+    return model_config_from_mllama(_model_type(path, MLLAMA_TYPES, "Mllama"), tiles)
 
 
 def fusion_config_from_hf(
