@@ -647,8 +647,9 @@ class CaptionStream(IterableDataset):
             return shards, rows, order
         return shards, rows, order[: self.epoch_batches(epoch) * self.spec.micro_batch_size]
 
-    def _sample(self, row: dict[str, Any], shard: int, rng: np.random.Generator) -> Sample:
-        sample = make_sample(row, self.fmt, rng)
+    def _sample(self, row: dict[str, Any], epoch: int, shard: int, row_number: int) -> Sample:
+        """The row as a sample, its random choices seeded by where it is (the same after any resume)."""
+        sample = make_sample(row, self.fmt, np.random.default_rng([self.spec.seed, epoch, shard, row_number]))
         sample.source = self.index.file_source[shard]
         return sample
 
@@ -658,8 +659,7 @@ class CaptionStream(IterableDataset):
             shards, rows, order = self.epoch_order(epoch, slot)
             reader = RowReader(self.index, shards, rows)
             for p, (seq, row) in enumerate(reader.emit(order, start), start):
-                rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
-                yield epoch, p, self._sample(row, int(shards[seq]), rng)
+                yield epoch, p, self._sample(row, epoch, int(shards[seq]), int(rows[seq]))
             reader.close()
             epoch, start = epoch + 1, 0
 
@@ -708,8 +708,7 @@ class CaptionStream(IterableDataset):
             reader = RowReader(self.index, shards, rows)
             samples: list[Sample] = []
             for seq, row in reader.emit(order, batch * mb):
-                rng = np.random.default_rng([self.spec.seed, epoch, int(shards[seq]), int(rows[seq])])
-                samples.append(self._sample(row, int(shards[seq]), rng))
+                samples.append(self._sample(row, epoch, int(shards[seq]), int(rows[seq])))
                 if len(samples) == mb:
                     yield collate(
                         samples, fmt.eos_id, fmt.image_size, fmt.video_frames, fmt.max_num_tiles

@@ -1,9 +1,9 @@
 """Which rows of which curated shards a split uses, built a row group at a time and kept compactly.
 
 Per shard the index keeps one bit per row (selected or not, ``np.packbits``) and the selected rows of each
-row group: 1 bit a row instead of an int64 row number, and no per-row Python objects while building. The
-held-out rule (``is_heldout``, a BLAKE2b of the id) is evaluated on a whole row group of ids at once
-(``heldout_mask``, the same digest computed with NumPy), so the split is the one every other stage uses.
+row group: 1 bit a row instead of an int64 row number, and no per-row Python objects kept while building. The
+held-out rule (``is_heldout``, a BLAKE2b of the id) is evaluated a slice of a row group at a time
+(``heldout_mask``), so the split is the one every other stage uses.
 Readers ask for the k-th to l-th selected rows of a shard (``ShardIndex.rows_of``); only the row groups
 they span are unpacked.
 
@@ -26,88 +26,7 @@ from vlmforge.training.config import DataSection, SourceSection, SubsetSection
 
 # ------------------------------------------------------------------------------------ the held-out rule
 
-_IV = np.array(
-    [
-        0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1,
-        0x510E527FADE682D1, 0x9B05688C2B3E6C1F, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179,
-    ],
-    dtype=np.uint64,
-)  # fmt: skip
-_SIGMA = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
-    [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
-    [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4],
-    [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8],
-    [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13],
-    [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9],
-    [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11],
-    [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10],
-    [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
-    [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
-]
-_CHUNK = 8192  # ids hashed at once
-_GS = [(0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15)]
-_GS += [(0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)]
-
-
-def _compress(h: list[np.ndarray], m: np.ndarray, t: np.ndarray, last: bool) -> list[np.ndarray]:
-    """BLAKE2b's compression of one 128-byte block per row (m: (16, n) words, t: bytes so far); the
-    arithmetic in place (uint64 wraps as BLAKE2b's additions do)."""
-    v = [*(x.copy() for x in h), *(np.full(len(t), w, dtype=np.uint64) for w in _IV)]
-    v[12] ^= t
-    if last:
-        np.invert(v[14], out=v[14])
-    tmp = np.empty_like(t)
-
-    def mix(x: np.ndarray, y: np.ndarray, n: int) -> None:  # x = rotr(x ^ y, n)
-        np.bitwise_xor(x, y, out=x)
-        np.right_shift(x, np.uint64(n), out=tmp)
-        np.left_shift(x, np.uint64(64 - n), out=x)
-        np.bitwise_or(x, tmp, out=x)
-
-    for r in range(12):
-        s = _SIGMA[r % 10]
-        for i, (a, b, c, d) in enumerate(_GS):
-            va, vb, vc, vd = v[a], v[b], v[c], v[d]
-            va += vb
-            va += m[s[2 * i]]
-            mix(vd, va, 32)
-            vc += vd
-            mix(vb, vc, 24)
-            va += vb
-            va += m[s[2 * i + 1]]
-            mix(vd, va, 16)
-            vc += vd
-            mix(vb, vc, 63)
-    return [h[i] ^ v[i] ^ v[i + 8] for i in range(8)]
-
-
-def _blake2b_64(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """hashlib.blake2b(x, digest_size=8) of each byte string data[offsets[i]:offsets[i+1]], as the
-    big-endian integer of its digest (uint64)."""
-    lengths = np.diff(offsets)
-    blocks = np.maximum((lengths + 127) // 128, 1)
-    out = np.empty(len(lengths), dtype=np.uint64)
-    for nb in np.unique(blocks):  # rows with as many blocks go through together
-        rows = np.flatnonzero(blocks == nb)
-        n, lens = len(rows), lengths[rows]
-        padded = np.zeros((n, int(nb) * 128), dtype=np.uint8)
-        ends = np.cumsum(lens)
-        flat = np.arange(int(ends[-1]) if n else 0) - np.repeat(ends - lens, lens)  # byte within its id
-        if n == len(lengths):  # every row: their bytes lie end to end already
-            source = data[offsets[0] : offsets[-1]]
-        else:
-            source = data[np.repeat(offsets[rows], lens) + flat]
-        padded[np.repeat(np.arange(n), lens), flat] = source
-        words = np.ascontiguousarray(padded.view("<u8").T)  # (16 * blocks, n): a word's column is contiguous
-        h = [np.full(n, w, dtype=np.uint64) for w in _IV]
-        h[0] = h[0] ^ np.uint64(0x01010008)  # digest 8 bytes, no key, fanout 1, depth 1
-        for b in range(int(nb)):
-            last = b == nb - 1
-            t = lens.astype(np.uint64) if last else np.full(n, (b + 1) * 128, dtype=np.uint64)
-            h = _compress(h, words[16 * b : 16 * (b + 1)], t, last)
-        out[rows] = h[0].byteswap()  # the digest's first 8 bytes, read big-endian
-    return out
+_CHUNK = 8192  # ids hashed per slice of a row group: a bounded number of Python strings at once
 
 
 def is_heldout(row_id: str, fraction: float) -> bool:
@@ -117,25 +36,19 @@ def is_heldout(row_id: str, fraction: float) -> bool:
 
 
 def heldout_mask(ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
-    """``is_heldout`` of every id of an Arrow string array at once (no Python object per row)."""
+    """``is_heldout`` of every id of an Arrow string array, a slice of `_CHUNK` ids at a time (so only that
+    many Python strings exist at once)."""
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
         raise ValueError(f"the id column must hold strings, not {ids.type}")
     if ids.null_count:
         raise ValueError(f"the id column has {ids.null_count} null id(s)")
-    width = np.int32 if pa.types.is_string(ids.type) else np.int64
-    if fraction <= 0:  # nothing is held out (is_heldout compares a value >= 0)
-        return np.zeros(len(ids), dtype=bool)
-    _, offs, data = ids.buffers()
-    offsets = np.frombuffer(offs, dtype=width)[ids.offset : ids.offset + len(ids) + 1].astype(np.int64)
-    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    value = np.empty(len(ids), dtype=np.uint64)
-    for lo in range(0, len(ids), _CHUNK):  # a bounded working set, in cache
-        hi = min(lo + _CHUNK, len(ids))
-        value[lo:hi] = _blake2b_64(raw, offsets[lo : hi + 1])
-    # as is_heldout: the integer rounded to the nearest double, over 2**64 (exact), then compared
-    return value.astype(np.float64) * 2.0**-64 < fraction
+    out = np.empty(len(ids), dtype=bool)
+    for lo in range(0, len(ids), _CHUNK):
+        chunk = ids.slice(lo, _CHUNK).to_pylist()
+        out[lo : lo + len(chunk)] = [is_heldout(x, fraction) for x in chunk]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- the index
