@@ -9,8 +9,8 @@ Sets (1,500 English captions, 500 in each of 13 other languages; non-English dro
 - `gettext-dev` / `gettext-test`: `vlmforge.pipeline.filter.language_gettext` (UI strings and ISO names of
   the packages' gettext catalogs); the word rule was developed on dev and is reported on test.
 Rules: fastText's argmax alone (keep iff its top-1 is English), the rule before issue 27 (`common_zipf: 0`,
-`names: false`, `short_words: false`), the opt-in lexicon rules (`common_zipf: 3`, `names: true`) and the
-default `LanguageConfig`.
+`names: false`, `short_words: false`), the opt-in lexicon rules (`common_zipf: 3`, `names: true`), the word
+rule without its rare-word and unknown-word parts (session 9) and the default `LanguageConfig`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ BEFORE = {"common_zipf": 0, "names": False, "short_words": False}
 RULES = {
     "before (lexicon only)": BEFORE,
     "opt-in (common_zipf 3, names on)": {**BEFORE, "common_zipf": 3.0, "names": True},
+    "word rule of session 9 (rare_zipf 0, unknown_word_rejects off)": {
+        "rare_zipf": 0, "unknown_word_rejects": False
+    },
     "default LanguageConfig": {},
 }
 

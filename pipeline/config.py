@@ -139,6 +139,14 @@ class LanguageConfig(_Section):
         "language rejects; words common in a wanted language, and names, keep; else fastText decides",
     )
     word_zipf: float = Field(3.0, ge=0, description="short_words: a word this frequent (Zipf) is common")
+    rare_zipf: float = Field(
+        1.0, ge=0, description="short_words: a rarer word the wanted language knows at this Zipf is wanted "
+        "too when no rival lexicon knows it more than 1 commoner (`shuttlecock`, `Nipigon`; 0 = off)",
+    )
+    unknown_word_rejects: bool = Field(
+        True, description="short_words: a one-word lower-case caption the wanted languages' lexicons do not "
+        "know at all is rejected even when fastText's top-1 is wanted (`theekopje`, `deskorolka`)",
+    )
     names: bool = Field(False, description="capitalised words known in many languages are neutral names")
     name_languages: int = Field(4, ge=1, description="lexicons that must know a capitalised word (names)")
     min_script_share: float = Field(
