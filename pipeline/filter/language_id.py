@@ -110,15 +110,15 @@ def _zipf(word: str, lang: str, wordlist: str) -> float:
 
 
 @cache
-def _commonest(langs: tuple[str, ...]) -> dict[str, float]:
-    """word -> its highest Zipf frequency among `langs`' small lists: one lookup per word instead of one per
-    language (the language itself is looked up only for a rejection's detail)."""
+def _commonest(langs: tuple[str, ...]) -> dict[str, tuple[float, str]]:
+    """word -> (its highest Zipf frequency among `langs`' small lists, the first of `langs` with it): one
+    lookup per word instead of one per language."""
     best: dict[str, tuple[float, str]] = {}
     for lang in langs:
         for word, f in (_frequencies(lang, "small") or {}).items():
             z = round(math.log10(f) + 9, 2)
-            if z > best.get(word, 0.0):
-                best[word] = z
+            if z > best.get(word, (0.0,))[0]:
+                best[word] = (z, lang)
     return best
 
 
@@ -263,12 +263,6 @@ class LanguageId(MeasuredStage):
             if lang not in self.wanted and (self.scripts is None or _SCRIPTS.get(lang) == self.scripts)
         )
 
-    def rival_of(self, word: str, zipf: float) -> str:
-        """The rival language where `word` has Zipf `zipf` (its commonest), for the rejection detail."""
-        if not zipf:
-            return "none"
-        return next((x for x in self.word_rivals if round(_zipf(word, x, "small"), 2) == zipf), "?")
-
     def words_decision(self, text: str) -> tuple[str | None, str | None, str]:
         """The short-caption word rule: (wanted language or None, reason or None, why); (None, None, why)
         when the words do not decide. Each word of 2+ letters is, for a wanted language:
@@ -292,6 +286,7 @@ class LanguageId(MeasuredStage):
             return None, None, ""
         why: list[str] = []
         undecided: list[str] = []
+        commonest = _commonest(self.word_rivals)
         for lang in cfg.languages:
             if _frequencies(lang, "large") is None:
                 continue
@@ -299,14 +294,14 @@ class LanguageId(MeasuredStage):
             for w in raw:
                 low, cap = w.lower(), w[:1].isupper()
                 z = _zipf(low, lang, "large")
-                rz = _commonest(self.word_rivals).get(low, 0.0)
+                rz, rival = commonest.get(low, (0.0, "none"))
                 if z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + (cfg.common_margin if cap else 1.0):
-                    kinds["foreign"].append(f"{w} {lang} {z:.1f} {self.rival_of(low, rz)} {rz:.1f}")
+                    kinds["foreign"].append(f"{w} {lang} {z:.1f} {rival} {rz:.1f}")
                 elif cap and (z >= cfg.lexicon_min_zipf or w.isupper() or self.is_name(w, lang)):
                     kinds["name"].append(w)
                 elif z >= cfg.word_zipf and rz <= z + cfg.common_margin:
                     kinds["wanted"].append(w)
-                elif (rival := self.rare_rival(low, z, rz, lang)) is None:
+                elif (rival := self.rare_rival(low, z, (rz, rival), lang)) is None:
                     kinds["rare"].append(w)
                 elif cfg.unknown_word_rejects and not z and len(raw) == 1 and w.islower():
                     kinds["unknown"].append(f"{w} {lang} 0.0")
@@ -328,14 +323,14 @@ class LanguageId(MeasuredStage):
             return None, "wrong_language", " | ".join(why)
         return None, None, " | ".join(why + undecided)
 
-    def rare_rival(self, word: str, zipf: float, rival_zipf: float, lang: str) -> str | None:
+    def rare_rival(self, word: str, zipf: float, small: tuple[float, str], lang: str) -> str | None:
         """None when `word` (lower case; Zipf `zipf` in `lang`) is a rare wanted word: below `word_zipf` but
-        >= `rare_zipf` there, the rivals' small lists know it below `word_zipf` at most (its best Zipf there
-        is `rival_zipf`), and their large lists at most 1 above `zipf` (`_rare_rivals`). Otherwise the
+        >= `rare_zipf` there, the rivals' small lists know it below `word_zipf` at most (`small`: its best
+        Zipf there and where), and their large lists at most 1 above `zipf` (`_rare_rivals`). Otherwise the
         commonest rival, for the detail (`` sv 5.1``; ``""`` when none knows the word)."""
         cfg = self.cfg
-        if rival_zipf >= cfg.word_zipf:
-            return f" {self.rival_of(word, rival_zipf)} {rival_zipf:.1f}"
+        if small[0] >= cfg.word_zipf:
+            return f" {small[1]} {small[0]:.1f}"
         if not cfg.rare_zipf or not cfg.rare_zipf <= zipf < cfg.word_zipf:
             return ""
         best, rival = _rare_rivals(lang, self.word_rivals, cfg.rare_zipf, cfg.word_zipf).get(word, (0.0, ""))
@@ -348,6 +343,9 @@ class LanguageId(MeasuredStage):
             return None
         low = [w.lower() for w in words]
         here = sum(_zipf(w, lang, "large") for w in low)
+        commonest = _commonest(self.word_rivals)
+        if sum(commonest.get(w, (0.0,))[0] for w in low) - here <= self.cfg.common_margin:
+            return None  # even each word's commonest rival, summed, is not: no single rival can be
         for rival in self.word_rivals:
             if sum(_zipf(w, rival, "small") for w in low) - here > self.cfg.common_margin:
                 return rival
