@@ -103,6 +103,7 @@ def test_packed_losses_and_gradients_equal_unpacked(tok, image_first):
     packed = collate_packed(rows, tok.eos_id, 32, IMAGE)
     unpacked = collate(samples, tok.eos_id, 32)
     assert packed["num_tokens"] == unpacked["num_tokens"] and packed["ids"] == unpacked["ids"]
+    assert len(Segments.of(packed["segment_ids"]).buckets) > 1  # attention in several length buckets
     model = model_with_open_gates()
 
     with torch.no_grad():
@@ -178,7 +179,7 @@ def test_block_causal_mask_and_per_sample_image_masks(tok):
 def test_length_buckets_pad_the_fewest_pairs():
     """Samples of very different lengths go into at most ``max_buckets`` groups, longest first, each padded
     to its own longest: the split of the sorted lengths that pads to the fewest causal pairs (brute force)."""
-    lengths = [3, 80, 5, 79, 4, 40, 41, 2, 6, 21, 20, 1]
+    lengths = [3, 80, 5, 79, 4, 40, 41, 2, 6, 21, 20, 1, 5, 40]  # with ties
     n = len(lengths)
     ordered = sorted(range(n), key=lambda i: -lengths[i])
 
@@ -196,9 +197,10 @@ def test_length_buckets_pad_the_fewest_pairs():
         assert pairs(groups) == cheapest
     assert length_buckets(lengths, 1) == [ordered]
     assert [[lengths[i] for i in g] for g in length_buckets(lengths, 4)] == [
-        [80, 79], [41, 40], [21, 20], [6, 5, 4, 3, 2, 1]
+        [80, 79], [41, 40, 40], [21, 20], [6, 5, 5, 4, 3, 2, 1]
     ]
     assert length_buckets([], 4) == [] and length_buckets([7], 4) == [[0]]
+    assert length_buckets([5, 5, 5], 4) == [[0, 1, 2]]  # equal lengths: one bucket
 
 
 def packed_rows(lengths: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +227,8 @@ def test_per_sample_attention_is_the_block_causal_mask(max_buckets):
     seg = Segments.of(segments, max_buckets=max_buckets)
     assert len(seg.buckets) == max_buckets and sum(n for n, _ in seg.buckets) == 13
     slots = sum(n * length for n, length in seg.buckets)
-    assert slots == (13 * 48 if max_buckets == 1 else 48 + 2 * 40 + 2 * 17 + 8 * 5)  # 48 | 40 30 | 17 9 | rest
+    # buckets: 48 | 40 30 | 17 9 | the rest, against 13 samples padded to 48
+    assert slots == (13 * 48 if max_buckets == 1 else 48 + 2 * 40 + 2 * 17 + 8 * 5)
     real = segments >= 0
     x = torch.randn(4, 52, cfg.dim)
     back = seg.scatter(seg.gather(x))

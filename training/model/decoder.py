@@ -87,27 +87,32 @@ MAX_BUCKETS = 4  # attention calls per layer for packed rows; more buckets pad l
 def length_buckets(lengths: Sequence[int], max_buckets: int = MAX_BUCKETS) -> list[list[int]]:
     """Samples (indices into ``lengths``) in at most ``max_buckets`` groups, longest first, each to be padded
     to its own longest: of the splits of the lengths in descending order, the one that pads to the fewest
-    causal query-key pairs (dynamic programming, a few (n, n) array steps)."""
+    causal query-key pairs. Dynamic programming over the distinct lengths (a split inside a run of equal
+    lengths is never cheaper than the one before it), a (u, u) array step per group for u distinct lengths.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    n = len(order)
-    if n == 0:
+    if not order:
         return []
-    top = np.array([lengths[i] for i in order], dtype=np.float64)
-    start, end = np.arange(n)[:, None], np.arange(n + 1)[None, :]
-    # cost[i, j]: samples order[i:j] padded to their longest, top[i]
-    cost = np.where(end > start, (end - start) * (top * (top + 1) / 2)[:, None], np.inf)
-    best = np.full(n + 1, np.inf)
+    values, counts = np.unique(np.array(lengths, dtype=np.float64), return_counts=True)
+    values, counts = values[::-1], counts[::-1]  # descending, as ``order``
+    before = np.concatenate([[0], np.cumsum(counts)])  # samples before each distinct length in ``order``
+    u = len(values)
+    start, end = np.arange(u)[:, None], np.arange(u + 1)[None, :]
+    # cost[i, j]: the samples of distinct lengths i .. j - 1, padded to values[i]
+    pairs = (values * (values + 1) / 2)[:, None]
+    cost = np.where(end > start, (before[None, :] - before[:u, None]) * pairs, np.inf)
+    best = np.full(u + 1, np.inf)
     best[0] = 0.0
     back, totals = [], []
-    for _ in range(min(max_buckets, n)):
-        total = best[:n, None] + cost
+    for _ in range(min(max_buckets, u)):
+        total = best[:u, None] + cost
         back.append(total.argmin(axis=0))
         best = total.min(axis=0)
-        totals.append(best[n])
-    groups, j = [], n
+        totals.append(best[u])
+    groups, j = [], u
     for level in reversed(range(int(np.argmin(totals)) + 1)):  # fewest groups among equal costs
         i = int(back[level][j])
-        groups.append(order[i:j])
+        groups.append(order[before[i] : before[j]])
         j = i
     return groups[::-1]
 
