@@ -88,7 +88,8 @@ def main() -> None:
         if name in results:
             return
         t0 = time.time()
-        sets = [*common, f"train.output={root / name}", "train.progress=false", "train.save_every=0", *overrides]
+        sets = [*common, f"train.output={root / name}", "train.progress=false", "train.save_every=0"]
+        sets += overrides
         s = run(load_train_config(ROOT / config, sets)).summary
         save(name, {"before": s["eval_before"], "after": s["eval_after"], "s": round(time.time() - t0)})
 

@@ -124,10 +124,11 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "synth",
-        help="write synthetic structured pairs (charts, tables, equations, grounding, screenshots, qa)",
+        help="write synthetic structured pairs (charts, tables, equations, flowcharts, grounding, "
+        "screenshots, qa)",
         description="Write N generated pairs of KIND as webdataset shards for `vlmforge curate`: caption = "
-        "the target text (markdown table, LaTeX, boxes, HTML, question-answer), KEY.json = its structure. "
-        "Deterministic from --seed.",
+        "the target text (markdown table, LaTeX, Mermaid flowchart, boxes, HTML, question-answer), KEY.json "
+        "= its structure. Deterministic from --seed.",
         epilog="examples:\n  vlmforge synth tables synth/tables --n 2000\n"
         "  vlmforge curate configs/curate/synthetic.yaml --input synth/tables --output curated/tables",
         formatter_class=argparse.RawDescriptionHelpFormatter,
