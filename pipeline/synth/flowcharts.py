@@ -96,7 +96,7 @@ def mermaid(nodes: list[Node], edges: list[Edge]) -> str:
     lines = ["flowchart TD"]
     for e in edges:
         arrow = f"-->|{e.label}|" if e.label else "-->"
-        lines.append(f"    {ref(e.src)} {arrow} {ref(e.dst)}")
+        lines.append(f"{ref(e.src)} {arrow} {ref(e.dst)}")  # unindented: curation keeps lines, not indents
     return "\n".join(lines)
 
 

@@ -107,7 +107,7 @@ def test_captions_follow_from_the_structure():
 
 
 NODE = r"(\w)(?:\(\[(.+)\]\)|\[(.+)\]|\{(.+)\})?"  # an id, then its label as a terminal, step or question
-MERMAID = re.compile(rf"    {NODE} -->(?:\|(yes|no)\|)? {NODE}")
+MERMAID = re.compile(rf"{NODE} -->(?:\|(yes|no)\|)? {NODE}")
 
 
 def test_flowchart_captions_are_the_graph_in_mermaid():
