@@ -57,7 +57,8 @@ def written(ckpt_dir: Path) -> Written:
 def reshard_check(before: Written, world: int, ds_config: dict[str, Any]) -> bool:
     """Must the checkpoint be re-partitioned for `world` ranks? Raises where it cannot be resumed so."""
     stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
-    if before.zero_stage != stage:
+    family = {0: 0, 1: 1, 2: 1, 3: 3}  # ZeRO 1 and 2 write the same optimizer state
+    if family.get(before.zero_stage) != family.get(stage):
         raise ConfigError(
             f"--resume: the checkpoint was written under ZeRO stage {before.zero_stage}, this run's "
             f"train.deepspeed has stage {stage}; resume with a config of stage {before.zero_stage}"
