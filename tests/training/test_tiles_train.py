@@ -97,7 +97,9 @@ def test_flops_count_every_tile_the_encoder_runs():
     assert per_image == 4 * vision.num_tokens
     assert encoder_tokens_per_image(get_config("tiny").vision) == get_config("tiny").vision.num_tokens
     batch = tiled_batch()  # 3 rows, each padded to 4 tiles on the device (the empty row too)
-    assert computed_counts(batch, per_image)["image"] == 3 * 4 * vision.num_tokens
+    counts = computed_counts(batch, vision)
+    assert counts["image"] == 3 * 4 * vision.num_tokens
+    assert counts["image_pairs"] == 3 * (4 * vision.num_tokens) ** 2  # the global attention spans the tiles
 
 
 def test_tile_gates_train_with_the_gate_lr_scale():
