@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ def to_universal(ckpt_dir: Path, tag: str) -> Path:
         strict=True,
         inject_missing_state=True,  # the version tag Megatron-style clients write; we have no TP patterns
     )
-    with redirect_stdout(io.StringIO()):  # its progress lines
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):  # its progress lines and bars
         ds_to_universal.main(args)
     return root
 
