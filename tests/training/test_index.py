@@ -192,7 +192,7 @@ def test_as_many_slots_go_on_as_uninterrupted(tmp_path, monkeypatch, packing):
     position = stream.position(k)
     # the 2-rank run that was never interrupted, from batch 13 of each rank
     wants = [rank_ids(monkeypatch, index, fmt, two, rank, 13 + 12)[0][13:] for rank in range(2)]
-    for start in (13, 40):  # grad_accum 1 on 2 ranks; or any other count of batches a step
+    for start in (5, 13, 40):  # grad_accum 1 on 2 ranks; or any other count of batches a step
         for rank in range(2):
             got, resumed = rank_ids(monkeypatch, index, fmt, two, rank, 12, start, position, previous=one)
             assert got == wants[rank]
