@@ -29,55 +29,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from build_memory import CLIP_L14, LLAMA31_8B  # this script's folder is on sys.path
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/train/llama31_8b_clip_l14.yaml"
 
-# config.json of meta-llama/Llama-3.1-8B (BOS/EOS: see the module docstring)
-LLAMA31_8B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "max_position_embeddings": 131072,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-    "tie_word_embeddings": False,
-    "attention_bias": False,
-    "mlp_bias": False,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-    "torch_dtype": "bfloat16",
-}
-# the vision tower of openai/clip-vit-large-patch14 as a CLIPVisionModel
-CLIP_L14 = {
-    "architectures": ["CLIPVisionModel"],
-    "model_type": "clip_vision_model",
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "image_size": 224,
-    "patch_size": 14,
-    "num_channels": 3,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-    "torch_dtype": "bfloat16",
-}
+# the hub's config.json values (build_memory.py), as transformers writes them; BOS/EOS: the module docstring
+LLAMA = {**LLAMA31_8B, "architectures": ["LlamaForCausalLM"], "head_dim": 128, "hidden_act": "silu",
+         "attention_bias": False, "mlp_bias": False, "bos_token_id": 0, "eos_token_id": 1,
+         "torch_dtype": "bfloat16"}  # fmt: skip
+CLIP = {**CLIP_L14, "architectures": ["CLIPVisionModel"], "num_channels": 3, "torch_dtype": "bfloat16"}
 TINY_LLAMA = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 8,
               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
 TINY_CLIP = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 8, "num_attention_heads": 4,
@@ -273,7 +235,7 @@ def main() -> int:
     p.add_argument("--runs", default="unpacked,packed", help="comma-separated: unpacked, packed, zero2")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    llama, clip = dict(LLAMA31_8B), dict(CLIP_L14)
+    llama, clip = dict(LLAMA), dict(CLIP)
     if args.tiny:
         llama |= TINY_LLAMA
         clip |= TINY_CLIP
