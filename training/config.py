@@ -290,11 +290,13 @@ class TrainConfig(_Section):
             )
 
     def data_hash(self) -> str:
-        """Hash of everything that decides which samples come in which order (checked on resume)."""
-        keys = {"data": True, "train": {"micro_batch_size", "seed"}, "task": True}
+        """Hash of everything that decides which samples an epoch holds (checked on resume). Not the readers
+        (data.num_workers, the world size) nor train.micro_batch_size: a resume may change them (the rest of
+        the epoch is then cut among the new readers)."""
+        keys = {"data": True, "train": {"seed"}, "task": True}
         if self.task == "video":  # the frame count shapes every sample
             keys["video"] = True
-        payload = self.model_dump(mode="json", include=keys)
+        payload = self.model_dump(mode="json", include=keys, exclude={"data": {"num_workers"}})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
