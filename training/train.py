@@ -309,6 +309,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     start = 0
     if resume:
         state = checkpoints.load(engine, reshard)
+        if state.get("data_hash") == cfg.data_hash(with_layout=True):  # an older checkpoint's hash
+            state["data_hash"] = identity["data_hash"]
         _check_resume(state, identity)
         start = state["step"]
     accum = cfg.train.grad_accum

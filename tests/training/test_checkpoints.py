@@ -40,3 +40,17 @@ def test_which_world_size_changes_reshard_and_which_are_refused():
     assert reshard_check(two, 1, zero(1))  # ZeRO 1 and 2 keep the same optimizer state
     with pytest.raises(ConfigError, match="NVMe-offloaded optimizer; resume on 2 rank"):
         reshard_check(two, 1, zero(2, offload_optimizer={"device": "nvme"}))
+
+
+def test_the_data_hash_leaves_out_the_layout_and_still_knows_the_older_one():
+    """A resume may change data.num_workers and train.micro_batch_size; checkpoints written before that
+    carry the hash with them (data_hash(with_layout=True)), which a resume accepts too."""
+    from vlmforge.training.config import load_train_config
+
+    base = load_train_config("configs/train/stage1.yaml")
+    other = load_train_config("configs/train/stage1.yaml", ["data.num_workers=3", "train.micro_batch_size=5"])
+    assert base.data_hash() == other.data_hash()
+    assert base.data_hash(with_layout=True) != other.data_hash(with_layout=True)
+    assert base.data_hash(with_layout=True) != base.data_hash()
+    seed = load_train_config("configs/train/stage1.yaml", ["data.seed=7"])
+    assert seed.data_hash() != base.data_hash()
