@@ -48,6 +48,7 @@ from vlmforge.training.metrics import MetricsWriter
 from vlmforge.training.model import hf
 from vlmforge.training.model.config import ModelConfig, get_config
 from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
+from vlmforge.training.source_loss import source_means, source_sums
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import gather_tensors, load_chain, save_tensors
 
@@ -361,18 +362,28 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     )
     batches = iter(loader)
     step, loss, saved, micro_batches = start, float("nan"), start, 0
+    names = train_index.sources
+    # A mix: each source's loss from the loss at each label (no second forward). clip's contrastive loss
+    # couples a batch's rows and has no per-label loss, so it gets none.
+    per_label = getattr(task, "output", None) if len(names) > 1 else None
     engine.train()
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         loss_sum, samples, tokens, images = 0.0, 0, 0, 0
-        by_source = [0] * len(train_index.sources)
+        by_source = [0] * len(names)
+        source_totals = torch.zeros(2, len(names), dtype=torch.float64, device=device)
         computed = dict.fromkeys(COUNTED, 0.0)  # what the model computes (padding too), for MFU
         digest = hashlib.blake2b(digest_size=8)
         for _ in range(accum):
             batch = next(batches)
             digest.update("\n".join(batch["ids"]).encode())
             batch = to_device(batch, device)
-            micro_loss = task.loss(engine, batch)
+            if per_label is not None:
+                output = per_label(engine, batch)
+                micro_loss = output.loss
+                source_totals += source_sums(output.token_loss, batch, len(names))
+            else:
+                micro_loss = task.loss(engine, batch)
             engine.backward(micro_loss)
             engine.step()
             loss_sum += float(micro_loss.detach())
@@ -385,8 +396,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
                 computed[kind] += n
             micro_batches += 1
         sums = [loss_sum / accum, samples, tokens, images, *computed.values(), *by_source]
+        sums += source_totals.flatten().tolist() if per_label is not None else []
         loss, samples, tokens, images, *rest = _sum_across_ranks(sums, device)
-        computed, by_source = dict(zip(COUNTED, rest, strict=False)), rest[len(COUNTED) :]
+        computed, rest = dict(zip(COUNTED, rest, strict=False)), rest[len(COUNTED) :]
+        by_source, totals = rest[: len(names)], rest[len(names) :]
         text = computed["text"]
         loss /= world
         elapsed = time.perf_counter() - t0
@@ -400,9 +413,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
             "images": int(images),  # rows with an image, all ranks
             "data": digest.hexdigest(),  # of rank 0's sample ids
         }
-        if len(by_source) > 1:  # a mix: samples of each source this step, all ranks
-            names = train_index.sources
+        if len(names) > 1:  # a mix: samples of each source this step, all ranks, and its loss
             record |= {f"samples/{name}": int(n) for name, n in zip(names, by_source, strict=True)}
+            record |= source_means(totals, names) if totals else {}
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
@@ -418,8 +431,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         }
         if "mfu" in record:
             postfix["mfu"] = f"{record['mfu']:.1%}"
-        if len(by_source) > 1:
+        if len(names) > 1:
             postfix["mix"] = "/".join(str(int(n)) for n in by_source)
+            postfix |= {k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss/")}
         bar.set_postfix(postfix, refresh=False)
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             evaluate(step)
