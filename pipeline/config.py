@@ -342,6 +342,9 @@ class OcrConfig(_Section):
     text_px: int = Field(
         20, gt=0, description="detected text is scaled to about this height (px) before tesseract"
     )
+    colour_key: bool = Field(
+        True, description="read each line keyed by its text colour (else its greyscale crop)"
+    )
     max_upscale: float = Field(4.0, ge=1, description="largest upscale factor before tesseract")
     max_side: int = Field(2000, gt=0, description="larger images are downscaled to this long side first")
     engine: Literal["auto", "tesserocr", "pytesseract"] = Field(

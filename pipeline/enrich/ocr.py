@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
+from vlmforge.pipeline.enrich.colour_key import keyed
 from vlmforge.pipeline.enrich.text_detect import TextLine, text_lines, to_grey
 
 FALLBACK_UPSCALE = 2.0  # when no line was detected (detect off), text height is unknown
@@ -158,22 +159,24 @@ class OcrText:
         self.counters["images"] += 1
         self._deadline = time.monotonic() + self.cfg.timeout_s  # decode, detection and all tesseract runs
         try:
-            with Image.open(io.BytesIO(data)) as image:  # type: ignore[arg-type]
-                grey = to_grey(image)
+            image = Image.open(io.BytesIO(data))  # type: ignore[arg-type]
+            grey = to_grey(image)
         except Exception:  # noqa: BLE001 - any undecodable input is counted, never raised
             self.counters["bad_image"] += 1
             return None
-        if max(grey.size) > self.cfg.max_side:
-            grey.thumbnail((self.cfg.max_side, self.cfg.max_side), Image.Resampling.BOX)
-        lines = text_lines(grey)
+        with image:
+            if max(grey.size) > self.cfg.max_side:
+                grey.thumbnail((self.cfg.max_side, self.cfg.max_side), Image.Resampling.BOX)
+            lines = text_lines(grey)
+            colour = _colour(image, grey) if lines and self.cfg.colour_key else None  # decoded already
         self.counters["detected"] += bool(lines)
         try:
-            return self._read_lines(grey, lines)
+            return self._read_lines(grey, lines, colour)
         except _Timeout:
             self.counters["timeouts"] += 1
             return None
 
-    def _read_lines(self, grey: Image.Image, lines: list[TextLine]) -> str | None:
+    def _read_lines(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None) -> str | None:
         if not lines:
             if self.cfg.detect:
                 return None
@@ -181,24 +184,31 @@ class OcrText:
             size = (round(grey.width * factor), round(grey.height * factor))
             found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
             return None if found is None else self._finish(_kept(found, self.cfg.min_confidence))
-        read = [self._read_line(grey, group) for group in _same_place(lines)]
+        read = [self._read_line(grey, colour, group) for group in _same_place(lines)]
         if all(words is None for words in read):
             return None
         return self._finish([w for words in read if words for w in words])
 
-    def line_image(self, grey: Image.Image, line: TextLine) -> Image.Image:
+    def line_image(self, grey: Image.Image, line: TextLine, colour: Image.Image | None = None) -> Image.Image:
         """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
-        light (light text is inverted)."""
+        light: keyed by the text's colour when `colour` (the RGB image) is given and a colour is found,
+        else the greyscale crop (light text inverted)."""
         pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
         x0, y0, x1, y1 = line.box
         box = (max(0, round(x0 - side)), max(0, round(y0 - pad)), min(grey.width, round(x1 + side)),
                min(grey.height, round(y1 + pad)))
         factor = min(self.cfg.max_upscale, max(MIN_SCALE, self.cfg.text_px / line.height))
         size = (max(1, round((box[2] - box[0]) * factor)), max(1, round((box[3] - box[1]) * factor)))
+        if colour is not None:
+            crop = keyed(colour.resize(size, Image.Resampling.LANCZOS, box=box), line.dark)
+            if crop is not None:
+                return crop
         crop = grey.resize(size, Image.Resampling.LANCZOS, box=box)
         return crop if line.dark else ImageOps.invert(crop)
 
-    def _read_line(self, grey: Image.Image, group: list[TextLine]) -> list[str] | None:
+    def _read_line(
+        self, grey: Image.Image, colour: Image.Image | None, group: list[TextLine]
+    ) -> list[str] | None:
         """The words of one group of lines (one text found in pieces, in either polarity, or with its
         shadow): its lines of each polarity read as one box (the polarity with more characters first, the
         other skipped when that read is sure), the better read kept (more confident characters); [] when
@@ -206,7 +216,7 @@ class OcrText:
         best: tuple[float, list[str]] | None = None
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
         for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
-            found = self._run(self.line_image(grey, _joined(part)), LINE_PSM)
+            found = self._run(self.line_image(grey, _joined(part), colour), LINE_PSM)
             if found is None:
                 continue
             found = [(w, c) for w, c in found if w.strip()]
@@ -272,6 +282,12 @@ class OcrText:
             return None
         self.counters["with_text"] += 1
         return text
+
+
+def _colour(image: Image.Image, grey: Image.Image) -> Image.Image:
+    """`image` as RGB at `grey`'s size (deep greyscale modes: `grey` itself, as RGB)."""
+    rgb = grey.convert("RGB") if image.mode.startswith(("I", "F")) else image.convert("RGB")
+    return rgb if rgb.size == grey.size else rgb.resize(grey.size, Image.Resampling.BOX)
 
 
 def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
