@@ -332,7 +332,7 @@ class OcrConfig(_Section):
     timeout_s: float = Field(5.0, gt=0, description="per-image tesseract time limit")
     min_confidence: float = Field(40.0, ge=0, le=100, description="words below this confidence are dropped")
     line_confidence: float = Field(
-        50.0, ge=0, le=100, description="a detected line read with a lower mean word confidence is dropped "
+        60.0, ge=0, le=100, description="a detected line read with a lower mean word confidence is dropped "
         "(texture taken for text)"
     )
     max_chars: int = Field(200, gt=0, description="OCR text is cut to this length (at a word boundary)")
