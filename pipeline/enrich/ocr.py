@@ -281,7 +281,7 @@ class OcrText:
             mass = sum(len(w) * c for w, c in found if w in kept)
             if best is None or mass > best[0]:
                 best, best_box = (mass, kept), line.box
-            if mean >= SURE_CONFIDENCE:  # read with confidence: the other polarity is its shadow or texture
+            if mean >= SURE_CONFIDENCE:  # read surely: the other candidates are this text again, or texture
                 break
         if best is not None and best[1] and best_box is not None:
             taken.append(best_box)
@@ -340,9 +340,13 @@ class OcrText:
         return text
 
 
-def _colour(image: Image.Image, grey: Image.Image) -> Image.Image:
-    """`image` as RGB at `grey`'s size (deep greyscale modes: `grey` itself, as RGB)."""
-    rgb = grey.convert("RGB") if image.mode.startswith(("I", "F")) else image.convert("RGB")
+def _colour(image: Image.Image, grey: Image.Image) -> Image.Image | None:
+    """`image` as RGB at `grey`'s size (deep greyscale modes: `grey` itself, as RGB); None for a mode Pillow
+    cannot convert (its greyscale crops are read instead)."""
+    try:
+        rgb = grey.convert("RGB") if image.mode.startswith(("I", "F")) else image.convert("RGB")
+    except (ValueError, OSError):
+        return None
     return rgb if rgb.size == grey.size else rgb.resize(grey.size, Image.Resampling.BOX)
 
 

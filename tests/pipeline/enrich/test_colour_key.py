@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,22 @@ def test_a_line_taken_in_texture_is_found_again_at_the_text():
     bx0, by0, bx1, by1 = line.box
     assert abs(bx0 - x0) <= 3 and abs(bx1 - x1) <= 3 and abs(by0 - y0) <= 3 and abs(by1 - y1) <= 3
     assert line.height < 30  # the characters' height, not the texture's
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "I;16", "CMYK"])
+def test_the_stage_reads_text_in_any_image_mode(mode):
+    """The colour image is built for every mode (16-bit greyscale through its 8-bit grey) and read."""
+    if not FONT.exists():
+        pytest.skip("apt-get install fonts-dejavu-core")
+    image = Image.new("RGB", (240, 80), (200, 210, 190))
+    font = ImageFont.truetype(str(FONT), 32)
+    ImageDraw.Draw(image).text((20, 20), "freedom", fill=(30, 40, 120), font=font)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)
+    else:
+        image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, "TIFF" if mode == "CMYK" else "PNG")
+    ocr = OcrText(OcrConfig())
+    assert ocr.read(buf.getvalue()) == "freedom"
+    assert ocr.counters["bad_image"] == 0
