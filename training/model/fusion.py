@@ -92,9 +92,20 @@ def packed_media_mask(input_ids: Tensor, segment_ids: Tensor, media_token_id: in
     return mask & (segment_ids[:, :, None] == owner[:, None, :])
 
 
-def chunked_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size: int, chunks: int) -> Tensor:
+def token_losses(labels: Tensor, valid: Tensor, per_target: Tensor) -> Tensor:
+    """(B, S) float32 aligned with ``labels``: at s the (detached) loss of predicting ``labels[:, s]``, NaN
+    where no loss is taken; ``valid`` (B, S - 1) marks the targets of ``per_target``, in row-major order."""
+    out = torch.full(labels.shape, float("nan"), dtype=torch.float32, device=labels.device)
+    out[:, 1:][valid] = per_target.detach().float()
+    return out
+
+
+def chunked_lm_loss(
+    hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size: int, chunks: int
+) -> tuple[Tensor, Tensor]:
     """Mean next-token cross entropy of ``head(hidden)`` against ``labels`` shifted by one (-100 and ids
-    >= vocab_size take no loss), computed on the positions that take a loss only, in ``chunks`` pieces.
+    >= vocab_size take no loss), computed on the positions that take a loss only, in ``chunks`` pieces;
+    and the per-token losses it is the mean of (``token_losses``: the trainer's per-source figures).
 
     Each piece is recomputed in the backward pass (activation checkpointing), so at most one piece's fp32
     logits are alive at once. The number of pieces is fixed, not derived from the batch, so every rank
@@ -105,20 +116,18 @@ def chunked_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size:
     h, t = hidden[:, :-1][valid], targets[valid]
 
     def piece(h_piece: Tensor, t_piece: Tensor) -> Tensor:
-        return F.cross_entropy(head(h_piece).float(), t_piece, reduction="sum")
+        return F.cross_entropy(head(h_piece).float(), t_piece, reduction="none")
 
     if chunks <= 1:
-        total = piece(h, t)
+        per = piece(h, t)
     else:
-        total = hidden.new_zeros((), dtype=torch.float32)
         recompute = torch.is_grad_enabled() and h.requires_grad
-        for h_piece, t_piece in zip(h.tensor_split(chunks), t.tensor_split(chunks), strict=True):
-            total = total + (
-                checkpoint(piece, h_piece, t_piece, use_reentrant=False)
-                if recompute
-                else piece(h_piece, t_piece)
-            )
-    return total / t.numel()  # nan without targets, as F.cross_entropy's mean
+        per = torch.cat([
+            checkpoint(piece, h_piece, t_piece, use_reentrant=False) if recompute else piece(h_piece, t_piece)
+            for h_piece, t_piece in zip(h.tensor_split(chunks), t.tensor_split(chunks), strict=True)
+        ])
+    # nan without targets, as F.cross_entropy's mean
+    return per.sum() / t.numel(), token_losses(labels, valid, per)
 
 
 class CrossAttention(nn.Module):
@@ -267,6 +276,7 @@ class Media(NamedTuple):
 class ModelOutput(NamedTuple):
     logits: Tensor | None  # (B, S, vocab_size); None when labels are given (the loss is chunked)
     loss: Tensor | None  # mean next-token cross entropy over labels != -100, when labels are given
+    token_loss: Tensor | None = None  # (B, S) the loss at each label, NaN where none (``token_losses``)
 
 
 @dataclass
@@ -542,10 +552,10 @@ class FusionModel(nn.Module):
         hidden = self.hidden_states(input_ids, media, None, position_ids, segment_ids)
         if labels is None:
             return ModelOutput(self.decoder.lm_head(hidden), None)
-        vocab = self.config.decoder.vocab_size
-        return ModelOutput(
-            None, chunked_lm_loss(hidden, self.decoder.lm_head, labels, vocab, self.loss_chunks)
+        loss, per_label = chunked_lm_loss(
+            hidden, self.decoder.lm_head, labels, self.config.decoder.vocab_size, self.loss_chunks
         )
+        return ModelOutput(None, loss, per_label)
 
     def new_caches(self) -> FusionCaches:
         return FusionCaches(
