@@ -19,8 +19,8 @@ cross-attention mask, where tiles past an image's count are 0).
 Packed rows (``data.packing``) hold several samples, each with its own image token and image:
 ``position_ids`` restart at every sample, ``segment_ids`` make self-attention block-causal (run sample by
 sample, ``Segments``), and each image is seen only by the tokens of its own sample (``packed_media_mask``:
-Mllama's rule within the sample; the cross-attention also runs sample by sample); the image slots that no
-token sees (a row with fewer images than the widest row) are not encoded.
+Mllama's rule within the sample; the cross-attention also runs sample by sample, in the same length
+buckets); the image slots that no token sees (a row with fewer images than the widest row) are not encoded.
 
 The loss is taken in chunks of positions (``chunked_lm_loss``): the output head and the cross entropy run
 on the positions with a target only, an eighth of them at a time, recomputed in the backward pass, so the
@@ -158,9 +158,10 @@ class CrossAttention(nn.Module):
         each sample's tokens attend to its own image's tokens only (``Segments.sees``), sample by sample.
         """
         b, s, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
+        q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim))
         if segments is not None:
             return self._per_sample(q, media, segments, bias)
+        q = q.transpose(1, 2)
         if cache is not None and cache.length:
             k, v = cache.k, cache.v
         else:
@@ -177,20 +178,24 @@ class CrossAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
     def _per_sample(self, q: Tensor, media: Tensor, seg: Segments, bias: Tensor | None) -> Tensor:
-        b, t_all = media.shape[:2]
-        t = t_all // seg.num_images
-        k = self.k_norm(self.k_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim)
-        which = seg.image.clamp(min=0)
-        k, v = k[which].transpose(1, 2), v[which].transpose(1, 2)  # (num, heads, T, head_dim)
-        q = seg.gather(q.transpose(1, 2)).transpose(1, 2)  # (num, heads, L, head_dim)
-        # A token that sees no image attends to all of them (no NaN); the block zeroes its output.
-        attn_mask = seg.sees[:, None, :, None].expand(-1, 1, -1, t) | ~seg.sees[:, None, :, None]
-        if bias is not None:
-            blocked = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
-            attn_mask = blocked + bias[:t]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
-        return self.o_proj(seg.scatter(out.transpose(1, 2).flatten(2)))
+        """q (B, S, heads, head_dim) -> (B, S, heads * head_dim): each sample's tokens attend to all tokens
+        of its own image (a token that sees none, or a sample without an image, attends to those of image
+        slot 0 and the block zeroes its output), one attention call per bucket of samples."""
+        t = media.shape[1] // seg.num_images
+        images = media.reshape(-1, t, media.shape[-1]).index_select(0, seg.image.clamp(min=0))
+        k = self.k_norm(self.k_proj(images).view(*images.shape[:2], self.num_kv_heads, self.head_dim))
+        v = self.v_proj(images).view(*images.shape[:2], self.num_kv_heads, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (num, kv heads, T, head_dim), in bucket order
+        attn_mask = None if bias is None else bias[:t].to(q.dtype).view(1, 1, 1, t)
+        outs, at = [], 0
+        for qb in seg.gather(q):
+            n = qb.shape[0]
+            out = F.scaled_dot_product_attention(
+                qb.transpose(1, 2), k[at : at + n], v[at : at + n], attn_mask=attn_mask, enable_gqa=True
+            )
+            outs.append(out.transpose(1, 2))
+            at += n
+        return self.o_proj(seg.scatter(outs).flatten(2))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -221,10 +226,14 @@ class CrossAttentionBlock(nn.Module):
     ) -> Tensor:
         """``is_tile`` (T,) bool marks the media tokens that come from image tiles (not the thumbnail);
         ``segments``: packed rows (``CrossAttention``)."""
-        sees_media = mask.any(dim=-1, keepdim=True)
-        keep = sees_media.to(x.dtype)
         bias = None if is_tile is None else is_tile.to(x.dtype) * self.tile_bias
-        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias, segments) * keep
+        if segments is not None:  # packed rows: the mask is per sample (Segments), computed once a forward
+            keep = segments.sees_image[..., None].to(x.dtype)
+            h = self.cross_attn(self.input_layernorm(x), media, mask, cache, bias, segments) * keep
+        else:
+            sees_media = mask.any(dim=-1, keepdim=True)
+            keep = sees_media.to(x.dtype)
+            h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias) * keep
         x = x + self.attn_gate.tanh() * h
         h = self.mlp(self.post_attention_layernorm(x)) * keep
         return x + self.mlp_gate.tanh() * h
