@@ -327,8 +327,14 @@ def test_flops_count_what_is_computed(tok):
     # attention: unpacked rows causal over their padded length; packed samples each padded to the longest
     rows, length = unpacked["input_ids"].shape
     assert u["self"] == rows * length * (length + 1) / 2 and u["cross"] == rows * length * t
-    n, longest = len(samples), max(len(s.input_ids) for s in samples)
-    assert p["self"] == n * longest * (longest + 1) / 2 and p["cross"] == n * longest * t
+    # packed: each sample padded to its length bucket's longest (fewer pairs than all padded to the longest)
+    lengths = [len(s.input_ids) for s in samples]
+    groups = [[lengths[i] for i in g] for g in length_buckets(lengths)]
+    assert sorted(x for g in groups for x in g) == sorted(lengths) and len(groups) > 1
+    assert p["self"] == sum(len(g) * max(g) * (max(g) + 1) / 2 for g in groups)
+    assert p["cross"] == sum(len(g) * max(g) for g in groups) * t
+    n, longest = len(samples), max(lengths)
+    assert p["self"] < n * longest * (longest + 1) / 2
     assert (p["image_pairs"], u["image_pairs"]) == (10 * t * t, 12 * t * t)
 
 
