@@ -9,9 +9,9 @@ median step times. On a GPU it also reports tokens/s and MFU of the DeepSpeed lo
 With ``--packing`` it compares instead real (non-padding) tokens/s of packed and unpacked micro-batches
 (data.packing) in one plain PyTorch loop (the stage-1 recipe's trainable parts, AdamW), on curated sample
 pairs read by the training stream: unpacked rows are padded to the longest in their micro-batch, packed
-rows hold as many samples as fit in ``--max-tokens``. The packed micro-batch is the largest number of rows
-whose activation memory (the bytes autograd saves for the backward pass) stays within the unpacked
-micro-batch's, so both use the same micro-batch memory.
+rows hold as many samples as fit in ``--max-tokens`` (on the GPU when there is one, fp32). The packed
+micro-batch is the largest number of rows whose activation memory (the bytes autograd saves for the
+backward pass) stays within the unpacked micro-batch's, so both use the same micro-batch memory.
 
     python benchmarks/train_step.py                      # tiny preset, CPU
     python benchmarks/train_step.py --preset tiny --batch 64 --seq 48 --steps 100
@@ -77,6 +77,7 @@ def packing_main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vlmforge.training.data import StreamSpec, build_index, train_loader
+    from vlmforge.training.eval import to_device
     from vlmforge.training.tokenizer import TextTokenizer
 
     torch.set_num_threads(args.threads)
@@ -100,7 +101,8 @@ def packing_main(args: argparse.Namespace) -> int:
     )
     mc = model_config(cfg)
     torch.manual_seed(0)
-    model = vlm.build_model(cfg, mc)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = vlm.build_model(cfg, mc).to(device)
     index = build_index(curated, "train", cfg.data.heldout_fraction)
     fmt = vlm.sample_format(cfg, mc, TextTokenizer(tokenizer))
 
@@ -108,7 +110,7 @@ def packing_main(args: argparse.Namespace) -> int:
         spec = StreamSpec(cfg.data.seed, cfg.data.shuffle_buffer, micro_batch, 1, 0)
         _, loader = train_loader(index, dataclasses.replace(fmt, packing=packing), spec, rank=0)
         it = iter(loader)
-        return [next(it) for _ in range(n)]
+        return [to_device(next(it), device) for _ in range(n)]
 
     unpacked = batches(False, args.batch, args.distinct)
     budget = max(saved_bytes(model, b) for b in unpacked)
@@ -124,10 +126,14 @@ def packing_main(args: argparse.Namespace) -> int:
 
     def step(name: str, batch: dict) -> float:
         m, opt = loops[name]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         vlm.loss(m, batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     data = {"unpacked": unpacked, "packed": packed}
@@ -158,7 +164,7 @@ def packing_main(args: argparse.Namespace) -> int:
         }
 
     result = {
-        "device": f"cpu, {torch.get_num_threads()} thread(s)",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {args.threads} thread(s)",
         "preset": args.preset,
         "image_size": args.image_size,
         "max_tokens": args.max_tokens,
