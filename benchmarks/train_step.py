@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlmforge.training import vlm  # noqa: E402
 from vlmforge.training.config import load_train_config  # noqa: E402
-from vlmforge.training.flops import component_sizes, peak_flops, step_flops  # noqa: E402
+from vlmforge.training.flops import component_sizes, computed_counts, peak_flops, step_flops  # noqa: E402
 from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision  # noqa: E402
 from vlmforge.training.train import init_distributed, model_config  # noqa: E402
 
@@ -274,10 +274,9 @@ def main() -> int:
     }
     peak = peak_flops(precision)
     if peak is not None:
-        image_tokens = args.batch * ((mc.vision.image_size // mc.vision.patch_size) ** 2 + 1)
-        flops = step_flops(
-            component_sizes(engine.module), vlm.TOKENS, {"text": tokens, "image": image_tokens}
-        )
+        counts = computed_counts({**batches[0], "computed_images": args.batch}, mc.vision)  # all alike
+        sizes = component_sizes(engine.module)
+        flops = step_flops(sizes, vlm.TOKENS, counts, vlm.FIRST, vlm.attention_table(mc))
         result["mfu_deepspeed"] = round(flops / ds_s / peak, 4)
     print(json.dumps(result, indent=2))
     return 0

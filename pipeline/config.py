@@ -133,12 +133,21 @@ class LanguageConfig(_Section):
         2.0, ge=0, description="... unless a rival's Zipf for a word is more than this above the wanted one's"
     )
     # Default since issue 27: better than the rule before it on both real sets (English kept / non-English
-    # dropped, CLDR 0.865/0.945 -> 0.930/0.953, gettext test split 0.868/0.969 -> 0.885/0.974).
+    # dropped, CLDR 0.865/0.945 -> 0.930/0.953, gettext test split 0.868/0.969 -> 0.885/0.974; with rare and
+    # unknown words, session 10: CLDR 0.957/0.954, gettext test 0.920/0.970).
     short_words: bool = Field(
         True, description="short captions are judged word by word first: a word common only in a rival "
         "language rejects; words common in a wanted language, and names, keep; else fastText decides",
     )
     word_zipf: float = Field(3.0, ge=0, description="short_words: a word this frequent (Zipf) is common")
+    rare_zipf: float = Field(
+        1.0, ge=0, description="short_words: a rarer word the wanted language knows at this Zipf is wanted "
+        "too when no rival lexicon knows it more than 1 commoner (`shuttlecock`, `Nipigon`; 0 = off)",
+    )
+    unknown_word_rejects: bool = Field(
+        True, description="short_words: a one-word lower-case caption the wanted languages' lexicons do not "
+        "know at all is rejected even when fastText's top-1 is wanted (`theekopje`, `deskorolka`)",
+    )
     names: bool = Field(False, description="capitalised words known in many languages are neutral names")
     name_languages: int = Field(4, ge=1, description="lexicons that must know a capitalised word (names)")
     min_script_share: float = Field(

@@ -27,7 +27,13 @@ from vlmforge.training.model.decoder import Block, RMSNorm, init_weights, rope_f
 from vlmforge.training.model.vision import VisionEncoder
 from vlmforge.training.tokenizer import TextTokenizer
 
+# For the FLOP count (training/flops.py); the towers' attention is not counted.
 TOKENS = {"encoder": "image", "visual_proj": "image", "visual_norm": "image", "text": "text"}
+FIRST = ("encoder", "text")
+
+
+def attention_table(mc: ModelConfig) -> dict[str, tuple[str, int]]:
+    return {}
 
 
 class TextTower(nn.Module):

@@ -21,6 +21,12 @@ from vlmforge.training.tokenizer import TextTokenizer
 
 # What each top-level component of the model processes, for the FLOP count (training/flops.py).
 TOKENS = {"decoder": "text"}
+FIRST: tuple[str, ...] = ()
+
+
+def attention_table(mc: ModelConfig) -> dict[str, tuple[str, int]]:
+    """The decoder's causal self-attention, for the FLOP count."""
+    return {"decoder": ("self", mc.decoder.num_layers * mc.decoder.num_heads * mc.decoder.head_dim)}
 
 
 def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -38,13 +38,13 @@ from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, data_index, heldout_batches, source_indexes, train_loader
 from vlmforge.training.eval import EvalBatches, combine_sources, to_device
 from vlmforge.training.flops import (
+    COUNTED,
     component_sizes,
     computed_counts,
-    encoder_tokens_per_image,
     peak_flops,
     step_flops,
 )
-from vlmforge.training.launch import check_extension_locks, free_port
+from vlmforge.training.launch import check_extension_locks, free_port, unlink_shm_buffer
 from vlmforge.training.metrics import MetricsWriter
 from vlmforge.training.model import hf
 from vlmforge.training.model.config import ModelConfig, get_config
@@ -182,6 +182,9 @@ def init_distributed() -> tuple[int, int, torch.device]:
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    if accelerator.device_name() == "cpu":
+        torch.distributed.barrier()  # every rank has mapped every rank's shared-memory buffer
+        unlink_shm_buffer(torch.distributed.get_rank())
     device = torch.device(
         accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu"
     )
@@ -307,7 +310,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         load_chain(model, path, strict_names=True)
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(model)
-    sizes = component_sizes(model)
+    sizes, attention = component_sizes(model), task.attention_table(mc)
 
     train_index = data_index(cfg.data, "train")
     fmt = task.sample_format(cfg, mc, tok)
@@ -352,8 +355,13 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     say = tqdm.write if rank == 0 else (lambda *_: None)
     if rank == 0:
         (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        layout_note = (  # a packed micro-batch holds as many samples as fit, so its count per epoch varies
+            f"{cfg.train.micro_batch_size} packed rows of {cfg.data.max_tokens} tokens per micro-batch"
+            if cfg.data.packing
+            else f"{stream.steps_per_epoch} micro-batches per rank per epoch"
+        )
         say(
-            f"{cfg.task}: {train_index.note}; {stream.steps_per_epoch} micro-batches per rank per epoch, "
+            f"{cfg.task}: {train_index.note}; {layout_note}, "
             f"{world} rank(s), ZeRO stage {engine.zero_optimization_stage()}, {precision}"
         )
 
@@ -387,7 +395,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         t0 = time.perf_counter()
         loss_sum, samples, tokens, images = 0.0, 0, 0, 0
         by_source = [0] * len(train_index.sources)
-        computed = {"text": 0.0, "image": 0.0}  # what the model computes (padding too), for MFU
+        computed = dict.fromkeys(COUNTED, 0.0)  # what the model computes (padding too), for MFU
         digest = hashlib.blake2b(digest_size=8)
         for _ in range(accum):
             batch = next(batches)
@@ -402,11 +410,13 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
                 by_source[source] += 1
             tokens += batch["num_tokens"]
             images += batch["num_images"]
-            for kind, n in computed_counts(batch, encoder_tokens_per_image(mc.vision)).items():
+            for kind, n in computed_counts(batch, mc.vision).items():
                 computed[kind] += n
             micro_batches += 1
-        sums = [loss_sum / accum, samples, tokens, images, computed["text"], computed["image"], *by_source]
-        loss, samples, tokens, images, text, image, *by_source = _sum_across_ranks(sums, device)
+        sums = [loss_sum / accum, samples, tokens, images, *computed.values(), *by_source]
+        loss, samples, tokens, images, *rest = _sum_across_ranks(sums, device)
+        computed, by_source = dict(zip(COUNTED, rest, strict=False)), rest[len(COUNTED) :]
+        text = computed["text"]
         loss /= world
         elapsed = time.perf_counter() - t0
         record = {
@@ -425,7 +435,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
-        flops = step_flops(sizes, task.TOKENS, {"text": text, "image": image})
+        flops = step_flops(sizes, task.TOKENS, computed, task.FIRST, attention)
         if peak is not None:
             record["mfu"] = flops / elapsed / (peak * world)
         metrics.log("train", step, record)

@@ -25,11 +25,10 @@ from vlmforge.training.eval import video_gap
 from vlmforge.training.model.config import ModelConfig, TrainableConfig, VideoConfig
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.tokenizer import TextTokenizer
+from vlmforge.training.vlm import FIRST, TOKENS, attention_table, heldout_gap  # noqa: F401  (FLOP count's)
 from vlmforge.training.vlm import exports as vlm_exports
-from vlmforge.training.vlm import heldout_gap
 from vlmforge.training.vlm import sample_format as image_sample_format
 
-TOKENS = {"encoder": "image", "projection": "image", "decoder": "text", "fusion": "text", "video": "text"}
 # What trains when model.trainable leaves a field unset: the video adapters only.
 DEFAULT_TRAINABLE = {"encoder": False, "projection": False, "decoder": False, "fusion": False, "video": True}
 

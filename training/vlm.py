@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import SampleFormat, data_index, heldout_batches, source_indexes
 from vlmforge.training.eval import batch_images, combine_sources, image_gap
+from vlmforge.training.flops import fusion_attention
 from vlmforge.training.grounding import grounding_eval
 from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
@@ -31,7 +32,11 @@ from vlmforge.training.model.hf import load_hf_sources
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import load_fusion_model
 
+# For the FLOP count (training/flops.py): what each top-level component processes, the components at the
+# model's input (forward only when frozen), and the attention the model computes.
 TOKENS = {"encoder": "image", "projection": "image", "decoder": "text", "fusion": "text", "video": "text"}
+FIRST = ("encoder",)
+attention_table = fusion_attention
 
 
 def build_model(

@@ -5,9 +5,11 @@ Web captions are often 1-4 words, where fastText's probabilities are flat or wro
 keeps much else. The rule here:
 1. letters mostly outside the wanted languages' scripts: reject (Cyrillic, CJK ... when English is wanted);
 2. a short caption (`short_words`) is judged word by word against every same-script wordfreq lexicon: a word
-   common in a rival language but not in the wanted one (``Tür``, ``puerta``) rejects; a caption of words
-   common in the wanted language, even when also common elsewhere (``door``, ``fog``), and of names
-   (capitalised words the wanted language or many lexicons know, acronyms) is kept; else go on;
+   common in a rival language but not in the wanted one (``Tür``, ``puerta``) rejects, and so does a lone
+   lower-case word the wanted lexicon does not know (``theekopje``); a caption of words common in the wanted
+   language, even when also common elsewhere (``door``, ``fog``), of rarer words it knows and no rival knows
+   better (``shuttlecock``), and of names (capitalised words the wanted language or many lexicons know,
+   acronyms) is kept; else go on;
 3. a wanted language is fastText's confident top-1: keep;
 4. otherwise ask the lexicon (wordfreq's frequency lists). Optionally (`names`, `common_zipf`) names are set
    aside first and a caption of common wanted words is kept. Otherwise keep when enough of the words are
@@ -53,6 +55,7 @@ _MARKUP = re.compile(
     r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|\\[A-Za-z]+|\|\s*:?-{3,}|[_^]\{|&[a-z]+;|&#\d+;"
     r"|(?<!\S)[=<>+*/-](?!\S)"
 )
+_KINDS = ("name", "wanted", "rare", "foreign", "unknown")  # of a word, in words_decision
 STRUCTURED = "structured"  # the `lang` of a structured caption with too few words to judge
 # Lexicons asked whether a capitalised word is a name known in many languages (wordfreq's small lists).
 NAME_PANEL = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "tr")
@@ -107,15 +110,40 @@ def _zipf(word: str, lang: str, wordlist: str) -> float:
 
 
 @cache
-def _commonest(langs: tuple[str, ...]) -> dict[str, float]:
-    """word -> its highest Zipf frequency among `langs`' small lists: one lookup per word instead of one per
-    language (the language itself is looked up only for a rejection's detail)."""
-    best: dict[str, float] = {}
+def _commonest(langs: tuple[str, ...]) -> dict[str, tuple[float, str]]:
+    """word -> (its highest Zipf frequency among `langs`' small lists, the first of `langs` with it): one
+    lookup per word instead of one per language."""
+    best: dict[str, tuple[float, str]] = {}
     for lang in langs:
         for word, f in (_frequencies(lang, "small") or {}).items():
             z = round(math.log10(f) + 9, 2)
-            if z > best.get(word, 0.0):
-                best[word] = z
+            if z > best.get(word, (0.0,))[0]:
+                best[word] = (z, lang)
+    return best
+
+
+@cache
+def _rare_rivals(lang: str, rivals: tuple[str, ...], low: float, high: float) -> dict[str, tuple[float, str]]:
+    """word -> (its highest Zipf in `rivals`' large lists, that rival) when that is above `low` + 1, for the
+    words `lang`'s large list has at Zipf in [`low`, `high`): the rare words the word rule asks about
+    (``shuttlecock``; ``Nashorn``, German at 3.0). The lists are read one at a time and not kept (the 12
+    Latin-script large lists together take ~550 MB); rivals without a large list are left to their small
+    lists."""
+    import wordfreq
+
+    files = wordfreq.available_languages("large")
+    if lang not in files:
+        return {}
+    # Bucket i of a cBpack holds the words of frequency 10^(-i/100), i.e. Zipf 9 - i/100.
+    buckets = wordfreq.read_cBpack(files[lang])[1:]
+    rare = set().union(*(b for i, b in enumerate(buckets) if low <= 9 - i / 100 < high))
+    best: dict[str, tuple[float, str]] = {}
+    for rival in (x for x in rivals if x in files):
+        # Only a rival more than 1 above a rare word's Zipf (>= `low`) matters: the rest are left unread.
+        for i, words in enumerate(wordfreq.read_cBpack(files[rival])[1 : round((8 - low) * 100)]):
+            z = round(9 - i / 100, 2)
+            for w in rare.intersection(words):
+                best[w] = max(best.get(w, (0.0, "")), (z, rival))
     return best
 
 
@@ -235,12 +263,6 @@ class LanguageId(MeasuredStage):
             if lang not in self.wanted and (self.scripts is None or _SCRIPTS.get(lang) == self.scripts)
         )
 
-    def rival_of(self, word: str, zipf: float) -> str:
-        """The rival language where `word` has Zipf `zipf` (its commonest), for the rejection detail."""
-        if not zipf:
-            return "none"
-        return next((x for x in self.word_rivals if round(_zipf(word, x, "small"), 2) == zipf), "?")
-
     def words_decision(self, text: str) -> tuple[str | None, str | None, str]:
         """The short-caption word rule: (wanted language or None, reason or None, why); (None, None, why)
         when the words do not decide. Each word of 2+ letters is, for a wanted language:
@@ -249,38 +271,70 @@ class LanguageId(MeasuredStage):
         - a name: capitalised, not foreign, and known in the wanted language (Zipf >= `lexicon_min_zipf`:
           ``Mayotte``) or in `name_languages` lexicons, or an acronym (``IPX``);
         - wanted: Zipf >= `word_zipf` there and no rival more than `common_margin` commoner (``door``);
-        - otherwise undecided (``tar``: English, but far commoner in Swedish; ``Nipigon``; ``stdout``).
-        Any foreign word rejects; wanted words and names keep, unless the wanted words together are commoner
-        in one rival (`one_rival_commoner`); anything else leaves it to fastText."""
+        - rare: below `word_zipf` but >= `rare_zipf` there, and no rival lexicon (small lists, and the
+          large ones wordfreq has) more than 1 commoner (``shuttlecock``, ``gibbous``, ``Nipigon``): counts
+          as wanted;
+        - unknown: the one lower-case word of a caption, not in the wanted language's lexicon at all and
+          not foreign (``theekopje``): rejects with `unknown_word_rejects` (fastText's n-grams of one word
+          are weak evidence: it gives ``deskorolka`` 0.62 English);
+        - otherwise undecided (``tar``: English, but far commoner in Swedish; ``Nashorn``; ``reloc``).
+        Any foreign or unknown word rejects; wanted and rare words and names keep, unless the wanted words
+        together are commoner in one rival (`one_rival_commoner`); anything else leaves it to fastText."""
         cfg = self.cfg
         raw = [w for w in _WORD.findall(text) if len(w) >= 2]
         if not raw:  # `9 h`, `x`: no word to judge
             return None, None, ""
-        why = []
+        why: list[str] = []
+        undecided: list[str] = []
+        commonest = _commonest(self.word_rivals)
         for lang in cfg.languages:
             if _frequencies(lang, "large") is None:
                 continue
-            kinds: dict[str, list[str]] = {"name": [], "wanted": [], "foreign": [], "other": []}
+            kinds: dict[str, list[str]] = {k: [] for k in (*_KINDS, "other")}
             for w in raw:
                 low, cap = w.lower(), w[:1].isupper()
                 z = _zipf(low, lang, "large")
-                rz = _commonest(self.word_rivals).get(low, 0.0)
+                rz, rival = commonest.get(low, (0.0, "none"))
                 if z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + (cfg.common_margin if cap else 1.0):
-                    kinds["foreign"].append(f"{w} {lang} {z:.1f} {self.rival_of(low, rz)} {rz:.1f}")
+                    kinds["foreign"].append(f"{w} {lang} {z:.1f} {rival} {rz:.1f}")
                 elif cap and (z >= cfg.lexicon_min_zipf or w.isupper() or self.is_name(w, lang)):
                     kinds["name"].append(w)
                 elif z >= cfg.word_zipf and rz <= z + cfg.common_margin:
                     kinds["wanted"].append(w)
+                elif (rival := self.rare_rival(low, z, (rz, rival), lang)) is None:
+                    kinds["rare"].append(w)
+                elif cfg.unknown_word_rejects and not z and len(raw) == 1 and w.islower():
+                    kinds["unknown"].append(f"{w} {lang} 0.0")
                 else:
-                    kinds["other"].append(w)
+                    kinds["other"].append(f"{w} {lang} {z:.1f}{rival}")
             named = f" (names {' '.join(kinds['name'])})" if kinds["name"] else ""
+            rare = f" (rare {' '.join(kinds['rare'])})" if kinds["rare"] else ""
             if kinds["foreign"]:
                 why.append(f"foreign word: {'; '.join(kinds['foreign'])}{named}")
-            elif not kinds["other"] and not self.one_rival_commoner(kinds["wanted"], lang):
-                return lang, None, f"{lang} words {' '.join(kinds['wanted'])}{named}"
+            elif kinds["unknown"]:
+                why.append(f"unknown word: {kinds['unknown'][0]}")
+            elif kinds["other"]:
+                undecided.append(f"undecided: {'; '.join(kinds['other'])}")
+            elif (commoner := self.one_rival_commoner(kinds["wanted"] + kinds["rare"], lang)) is None:
+                return lang, None, f"{lang} words {' '.join(kinds['wanted'])}{rare}{named}"
+            else:
+                undecided.append(f"words together commoner in {commoner}")
         if why and len(why) == len(cfg.languages):
             return None, "wrong_language", " | ".join(why)
-        return None, None, " | ".join(why)
+        return None, None, " | ".join(why + undecided)
+
+    def rare_rival(self, word: str, zipf: float, small: tuple[float, str], lang: str) -> str | None:
+        """None when `word` (lower case; Zipf `zipf` in `lang`) is a rare wanted word: below `word_zipf` but
+        >= `rare_zipf` there, the rivals' small lists know it below `word_zipf` at most (`small`: its best
+        Zipf there and where), and their large lists at most 1 above `zipf` (`_rare_rivals`). Otherwise the
+        commonest rival, for the detail (`` sv 5.1``; ``""`` when none knows the word)."""
+        cfg = self.cfg
+        if small[0] >= cfg.word_zipf:
+            return f" {small[1]} {small[0]:.1f}"
+        if not cfg.rare_zipf or not cfg.rare_zipf <= zipf < cfg.word_zipf:
+            return ""
+        best, rival = _rare_rivals(lang, self.word_rivals, cfg.rare_zipf, cfg.word_zipf).get(word, (0.0, ""))
+        return None if best <= zipf + 1.0 else f" {rival} {best:.1f}"
 
     def one_rival_commoner(self, words: list[str], lang: str) -> str | None:
         """A rival language in which two or more `words`, together, are more than `common_margin` Zipf
@@ -289,6 +343,9 @@ class LanguageId(MeasuredStage):
             return None
         low = [w.lower() for w in words]
         here = sum(_zipf(w, lang, "large") for w in low)
+        commonest = _commonest(self.word_rivals)
+        if sum(commonest.get(w, (0.0,))[0] for w in low) - here <= self.cfg.common_margin:
+            return None  # even each word's commonest rival, summed, is not: no single rival can be
         for rival in self.word_rivals:
             if sum(_zipf(w, rival, "small") for w in low) - here > self.cfg.common_margin:
                 return rival
@@ -333,6 +390,9 @@ class LanguageId(MeasuredStage):
                 return lang, dict(top).get(lang, 0.0), None, None
             if reason is not None:
                 return top[0][0], top[0][1], reason, f"{_top_text(top)}; words: {why}"
+            words = f"; words: {why}" if why else ""
+        else:
+            words = ""
         if top[0][0] in self.wanted and top[0][1] >= cfg.min_score:
             return top[0][0], top[0][1], None, None
         if not cfg.lexicon:
@@ -340,7 +400,7 @@ class LanguageId(MeasuredStage):
         lang, why = self.lexicon_decision(text, top, n_words)
         if lang is not None:
             return lang, dict(top).get(lang, 0.0), None, None
-        return top[0][0], top[0][1], "wrong_language", f"{_top_text(top)}; lexicon: {why or 'none'}"
+        return top[0][0], top[0][1], "wrong_language", f"{_top_text(top)}{words}; lexicon: {why or 'none'}"
 
     def measure(self, batch: pa.Table) -> pa.Table:
         tops = [self.predict(c) for c in batch.column("caption").to_pylist()]

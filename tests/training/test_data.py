@@ -271,6 +271,15 @@ def test_flops_count_frozen_parts_at_4n_and_trained_at_6n():
     sizes = {"encoder": (100, 0), "decoder": (0, 1000), "fusion": (50, 0)}
     tokens_of = {"encoder": "image", "decoder": "text", "fusion": "text"}
     assert step_flops(sizes, tokens_of, {"text": 10, "image": 3}) == 6 * 100 * 3 + 4 * 1000 * 10 + 6 * 50 * 10
+    # a frozen encoder at the input runs forward only (2N); attention: 4 per pair and unit of width, x3
+    # where gradients flow (the decoder's, under trained adapters), x1 where they do not (the encoder's)
+    frozen = {**sizes, "encoder": (0, 100)}
+    attention = {"encoder": ("image_pairs", 8), "decoder": ("self", 16)}
+    counts = {"text": 10, "image": 3, "self": 55, "image_pairs": 9}
+    assert step_flops(frozen, tokens_of, counts, ("encoder",), attention) == (
+        2 * 100 * 3 + 4 * 1000 * 10 + 6 * 50 * 10 + 4 * 8 * 9 + 3 * 4 * 16 * 55
+    )
+    assert step_flops(frozen, tokens_of, counts) == 4 * 100 * 3 + 4 * 1000 * 10 + 6 * 50 * 10
 
 
 def test_weights_load_across_resolutions(tmp_path):

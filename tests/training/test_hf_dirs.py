@@ -170,3 +170,25 @@ def test_cli_refuses_a_bad_dir_before_starting_processes(tmp_path, capsys):
     code = main(["train", str(LLAMA_CLIP), "--set", f"model.hf_encoder={tmp_path}"])
     assert code == 2
     assert "model.hf_decoder: /PLACEHOLDER/Llama-3.1-8B: " in capsys.readouterr().err
+
+
+def test_the_gpu_benchmarks_random_dirs_have_transformers_names_and_shapes():
+    """benchmarks/real_llama_gpu.py writes its 8B-shaped dirs without transformers: same tensors as
+    transformers' LlamaForCausalLM and CLIPVisionModel at the benchmark's tiny shapes."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_llama_gpu as bench
+
+    llama = {**bench.LLAMA, **bench.TINY_LLAMA}
+    keys = {"architectures", "model_type", "torch_dtype", "head_dim"}
+    hf_llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**{k: v for k, v in llama.items() if k not in keys}, head_dim=16)
+    )
+    assert dict(bench.llama_tensors(llama)) == {k: tuple(v.shape) for k, v in hf_llama.state_dict().items()}
+    clip = {**bench.CLIP, **bench.TINY_CLIP}
+    hf_clip = transformers.CLIPVisionModel(
+        transformers.CLIPVisionConfig(**{k: v for k, v in clip.items() if k not in keys})
+    )
+    want = {k: tuple(v.shape) for k, v in hf_clip.state_dict().items() if "position_ids" not in k}
+    assert dict(bench.clip_tensors(clip)) == want

@@ -246,9 +246,18 @@ def test_flops_count_what_is_computed(tok):
     samples = samples_of(tok, image_first=False)
     packed = collate_packed(pack_rows(samples, 64), tok.eos_id, 32, IMAGE)
     unpacked = collate(samples, tok.eos_id, 32)
-    assert computed_counts(packed, 17) == {"text": packed["input_ids"].numel(), "image": 10 * 17}  # 10 images
-    assert computed_counts(unpacked, 17) == {"text": unpacked["input_ids"].numel(), "image": 12 * 17}
+    vision = get_config("tiny").vision
+    t = vision.num_tokens
+    p, u = computed_counts(packed, vision), computed_counts(unpacked, vision)
+    assert (p["text"], p["image"]) == (packed["input_ids"].numel(), 10 * t)  # 10 images
+    assert (u["text"], u["image"]) == (unpacked["input_ids"].numel(), 12 * t)
     assert packed["num_tokens"] < packed["input_ids"].numel() < unpacked["input_ids"].numel()
+    # attention: unpacked rows causal over their padded length; packed samples each padded to the longest
+    rows, length = unpacked["input_ids"].shape
+    assert u["self"] == rows * length * (length + 1) / 2 and u["cross"] == rows * length * t
+    n, longest = len(samples), max(len(s.input_ids) for s in samples)
+    assert p["self"] == n * longest * (longest + 1) / 2 and p["cross"] == n * longest * t
+    assert (p["image_pairs"], u["image_pairs"]) == (10 * t * t, 12 * t * t)
 
 
 def test_packing_config(tmp_path):

@@ -12,6 +12,7 @@ from vlmforge.pipeline.filter.language_id import LanguageId
 
 BEFORE = {"common_zipf": 0, "names": False, "short_words": False}  # the rule before the word rule
 OPT_IN = {**BEFORE, "common_zipf": 3.0, "names": True}  # keeps more English, drops fewer non-English
+SESSION_9 = {"rare_zipf": 0, "unknown_word_rejects": False}  # the word rule without rare and unknown words
 
 
 def _judge(stage: LanguageId, text: str):
@@ -69,9 +70,43 @@ def test_the_word_rule_keeps_english_words_names_and_acronyms(words, text):
     assert words.words_decision(text)[0] == "en", words.words_decision(text)
 
 
-@pytest.mark.parametrize("text", ["tar", "Nipigon", "9 h", "grande stella blu"])
+@pytest.mark.parametrize("text", ["tar", "Nashorn", "dynamic reloc", "Yancowinna", "9 h", "grande stella"])
 def test_undecided_words_are_left_to_fasttext(words, text):
     assert words.words_decision(text)[:2] == (None, None)
+
+
+# Real captions of the development sets (CLDR, gettext-dev) that the session-9 word rule got wrong.
+@pytest.mark.parametrize(
+    "text", ["shuttlecock", "gibbous", "waxing gibbous moon", "Nipigon", "Clipperton Island", "stdout"]
+)
+def test_rare_words_english_knows_and_no_rival_knows_better_are_kept(words, text):
+    assert _judge(LanguageId(LanguageConfig(**SESSION_9)), text)[2] == "wrong_language"
+    lang, reason, why = words.words_decision(text)
+    assert (lang, reason) == ("en", None) and "(rare " in why, why
+    assert _judge(words, text)[2] is None
+
+
+def test_a_rare_word_a_rival_large_lexicon_knows_better_stays_undecided_and_is_explained(words):
+    """``Nashorn`` (rhinoceros) is in English's large list at Zipf 1.0 but German's at 3.0 (below German's
+    small list): not kept as English; the rejection detail says why."""
+    _, reason, detail = _judge(words, "Nashorn")[1:]
+    assert reason == "wrong_language"
+    assert "words: undecided: Nashorn en 1.0 de 3.0; lexicon: " in detail, detail
+
+
+@pytest.mark.parametrize("text", ["theekopje", "deskorolka", "musehoved", "inhalering", "flutua"])
+def test_a_lone_word_english_does_not_know_rejects_whatever_fasttext_says(words, text):
+    top = words.predict(text)
+    assert top[0][0] == "en" and top[0][1] >= 0.5  # fastText's n-grams call these English
+    assert _judge(LanguageId(LanguageConfig(**SESSION_9)), text)[2] is None  # so the rule before kept them
+    _, _, reason, detail = _judge(words, text)
+    assert reason == "wrong_language" and f"words: unknown word: {text} en 0.0" in detail, detail
+
+
+def test_the_unknown_word_rule_spares_names_and_longer_captions(words):
+    assert words.words_decision("Yancowinna")[1] is None  # capitalised: may be a name
+    assert words.words_decision("write jobserver")[1] is None  # one unknown word among English ones
+    assert LanguageId(LanguageConfig(unknown_word_rejects=False)).words_decision("theekopje")[1] is None
 
 
 def test_the_word_rule_with_two_wanted_languages_keeps_either():
@@ -89,14 +124,15 @@ def test_gettext_strings_are_cleaned_into_captions(msgid, caption):
     assert language_gettext.clean(msgid) == caption
 
 
-@pytest.mark.slow  # ~15 s: 8,000 captions through three rules
+@pytest.mark.slow  # ~20 s: 8,000 captions through four rules
 @pytest.mark.skipif(not language_eval.available(), reason="apt-get install unicode-cldr-core")
 def test_cldr_short_captions_more_english_kept_for_little_recall():
-    """Figures in benchmarks/RESULTS.md (benchmarks/language_short.py): 0.865/0.945 before, 0.930/0.923
-    opt-in, 0.930/0.953 with the word rule (the default)."""
+    """Figures in benchmarks/RESULTS.md (benchmarks/language_short.py): English kept / non-English dropped
+    0.865/0.945 before, 0.930/0.923 opt-in, 0.930/0.953 with the session-9 word rule, 0.957/0.954 with its
+    rare and unknown words (the default)."""
     english, others = language_eval.english(), language_eval.others()
     rates = {}
-    rules = (("before", BEFORE), ("now", OPT_IN), ("words", {}))
+    rules = (("before", BEFORE), ("now", OPT_IN), ("session 9", SESSION_9), ("words", {}))
     for name, cfg in ((name, LanguageConfig(**overrides)) for name, overrides in rules):
         stage = LanguageId(cfg)
         kept = sum(_judge(stage, t)[2] is None for t in english) / len(english)
@@ -106,13 +142,16 @@ def test_cldr_short_captions_more_english_kept_for_little_recall():
     assert rates["now"][1] >= 0.91, rates
     assert rates["words"][0] >= rates["before"][0] + 0.05, rates
     assert rates["words"][1] >= rates["before"][1], rates  # no recall given back
+    assert rates["words"][0] >= rates["session 9"][0] + 0.02, rates  # rare words kept
+    assert rates["words"][1] >= rates["session 9"][1], rates
 
 
 @pytest.mark.slow  # ~15 s: 8,000 gettext captions (test split) through two rules
 @pytest.mark.skipif(not language_gettext.available(), reason="no gettext catalogs in /usr/share/locale")
 def test_gettext_test_split_the_word_rule_gives_back_no_recall():
     """Figures in benchmarks/RESULTS.md (benchmarks/language_short.py): English kept / non-English dropped
-    0.868/0.969 before, 0.885/0.974 with the word rule."""
+    0.868/0.969 before, 0.885/0.974 with the session-9 word rule, 0.920/0.970 with rare and unknown words
+    (the default; the split was held out while developing both)."""
     english, others = language_gettext.english("test"), language_gettext.others("test")
     rates = {}
     for name, cfg in (("before", LanguageConfig(**BEFORE)), ("now", LanguageConfig())):
@@ -120,5 +159,5 @@ def test_gettext_test_split_the_word_rule_gives_back_no_recall():
         kept = sum(_judge(stage, t)[2] is None for t in english) / len(english)
         dropped = [sum(_judge(stage, t)[2] is not None for t in v) / len(v) for v in others.values()]
         rates[name] = (kept, sum(dropped) / len(dropped))
-    assert rates["now"][0] >= rates["before"][0] + 0.01, rates
+    assert rates["now"][0] >= rates["before"][0] + 0.03, rates
     assert rates["now"][1] >= rates["before"][1], rates
