@@ -192,6 +192,7 @@ def main() -> None:
         "final_train_loss": summary["final_train_loss"],
         "s": round(time.time() - t0, 1),
     }
+    results = json.loads(done.read_text()) if done.exists() else {}  # runs that ended meanwhile
     results[args.name] = entry
     done.write_text(json.dumps(results, indent=1))
     print(json.dumps(entry, indent=1), flush=True)
