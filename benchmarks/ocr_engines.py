@@ -13,7 +13,9 @@ images). The 100k estimate puts these per-image costs on the demo recipe's 100k 
 images reach OCR, 14,274 detected ones read by tesseract, 110.3 s for everything else, 2 cores).
 
 Accuracy: `vlmforge.pipeline.enrich.ocr_eval` cases (real text, Debian fonts, photo backgrounds, tilt),
-sizes cycling through SIZES, every 8th case blank. Contenders: the OCR stage (tesserocr), raw tesseract on
+sizes cycling through SIZES, every 8th case blank. Contenders: the OCR stage (tesserocr), the same with
+`colour_key` off and session 9's line_confidence (greyscale line crops), with `--oracle` the stage's
+reading of each case's ground-truth text box (what a perfect detector would leave), raw tesseract on
 the whole greyscale image (psm 11, min confidence 60, in-process), and RapidOCR (PP-OCRv4 on onnxruntime,
 models inside its wheel; text joined left to right, score >= 0.5) when `--rapidocr-path` is given.
 """
@@ -38,8 +40,8 @@ from PIL import Image  # noqa: E402
 
 from vlmforge.pipeline.config import OcrConfig  # noqa: E402
 from vlmforge.pipeline.enrich.ocr import OcrText, tessdata_dir  # noqa: E402
-from vlmforge.pipeline.enrich.ocr_eval import SIZES, cases  # noqa: E402
-from vlmforge.pipeline.enrich.text_detect import to_grey  # noqa: E402
+from vlmforge.pipeline.enrich.ocr_eval import SIZES, Case, cases  # noqa: E402
+from vlmforge.pipeline.enrich.text_detect import TextLine, to_grey  # noqa: E402
 from vlmforge.pipeline.sample_data import write_sample_data  # noqa: E402
 from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text  # noqa: E402
 
@@ -66,12 +68,17 @@ def speed(n: int) -> None:
     random.Random(11).shuffle(rows)
     batch = pa.table({"id": [k for k, _, _ in rows], "image": [d for _, d, _ in rows]})
     print(f"speed: {len(rows)} sample images (write_sample_data n={n} seed=11), one process\n")
-    print("| engine | stage s | images/s | tesseract runs | s in tesseract | runs/s per core | "
-          "ms/image outside tesseract |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| engine | stage s | images/s | tesseract runs | runs per detected image | s in tesseract | "
+          "runs/s per core | ms/image outside tesseract |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     out, rates, costs = {}, {}, {}
-    for engine in ("pytesseract", "tesserocr"):
-        stage = TimedOcr(OcrConfig(engine=engine))
+    contenders = {  # the last: session 9's reading (greyscale line crops), for the cost of colour keying
+        "pytesseract": OcrConfig(engine="pytesseract"), "tesserocr": OcrConfig(engine="tesserocr"),
+        "tesserocr, colour_key off, line_confidence 50": OcrConfig(engine="tesserocr", colour_key=False,
+                                                                     line_confidence=50),
+    }
+    for engine, cfg in contenders.items():
+        stage = TimedOcr(cfg)
         start = time.perf_counter()
         out[engine] = stage(batch).column("ocr_text").to_pylist()
         wall = time.perf_counter() - start
@@ -79,12 +86,11 @@ def speed(n: int) -> None:
         rates[engine] = runs / stage.engine_s
         other_ms = (wall - stage.engine_s) / len(rows) * 1e3
         costs[engine] = (other_ms, stage.engine_s / detected)  # tesseract s per detected image (>= 1 run)
-        print(f"| {engine} | {wall:.1f} | {len(rows) / wall:.1f} | {runs} | {stage.engine_s:.1f} | "
-              f"{rates[engine]:.1f} | {other_ms:.2f} |")
+        print(f"| {engine} | {wall:.1f} | {len(rows) / wall:.1f} | {runs} | {runs / detected:.2f} | "
+              f"{stage.engine_s:.1f} | {rates[engine]:.1f} | {other_ms:.2f} |")
     same = sum(a == b for a, b in zip(out["pytesseract"], out["tesserocr"], strict=True))
     print(f"\ntesseract runs/s per core: {rates['tesserocr'] / rates['pytesseract']:.1f}x; "
-          f"same ocr_text from both engines on {same} of {len(rows)} images")
-    print(f"detected images: {detected}, tesseract runs per detected image: {runs / detected:.2f}")
+          f"same ocr_text from both engines on {same} of {len(rows)} images; detected images: {detected}")
     for engine, (other_ms, run_s) in costs.items():
         ocr_s = (DEMO_IMAGES * other_ms / 1e3 + DEMO_DETECTED * run_s) / DEMO_CORES
         print(f"100k demo estimate, {engine}: OCR {ocr_s:.0f} s of {ocr_s + DEMO_OTHER_S:.0f} s "
@@ -121,14 +127,42 @@ def _rapidocr(path: str):
     return read
 
 
-def accuracy(n: int, seed: int, rapidocr_path: str | None, raw: bool) -> None:
+def _on_true_boxes(cfg: OcrConfig):
+    """The OCR stage's reading given a perfect detector: each case's text box (its ink box, both polarities,
+    character height 0.6 x the font size) read as one group; blanks have no box and give nothing."""
+    stage = OcrText(cfg)
+
+    def read(case: Case) -> str:
+        if case.box is None:
+            return ""
+        with Image.open(io.BytesIO(case.image)) as image:
+            grey = to_grey(image)
+            colour = image.convert("RGB") if cfg.colour_key else None
+        stage._deadline = time.monotonic() + cfg.timeout_s
+        group = [TextLine(case.box, len(case.text), 0.6 * case.size, dark) for dark in (True, False)]
+        return " ".join(stage._read_line(grey, colour, group, []) or [])
+
+    return read
+
+
+def accuracy(n: int, seed: int, rapidocr_path: str | None, raw: bool, oracle: bool) -> None:
     evaluation = cases(n, seed=seed, blank_share=0.125)
-    stage = OcrText(OcrConfig())
-    contenders = {"OCR stage (tesserocr)": lambda d: stage.read(d) or ""}
+    stage, grey_stage = OcrText(OcrConfig()), OcrText(OcrConfig(colour_key=False, line_confidence=50))
+    contenders = {
+        "OCR stage (tesserocr)": lambda c: stage.read(c.image) or "",
+        "OCR stage, colour_key off, line_confidence 50 (session 9)": lambda c: grey_stage.read(c.image) or "",
+    }
+    if oracle:
+        contenders["stage reading ground-truth boxes"] = _on_true_boxes(OcrConfig())
+        contenders["stage reading ground-truth boxes, colour_key off"] = _on_true_boxes(
+            OcrConfig(colour_key=False)
+        )
     if raw:
-        contenders["raw tesseract"] = _raw_tesseract()
+        raw_read = _raw_tesseract()
+        contenders["raw tesseract"] = lambda c: raw_read(c.image)
     if rapidocr_path:
-        contenders["RapidOCR 1.4.4 (PP-OCRv4, onnxruntime)"] = _rapidocr(rapidocr_path)
+        rapid_read = _rapidocr(rapidocr_path)
+        contenders["RapidOCR 1.4.4 (PP-OCRv4, onnxruntime)"] = lambda c: rapid_read(c.image)
     n_text = sum(bool(c.text) for c in evaluation)
     print(f"\naccuracy: {n} real-font cases ({n_text} with text, {n - n_text} blank), ocr_eval seed {seed}\n")
     print("| contender | CER | " + " | ".join(f"{s} px" for s in SIZES) + " | blanks given text | images/s |")
@@ -136,7 +170,7 @@ def accuracy(n: int, seed: int, rapidocr_path: str | None, raw: bool) -> None:
     for name, read in contenders.items():
         by_size, spurious = defaultdict(lambda: [0, 0]), 0
         start = time.perf_counter()
-        texts = [read(c.image) for c in evaluation]
+        texts = [read(c) for c in evaluation]
         seconds = time.perf_counter() - start
         for case, text in zip(evaluation, texts, strict=True):
             if not case.text:
@@ -156,13 +190,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3],
                         help="ocr_eval seeds, one table each (1 is the development seed)")
     parser.add_argument("--no-raw", action="store_true", help="skip raw tesseract")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also the stage reading each case's ground-truth text box (no detector errors)")
     parser.add_argument("--rapidocr-path", help="a directory holding rapidocr_onnxruntime and its deps")
     args = parser.parse_args()
     if args.speed:
         speed(args.speed)
     if args.eval:
         for seed in args.seeds:
-            accuracy(args.eval, seed, args.rapidocr_path, not args.no_raw)
+            accuracy(args.eval, seed, args.rapidocr_path, not args.no_raw, args.oracle)
 
 
 if __name__ == "__main__":

@@ -34,14 +34,14 @@ def _child_cpu() -> float:
 def legibility(kinds: list[str], n: int, seed: int) -> dict[str, dict]:
     """Share of cell values tesseract reads back, per kind and (charts) per chart type."""
     from vlmforge.pipeline.synth import generator
-    from vlmforge.pipeline.synth.legibility import ocr_text, recovered
+    from vlmforge.pipeline.synth.legibility import ocr_text, recovered, text_values
 
     out: dict[str, dict] = {}
     for kind in kinds:
         hits: dict[str, list[int]] = {}
         for i in range(n):
             s = generator(kind)(seed, i)
-            values = [c for row in s.structure["rows"] for c in row]
+            values = text_values(s.structure)
             got = recovered(values, ocr_text(s.image))
             for key in ("all", s.structure.get("chart", kind)):
                 h = hits.setdefault(key, [0, 0])
@@ -127,7 +127,8 @@ def main() -> int:
         }
         print(json.dumps({kind: results[kind]}), flush=True)
     if args.legibility:
-        legible = legibility([k for k in ("tables", "charts") if k in kinds], args.legibility, args.seed)
+        checked = [k for k in ("tables", "charts", "flowcharts") if k in kinds]
+        legible = legibility(checked, args.legibility, args.seed)
         print(json.dumps({"legibility": legible}), flush=True)
     print(f"work dir: {work}")
     return 0

@@ -64,9 +64,15 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  vlmforge stats curated/ --html report.html\n"
-        "  vlmforge stats run_a/ --compare run_b/ --html a_vs_b.html   # side by side, kept-id difference",
+        "  vlmforge stats run_a/ --compare run_b/ --html a_vs_b.html   # side by side, kept-id difference\n"
+        "  vlmforge stats curated/web curated/tables curated/grounding   # per-source counts of a mix",
     )
-    p.add_argument("dir", help="output directory of `vlmforge curate`")
+    p.add_argument(
+        "dir",
+        nargs="+",
+        help="output directory of `vlmforge curate`; several (the sources of a training mix, curated one "
+        "by one): a table of each one's rows in, kept and rejected",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report to PATH")
     p.add_argument("--compare", metavar="OTHER_DIR", help="a second output to compare with DIR, side by side")
@@ -118,10 +124,11 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "synth",
-        help="write synthetic structured pairs (charts, tables, equations, grounding, screenshots, qa)",
+        help="write synthetic structured pairs (charts, tables, equations, flowcharts, grounding, "
+        "screenshots, qa)",
         description="Write N generated pairs of KIND as webdataset shards for `vlmforge curate`: caption = "
-        "the target text (markdown table, LaTeX, boxes, HTML, question-answer), KEY.json = its structure. "
-        "Deterministic from --seed.",
+        "the target text (markdown table, LaTeX, Mermaid flowchart, boxes, HTML, question-answer), KEY.json "
+        "= its structure. Deterministic from --seed.",
         epilog="examples:\n  vlmforge synth tables synth/tables --n 2000\n"
         "  vlmforge curate configs/curate/synthetic.yaml --input synth/tables --output curated/tables",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -265,9 +272,21 @@ def _stats(args: argparse.Namespace) -> int:
         compute_stats,
         config_diff,
         load_manifest,
+        print_source_counts,
         print_stats,
+        source_counts,
     )
 
+    if len(args.dir) > 1:
+        if args.html or args.compare:
+            raise ValueError("--html and --compare take one DIR (several: the per-source table only)")
+        counts = source_counts(args.dir)
+        if args.json:
+            print(json.dumps(counts, indent=2))
+        else:
+            print_source_counts(counts)
+        return 0
+    args.dir = args.dir[0]
     if args.html:
         from vlmforge.pipeline.report.html import Options, write_report
 

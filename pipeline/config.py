@@ -341,7 +341,7 @@ class OcrConfig(_Section):
     timeout_s: float = Field(5.0, gt=0, description="per-image tesseract time limit")
     min_confidence: float = Field(40.0, ge=0, le=100, description="words below this confidence are dropped")
     line_confidence: float = Field(
-        50.0, ge=0, le=100, description="a detected line read with a lower mean word confidence is dropped "
+        60.0, ge=0, le=100, description="a detected line read with a lower mean word confidence is dropped "
         "(texture taken for text)"
     )
     max_chars: int = Field(200, gt=0, description="OCR text is cut to this length (at a word boundary)")
@@ -350,6 +350,9 @@ class OcrConfig(_Section):
     workers: int | None = Field(None, gt=0, description="OCR actors; null = one per CPU")
     text_px: int = Field(
         20, gt=0, description="detected text is scaled to about this height (px) before tesseract"
+    )
+    colour_key: bool = Field(
+        True, description="read each line keyed by its text colour (else its greyscale crop)"
     )
     max_upscale: float = Field(4.0, ge=1, description="largest upscale factor before tesseract")
     max_side: int = Field(2000, gt=0, description="larger images are downscaled to this long side first")

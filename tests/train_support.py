@@ -18,6 +18,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,10 +45,9 @@ def score(row_id: str) -> float:
     return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:4], "big") / 2**32
 
 
-def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
-    """The clean rows of `n` sample pairs as OUTPUT_SCHEMA dicts (what curation would keep)."""
-    write_sample_data(raw_dir, n, seed)
-    kinds = {key: row["kind"] for key, row in read_ground_truth(raw_dir).items()}
+def tar_rows(raw_dir: Path, keep: Callable[[str], bool] = lambda key: True) -> list[dict]:
+    """The pairs of the webdataset shards in `raw_dir` whose key `keep` accepts, as OUTPUT_SCHEMA dicts
+    (what curation would keep; ``clip_score`` a stand-in hash of the key)."""
     rows = []
     for tar_path in sorted(raw_dir.glob("*.tar")):
         members: dict[str, dict[str, bytes]] = {}
@@ -56,7 +56,7 @@ def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
                 key, ext = m.name.split(".", 1)
                 members.setdefault(key, {})[ext] = tar.extractfile(m).read()
         for key, files in members.items():
-            if kinds.get(key) != "clean":
+            if not keep(key):
                 continue
             ext = next(e for e in files if e not in ("json", "txt"))
             with Image.open(io.BytesIO(files[ext])) as img:
@@ -78,6 +78,13 @@ def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
                 }
             )
     return rows
+
+
+def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
+    """The clean rows of `n` sample pairs as OUTPUT_SCHEMA dicts (what curation would keep)."""
+    write_sample_data(raw_dir, n, seed)
+    kinds = {key: row["kind"] for key, row in read_ground_truth(raw_dir).items()}
+    return tar_rows(raw_dir, lambda key: kinds.get(key) == "clean")
 
 
 def write_curated(out_dir: Path, shards: list[list[dict]], row_group_rows: int = 100) -> Path:

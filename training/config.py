@@ -289,12 +289,18 @@ class TrainConfig(_Section):
                 "missing config value(s): " + ", ".join(missing) + " (set them in the YAML or --set)"
             )
 
-    def data_hash(self) -> str:
-        """Hash of everything that decides which samples come in which order (checked on resume)."""
-        keys = {"data": True, "train": {"micro_batch_size", "seed"}, "task": True}
+    def data_hash(self, with_layout: bool = False) -> str:
+        """Hash of everything that decides which samples an epoch holds (checked on resume). Not the readers
+        (data.num_workers, the world size) nor train.micro_batch_size: a resume may change them (the rest of
+        the epoch is then cut among the new readers). ``with_layout``: with data.num_workers and
+        train.micro_batch_size, as checkpoints written before resumes could change them carry it."""
+        keys = {"data": True, "train": {"seed"}, "task": True}
+        if with_layout:
+            keys["train"] = {"micro_batch_size", "seed"}
         if self.task == "video":  # the frame count shapes every sample
             keys["video"] = True
-        payload = self.model_dump(mode="json", include=keys)
+        exclude = None if with_layout else {"data": {"num_workers"}}
+        payload = self.model_dump(mode="json", include=keys, exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -536,6 +536,11 @@ class StreamSpec:
         return self.world_size * self.readers_per_rank
 
 
+def _changed(previous: StreamSpec, spec: StreamSpec) -> bool:
+    """Another number of slots (ranks x readers) or micro-batch size: the rest of the epoch is re-cut."""
+    return (previous.num_slots, previous.micro_batch_size) != (spec.num_slots, spec.micro_batch_size)
+
+
 class CaptionStream(IterableDataset):
     """Infinite stream of micro-batches for one rank; epochs follow each other."""
 
@@ -553,21 +558,34 @@ class CaptionStream(IterableDataset):
 
         ``previous``: the spec the position was made with, when it had another number of readers or another
         micro-batch size: the rest of that epoch is then the rows its readers had not emitted, cut among
-        this spec's readers (``relayout``); later epochs are this spec's."""
+        this spec's readers (``relayout``); later epochs are this spec's. With as many slots (ranks x
+        readers) and the same micro-batch size, each slot reads on where the checkpoint's slot stopped
+        (``same_cut``, or a packed slot's cursor) when it can. Packed streams refuse other changes."""
         super().__init__()
         self.index, self.fmt, self.spec, self.rank = index, fmt, spec, rank
         self.start_batches = start_batches
         # Packing: (epoch, samples emitted) per reader where its next batch starts, as the loop takes them.
         self.cursors = {r: (0, 0) for r in range(spec.readers_per_rank)}
         self.taken = start_batches
+        previous = previous or spec
+        changed = _changed(previous, spec)
+        if fmt.packing and changed:
+            raise ValueError(
+                "data.packing: resuming onto another number of ranks x data.num_workers or another "
+                "train.micro_batch_size is not supported for packed streams"
+            )
         if fmt.packing and start_batches:
+            # Slot s (rank x readers + reader) goes on from the cursor of the checkpoint's slot s: with as
+            # many slots, the ranks, readers a rank and batches a step (grad_accum) may differ.
             ranks = (position or {}).get("ranks")
-            if not ranks or position.get("rank_batches") != start_batches or len(ranks) <= rank:
+            slots = [c for cursors in ranks or [] for c in sorted(cursors, key=lambda c: c["reader"])]
+            if len(slots) != spec.num_slots:
                 raise ValueError(
                     f"data.packing: no packed stream position for batch {start_batches} of rank {rank} "
                     "in the checkpoint (was it made with data.packing on?)"
                 )
-            self.cursors = {c["reader"]: (c["epoch"], c["emitted"]) for c in ranks[rank]}
+            mine = slots[rank * spec.readers_per_rank : (rank + 1) * spec.readers_per_rank]
+            self.cursors = {r: (c["epoch"], c["emitted"]) for r, c in enumerate(mine)}
         self.batches_per_epoch = (index.total // spec.num_slots) // spec.micro_batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(
@@ -579,16 +597,13 @@ class CaptionStream(IterableDataset):
         self.layout: dict[str, Any] = {"base": 0, "epoch": 0, "history": []}
         self.layout.update((position or {}).get("layout") or {})
         self._unseen: np.ndarray | None = None
-        previous = previous or spec
         made_at = (position or {}).get("rank_batches", start_batches)  # another grad_accum: another count
-        changed = (previous.num_slots, previous.micro_batch_size) != (spec.num_slots, spec.micro_batch_size)
         if (changed or made_at != start_batches) and not fmt.packing:
-            self.layout = {**relayout(index, fmt, previous, made_at, position), "base": start_batches}
-        elif changed:
-            raise ValueError(
-                "data.packing: resuming onto another number of ranks x data.num_workers or another "
-                "train.micro_batch_size is not supported for packed streams"
-            )
+            same = None if changed else same_cut(index, fmt, previous, made_at, position)
+            if same is not None:  # every slot reads on where it stopped
+                self.layout = {**same[0], "base": start_batches - same[1] * spec.readers_per_rank}
+            else:
+                self.layout = {**relayout(index, fmt, previous, made_at, position), "base": start_batches}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -759,6 +774,19 @@ class CaptionStream(IterableDataset):
                 torch.distributed.all_gather_object(ranks, cursors)
             position["ranks"] = ranks
         return position
+
+
+def same_cut(
+    index: ShardIndex, fmt: SampleFormat, previous: StreamSpec, rank_batches: int, position: dict | None
+) -> tuple[dict[str, Any], int] | None:
+    """(layout, batches each reader has yielded since its base) of `previous`'s readers after `rank_batches`
+    batches of every rank, if all of them stand at the same batch; else None. A stream with as many slots
+    (ranks x readers) and the same micro-batch size then goes on in that layout: its slot s reads on where
+    slot s stopped, as if uninterrupted (another grad_accum, or 2 ranks x 1 reader after 1 x 2)."""
+    old = CaptionStream(index, fmt, previous, 0, rank_batches, position)
+    since = rank_batches - old.layout["base"]
+    counts = {old.worker_batches(since, r) for r in range(previous.readers_per_rank)}
+    return (old.layout, counts.pop()) if len(counts) == 1 else None
 
 
 def relayout(

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vlmforge.training.model.config import ModelConfig, VisionConfig
+from vlmforge.training.model.decoder import length_buckets
 
 # Dense bf16 peak TFLOP/s per device, by name fragment (the first match wins).
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0))
@@ -88,25 +89,25 @@ def encoder_tokens_per_image(vision: VisionConfig) -> int:
 def computed_counts(batch: dict[str, Any], vision: VisionConfig) -> dict[str, float]:
     """What a micro-batch (training/data.py) makes the model compute, for ``step_flops``: every position of
     its rows, padding included, the tokens of every image the encoder runs on (placeholders too), and the
-    query-key pairs of attention: causal within a row, or within a sample padded to the micro-batch's
-    longest for packed rows (which attend sample by sample); text positions x the image tokens they attend
-    to; each image's tokens squared (per view, or over all Mllama tiles of the image)."""
+    query-key pairs of attention: causal within a row, or for packed rows within each sample padded to
+    its length bucket's longest (``decoder.length_buckets``: they attend sample by sample); text positions x
+    the image tokens they attend to; each image's tokens squared (per view, or over all Mllama tiles)."""
     ids = batch["input_ids"]
     images = float(batch.get("computed_images", 0))
     per_image = encoder_tokens_per_image(vision)
     per_view = vision.max_num_tiles * vision.num_tokens
-    if batch.get("segment_ids") is not None:
+    if batch.get("segment_ids") is not None:  # (samples, padded length) per bucket, as the model runs them
         segments = batch["segment_ids"]
         lengths = [int(n) for row in segments for n in row[row >= 0].unique(return_counts=True)[1]]
-        rows, length = len(lengths), max(lengths, default=0)
+        groups = [(len(g), lengths[g[0]]) for g in length_buckets(lengths)]
     else:
-        rows, length = ids.shape
+        groups = [tuple(ids.shape)]
     has_images = batch.get("images") is not None
     return {
         "text": float(ids.numel()),
         "image": images * per_image,
-        "self": rows * length * (length + 1) / 2,
-        "cross": rows * length * per_image if has_images else 0.0,
+        "self": float(sum(n * length * (length + 1) / 2 for n, length in groups)),
+        "cross": float(sum(n * length for n, length in groups) * per_image) if has_images else 0.0,
         "image_pairs": images * vision.num_views * per_view**2,
     }
 

@@ -17,6 +17,7 @@ from vlmforge.training.config import TrainConfig
 from vlmforge.training.data import SampleFormat
 from vlmforge.training.model.config import IGNORE_INDEX, ModelConfig
 from vlmforge.training.model.decoder import Decoder
+from vlmforge.training.model.fusion import ModelOutput, token_losses
 from vlmforge.training.tokenizer import TextTokenizer
 
 # What each top-level component of the model processes, for the FLOP count (training/flops.py).
@@ -29,11 +30,12 @@ def attention_table(mc: ModelConfig) -> dict[str, tuple[str, int]]:
     return {"decoder": ("self", mc.decoder.num_layers * mc.decoder.num_heads * mc.decoder.head_dim)}
 
 
-def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross entropy of predicting labels[:, 1:] from positions :-1 (-100: no loss)."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-    )
+def next_token_loss(logits: Tensor, labels: Tensor) -> ModelOutput:
+    """Mean cross entropy of predicting labels[:, 1:] from positions :-1 (-100: no loss), and the loss at
+    each label (``token_losses``)."""
+    valid = labels[:, 1:] != IGNORE_INDEX
+    per = F.cross_entropy(logits[:, :-1][valid].float(), labels[:, 1:][valid], reduction="none")
+    return ModelOutput(None, per.sum() / valid.sum(), token_losses(labels, valid, per))
 
 
 class TextLM(nn.Module):
@@ -43,7 +45,7 @@ class TextLM(nn.Module):
         super().__init__()
         self.decoder = Decoder(cfg.decoder)
 
-    def forward(self, input_ids: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, labels: Tensor) -> ModelOutput:
         return next_token_loss(self.decoder(input_ids), labels)
 
 
@@ -64,8 +66,13 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
     )
 
 
-def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+def output(model: Any, batch: dict[str, Any]) -> ModelOutput:
+    """The loss of a batch and the loss at each label."""
     return model(input_ids=batch["input_ids"], labels=batch["labels"])
+
+
+def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+    return output(model, batch).loss
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -31,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 from vlmforge.common.errors import ConfigError
-from vlmforge.common.files import atomic_path
 from vlmforge.training import clip, text_lm, video, vlm
 from vlmforge.training.activations import enable_activation_checkpointing
+from vlmforge.training.checkpoints import Checkpoints, reshard_check, written
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import StreamSpec, data_index, heldout_batches, source_indexes, train_loader
 from vlmforge.training.eval import EvalBatches, combine_sources, to_device
@@ -49,6 +48,7 @@ from vlmforge.training.metrics import MetricsWriter
 from vlmforge.training.model import hf
 from vlmforge.training.model.config import ModelConfig, get_config
 from vlmforge.training.optim import build_optimizer, build_scheduler, deepspeed_config, resolve_precision
+from vlmforge.training.source_loss import source_means, source_sums
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import gather_tensors, load_chain, save_tensors
 
@@ -233,49 +233,12 @@ def frozen_digest(module: torch.nn.Module) -> list[str]:
     return digests
 
 
-class Checkpoints:
-    """DeepSpeed checkpoints under OUTPUT/checkpoints, with the run's own state in client_state."""
-
-    def __init__(self, out: Path, keep: int, rank: int) -> None:
-        self.dir, self.keep, self.rank = out / "checkpoints", keep, rank
-
-    def save(self, engine: Any, step: int, state: dict[str, Any]) -> None:
-        tag = f"step{step:07d}"
-        # `latest` only after every rank's shards are written: DeepSpeed 0.19.8 lets rank 0 write it before
-        # the other ranks finish, so a kill in between would leave a resumable-looking, half-written tag.
-        # Without the frozen parameters (the decoder, 8B of 11B at full scale): they come back from the
-        # run's init_from files (or its seed) on resume, as at the start.
-        engine.save_checkpoint(
-            str(self.dir),
-            tag=tag,
-            client_state={"vlmforge": state},
-            save_latest=False,
-            exclude_frozen_parameters=True,
-        )
-        torch.distributed.barrier()
-        if self.rank == 0:
-            with atomic_path(self.dir / "latest") as tmp:
-                tmp.write_text(tag)
-            tags = sorted(p for p in self.dir.glob("step*") if p.is_dir())
-            for old in tags[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def load(self, engine: Any) -> dict[str, Any]:
-        if not (self.dir / "latest").exists():
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.dir}")
-        # Not strict: the checkpoint holds the trainable parameters only (save above).
-        path, client = engine.load_checkpoint(str(self.dir), load_module_strict=False)
-        if path is None:
-            raise FileNotFoundError(f"--resume: could not load the latest checkpoint in {self.dir}")
-        return client["vlmforge"]
-
-
 def _check_resume(state: dict[str, Any], expect: dict[str, Any]) -> None:
     for key, value in expect.items():
         if state.get(key) != value:
             raise ConfigError(
                 f"--resume: the checkpoint was made with {key}={state.get(key)!r}, this run has {value!r}; "
-                "resume with the same data and processes (or start a new train.output)"
+                "resume with the same data (or start a new train.output)"
             )
 
 
@@ -293,6 +256,11 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
 
     tok = TextTokenizer(cfg.tokenizer)
     ds_config = deepspeed_config(cfg, precision)
+    checkpoints = Checkpoints(out, cfg.train.keep_checkpoints, rank)
+    # Another number of ranks: ZeRO's partitions are rebuilt from DeepSpeed's universal form (checkpoints.py)
+    reshard = resume and reshard_check(written(checkpoints.dir), world, ds_config)
+    if reshard:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     mc = model_config(cfg)
     tok.check_model(
         mc.decoder.vocab_size, mc.image_token_id, mc.decoder.bos_token_id, mc.decoder.eos_token_id
@@ -331,15 +299,19 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     spec = StreamSpec(
         cfg.data.seed, cfg.data.shuffle_buffer, cfg.train.micro_batch_size, world, cfg.data.num_workers
     )
-    # World size stays: DeepSpeed's partitioned optimizer state is not re-sharded here (the stream could).
-    identity = {"data_hash": cfg.data_hash(), "fingerprint": train_index.fingerprint, "world_size": world}
+    identity = {"data_hash": cfg.data_hash(), "fingerprint": train_index.fingerprint}
     # These may change: the rest of the epoch is then the rows not yet seen, cut among the new readers.
-    layout = {"num_workers": cfg.data.num_workers, "micro_batch_size": cfg.train.micro_batch_size}
-    checkpoints = Checkpoints(out, cfg.train.keep_checkpoints, rank)
+    layout = {
+        "num_workers": cfg.data.num_workers,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "world_size": world,
+    }
     frozen_before = frozen_digest(engine.module)
     start = 0
     if resume:
-        state = checkpoints.load(engine)
+        state = checkpoints.load(engine, reshard)
+        if state.get("data_hash") == cfg.data_hash(with_layout=True):  # an older checkpoint's hash
+            state["data_hash"] = identity["data_hash"]
         _check_resume(state, identity)
         start = state["step"]
     accum = cfg.train.grad_accum
@@ -390,18 +362,28 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
     )
     batches = iter(loader)
     step, loss, saved, micro_batches = start, float("nan"), start, 0
+    names = train_index.sources
+    # A mix: each source's loss from the loss at each label (no second forward). clip's contrastive loss
+    # couples a batch's rows and has no per-label loss, so it gets none.
+    per_label = getattr(task, "output", None) if len(names) > 1 else None
     engine.train()
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         loss_sum, samples, tokens, images = 0.0, 0, 0, 0
-        by_source = [0] * len(train_index.sources)
+        by_source = [0] * len(names)
+        source_totals = torch.zeros(2, len(names), dtype=torch.float64, device=device)
         computed = dict.fromkeys(COUNTED, 0.0)  # what the model computes (padding too), for MFU
         digest = hashlib.blake2b(digest_size=8)
         for _ in range(accum):
             batch = next(batches)
             digest.update("\n".join(batch["ids"]).encode())
             batch = to_device(batch, device)
-            micro_loss = task.loss(engine, batch)
+            if per_label is not None:
+                output = per_label(engine, batch)
+                micro_loss = output.loss
+                source_totals += source_sums(output.token_loss, batch, len(names))
+            else:
+                micro_loss = task.loss(engine, batch)
             engine.backward(micro_loss)
             engine.step()
             loss_sum += float(micro_loss.detach())
@@ -414,8 +396,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
                 computed[kind] += n
             micro_batches += 1
         sums = [loss_sum / accum, samples, tokens, images, *computed.values(), *by_source]
+        sums += source_totals.flatten().tolist() if per_label is not None else []
         loss, samples, tokens, images, *rest = _sum_across_ranks(sums, device)
-        computed, by_source = dict(zip(COUNTED, rest, strict=False)), rest[len(COUNTED) :]
+        computed, rest = dict(zip(COUNTED, rest, strict=False)), rest[len(COUNTED) :]
+        by_source, totals = rest[: len(names)], rest[len(names) :]
         text = computed["text"]
         loss /= world
         elapsed = time.perf_counter() - t0
@@ -429,9 +413,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
             "images": int(images),  # rows with an image, all ranks
             "data": digest.hexdigest(),  # of rank 0's sample ids
         }
-        if len(by_source) > 1:  # a mix: samples of each source this step, all ranks
-            names = train_index.sources
+        if len(names) > 1:  # a mix: samples of each source this step, all ranks, and its loss
             record |= {f"samples/{name}": int(n) for name, n in zip(names, by_source, strict=True)}
+            record |= source_means(totals, names) if totals else {}
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
@@ -447,8 +431,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> RunResult:
         }
         if "mfu" in record:
             postfix["mfu"] = f"{record['mfu']:.1%}"
-        if len(by_source) > 1:
+        if len(names) > 1:
             postfix["mix"] = "/".join(str(int(n)) for n in by_source)
+            postfix |= {k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss/")}
         bar.set_postfix(postfix, refresh=False)
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             evaluate(step)

@@ -23,7 +23,7 @@ from vlmforge.training.config import TrainConfig
 from vlmforge.training.data import SampleFormat
 from vlmforge.training.eval import video_gap
 from vlmforge.training.model.config import ModelConfig, TrainableConfig, VideoConfig
-from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.fusion import FusionModel, ModelOutput
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.vlm import FIRST, TOKENS, attention_table, heldout_gap  # noqa: F401  (FLOP count's)
 from vlmforge.training.vlm import exports as vlm_exports
@@ -68,10 +68,14 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
     )
 
 
-def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+def output(model: Any, batch: dict[str, Any]) -> ModelOutput:
     return model(
         input_ids=batch["input_ids"], images=batch["images"], videos=batch["videos"], labels=batch["labels"]
-    ).loss
+    )
+
+
+def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+    return output(model, batch).loss
 
 
 def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:

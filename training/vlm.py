@@ -27,7 +27,7 @@ from vlmforge.training.flops import fusion_attention
 from vlmforge.training.grounding import grounding_eval
 from vlmforge.training.model.build import build_fusion_model
 from vlmforge.training.model.config import ModelConfig, TrainableConfig
-from vlmforge.training.model.fusion import FusionModel
+from vlmforge.training.model.fusion import FusionModel, ModelOutput
 from vlmforge.training.model.hf import load_hf_sources
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.weights import load_fusion_model
@@ -71,10 +71,15 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
 PACKED_KEYS = ("encoder_mask", "position_ids", "segment_ids")  # in packed batches (data.collate_packed)
 
 
-def loss(model: Any, batch: dict[str, Any]) -> Tensor:
-    """The caption loss of a training batch; Mllama tiles arrive flat and are padded here (on the device)."""
+def output(model: Any, batch: dict[str, Any]) -> ModelOutput:
+    """The caption loss of a training batch and the loss at each label; Mllama tiles arrive flat and are
+    padded here (on the device)."""
     packed = {k: batch[k] for k in PACKED_KEYS if k in batch}
-    return model(input_ids=batch["input_ids"], labels=batch["labels"], **batch_images(batch), **packed).loss
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], **batch_images(batch), **packed)
+
+
+def loss(model: Any, batch: dict[str, Any]) -> Tensor:
+    return output(model, batch).loss
 
 
 def evaluate(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:

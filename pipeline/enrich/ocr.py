@@ -5,16 +5,20 @@ data comes from Debian's tesseract-ocr-eng): one engine per worker, its model lo
 image, fed raw greyscale bytes. Where tesserocr or the language data is missing (or `ocr.engine:
 pytesseract`), pytesseract starts one tesseract process per image, as before (~20x slower per image).
 
-Each image is decoded once to greyscale. The cheap detector (`text_detect`) finds text-like lines; with
-`detect` on, images without any skip tesseract. Lines found at one place (a text in pieces, in both
-polarities, or with its shadow; words of one row found apart) form a group; each group is read on its own as
-a single text line (psm 7): per polarity, the lines' union box with a margin (wide at the sides, for words
-the detector missed), scaled so the characters are about `text_px` tall, greyscale (tesseract binarises the
-small crop itself; a stroke-contrast image lost wide strokes, Otsu on the crop read worse), light text
-inverted. The better-read polarity wins; a group read with a mean word confidence under `line_confidence` is
-texture taken for text and gives nothing. Without a detected line (detect off) the whole image goes in,
-upscaled 2x, in `psm`. Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad
-image or a tesseract failure or timeout never raises: it is counted, the row gets null.
+Each image is decoded once (greyscale for the detector; its colour kept only where lines are found). The
+cheap detector (`text_detect`) finds text-like lines; with `detect` on, images without any skip tesseract.
+Lines found at one place (a text in pieces, in both polarities, or with its shadow; words of one row found
+apart) form a group; each group is read on its own as a single text line (psm 7). Photo texture next to the
+text can give the detector's line a wrong box and height, so the line is first found again in its text's
+colour (`colour_key`: the densest colour of its strokes; pixels near it chained into lines as the detector
+does), in both polarities. The candidates (lines found again, then the detected box) are cropped with a
+margin (wide at the sides, for words the detector missed), scaled so the characters are about `text_px`
+tall, keyed by the text colour (grey = distance to it: texture of other colours fades; with `colour_key` off,
+the greyscale crop, light text inverted), and read until one is read surely; the read of the most confident
+characters wins. A group read with a mean word confidence under `line_confidence` is texture taken for text
+and gives nothing. Without a detected line (detect off) the whole image goes in, upscaled 2x, in `psm`.
+Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad image or a tesseract
+failure or timeout never raises: it is counted, the row gets null.
 """
 
 from __future__ import annotations
@@ -37,15 +41,26 @@ from PIL import Image, ImageOps
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
-from vlmforge.pipeline.enrich.text_detect import TextLine, text_lines, to_grey
+from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, distance, keyed, stroke_colour
+from vlmforge.pipeline.enrich.text_detect import (
+    MAX_CHAR_SHARE,
+    MIN_CHAR_PX,
+    WORK_SIDE,
+    TextLine,
+    mask_lines,
+    text_lines,
+    to_grey,
+)
 
 FALLBACK_UPSCALE = 2.0  # when no line was detected (detect off), text height is unknown
 MIN_SCALE = 0.25  # large text is downscaled towards `text_px`, by this factor at most
 CROP_MARGIN = 0.6  # kept above and below a detected line, in its character heights
 SIDE_MARGIN = 3.0  # kept left and right of it (words the detector missed), likewise
 ROW_HEIGHT_RATIO, ROW_GAP = 1.5, 8.0  # lines joined in a row: height ratio, gap in heights
-SURE_CONFIDENCE = 92.0  # a line read with this mean word confidence skips the other polarity's read
+SURE_CONFIDENCE = 92.0  # a read with this mean word confidence ends its group's reads
 LINE_PSM = 7  # tesseract reads each line crop as a single text line
+FOUND_AGAIN = 2  # of a detected line, this many lines found again in its text colours are read
+MAX_READS = 3  # tesseract reads of one group at most (its lines found again first, then as detected)
 
 
 TESSDATA_DIRS = (  # where Debian and source builds put the language data
@@ -158,22 +173,24 @@ class OcrText:
         self.counters["images"] += 1
         self._deadline = time.monotonic() + self.cfg.timeout_s  # decode, detection and all tesseract runs
         try:
-            with Image.open(io.BytesIO(data)) as image:  # type: ignore[arg-type]
-                grey = to_grey(image)
+            image = Image.open(io.BytesIO(data))  # type: ignore[arg-type]
+            grey = to_grey(image)
         except Exception:  # noqa: BLE001 - any undecodable input is counted, never raised
             self.counters["bad_image"] += 1
             return None
-        if max(grey.size) > self.cfg.max_side:
-            grey.thumbnail((self.cfg.max_side, self.cfg.max_side), Image.Resampling.BOX)
-        lines = text_lines(grey)
+        with image:
+            if max(grey.size) > self.cfg.max_side:
+                grey.thumbnail((self.cfg.max_side, self.cfg.max_side), Image.Resampling.BOX)
+            lines = text_lines(grey)
+            colour = _colour(image, grey) if lines and self.cfg.colour_key else None  # decoded already
         self.counters["detected"] += bool(lines)
         try:
-            return self._read_lines(grey, lines)
+            return self._read_lines(grey, lines, colour)
         except _Timeout:
             self.counters["timeouts"] += 1
             return None
 
-    def _read_lines(self, grey: Image.Image, lines: list[TextLine]) -> str | None:
+    def _read_lines(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None) -> str | None:
         if not lines:
             if self.cfg.detect:
                 return None
@@ -181,32 +198,79 @@ class OcrText:
             size = (round(grey.width * factor), round(grey.height * factor))
             found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
             return None if found is None else self._finish(_kept(found, self.cfg.min_confidence))
-        read = [self._read_line(grey, group) for group in _same_place(lines)]
+        taken: list[tuple[int, int, int, int]] = []  # boxes of the lines read so far
+        read = [self._read_line(grey, colour, group, taken) for group in _same_place(lines)]
         if all(words is None for words in read):
             return None
         return self._finish([w for words in read if words for w in words])
 
-    def line_image(self, grey: Image.Image, line: TextLine) -> Image.Image:
+    def found_again(self, colour: Image.Image, line: TextLine) -> list[tuple[TextLine, np.ndarray]]:
+        """`line` found again in its text's colour, for each polarity (the detected one first): the colour
+        of the line's strokes, keyed around it (1 height above and below, SIDE_MARGIN heights at the
+        sides), chained like the detector's lines; the line of the most letters with those of its row.
+        Where the detector's line took in texture (a wrong height) or missed words, this gives the text's
+        own box. (line, colour) pairs, most letters first."""
+        scale = min(1.0, WORK_SIDE / max(colour.size))
+        x0, y0, x1, y1 = line.box
+        side = SIDE_MARGIN * line.height
+        box = (max(0, round(x0 - side)), max(0, round(y0 - line.height)), min(colour.width, round(x1 + side)),
+               min(colour.height, round(y1 + line.height)))
+        size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
+        rgb = np.asarray(colour.resize(size, Image.Resampling.BOX, box=box), np.float32)
+        inner = rgb[round((y0 - box[1]) * scale) : round((y1 - box[1]) * scale) + 1,
+                    round((x0 - box[0]) * scale) : round((x1 - box[0]) * scale) + 1]
+        max_h = max(MIN_CHAR_PX, MAX_CHAR_SHARE * colour.height * scale)
+        found = []
+        for dark in (line.dark, not line.dark):
+            text = stroke_colour(inner, dark)
+            lines = [] if text is None else mask_lines(distance(rgb, text) < KEY_DISTANCE, max_h, dark, scale,
+                                                       box[:2])
+            if lines:
+                main = max(lines, key=lambda ln: ln.chars)
+                found.append((_joined([ln for ln in lines if ln is main or _same_row(main, ln)]), text))
+        return sorted(found, key=lambda pair: -pair[0].chars)
+
+    def line_image(self, grey: Image.Image, line: TextLine, colour: Image.Image | None = None,
+                   text: np.ndarray | None = None) -> Image.Image:
         """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
-        light (light text is inverted)."""
+        light: keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is
+        given and a colour is found, else the greyscale crop (light text inverted)."""
         pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
         x0, y0, x1, y1 = line.box
         box = (max(0, round(x0 - side)), max(0, round(y0 - pad)), min(grey.width, round(x1 + side)),
                min(grey.height, round(y1 + pad)))
         factor = min(self.cfg.max_upscale, max(MIN_SCALE, self.cfg.text_px / line.height))
         size = (max(1, round((box[2] - box[0]) * factor)), max(1, round((box[3] - box[1]) * factor)))
+        if colour is not None:
+            crop = keyed(colour.resize(size, Image.Resampling.LANCZOS, box=box), line.dark, text)
+            if crop is not None:
+                return crop
         crop = grey.resize(size, Image.Resampling.LANCZOS, box=box)
         return crop if line.dark else ImageOps.invert(crop)
 
-    def _read_line(self, grey: Image.Image, group: list[TextLine]) -> list[str] | None:
+    def _read_line(
+        self, grey: Image.Image, colour: Image.Image | None, group: list[TextLine],
+        taken: list[tuple[int, int, int, int]],
+    ) -> list[str] | None:
         """The words of one group of lines (one text found in pieces, in either polarity, or with its
-        shadow): its lines of each polarity read as one box (the polarity with more characters first, the
-        other skipped when that read is sure), the better read kept (more confident characters); [] when
-        neither reads as text (mean confidence under `line_confidence`: texture); None after failures."""
+        shadow). Candidates, read in this order until one is read surely (or MAX_READS): per polarity
+        (the one with more characters first) the lines found again in its text colours, then the
+        detected lines as one box; candidates over a line an earlier group read are skipped. The read of
+        the most confident characters is kept; [] when none reads as text (mean confidence under
+        `line_confidence`: texture); None after failures."""
         best: tuple[float, list[str]] | None = None
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
+        candidates: list[tuple[TextLine, np.ndarray | None]] = []
         for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
-            found = self._run(self.line_image(grey, _joined(part)), LINE_PSM)
+            line = _joined(part)
+            if colour is not None:
+                candidates += self.found_again(colour, line)[:FOUND_AGAIN]
+            candidates.append((line, None))
+        # a line another group's read already covers is that text again (found in pieces, or its shadow)
+        candidates = [c for c in candidates if all(_overlap(c[0].box, box) < 0.5 for box in taken)]
+        best_box = None
+        for line, text in candidates[:MAX_READS]:
+            found = self._run(self.line_image(grey, line, colour, text), LINE_PSM)
             if found is None:
                 continue
             found = [(w, c) for w, c in found if w.strip()]
@@ -216,9 +280,11 @@ class OcrText:
             kept = _kept(found, self.cfg.min_confidence)
             mass = sum(len(w) * c for w, c in found if w in kept)
             if best is None or mass > best[0]:
-                best = (mass, kept)
-            if mean >= SURE_CONFIDENCE:  # read with confidence: the other polarity is its shadow or texture
+                best, best_box = (mass, kept), line.box
+            if mean >= SURE_CONFIDENCE:  # read surely: the other candidates are this text again, or texture
                 break
+        if best is not None and best[1] and best_box is not None:
+            taken.append(best_box)
         return None if best is None else best[1]
 
     @property
@@ -272,6 +338,16 @@ class OcrText:
             return None
         self.counters["with_text"] += 1
         return text
+
+
+def _colour(image: Image.Image, grey: Image.Image) -> Image.Image | None:
+    """`image` as RGB at `grey`'s size (deep greyscale modes: `grey` itself, as RGB); None for a mode Pillow
+    cannot convert (its greyscale crops are read instead)."""
+    try:
+        rgb = grey.convert("RGB") if image.mode.startswith(("I", "F")) else image.convert("RGB")
+    except (ValueError, OSError):
+        return None
+    return rgb if rgb.size == grey.size else rgb.resize(grey.size, Image.Resampling.BOX)
 
 
 def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:

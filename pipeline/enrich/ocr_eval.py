@@ -43,6 +43,7 @@ class Case:
     text: str  # "" for a blank case
     font: str
     size: int
+    box: tuple[int, int, int, int] | None = None  # the text's ink box (x0, y0, x1, y1); None when blank
 
 
 @cache
@@ -141,7 +142,9 @@ def render(seed: int, size: int | None = None, blank: bool = False) -> Case:
         image.paste(Image.new("RGB", layer.size, fg), xy, layer)
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=rng.randint(70, 95))
-    return Case(buf.getvalue(), text, font_path.stem, size)
+    ink = layer.getbbox() if text else None
+    box = (xy[0] + ink[0], xy[1] + ink[1], xy[0] + ink[2], xy[1] + ink[3]) if ink else None
+    return Case(buf.getvalue(), text, font_path.stem, size, box)
 
 
 def cases(n: int, seed: int = 0, blank_share: float = 0.0) -> list[Case]:

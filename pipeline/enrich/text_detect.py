@@ -196,20 +196,28 @@ def _is_text(line: list[_Blob]) -> bool:
     )
 
 
+def mask_lines(mask: np.ndarray, max_h: float, dark: bool, scale: float = 1.0,
+               offset: tuple[int, int] = (0, 0)) -> list[TextLine]:
+    """The text-like lines of an ink `mask`, in the pixels of an image `scale` times smaller whose
+    `offset` (x, y) the mask's corner is at."""
+    found = []
+    for line in _lines(_blobs(mask, max_h)):
+        if len(line) < 2 or not _is_text(line):
+            continue
+        x0, y0 = min(b.x0 for b in line), min(b.y0 for b in line)
+        x1, y1 = max(b.x1 for b in line), max(b.y1 for b in line)
+        box = (offset[0] + int(x0 / scale), offset[1] + int(y0 / scale), offset[0] + int(np.ceil(x1 / scale)),
+               offset[1] + int(np.ceil(y1 / scale)))
+        found.append(TextLine(box, len(line), float(np.median([b.h for b in line])) / scale, dark))
+    return found
+
+
 def text_lines(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> list[TextLine]:
     """The text-like lines found in `image` (empty when it likely holds no text)."""
     grey, scale = greyscale(image, max_side)
     max_h = max(MIN_CHAR_PX, MAX_CHAR_SHARE * grey.shape[0])
-    found = []
-    for dark in (True, False):
-        for line in _lines(_blobs(ink(grey, dark) > MIN_CONTRAST, max_h)):
-            if len(line) < 2 or not _is_text(line):
-                continue
-            x0, y0 = min(b.x0 for b in line), min(b.y0 for b in line)
-            x1, y1 = max(b.x1 for b in line), max(b.y1 for b in line)
-            box = (int(x0 / scale), int(y0 / scale), int(np.ceil(x1 / scale)), int(np.ceil(y1 / scale)))
-            found.append(TextLine(box, len(line), float(np.median([b.h for b in line])) / scale, dark))
-    return found
+    return [line for dark in (True, False) for line in mask_lines(ink(grey, dark) > MIN_CONTRAST, max_h, dark,
+                                                                   scale)]
 
 
 def has_text(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> bool:

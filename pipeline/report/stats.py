@@ -194,6 +194,54 @@ def config_diff(manifest_a: dict, manifest_b: dict) -> list[dict]:
     return out
 
 
+def top_reasons(manifest: dict) -> dict[str, int]:
+    """Rejected rows by `stage/reason`, most first."""
+    reasons = {f"{s['stage']}/{r}": n for s in manifest["stages"] for r, n in s["reasons"].items()}
+    return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+
+
+def source_counts(out_dirs: list[str | Path]) -> dict:
+    """Per output (one per source of a training mix: curation runs per input), its rows in, kept and
+    rejected and its top reasons, from the manifests alone; and the totals over all of them."""
+    sources = []
+    for out_dir in out_dirs:
+        manifest = load_manifest(out_dir)
+        t = manifest["totals"]
+        sources.append({
+            "source": str(out_dir),
+            "input_rows": t["input_rows"],
+            "output_rows": t["output_rows"],
+            "rejected_rows": t["rejected_rows"],
+            "top_reasons": top_reasons(manifest),
+        })  # fmt: skip
+    keys = ("input_rows", "output_rows", "rejected_rows")
+    total = {k: sum(s[k] for s in sources) for k in keys}
+    for s in sources:
+        s["kept_share"] = round(s["output_rows"] / max(total["output_rows"], 1), 4)
+    return {"sources": sources, "total": total}
+
+
+def print_source_counts(counts: dict) -> None:
+    """Render `source_counts` as one terminal table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Sources")
+    for col in ("source", "in", "kept", "kept %", "share of kept", "rejected", "top reasons"):
+        table.add_column(col, justify="left" if col in ("source", "top reasons") else "right")
+
+    def row(name: str, c: dict, share: str, top: str) -> None:
+        kept = f"{100 * c['output_rows'] / max(c['input_rows'], 1):.1f}"
+        counts_in_row = (str(c[k]) for k in ("input_rows", "output_rows"))
+        table.add_row(name, *counts_in_row, kept, share, str(c["rejected_rows"]), top)
+
+    for s in counts["sources"]:
+        top = ", ".join(f"{r} {n}" for r, n in list(s["top_reasons"].items())[:3])
+        row(s["source"], s, f"{100 * s['kept_share']:.1f}", top)
+    row("total", counts["total"], "100.0", "")
+    Console().print(table)
+
+
 def compute_stats(out_dir: str | Path) -> dict:
     """Stats from manifest.json and column reads of the data shards (no image is decoded)."""
     out = location(out_dir)
@@ -213,10 +261,6 @@ def compute_stats(out_dir: str | Path) -> dict:
         for c in VIDEO_COLUMNS:
             if c in table.column_names:
                 clips[c].add(table[c].drop_null().to_numpy(zero_copy_only=False).astype(np.float64))
-    reasons: dict[str, int] = {}
-    for s in manifest["stages"]:
-        for r, n in s["reasons"].items():
-            reasons[f"{s['stage']}/{r}"] = n
     return {
         "output": str(out),
         "totals": manifest["totals"],
@@ -224,7 +268,7 @@ def compute_stats(out_dir: str | Path) -> dict:
             {k: s[k] for k in ("stage", "rows_in", "rows_out", "rejected", "reasons")}
             for s in manifest["stages"]
         ],
-        "top_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "top_reasons": top_reasons(manifest),
         "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
         "caption_words": words.summary(),
         "width": widths.summary(),

@@ -1,6 +1,7 @@
-"""Synthetic pretraining sources of the recipe: structured images (charts, tables, equations) with their
-structured form, grounding scenes with boxes in the text, screenshots with the HTML of a marked element,
-and question-answer pairs about scenes. `write_synth` writes them as webdataset shards for `vlmforge curate`.
+"""Synthetic pretraining sources of the recipe: structured images (charts, tables, equations, flowcharts)
+with their structured form, grounding scenes with boxes in the text, screenshots with the HTML of a marked
+element, and question-answer pairs about scenes. `write_synth` writes them as webdataset shards for
+`vlmforge curate`.
 
 Each kind is a module with `generate(seed, index) -> Sample`: sample i depends only on (kind, seed, i), so
 shards can be written in parallel and a run is reproducible.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from .shards import SUMMARY, Generator, Sample, default_workers, write_shards
 
-KINDS: tuple[str, ...] = ("charts", "tables", "equations", "grounding", "screenshots", "qa")
+KINDS: tuple[str, ...] = ("charts", "tables", "equations", "flowcharts", "grounding", "screenshots", "qa")
 
 
 def generator(kind: str) -> Generator:

@@ -1,5 +1,6 @@
-"""Legibility check of rendered structured images: the share of a table's or chart's cell values that
-tesseract (the OCR stage's engine) reads back from the image at its generated size."""
+"""Legibility check of rendered structured images: the share of a table's or chart's cell values (a
+flowchart's node labels) that tesseract (the OCR stage's engine) reads back from the image at its generated
+size."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def ocr_text(image: bytes, psm: int = _PSM_SPARSE) -> str:
     import pytesseract
 
     return pytesseract.image_to_string(grey, lang="eng", config=f"--psm {psm}")
+
+
+def text_values(structure: dict) -> list[str]:
+    """What a rendering must show legibly: a table's or chart's cell values, a flowchart's node labels."""
+    if "nodes" in structure:
+        return [node["label"] for node in structure["nodes"]]
+    return [cell for row in structure["rows"] for cell in row]
 
 
 def recovered(values: list[str], text: str) -> list[bool]:

@@ -1,4 +1,5 @@
-"""Multi-process DeepSpeed on the CPU (gloo): ZeRO 1/2/3 agreement, text-only ranks, equal steps, resume.
+"""Multi-process DeepSpeed on the CPU (gloo): ZeRO 1/2/3 agreement, text-only ranks, equal steps, resume,
+resume onto another number of processes.
 
 Every run trains the tiny fused model for STEPS steps on two shards of 48 rows, one with images and one
 without, so in every step one rank's batch carries no image (the ZeRO-3 hang of DeepSpeed issue 7170).
@@ -9,6 +10,7 @@ micro-batches, so its steps see exactly the samples of the 2-process runs: the l
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pytest
 import torch
 from train_support import PYTHON, ROOT, clean_env, kill_at_first_checkpoint, mixed_data, recipe_data
 
+from vlmforge.training.checkpoints import written
+from vlmforge.training.config import load_train_config
 from vlmforge.training.launch import free_port
 from vlmforge.training.metrics import read_metrics
 
@@ -52,7 +56,7 @@ def overrides(out: Path, **extra: object) -> list[str]:
     return [f"--set={k}={v}" for k, v in values.items()]
 
 
-def torchrun(nproc: int, out: Path, **extra: object) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, out: Path, resume: bool = False, **extra: object) -> subprocess.CompletedProcess:
     cmd = [
         PYTHON,
         "-m",
@@ -65,6 +69,7 @@ def torchrun(nproc: int, out: Path, **extra: object) -> subprocess.CompletedProc
         "vlmforge.training.train",
         "configs/train/stage1.yaml",
         *overrides(out, **extra),
+        *(["--resume"] if resume else []),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -99,15 +104,26 @@ def two_processes_zero2(tmp_path_factory) -> Path:
     return out
 
 
+ZERO3 = {
+    "train.deepspeed": "configs/deepspeed/zero3.json",
+    "train.activation_checkpointing": "true",  # recomputation under ZeRO-3's gather hooks
+}
+
+
+@pytest.fixture(scope="module")
+def two_processes_zero3(tmp_path_factory) -> Path:
+    """2 processes, ZeRO-3, uninterrupted: a ZeRO case below and a checkpoint to resume on 1 process."""
+    out = tmp_path_factory.mktemp("zero3x2")
+    torchrun(2, out, **ZERO3)
+    return out
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_two_processes_track_one_process(stage, reference, tmp_path, request):
-    if stage == 2:
-        tmp_path = request.getfixturevalue("two_processes_zero2")
+    if stage in (2, 3):
+        tmp_path = request.getfixturevalue(f"two_processes_zero{stage}")
     else:
-        extra = {"train.deepspeed": f"configs/deepspeed/zero{stage}.json"}
-        if stage == 3:
-            extra["train.activation_checkpointing"] = "true"  # recomputation under ZeRO-3's gather hooks
-        torchrun(2, tmp_path, **extra)
+        torchrun(2, tmp_path, **{"train.deepspeed": "configs/deepspeed/zero1.json"})
     ref, got = losses(reference), losses(tmp_path)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert max(abs(got[s] - ref[s]) for s in ref) <= ZERO_TOLERANCE, (got, ref)
@@ -159,3 +175,53 @@ def test_sigkill_then_resume_matches_uninterrupted_run(nproc, request, tmp_path)
     )
     assert any(k.startswith("fusion.") for k in states["module"])
     assert not any(k.startswith("decoder.") for k in states["module"]), sorted(states["module"])[:5]
+
+
+# Resume onto another number of processes: (the uninterrupted run whose step-8 checkpoint is resumed, the
+# processes resuming it, their overrides, the uninterrupted run of as many processes to match). 2 slots of
+# 8 rows either way (2 ranks x 1 reader, 1 rank x 2 readers), so the stream goes on with the same samples.
+ONE = {"data.num_workers": 2, "train.grad_accum": 2}
+ZERO2 = {"train.deepspeed": "configs/deepspeed/zero2.json"}
+WORLD_CASES = {
+    "zero2-1to2": ("reference", 2, ZERO2, "two_processes_zero2"),
+    "zero3-2to1": ("two_processes_zero3", 1, {**ONE, **ZERO3}, "reference"),
+}
+RESUME_AT = 2 * SAVE_EVERY
+
+
+@pytest.mark.parametrize("case", sorted(WORLD_CASES))
+def test_resume_onto_another_number_of_processes(case, request, tmp_path, torch_one_thread):
+    """`--resume` on N processes of a checkpoint written by M: ZeRO's partitions of the fp32 weights and Adam
+    moments are rebuilt for N (DeepSpeed's universal checkpoint); the steps after it see the samples of the
+    uninterrupted N-process run and match its losses to ZERO_TOLERANCE (the reduction order of the
+    M-process part differs, as between the uninterrupted runs themselves; Adam moments started afresh at
+    the resume move the next loss by 1.7e-3, DeepSpeed's ZeRO-3 step counter shared by sub-groups by
+    7.8e-5). N = 1 runs in this process (training.train.run), N = 2 under torchrun."""
+    made_by, nproc, extra, match = WORLD_CASES[case]
+    source, reference = request.getfixturevalue(made_by), request.getfixturevalue(match)
+    tag = f"step{RESUME_AT:07d}"
+    shutil.copytree(source / "checkpoints" / tag, tmp_path / "checkpoints" / tag)
+    (tmp_path / "checkpoints" / "latest").write_text(tag)
+    shutil.copy(source / "metrics.jsonl", tmp_path / "metrics.jsonl")
+    assert written(tmp_path / "checkpoints").world_size == 3 - nproc
+
+    if nproc == 1:
+        from vlmforge.training.train import run
+
+        values = [a.removeprefix("--set=") for a in overrides(tmp_path, **extra)]
+        run(load_train_config("configs/train/stage1.yaml", values), resume=True)
+    else:
+        torchrun(nproc, tmp_path, resume=True, **extra)
+    ref = {r["step"]: r for r in read_metrics(reference / "metrics.jsonl", "train")}
+    got = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl", "train")}
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(RESUME_AT + 1, STEPS + 1):
+        assert got[step]["data"] == ref[step]["data"], step  # the same samples (rank 0's ids)
+        assert got[step]["images"] == ref[step]["images"], step
+        assert abs(got[step]["loss"] - ref[step]["loss"]) <= ZERO_TOLERANCE, (step, got[step], ref[step])
+    s = summary(tmp_path)
+    assert s["world_size"] == nproc and s["frozen_unchanged"]
+    assert s["micro_batches_per_rank"] == [extra.get("train.grad_accum", 1) * (STEPS - RESUME_AT)] * nproc
+    # The conversion is gone; the new checkpoints are ordinary ones of N processes.
+    assert not (tmp_path / "checkpoints" / "universal").exists()
+    assert written(tmp_path / "checkpoints").world_size == nproc

@@ -115,7 +115,9 @@ def rank_ids(monkeypatch, index, fmt, spec, rank, n, start=0, position=None, pre
     out = []
     for k in range(n):
         it, first = readers[k % len(readers)]
-        out.append((first.pop() if first else next(it))["ids"])
+        batch = first.pop() if first else next(it)
+        stream.note(batch)  # as the training loop's loader does (a packed stream's cursors)
+        out.append(batch["ids"])
     return out, stream
 
 
@@ -172,6 +174,36 @@ def test_resume_onto_other_readers_sees_each_row_once(tmp_path, monkeypatch):
     packed = dataclasses.replace(fmt, packing=True)
     with pytest.raises(ValueError, match="not supported for packed streams"):
         CaptionStream(index, packed, b, 0, k, {"rank_batches": k, "ranks": [[]] * 3}, previous=a)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_as_many_slots_go_on_as_uninterrupted(tmp_path, monkeypatch, packing):
+    """1 rank x 2 workers stopped, resumed on 2 ranks x 1 worker (another world size and grad_accum, as many
+    slots and the same micro-batch size): each rank goes on with what the 2-rank run that was never
+    interrupted reads there, not a reshuffled rest of the epoch; packed streams too (from their cursors)."""
+    index = build_index(write_curated(tmp_path, [list(sample_rows())[:120]], row_group_rows=16), "train", 0.0)
+    tok = TextTokenizer(recipe_data()[1])
+    image = (512, 32) if packing else (None, None)  # packing: samples open with <|image|> (label -100)
+    fmt = SampleFormat(tok.bos_id, tok.eos_id, *image, 40, encode=tok.encode, packing=packing)
+    one = StreamSpec(seed=4, shuffle_buffer=6, micro_batch_size=3, world_size=1, num_workers=2)
+    two = dataclasses.replace(one, world_size=2, num_workers=0)
+    k = 2 * 13  # 13 batches a reader, of 20 an epoch unpacked: the next epoch is in the comparison too
+    _, stream = rank_ids(monkeypatch, index, fmt, one, 0, k)
+    position = stream.position(k)
+    # the 2-rank run that was never interrupted, from batch 13 of each rank
+    wants = [rank_ids(monkeypatch, index, fmt, two, rank, 13 + 12)[0][13:] for rank in range(2)]
+    for start in (5, 13, 40):  # grad_accum 1 on 2 ranks; or any other count of batches a step
+        for rank in range(2):
+            got, resumed = rank_ids(monkeypatch, index, fmt, two, rank, 12, start, position, previous=one)
+            assert got == wants[rank]
+            if not packing:
+                assert resumed.layout == {"base": start - 13, "epoch": 0, "history": []}
+    if not packing:  # readers at different batches: the rest of the epoch is re-cut (test above)
+        odd = CaptionStream(index, fmt, two, 0, 13, stream.position(k - 1), previous=one)
+        assert odd.layout["history"]
+    else:
+        with pytest.raises(ValueError, match="not supported for packed streams"):
+            CaptionStream(index, fmt, dataclasses.replace(two, num_workers=2), 0, 13, position, previous=one)
 
 
 def test_a_mix_resumes_onto_other_readers(tmp_path, monkeypatch):

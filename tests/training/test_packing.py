@@ -3,6 +3,7 @@ chunked loss, the packed stream and its exact resume (a SIGKILLed run, slow)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from vlmforge.training.data import (
 from vlmforge.training.flops import computed_counts
 from vlmforge.training.metrics import read_metrics
 from vlmforge.training.model.config import IGNORE_INDEX, get_config
-from vlmforge.training.model.decoder import Attention, Decoder, Segments, block_causal_mask
+from vlmforge.training.model.decoder import Attention, Decoder, Segments, block_causal_mask, length_buckets
 from vlmforge.training.model.fusion import FusionModel, media_attention_mask
 from vlmforge.training.tokenizer import TextTokenizer
 from vlmforge.training.vlm import loss as vlm_loss
@@ -102,6 +103,7 @@ def test_packed_losses_and_gradients_equal_unpacked(tok, image_first):
     packed = collate_packed(rows, tok.eos_id, 32, IMAGE)
     unpacked = collate(samples, tok.eos_id, 32)
     assert packed["num_tokens"] == unpacked["num_tokens"] and packed["ids"] == unpacked["ids"]
+    assert len(Segments.of(packed["segment_ids"]).buckets) > 1  # attention in several length buckets
     model = model_with_open_gates()
 
     with torch.no_grad():
@@ -174,23 +176,93 @@ def test_block_causal_mask_and_per_sample_image_masks(tok):
                 at = end
 
 
-def test_per_sample_attention_is_the_block_causal_mask():
-    """Self-attention over packed rows sample by sample (Segments) gives what the block-causal mask gives."""
+def test_length_buckets_pad_the_fewest_pairs():
+    """Samples of very different lengths go into at most ``max_buckets`` groups, longest first, each padded
+    to its own longest: the split of the sorted lengths that pads to the fewest causal pairs (brute force)."""
+    lengths = [3, 80, 5, 79, 4, 40, 41, 2, 6, 21, 20, 1, 5, 40]  # with ties
+    n = len(lengths)
+    ordered = sorted(range(n), key=lambda i: -lengths[i])
+
+    def pairs(groups: list[list[int]]) -> float:
+        return sum(len(g) * lengths[g[0]] * (lengths[g[0]] + 1) / 2 for g in groups)
+
+    for k in (1, 2, 3, 4, 20):
+        groups = length_buckets(lengths, k)
+        assert [i for g in groups for i in g] == ordered and len(groups) <= k and all(groups)
+        cheapest = min(
+            pairs([ordered[a:b] for a, b in zip((0, *cuts), (*cuts, n), strict=True)])
+            for m in range(min(k, n))
+            for cuts in itertools.combinations(range(1, n), m)
+        )
+        assert pairs(groups) == cheapest
+    assert length_buckets(lengths, 1) == [ordered]
+    assert [[lengths[i] for i in g] for g in length_buckets(lengths, 4)] == [
+        [80, 79], [41, 40, 40], [21, 20], [6, 5, 5, 4, 3, 2, 1]
+    ]
+    assert length_buckets([], 4) == [] and length_buckets([7], 4) == [[0]]
+    assert length_buckets([5, 5, 5], 4) == [[0, 1, 2]]  # equal lengths: one bucket
+
+
+def packed_rows(lengths: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(segment_ids, position_ids) of rows holding samples of the given lengths, padded to ``width``."""
+    segments = torch.full((len(lengths), width), -1)
+    positions = torch.zeros(len(lengths), width, dtype=torch.long)
+    for r, row in enumerate(lengths):
+        at = 0
+        for j, n in enumerate(row):
+            segments[r, at : at + n], positions[r, at : at + n] = j, torch.arange(n)
+            at += n
+    return segments, positions
+
+
+@pytest.mark.parametrize("max_buckets", [1, 4])
+def test_per_sample_attention_is_the_block_causal_mask(max_buckets):
+    """Self-attention over packed rows sample by sample (Segments; samples of very different lengths in
+    length buckets, or all in one) gives what the block-causal mask gives, values and gradients; the
+    buckets' slots round-trip the rows, zeros at their padding."""
     torch.manual_seed(0)
     cfg = get_config("tiny").decoder
     attn = Attention(cfg)
-    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, -1, -1], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]])
-    x = torch.randn(2, 10, cfg.dim)
-    positions = torch.where(
-        segments >= 0, torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 0, 0], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]]), 0
-    )
-    decoder = Decoder(cfg)
-    cos, sin = decoder.rope(0, 10, x, positions)
-    masked = attn(x, cos, sin, None, block_causal_mask(segments))
-    per_sample = attn(x, cos, sin, None, Segments.of(segments))
+    segments, positions = packed_rows([[1, 30, 2, 17], [3, 9, 40], [5, 5, 5, 5, 1], [48]], 52)
+    seg = Segments.of(segments, max_buckets=max_buckets)
+    assert len(seg.buckets) == max_buckets and sum(n for n, _ in seg.buckets) == 13
+    slots = sum(n * length for n, length in seg.buckets)
+    # buckets: 48 | 40 30 | 17 9 | the rest, against 13 samples padded to 48
+    assert slots == (13 * 48 if max_buckets == 1 else 48 + 2 * 40 + 2 * 17 + 8 * 5)
     real = segments >= 0
-    assert torch.allclose(masked[real], per_sample[real], atol=1e-6)
-    assert not torch.allclose(masked[real], attn(x, cos, sin)[real], atol=1e-3)  # plain causal differs
+    x = torch.randn(4, 52, cfg.dim)
+    back = seg.scatter(seg.gather(x))
+    assert torch.equal(back[real], x[real]) and not back[~real].any()
+
+    cos, sin = Decoder(cfg).rope(0, 52, x, positions)
+    weights = torch.randn(int(real.sum()), cfg.dim)
+    results = []
+    for mask in (block_causal_mask(segments), seg):
+        xg = x.clone().requires_grad_(True)
+        attn.zero_grad()
+        out = attn(xg, cos, sin, None, mask)
+        (out[real] * weights).sum().backward()
+        results.append((out[real].detach(), xg.grad, [p.grad.clone() for p in attn.parameters()]))
+    (masked, masked_dx, masked_dw), (per_sample, dx, dw) = results
+    assert torch.allclose(masked, per_sample, atol=1e-6)
+    assert torch.allclose(masked_dx, dx, atol=1e-6)
+    for a, b in zip(masked_dw, dw, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(masked, attn(x, cos, sin)[real], atol=1e-3)  # plain causal differs
+
+
+def test_segments_find_each_samples_image_in_bucket_order():
+    segments, _ = packed_rows([[2, 7, 3], [9, 1]], 12)
+    encoder_mask = torch.zeros(2, 12, 3, dtype=torch.bool)
+    encoder_mask[0, 1, 0] = True  # sample (0, 0) sees slot 0 from its second token
+    encoder_mask[0, 9:12, 1] = True  # (0, 2): slot 1; (0, 1) is text-only
+    encoder_mask[1, 0:9, 2] = encoder_mask[1, 9, 0] = True  # (1, 0): slot 2, (1, 1): slot 0
+    seg = Segments.of(segments, encoder_mask, max_buckets=2)
+    assert seg.buckets == [(2, 9), (3, 3)]  # lengths 9 7 | 3 2 1
+    assert seg.image.tolist() == [3 + 2, -1, 1, 0, 3 + 0]  # samples (1, 0) (0, 1) | (0, 2) (0, 0) (1, 1)
+    assert torch.equal(seg.sees_image, encoder_mask.any(dim=-1)) and seg.num_images == 3
+    with pytest.raises(ValueError, match="no sample"):
+        Segments.of(torch.full((2, 5), -1))
 
 
 def test_packed_samples_cannot_see_each_other(tok):
@@ -255,8 +327,14 @@ def test_flops_count_what_is_computed(tok):
     # attention: unpacked rows causal over their padded length; packed samples each padded to the longest
     rows, length = unpacked["input_ids"].shape
     assert u["self"] == rows * length * (length + 1) / 2 and u["cross"] == rows * length * t
-    n, longest = len(samples), max(len(s.input_ids) for s in samples)
-    assert p["self"] == n * longest * (longest + 1) / 2 and p["cross"] == n * longest * t
+    # packed: each sample padded to its length bucket's longest (fewer pairs than all padded to the longest)
+    lengths = [len(s.input_ids) for s in samples]
+    groups = [[lengths[i] for i in g] for g in length_buckets(lengths)]
+    assert sorted(x for g in groups for x in g) == sorted(lengths) and len(groups) > 1
+    assert p["self"] == sum(len(g) * max(g) * (max(g) + 1) / 2 for g in groups)
+    assert p["cross"] == sum(len(g) * max(g) for g in groups) * t
+    n, longest = len(samples), max(lengths)
+    assert p["self"] < n * longest * (longest + 1) / 2
     assert (p["image_pairs"], u["image_pairs"]) == (10 * t * t, 12 * t * t)
 
 

@@ -123,6 +123,19 @@ def test_vlmforge_train_on_a_mix_logs_each_source(tmp_path):
         per_source.update({k.split("/")[1]: v for k, v in record.items() if k.startswith("samples/")})
     assert sum(per_source.values()) == 6 * 8 and set(per_source) == {"web", "charts", "qa"}
     assert per_source["web"] > per_source["charts"]
+    for record in steps:  # each source's loss, where the step had samples of it
+        with_samples = {k.split("/")[1] for k, v in record.items() if k.startswith("samples/") and v}
+        assert {k.split("/")[1] for k in record if k.startswith("loss/")} == with_samples
+    # exact under gradient accumulation: step 1 as 2 micro-batches of 4 has the same per-source losses
+    accumulated = train(
+        "configs/train/text_lm.yaml", tmp_path / "accum", "data.path=null", f"data.sources={mix}",
+        "train.steps=1", "optim.warmup_steps=1", "train.micro_batch_size=4", "train.grad_accum=2",
+        "data.heldout_fraction=0.2", "eval.max_rows=16",
+    )  # fmt: skip
+    first = read_metrics(tmp_path / "accum" / "metrics.jsonl", "train")[0]
+    losses = {k: v for k, v in steps[0].items() if k.startswith("loss/")}
+    assert losses and {k: first[k] for k in losses} == pytest.approx(losses, rel=1e-5)
+    assert accumulated.summary["steps"] == 1
     after = result.summary["eval_after"]
     for name in ("web", "charts", "qa"):
         assert f"{name}/loss" in after

@@ -3,18 +3,19 @@
 Parameter names follow HF's ``LlamaForCausalLM`` (without its ``model.`` prefix), so a Llama checkpoint
 loads by name. Packed sequences (several samples in one row, ``data.packing``) give each token its position
 within its own sample (``position_ids``) and attend within their sample only (``segment_ids``): attention
-runs sample by sample (``Segments``), which equals the block-causal mask (``block_causal_mask``) without
-computing the masked-out blocks. Also here: the KV cache
-and the decoding loop (greedy and top-p sampling) that the fused model reuses.
+runs sample by sample (``Segments``: samples bucketed by length, each bucket padded to its own longest),
+which equals the block-causal mask (``block_causal_mask``) without computing the masked-out blocks. Also
+here: the KV cache and the decoding loop (greedy and top-p sampling) that the fused model reuses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,60 +81,121 @@ def block_causal_mask(segment_ids: Tensor) -> Tensor:
     return (same & causal)[:, None]
 
 
+MAX_BUCKETS = 4  # attention calls per layer for packed rows; more buckets pad less but cost a call each
+
+
+def length_buckets(lengths: Sequence[int], max_buckets: int = MAX_BUCKETS) -> list[list[int]]:
+    """Samples (indices into ``lengths``) in at most ``max_buckets`` groups, longest first, each to be padded
+    to its own longest: of the splits of the lengths in descending order, the one that pads to the fewest
+    causal query-key pairs. Dynamic programming over the distinct lengths (a split inside a run of equal
+    lengths is never cheaper than the one before it), a (u, u) array step per group for u distinct lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if not order:
+        return []
+    values, counts = np.unique(np.array(lengths, dtype=np.float64), return_counts=True)
+    values, counts = values[::-1], counts[::-1]  # descending, as ``order``
+    before = np.concatenate([[0], np.cumsum(counts)])  # samples before each distinct length in ``order``
+    u = len(values)
+    start, end = np.arange(u)[:, None], np.arange(u + 1)[None, :]
+    # cost[i, j]: the samples of distinct lengths i .. j - 1, padded to values[i]
+    pairs = (values * (values + 1) / 2)[:, None]
+    cost = np.where(end > start, (before[None, :] - before[:u, None]) * pairs, np.inf)
+    best = np.full(u + 1, np.inf)
+    best[0] = 0.0
+    back, totals = [], []
+    for _ in range(min(max_buckets, u)):
+        total = best[:u, None] + cost
+        back.append(total.argmin(axis=0))
+        best = total.min(axis=0)
+        totals.append(best[u])
+    groups, j = [], u
+    for level in reversed(range(int(np.argmin(totals)) + 1)):  # fewest groups among equal costs
+        i = int(back[level][j])
+        groups.append(order[before[i] : before[j]])
+        j = i
+    return groups[::-1]
+
+
 @dataclass
 class Segments:
-    """The samples of packed rows as a batch of their own, for attention without the rows' S x S cost.
+    """The samples of packed rows as batches of their own, for attention without the rows' S x S cost.
 
-    ``index`` (num, L) points each sample's tokens into the flattened (B * S) rows, ``valid`` marks the
-    real ones (L: the longest sample). Attention gathers q, k and v into this layout, runs causally per
-    sample and scatters back: what ``block_causal_mask`` allows, computed without the masked-out blocks.
-    ``image`` (num,) is the flattened (B * N) slot of each sample's image (-1: none) and ``sees`` (num, L)
-    the tokens that see it (the cross-attention in fusion.py).
+    The samples are sorted by length into a few buckets (``length_buckets``), each padded to its own
+    longest, not to the micro-batch's longest: ``buckets`` holds (samples, length) per bucket, and
+    ``gather_index`` (P,) the flattened (B * S) row position of each of the P slots of the buckets laid end
+    to end (a padding slot repeats its sample's last token; it is computed and thrown away).
+    ``scatter_index`` (B * S,) is the slot of each row position, P (a zero row) for the rows' padding.
+    Attention gathers q, k and v into the buckets, runs causally per sample and scatters back: what
+    ``block_causal_mask`` allows, computed without the masked-out blocks. Built once per forward and
+    shared by every layer. ``image`` (num,) is the flattened (B * N) slot of each sample's image (-1:
+    none), in bucket order, and ``sees_image`` (B, S) the tokens that see an image (the cross-attention in
+    fusion.py; a sample's tokens see its one image or none).
     """
 
-    index: Tensor
-    valid: Tensor
     rows: int
     length: int
+    buckets: list[tuple[int, int]]
+    gather_index: Tensor
+    scatter_index: Tensor
     image: Tensor | None = None
-    sees: Tensor | None = None
+    sees_image: Tensor | None = None
     num_images: int = 0
 
     @staticmethod
-    def of(segment_ids: Tensor, encoder_mask: Tensor | None = None) -> Segments:
+    def of(
+        segment_ids: Tensor, encoder_mask: Tensor | None = None, max_buckets: int = MAX_BUCKETS
+    ) -> Segments:
         """From (B, S) segment ids (-1: padding) and, for the images, the (B, S, N) encoder mask."""
         b, s = segment_ids.shape
         flat = segment_ids.flatten()
         positions = (flat >= 0).nonzero().flatten()
-        row = positions // s
-        key = row * (int(flat.max()) + 2) + flat[positions]  # samples are contiguous within a row
+        if len(positions) == 0:
+            raise ValueError("packed rows hold no sample: segment_ids are all -1 (padding)")
+        key = (positions // s) * (int(flat.max()) + 2) + flat[positions]  # samples are contiguous in a row
         _, counts = torch.unique_consecutive(key, return_counts=True)
-        starts = torch.cumsum(counts, 0) - counts
-        length = int(counts.max())
-        offsets = torch.arange(length, device=flat.device)
-        valid = offsets[None, :] < counts[:, None]
-        index = positions[(starts[:, None] + offsets[None, :]).clamp(max=len(positions) - 1)]
-        seg = Segments(index, valid, b, s, length)
+        lengths = np.array(counts.tolist())
+        starts = np.cumsum(lengths) - lengths
+        groups = length_buckets(lengths.tolist(), max_buckets)
+        order = np.concatenate(groups)
+        longest = [int(lengths[g[0]]) for g in groups]
+        sample = np.concatenate([np.repeat(g, n) for g, n in zip(groups, longest, strict=True)])
+        offset = np.concatenate([np.tile(np.arange(n), len(g)) for g, n in zip(groups, longest, strict=True)])
+        real = offset < lengths[sample]
+        src = torch.from_numpy(starts[sample] + np.minimum(offset, lengths[sample] - 1)).to(flat.device)
+        gather_index = positions[src]
+        slots = len(sample)
+        scatter_index = torch.full((b * s,), slots, dtype=torch.long, device=flat.device)
+        real_t = torch.from_numpy(real).to(flat.device)
+        scatter_index[gather_index[real_t]] = torch.arange(slots, device=flat.device)[real_t]
+        buckets = [(len(g), n) for g, n in zip(groups, longest, strict=True)]
+        seg = Segments(b, s, buckets, gather_index, scatter_index)
         if encoder_mask is not None:
             n = encoder_mask.shape[-1]
-            tokens = seg.gather(encoder_mask) & valid[..., None]  # (num, L, N)
-            seen = tokens.any(dim=1)
-            slot = seen.int().argmax(dim=-1)
-            row_of = index[:, 0] // s
-            seg.image = torch.where(seen.any(dim=-1), row_of * n + slot, -1)
-            seg.sees = tokens.any(dim=-1)
+            owner = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device), counts)
+            per_token = encoder_mask.flatten(0, 1)[positions].float()  # (real tokens, N)
+            seen = per_token.new_zeros((len(lengths), n)).index_add_(0, owner, per_token) > 0
+            row_of = positions[torch.from_numpy(starts).to(flat.device)] // s
+            image = torch.where(seen.any(dim=-1), row_of * n + seen.int().argmax(dim=-1), -1)
+            seg.image = image[torch.from_numpy(order).to(flat.device)]
+            seg.sees_image = encoder_mask.any(dim=-1)
             seg.num_images = n
         return seg
 
-    def gather(self, x: Tensor) -> Tensor:
-        """(B, S, ...) -> (num, L, ...)."""
-        return x.flatten(0, 1)[self.index]
+    def gather(self, x: Tensor) -> list[Tensor]:
+        """(B, S, ...) -> one (samples, length, ...) tensor per bucket."""
+        flat = x.reshape(self.rows * self.length, *x.shape[2:]).index_select(0, self.gather_index)
+        sizes = [n * length for n, length in self.buckets]
+        return [
+            part.view(n, length, *x.shape[2:])
+            for part, (n, length) in zip(flat.split(sizes), self.buckets, strict=True)
+        ]
 
-    def scatter(self, y: Tensor) -> Tensor:
-        """(num, L, ...) -> (B, S, ...), zeros at the padding of the rows."""
-        flat = y.new_zeros((self.rows * self.length, *y.shape[2:]))
-        flat = flat.index_put((self.index[self.valid],), y[self.valid])
-        return flat.view(self.rows, self.length, *y.shape[2:])
+    def scatter(self, ys: list[Tensor]) -> Tensor:
+        """One (samples, length, ...) tensor per bucket -> (B, S, ...), zeros at the padding of the rows."""
+        rest = ys[0].shape[2:]
+        flat = torch.cat([*(y.reshape(-1, *rest) for y in ys), ys[0].new_zeros((1, *rest))])
+        return flat.index_select(0, self.scatter_index).view(self.rows, self.length, *rest)
 
 
 class KVCache:
@@ -171,9 +233,14 @@ class Attention(nn.Module):
         """``mask``: (B, 1, S, S) bool (``block_causal_mask``), or the packed rows' ``Segments``, instead
         of the causal mask (no cache then)."""
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        if isinstance(mask, Segments):
+            if cache is not None:
+                raise ValueError("packed rows (Segments) do not use a KV cache")
+            return self.o_proj(self._per_sample(q, k, v, cos, sin, mask))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:
@@ -181,10 +248,6 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)
         if mask is not None and past:
             raise ValueError("a block mask (packed sequences) cannot continue a KV cache")
-        if isinstance(mask, Segments):
-            q, k, v = (mask.gather(t.transpose(1, 2)).transpose(1, 2) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            return self.o_proj(mask.scatter(out.transpose(1, 2).flatten(2)))
         if mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         elif past == 0:
@@ -193,6 +256,21 @@ class Attention(nn.Module):
             mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(diagonal=past)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+    @staticmethod
+    def _per_sample(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, seg: Segments) -> Tensor:
+        """q, k, v (B, S, heads, head_dim) -> (B, S, heads * head_dim), causal within each sample, one
+        attention call per bucket of samples."""
+        # cos, sin: (B, 1, S, head_dim) per-row positions, or (S, head_dim) -> broadcast over heads at dim 2
+        cos, sin = (t.transpose(1, 2) if t.dim() == 4 else t[:, None] for t in (cos, sin))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        outs = [
+            F.scaled_dot_product_attention(
+                qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), is_causal=True, enable_gqa=True
+            ).transpose(1, 2)
+            for qb, kb, vb in zip(seg.gather(q), seg.gather(k), seg.gather(v), strict=True)
+        ]
+        return seg.scatter(outs).flatten(2)
 
 
 class MLP(nn.Module):

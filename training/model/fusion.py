@@ -19,8 +19,8 @@ cross-attention mask, where tiles past an image's count are 0).
 Packed rows (``data.packing``) hold several samples, each with its own image token and image:
 ``position_ids`` restart at every sample, ``segment_ids`` make self-attention block-causal (run sample by
 sample, ``Segments``), and each image is seen only by the tokens of its own sample (``packed_media_mask``:
-Mllama's rule within the sample; the cross-attention also runs sample by sample); the image slots that no
-token sees (a row with fewer images than the widest row) are not encoded.
+Mllama's rule within the sample; the cross-attention also runs sample by sample, in the same length
+buckets); the image slots that no token sees (a row with fewer images than the widest row) are not encoded.
 
 The loss is taken in chunks of positions (``chunked_lm_loss``): the output head and the cross entropy run
 on the positions with a target only, an eighth of them at a time, recomputed in the backward pass, so the
@@ -92,9 +92,20 @@ def packed_media_mask(input_ids: Tensor, segment_ids: Tensor, media_token_id: in
     return mask & (segment_ids[:, :, None] == owner[:, None, :])
 
 
-def chunked_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size: int, chunks: int) -> Tensor:
+def token_losses(labels: Tensor, valid: Tensor, per_target: Tensor) -> Tensor:
+    """(B, S) float32 aligned with ``labels``: at s the (detached) loss of predicting ``labels[:, s]``, NaN
+    where no loss is taken; ``valid`` (B, S - 1) marks the targets of ``per_target``, in row-major order."""
+    out = torch.full(labels.shape, float("nan"), dtype=torch.float32, device=labels.device)
+    out[:, 1:][valid] = per_target.detach().float()
+    return out
+
+
+def chunked_lm_loss(
+    hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size: int, chunks: int
+) -> tuple[Tensor, Tensor]:
     """Mean next-token cross entropy of ``head(hidden)`` against ``labels`` shifted by one (-100 and ids
-    >= vocab_size take no loss), computed on the positions that take a loss only, in ``chunks`` pieces.
+    >= vocab_size take no loss), computed on the positions that take a loss only, in ``chunks`` pieces;
+    and the per-token losses it is the mean of (``token_losses``: the trainer's per-source figures).
 
     Each piece is recomputed in the backward pass (activation checkpointing), so at most one piece's fp32
     logits are alive at once. The number of pieces is fixed, not derived from the batch, so every rank
@@ -105,20 +116,18 @@ def chunked_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, vocab_size:
     h, t = hidden[:, :-1][valid], targets[valid]
 
     def piece(h_piece: Tensor, t_piece: Tensor) -> Tensor:
-        return F.cross_entropy(head(h_piece).float(), t_piece, reduction="sum")
+        return F.cross_entropy(head(h_piece).float(), t_piece, reduction="none")
 
     if chunks <= 1:
-        total = piece(h, t)
+        per = piece(h, t)
     else:
-        total = hidden.new_zeros((), dtype=torch.float32)
         recompute = torch.is_grad_enabled() and h.requires_grad
-        for h_piece, t_piece in zip(h.tensor_split(chunks), t.tensor_split(chunks), strict=True):
-            total = total + (
-                checkpoint(piece, h_piece, t_piece, use_reentrant=False)
-                if recompute
-                else piece(h_piece, t_piece)
-            )
-    return total / t.numel()  # nan without targets, as F.cross_entropy's mean
+        per = torch.cat([
+            checkpoint(piece, h_piece, t_piece, use_reentrant=False) if recompute else piece(h_piece, t_piece)
+            for h_piece, t_piece in zip(h.tensor_split(chunks), t.tensor_split(chunks), strict=True)
+        ])
+    # nan without targets, as F.cross_entropy's mean
+    return per.sum() / t.numel(), token_losses(labels, valid, per)
 
 
 class CrossAttention(nn.Module):
@@ -149,9 +158,10 @@ class CrossAttention(nn.Module):
         each sample's tokens attend to its own image's tokens only (``Segments.sees``), sample by sample.
         """
         b, s, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim)).transpose(1, 2)
+        q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim))
         if segments is not None:
             return self._per_sample(q, media, segments, bias)
+        q = q.transpose(1, 2)
         if cache is not None and cache.length:
             k, v = cache.k, cache.v
         else:
@@ -168,20 +178,24 @@ class CrossAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
     def _per_sample(self, q: Tensor, media: Tensor, seg: Segments, bias: Tensor | None) -> Tensor:
-        b, t_all = media.shape[:2]
-        t = t_all // seg.num_images
-        k = self.k_norm(self.k_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(media).view(b * seg.num_images, t, self.num_kv_heads, self.head_dim)
-        which = seg.image.clamp(min=0)
-        k, v = k[which].transpose(1, 2), v[which].transpose(1, 2)  # (num, heads, T, head_dim)
-        q = seg.gather(q.transpose(1, 2)).transpose(1, 2)  # (num, heads, L, head_dim)
-        # A token that sees no image attends to all of them (no NaN); the block zeroes its output.
-        attn_mask = seg.sees[:, None, :, None].expand(-1, 1, -1, t) | ~seg.sees[:, None, :, None]
-        if bias is not None:
-            blocked = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
-            attn_mask = blocked + bias[:t]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
-        return self.o_proj(seg.scatter(out.transpose(1, 2).flatten(2)))
+        """q (B, S, heads, head_dim) -> (B, S, heads * head_dim): each sample's tokens attend to all tokens
+        of its own image (a token that sees none, or a sample without an image, attends to those of image
+        slot 0 and the block zeroes its output), one attention call per bucket of samples."""
+        t = media.shape[1] // seg.num_images
+        images = media.reshape(-1, t, media.shape[-1]).index_select(0, seg.image.clamp(min=0))
+        k = self.k_norm(self.k_proj(images).view(*images.shape[:2], self.num_kv_heads, self.head_dim))
+        v = self.v_proj(images).view(*images.shape[:2], self.num_kv_heads, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (num, kv heads, T, head_dim), in bucket order
+        attn_mask = None if bias is None else bias[:t].to(q.dtype).view(1, 1, 1, t)
+        outs, at = [], 0
+        for qb in seg.gather(q):
+            n = qb.shape[0]
+            out = F.scaled_dot_product_attention(
+                qb.transpose(1, 2), k[at : at + n], v[at : at + n], attn_mask=attn_mask, enable_gqa=True
+            )
+            outs.append(out.transpose(1, 2))
+            at += n
+        return self.o_proj(seg.scatter(outs).flatten(2))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -212,10 +226,14 @@ class CrossAttentionBlock(nn.Module):
     ) -> Tensor:
         """``is_tile`` (T,) bool marks the media tokens that come from image tiles (not the thumbnail);
         ``segments``: packed rows (``CrossAttention``)."""
-        sees_media = mask.any(dim=-1, keepdim=True)
-        keep = sees_media.to(x.dtype)
         bias = None if is_tile is None else is_tile.to(x.dtype) * self.tile_bias
-        h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias, segments) * keep
+        if segments is not None:  # packed rows: the mask is per sample (Segments), computed once a forward
+            keep = segments.sees_image[..., None].to(x.dtype)
+            h = self.cross_attn(self.input_layernorm(x), media, mask, cache, bias, segments) * keep
+        else:
+            sees_media = mask.any(dim=-1, keepdim=True)
+            keep = sees_media.to(x.dtype)
+            h = self.cross_attn(self.input_layernorm(x), media, mask | ~sees_media, cache, bias) * keep
         x = x + self.attn_gate.tanh() * h
         h = self.mlp(self.post_attention_layernorm(x)) * keep
         return x + self.mlp_gate.tanh() * h
@@ -258,6 +276,7 @@ class Media(NamedTuple):
 class ModelOutput(NamedTuple):
     logits: Tensor | None  # (B, S, vocab_size); None when labels are given (the loss is chunked)
     loss: Tensor | None  # mean next-token cross entropy over labels != -100, when labels are given
+    token_loss: Tensor | None = None  # (B, S) the loss at each label, NaN where none (``token_losses``)
 
 
 @dataclass
@@ -533,10 +552,10 @@ class FusionModel(nn.Module):
         hidden = self.hidden_states(input_ids, media, None, position_ids, segment_ids)
         if labels is None:
             return ModelOutput(self.decoder.lm_head(hidden), None)
-        vocab = self.config.decoder.vocab_size
-        return ModelOutput(
-            None, chunked_lm_loss(hidden, self.decoder.lm_head, labels, vocab, self.loss_chunks)
+        loss, per_label = chunked_lm_loss(
+            hidden, self.decoder.lm_head, labels, self.config.decoder.vocab_size, self.loss_chunks
         )
+        return ModelOutput(None, loss, per_label)
 
     def new_caches(self) -> FusionCaches:
         return FusionCaches(

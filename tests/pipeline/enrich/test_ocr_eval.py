@@ -1,8 +1,8 @@
 """OCR stage on the real-font set (`ocr_eval`: Debian fonts, licence text, photo backgrounds, tilt, JPEG).
 
 Seed 4 is neither the development seed (1) nor the report seeds (2, 3) of benchmarks/ocr_engines.py. The
-bound holds with margin for the per-line reading (CER ~0.3 on this seed; the band of rows read at once
-before it gave ~0.45 on the same kind of set).
+bound holds with margin for lines found again and read in their text colour (CER ~0.25 on this seed); the
+greyscale line crops before them gave ~0.37, the band of rows read at once before those ~0.45.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from vlmforge.pipeline.enrich.ocr import OcrText
 from vlmforge.pipeline.enrich.ocr_eval import cases, fonts
 from vlmforge.pipeline.sample_data.reading import edit_distance
 
-N_CASES, SEED, MAX_CER, MAX_SPURIOUS = 112, 4, 0.40, 2
+N_CASES, SEED, MAX_CER, MAX_SPURIOUS = 112, 4, 0.32, 2
 
 
 def test_ocr_stage_on_real_fonts_over_photos():

@@ -18,7 +18,7 @@ from vlmforge.pipeline.config import InputConfig
 from vlmforge.pipeline.readers.common import InputPart
 from vlmforge.pipeline.readers.webdataset import read_webdataset
 from vlmforge.pipeline.synth import KINDS, SUMMARY, generator, write_synth
-from vlmforge.pipeline.synth.legibility import cell_recall
+from vlmforge.pipeline.synth.legibility import cell_recall, text_values
 from vlmforge.pipeline.synth.markdown import markdown_table
 from vlmforge.pipeline.synth.screenshots import chromium_path
 
@@ -106,6 +106,43 @@ def test_captions_follow_from_the_structure():
                 )
 
 
+NODE = r"(\w)(?:\(\[(.+)\]\)|\[(.+)\]|\{(.+)\})?"  # an id, then its label as a terminal, step or question
+MERMAID = re.compile(rf"{NODE} -->(?:\|(yes|no)\|)? {NODE}")
+
+
+def test_flowchart_captions_are_the_graph_in_mermaid():
+    shapes = {1: "terminal", 2: "step", 3: "question"}
+    for i in range(12):
+        f = generator("flowcharts")(0, i)
+        lines = f.caption.split("\n")
+        assert lines[0] == "flowchart TD"
+        nodes, edges = {}, []
+        for line in lines[1:]:
+            m = MERMAID.fullmatch(line)
+            assert m, line
+            for at in (0, 5):  # the source, then the target; each written with its shape once
+                groups = m.groups()[at : at + 4]
+                for k, label in enumerate(groups[1:], 1):
+                    if label is not None:
+                        assert groups[0] not in nodes
+                        nodes[groups[0]] = {"id": groups[0], "label": label, "shape": shapes[k]}
+            edges.append({"src": m[1], "dst": m[6], "label": m[5] or ""})
+        by_id = sorted(f.structure["nodes"], key=lambda n: n["id"])
+        assert sorted(nodes.values(), key=lambda n: n["id"]) == by_id
+        assert edges == f.structure["edges"]
+        # from Start every node is reached, and every node but the end goes on: a question by yes and no
+        out = Counter(e["src"] for e in edges)
+        assert all(out[n["id"]] == (2 if n["shape"] == "question" else 1) for n in f.structure["nodes"][:-1])
+        reached, todo = {"A"}, ["A"]
+        while todo:
+            here = todo.pop()
+            for e in edges:
+                if e["src"] == here and e["dst"] not in reached:
+                    reached.add(e["dst"])
+                    todo.append(e["dst"])
+        assert reached == set(nodes) and nodes["A"]["label"] == "Start"
+
+
 def test_qa_answers_are_true_of_the_scene():
     checked = Counter()
     for i in range(40):
@@ -152,13 +189,14 @@ def _where(obj: dict, scene: dict) -> str:
     return " ".join(p for p in (row, col) if p) or "centre"
 
 
-@pytest.mark.parametrize("kind", ["tables", "charts"])
+@pytest.mark.parametrize("kind", ["tables", "charts", "flowcharts"])
 def test_ocr_reads_back_the_cell_values(kind):
-    """At the generated size, tesseract recovers >= 90% of the cell values (benchmarks/synth.py: more)."""
+    """At the generated size, tesseract recovers >= 90% of the cell values or node labels
+    (benchmarks/synth.py: more)."""
     hits = total = 0
     for i in range(6):
         s = generator(kind)(0, i)
-        values = [c for row in s.structure["rows"] for c in row]
+        values = text_values(s.structure)
         hits += cell_recall(s.image, values) * len(values)
         total += len(values)
     assert hits / total >= 0.9
@@ -171,8 +209,8 @@ def test_cli_writes_and_refuses_bad_arguments(tmp_path, capsys):
     assert main(["synth", "tables", str(tmp_path / "t"), "--n", "0"]) == 2
     assert "--n must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["synth", "flowcharts", str(tmp_path / "f")])
-    assert "invalid choice: 'flowcharts'" in capsys.readouterr().err
+        main(["synth", "diagrams", str(tmp_path / "f")])
+    assert "invalid choice: 'diagrams'" in capsys.readouterr().err
 
 
 def test_parallel_workers_write_the_same_shards(tmp_path):

@@ -1,0 +1,88 @@
+"""Colour keying of text lines (`colour_key`) and the OCR stage's line found again in its text colour."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from vlmforge.pipeline.config import OcrConfig
+from vlmforge.pipeline.enrich.colour_key import keyed, text_colour
+from vlmforge.pipeline.enrich.ocr import OcrText
+from vlmforge.pipeline.enrich.text_detect import TextLine
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+TEXT_RGB = (240, 220, 60)  # lighter than all of the texture
+
+
+def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Photo-like texture: random dark colours on a 6 px grid, smoothly interpolated (edges everywhere)."""
+    blocks = rng.integers(0, 130, (height // 6 + 1, width // 6 + 1, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(blocks).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _text_on_texture(seed: int = 0) -> tuple[Image.Image, np.ndarray, tuple[int, int, int, int]]:
+    """RGB image of a word in TEXT_RGB over texture, the text's stroke mask and its ink box."""
+    if not FONT.exists():
+        pytest.skip("apt-get install fonts-dejavu-core")
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(_texture(rng, 320, 120))
+    layer = Image.new("L", image.size, 0)
+    ImageDraw.Draw(layer).text((60, 40), "freedom", fill=255, font=ImageFont.truetype(str(FONT), 32))
+    image.paste(Image.new("RGB", image.size, TEXT_RGB), (0, 0), layer)
+    return image, np.asarray(layer) > 128, layer.getbbox()
+
+
+def test_text_colour_is_the_densest_colour():
+    rng = np.random.default_rng(1)
+    texture = rng.uniform(0, 255, (700, 3))
+    text = np.array(TEXT_RGB) + rng.normal(0, 4, (300, 3))
+    found = text_colour(np.concatenate([texture, text]).astype(np.float32))
+    assert found is not None and np.abs(found - TEXT_RGB).max() < 6
+    assert text_colour(np.zeros((3, 3), np.float32)) is None  # too few pixels
+
+
+def test_keyed_makes_the_text_dark_and_texture_light():
+    image, strokes, _ = _text_on_texture()
+    grey = np.asarray(keyed(image, dark=True, colour=np.array(TEXT_RGB, np.float32)))
+    assert grey[strokes].mean() < 40 and grey[~strokes].mean() > 150
+    # the colour found from the image's own light strokes does as well
+    own = np.asarray(keyed(image, dark=False))
+    assert own[strokes].mean() < 40 and own[~strokes].mean() > 150
+    assert keyed(Image.new("RGB", (80, 40), (120, 120, 120)), dark=True) is None  # no strokes, no colour
+
+
+def test_a_line_taken_in_texture_is_found_again_at_the_text():
+    image, _, (x0, y0, x1, y1) = _text_on_texture()
+    ocr = OcrText(OcrConfig())
+    # a detector line that took in texture: too tall, off to the left, half the word outside it
+    wrong = TextLine((20, 10, (x0 + x1) // 2, 110), chars=5, height=60.0, dark=True)
+    found = ocr.found_again(image, wrong)
+    assert found, "no line found again"
+    line, colour = found[0]
+    assert np.abs(colour - TEXT_RGB).max() < 30
+    bx0, by0, bx1, by1 = line.box
+    assert abs(bx0 - x0) <= 3 and abs(bx1 - x1) <= 3 and abs(by0 - y0) <= 3 and abs(by1 - y1) <= 3
+    assert line.height < 30  # the characters' height, not the texture's
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "I;16", "CMYK"])
+def test_the_stage_reads_text_in_any_image_mode(mode):
+    """The colour image is built for every mode (16-bit greyscale through its 8-bit grey) and read."""
+    if not FONT.exists():
+        pytest.skip("apt-get install fonts-dejavu-core")
+    image = Image.new("RGB", (240, 80), (200, 210, 190))
+    font = ImageFont.truetype(str(FONT), 32)
+    ImageDraw.Draw(image).text((20, 20), "freedom", fill=(30, 40, 120), font=font)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)
+    else:
+        image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, "TIFF" if mode == "CMYK" else "PNG")
+    ocr = OcrText(OcrConfig())
+    assert ocr.read(buf.getvalue()) == "freedom"
+    assert ocr.counters["bad_image"] == 0
