@@ -75,7 +75,7 @@ FOREIGN = {
     "es": ["un cuadrado {c} se mueve de izquierda a derecha", "un círculo crece lentamente",
            "un triángulo aparece en el centro de la imagen", "el cuadrado desaparece después de un rato"],
 }  # fmt: skip
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Clip:
         """The clip's RGB frames."""
         n = max(1, round(self.seconds * fps))
         w, h = self.width, self.height
-        base = min(w, h) // 4
+        base = min(w, h) // 3  # a third of the short side: a few patches even at the encoder's 32 px
         out = []
         for i in range(n):
             t = i / max(n - 1, 1)
@@ -148,14 +148,21 @@ def draw_shape(
         draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=colour)
 
 
+def muted(rng: random.Random, low: int, high: int) -> tuple[int, int, int]:
+    """A grey of random brightness with a faint tint: no background block reads as a shape's colour."""
+    grey = rng.randrange(low, high)
+    return tuple(min(255, max(0, grey + rng.randrange(-12, 13))) for _ in range(3))
+
+
 def background(rng: random.Random, w: int, h: int) -> np.ndarray:
-    """Large random blocks in muted tones: low-frequency structure that sets each clip's pHashes apart."""
-    img = Image.new("RGB", (w, h), tuple(rng.randrange(60, 200) for _ in range(3)))
+    """Large random blocks in muted tones: low-frequency structure (pHash reads brightness) that sets each
+    clip's pHashes apart."""
+    img = Image.new("RGB", (w, h), muted(rng, 60, 200))
     draw = ImageDraw.Draw(img)
     for _ in range(rng.randint(4, 7)):
         x0, y0 = rng.randrange(-w // 4, w), rng.randrange(-h // 4, h)
         box = (x0, y0, x0 + rng.randrange(w // 4, w), y0 + rng.randrange(h // 4, h))
-        fill = tuple(rng.randrange(30, 230) for _ in range(3))
+        fill = muted(rng, 30, 230)
         (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=fill)
     return np.asarray(img)
 

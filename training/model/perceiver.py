@@ -4,7 +4,10 @@ A video of any length is resampled uniformly in time to ``num_frames`` frames (6
 does), the frames go through the image encoder and projection head, and each group of ``group_size``
 consecutive frames (32) is merged by learned latents cross-attending to all of the group's tokens. The
 decoder therefore always sees ``num_frames / group_size * num_latents`` video tokens, whatever the frame
-count. The video cross-attention layers that read them live in fusion.py.
+count. The video cross-attention layers that read them live in fusion.py; they have no positions, so each
+group's latents start from a learned embedding of the group's place in the clip: without it the decoder
+could not tell a clip from the same clip with its groups in another order (a colour change from red to
+blue read the same as one from blue to red).
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ class PerceiverResampler(nn.Module):
         self.latents = nn.Parameter(0.02 * torch.randn(cfg.num_latents, dim))
         # where a frame sits inside its group, so the latents can tell time apart
         self.frame_embedding = nn.Parameter(0.02 * torch.randn(cfg.group_size, dim))
+        # where a group sits in the clip (see the module docstring)
+        self.group_embedding = nn.Parameter(0.02 * torch.randn(cfg.num_groups, dim))
         self.layers = nn.ModuleList(
             PerceiverLayer(dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.num_layers)
         )
@@ -87,7 +92,7 @@ class PerceiverResampler(nn.Module):
         groups = num_frames // self.cfg.group_size
         media = frames.reshape(b * groups, self.cfg.group_size, tokens, dim) + self.frame_embedding[:, None]
         media = media.flatten(1, 2)
-        latents = self.latents.expand(b * groups, -1, -1)
+        latents = (self.latents + self.group_embedding[:, None]).repeat(b, 1, 1)  # row b * groups + g
         for layer in self.layers:
             latents = layer(media, latents)
         return self.norm(latents).reshape(b, groups * self.cfg.num_latents, dim)

@@ -321,6 +321,18 @@ def test_video_yields_a_fixed_number_of_tokens_whatever_the_frame_count():
         assert model.encode_video(frames).shape == expected
 
 
+def test_video_tokens_tell_the_order_of_the_groups():
+    # The video cross-attention has no positions: the latents must carry where their group sits in time.
+    model = tiny_model("tiny_video").eval()
+    open_gates(model)
+    ids = text_ids(model)
+    ids[:, 1] = model.config.video_token_id
+    frames = torch.randn(2, model.config.video.num_frames, 3, 32, 32)
+    half = frames.shape[1] // 2  # two groups: the clip's halves swapped
+    swapped = torch.cat([frames[:, half:], frames[:, :half]], dim=1)
+    assert not torch.allclose(model(ids, videos=frames).logits, model(ids, videos=swapped).logits, atol=1e-4)
+
+
 def test_video_adapters_start_closed_then_steer_the_text_and_train():
     model = tiny_model("tiny_video")
     ids = text_ids(model)

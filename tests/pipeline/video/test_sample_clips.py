@@ -1,0 +1,36 @@
+"""The synthetic clips' pictures: the caption's colour is the shape's alone, and the shape is big enough to
+read at the tiny encoder's resolution (the video recipe's video gap depends on both)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from vlmforge.pipeline.sample_data.video import random_clip
+
+
+def saturation(pixels: np.ndarray) -> np.ndarray:
+    return pixels.max(axis=-1).astype(int) - pixels.min(axis=-1)
+
+
+def test_backgrounds_are_muted_and_only_the_shape_carries_a_colour():
+    for seed in range(12):
+        clip = random_clip(random.Random(seed), seconds=2.0)
+        assert saturation(clip.background).max() <= 24, seed  # grey with a faint tint
+        frame = clip.frames(fps=4)[-1 if clip.motion == "appears" else 0]
+        coloured = saturation(frame) > 60
+        base = min(clip.width, clip.height) // 3
+        smallest = (base * 0.3) ** 2 / 2  # a triangle at its smallest size (shrinks ends, grows starts there)
+        assert coloured.sum() >= smallest, (seed, clip.motion)
+        ys, xs = np.nonzero(coloured)
+        assert np.ptp(ys) <= base * 1.7 + 2 and np.ptp(xs) <= base * 1.7 + 2  # one shape, not the background
+
+
+def test_a_moving_shape_spans_a_third_of_the_short_side():
+    rng = random.Random(0)
+    clip = next(c for c in (random_clip(rng, seconds=2.0) for _ in range(50)) if c.motion == "left_to_right")
+    coloured = saturation(clip.frames(fps=4)[0]) > 60
+    ys, xs = np.nonzero(coloured)
+    assert np.ptp(xs) + 1 >= min(clip.width, clip.height) // 3 - 1
+    assert xs.mean() < clip.width / 2  # starts on the left
