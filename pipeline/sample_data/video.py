@@ -36,6 +36,8 @@ COLOURS = {
 SHAPES = ("square", "circle", "triangle")
 MOTIONS = ("left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top", "grows", "shrinks",
            "appears", "disappears", "changes_colour")  # fmt: skip
+# Places on the clip's middle line that a route clip visits, each once, in the caption's order.
+PLACES = ("left", "middle", "right")
 
 VIDEO_PROPORTIONS: dict[str, float] = {
     "clean": 0.58,
@@ -90,8 +92,11 @@ class Clip:
     motion: str
     to_colour: str
     background: np.ndarray = field(repr=False)
+    route: tuple[str, ...] = ()  # motion "route": the places visited, in order
 
     def caption(self) -> str:
+        if self.motion == "route":  # only the order is worth saying: colour and shape left out
+            return "a shape goes to the " + ", then the ".join(self.route)
         obj = f"a {self.colour} {self.shape}"
         text = {
             "left_to_right": f"{obj} moves from left to right",
@@ -129,6 +134,9 @@ class Clip:
                 visible = t < 0.6
             elif m == "changes_colour" and t >= 0.5:
                 colour = COLOURS[self.to_colour]
+            elif m == "route":  # equal stays at each place
+                place = self.route[min(i * len(self.route) // n, len(self.route) - 1)]
+                cx = base + (w - 2 * base) * PLACES.index(place) / (len(PLACES) - 1)
             if visible:
                 draw_shape(ImageDraw.Draw(img), self.shape, cx, cy, size, colour)
             out.append(np.asarray(img))
@@ -174,6 +182,20 @@ def random_clip(
     colour, to_colour = rng.sample([c for c in COLOURS if c not in ("white", "black")], 2)
     return Clip(w, h, seconds if seconds is not None else rng.choice((3.0, 4.0, 5.0)), rng.choice(SHAPES),
                 colour, rng.choice(MOTIONS), to_colour, background(rng, w, h))  # fmt: skip
+
+
+def route_clip(
+    rng: random.Random, seconds: float | None = None, size: tuple[int, int] | None = None
+) -> Clip:
+    """A clip whose caption only the frames' order decides: a shape of any colour visits every one of
+    PLACES in a random order ("a shape goes to the right, then the left, then the middle"). Any single
+    frame, or the frames in another order, tell nothing of that order."""
+    clip = random_clip(rng, seconds, size)
+    clip.motion, clip.route = "route", tuple(rng.sample(PLACES, len(PLACES)))
+    return clip
+
+
+CLIP_KINDS = {"motion": random_clip, "route": route_clip}  # ClipShape.captions
 
 
 def encode(frames: list[np.ndarray], fps: int = FPS, codec: str = "libx264", crf: int = 23) -> bytes:
@@ -246,11 +268,17 @@ class VideoRow:
 
 @dataclass(frozen=True)
 class ClipShape:
-    """Clean clips' size (default: one of SIZES), duration (default: 3, 4 or 5 s) and frame rate."""
+    """Clean clips' size (default: one of SIZES), duration (default: 3, 4 or 5 s), frame rate, and what
+    their captions say (a key of CLIP_KINDS: "motion", the default, or "route": only the order)."""
 
     size: tuple[int, int] | None = None
     seconds: float | None = None
     fps: int = FPS
+    captions: str = "motion"
+
+    def __post_init__(self) -> None:
+        if self.captions not in CLIP_KINDS:
+            raise ValueError(f"captions: {self.captions!r} is not one of {sorted(CLIP_KINDS)}")
 
 
 KEEP_ORIGINALS = 4  # clean clips held (with their frames) for duplicates to copy: bounds memory
@@ -290,7 +318,7 @@ def make_row(kind: str, key: str, rng: random.Random, originals: list, shape: Cl
         else:  # trimmed: the first second cut
             out = encode(frames[shape.fps :], shape.fps)
         return VideoRow(key, kind, out, caption, duplicate_of=okey)
-    clip = random_clip(rng, shape.seconds, shape.size)
+    clip = CLIP_KINDS[shape.captions](rng, shape.seconds, shape.size)
     if kind == "too_short":
         clip = random_clip(rng, seconds=0.5)
     elif kind == "too_small":
