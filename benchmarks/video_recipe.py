@@ -70,12 +70,12 @@ TIME_WORDS = {"left", "middle", "right", "top", "bottom", "grows", "shrinks", "a
 
 def word_classes(caption: str) -> list[str]:
     """Per word: "time" where the frames' order decides it (a direction, grows/shrinks, appears/disappears,
-    the order of a colour change's two colours, a route's places), "clip" where any frame does (colour,
+    the order of a colour change's colours, a route's places), "clip" where any frame does (colour,
     shape, moves or changes), "text" where the caption's other words do."""
     from vlmforge.pipeline.sample_data.video import COLOURS, SHAPES
 
     words = [w.strip(",.") for w in caption.split()]
-    change = "changes" in words
+    change = "changes" in words or "then" in words
     out = []
     for w in words:
         if w in TIME_WORDS or (change and w in COLOURS):
@@ -135,8 +135,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--clips", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0, help="which clips (tune on one seed, report another)")
-    parser.add_argument("--captions", default="motion", choices=["motion", "route"],
-                        help="route: clips whose captions only the frames' order decides")  # fmt: skip
+    parser.add_argument("--captions", default="motion", choices=["motion", "route", "turns"],
+                        help="route, turns: clips whose captions only the frames' order decides")  # fmt: skip
     parser.add_argument("--name", default="video")
     parser.add_argument("--set", action="append", default=[], help="override for the video run")
     args = parser.parse_args()

@@ -38,6 +38,8 @@ MOTIONS = ("left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top", "
            "appears", "disappears", "changes_colour")  # fmt: skip
 # Places on the clip's middle line that a route clip visits, each once, in the caption's order.
 PLACES = ("left", "middle", "right")
+# Colours a "turns" clip's shape takes, each once, in the caption's order.
+TURNS = ("red", "green", "blue")
 
 VIDEO_PROPORTIONS: dict[str, float] = {
     "clean": 0.58,
@@ -92,11 +94,13 @@ class Clip:
     motion: str
     to_colour: str
     background: np.ndarray = field(repr=False)
-    route: tuple[str, ...] = ()  # motion "route": the places visited, in order
+    route: tuple[str, ...] = ()  # motion "route"/"turns": the places visited / colours taken, in order
 
     def caption(self) -> str:
         if self.motion == "route":  # only the order is worth saying: colour and shape left out
             return "a shape goes to the " + ", then the ".join(self.route)
+        if self.motion == "turns":
+            return "a shape turns " + ", then ".join(self.route)
         obj = f"a {self.colour} {self.shape}"
         text = {
             "left_to_right": f"{obj} moves from left to right",
@@ -134,9 +138,12 @@ class Clip:
                 visible = t < 0.6
             elif m == "changes_colour" and t >= 0.5:
                 colour = COLOURS[self.to_colour]
-            elif m == "route":  # equal stays at each place
-                place = self.route[min(i * len(self.route) // n, len(self.route) - 1)]
-                cx = base + (w - 2 * base) * PLACES.index(place) / (len(PLACES) - 1)
+            elif m in ("route", "turns"):  # equal stays at each place or colour
+                step = self.route[min(i * len(self.route) // n, len(self.route) - 1)]
+                if m == "route":
+                    cx = base + (w - 2 * base) * PLACES.index(step) / (len(PLACES) - 1)
+                else:
+                    colour = COLOURS[step]
             if visible:
                 draw_shape(ImageDraw.Draw(img), self.shape, cx, cy, size, colour)
             out.append(np.asarray(img))
@@ -195,7 +202,17 @@ def route_clip(
     return clip
 
 
-CLIP_KINDS = {"motion": random_clip, "route": route_clip}  # ClipShape.captions
+def turns_clip(
+    rng: random.Random, seconds: float | None = None, size: tuple[int, int] | None = None
+) -> Clip:
+    """Like route_clip, but the shape stays in the middle and takes every one of TURNS in a random order
+    ("a shape turns blue, then red, then green"): colours the encoder reads in any single frame."""
+    clip = random_clip(rng, seconds, size)
+    clip.motion, clip.route = "turns", tuple(rng.sample(TURNS, len(TURNS)))
+    return clip
+
+
+CLIP_KINDS = {"motion": random_clip, "route": route_clip, "turns": turns_clip}  # ClipShape.captions
 
 
 def encode(frames: list[np.ndarray], fps: int = FPS, codec: str = "libx264", crf: int = 23) -> bytes:
@@ -269,7 +286,8 @@ class VideoRow:
 @dataclass(frozen=True)
 class ClipShape:
     """Clean clips' size (default: one of SIZES), duration (default: 3, 4 or 5 s), frame rate, and what
-    their captions say (a key of CLIP_KINDS: "motion", the default, or "route": only the order)."""
+    their captions say (a key of CLIP_KINDS: "motion", the default, or "route" / "turns": only the
+    order)."""
 
     size: tuple[int, int] | None = None
     seconds: float | None = None

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from vlmforge.pipeline.sample_data.video import (
+    COLOURS,
     PLACES,
+    TURNS,
     ClipShape,
     generate_video_rows,
     random_clip,
     route_clip,
+    turns_clip,
 )
 
 
@@ -60,5 +63,18 @@ def test_route_captions_are_an_option_and_motion_stays_the_default():
     clean = [r.caption for r in route if r.kind == "clean"]
     assert clean and all(c.startswith("a shape goes to the ") for c in clean)
     assert not any(r.caption.startswith("a shape goes") for r in motion)
+    turns = generate_video_rows(12, seed=0, shard_size=100, shape=ClipShape(captions="turns"))
+    assert all(r.caption.startswith("a shape turns ") for r in turns if r.kind == "clean")
     with pytest.raises(ValueError, match="captions: 'order' is not one of"):
         ClipShape(captions="order")
+
+
+def test_a_turns_clip_shows_its_colours_in_the_captions_order():
+    for seed in range(6):
+        clip = turns_clip(random.Random(seed), seconds=3.0)
+        assert sorted(clip.route) == sorted(TURNS)
+        assert clip.caption() == "a shape turns " + ", then ".join(clip.route)
+        for frame, colour in zip(clip.frames(fps=1), clip.route, strict=True):
+            coloured = frame[saturation(frame) > 60].astype(int)
+            assert len(coloured), (seed, colour)
+            assert np.abs(coloured.mean(axis=0) - COLOURS[colour]).max() < 20, (seed, colour)
