@@ -21,6 +21,10 @@ shape, motion and its direction or order) and the rest.
     OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/video_recipe.py --chain /tmp/chain \
         --out /tmp/video-recipe --clips 600
 
+``--captions`` picks the clips: "motion" (default; most of their words any single frame decides), or
+"route" / "turns", whose captions only the frames' order decides (a shape visiting left, middle and right,
+or turning red, green and blue, in a random order).
+
 Runs already in OUT/results.json are not repeated (``--name`` tells variants apart; ``--set`` overrides
 the video config).
 """
