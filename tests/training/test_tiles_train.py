@@ -282,7 +282,7 @@ def test_tiles_on_two_ranks_under_zero3_match_zero2(tmp_path):
         sets = [f"data.path={mixed_data()}", f"tokenizer={tokenizer}", f"train.output={out}",
                 f"model.init_from=[{init}]", f"train.deepspeed=configs/deepspeed/{zero}.json",
                 "data.subset=null", "data.heldout_fraction=0", "data.num_workers=1", "data.shuffle_buffer=16",
-                "train.progress=false", "train.save_every=0", *RUN]  # fmt: skip
+                "train.progress=false", "train.save_every=0", *RUN, "train.steps=3"]  # fmt: skip
         cmd = [PYTHON, "-m", "vlmforge.pipeline.cli", "train", CONFIG, "--nproc", "2"]
         cmd += [x for s in sets for x in ("--set", s)]
         proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=400)
@@ -291,5 +291,5 @@ def test_tiles_on_two_ranks_under_zero3_match_zero2(tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["zero_stage"] == int(zero[-1]) and summary["world_size"] == 2
     print(f"tiles on 2 ranks: ZeRO-2 {losses['zero2']}, ZeRO-3 {losses['zero3']}")
-    assert len(losses["zero3"]) == STEPS and all(np.isfinite(losses["zero3"]))
+    assert len(losses["zero3"]) == 3 and all(np.isfinite(losses["zero3"]))
     assert losses["zero3"] == pytest.approx(losses["zero2"], rel=1e-4)
