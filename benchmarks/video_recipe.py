@@ -21,6 +21,10 @@ shape, motion and its direction or order) and the rest.
     OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/video_recipe.py --chain /tmp/chain \
         --out /tmp/video-recipe --clips 600
 
+``--captions`` picks the clips: "motion" (default; most of their words any single frame decides), or
+"route" / "turns", whose captions only the frames' order decides (a shape visiting left, middle and right,
+or turning red, green and blue, in a random order).
+
 Runs already in OUT/results.json are not repeated (``--name`` tells variants apart; ``--set`` overrides
 the video config).
 """
@@ -41,16 +45,18 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 
-def clip_rows(n: int, seed: int) -> list[dict]:
-    """`n` clean clips as curated rows: encoded, then sampled to frames by the curation video stage."""
+def clip_rows(n: int, seed: int, captions: str = "motion") -> list[dict]:
+    """`n` clean clips as curated rows: encoded, then sampled to frames by the curation video stage.
+    `captions` picks the clips (`CLIP_KINDS`: "motion" clips, or "route" clips whose captions only the
+    frames' order decides)."""
     from vlmforge.pipeline.config import load_config
-    from vlmforge.pipeline.sample_data.video import FPS, encode, random_clip
+    from vlmforge.pipeline.sample_data.video import CLIP_KINDS, FPS, encode
     from vlmforge.pipeline.video.decode import inspect_clip
 
     video_cfg = load_config(ROOT / "configs/curate/video.yaml").video
     rows = []
     for i in range(n):
-        clip = random_clip(random.Random(f"video-recipe/{seed}/{i}"))
+        clip = CLIP_KINDS[captions](random.Random(f"video-recipe/{seed}/{i}"))
         sampled = inspect_clip(encode(clip.frames(FPS), FPS), video_cfg)
         if sampled.reason is not None:
             raise RuntimeError(f"clip {i}: {sampled.reason} ({sampled.detail})")
@@ -63,17 +69,17 @@ def clip_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-TIME_WORDS = {"left", "right", "top", "bottom", "grows", "shrinks", "appears", "disappears"}
+TIME_WORDS = {"left", "middle", "right", "top", "bottom", "grows", "shrinks", "appears", "disappears"}
 
 
 def word_classes(caption: str) -> list[str]:
     """Per word: "time" where the frames' order decides it (a direction, grows/shrinks, appears/disappears,
-    the order of a colour change's two colours), "clip" where any frame does (colour, shape, moves or
-    changes), "text" where the caption's other words do."""
+    the order of a colour change's colours, a route's places), "clip" where any frame does (colour,
+    shape, moves or changes), "text" where the caption's other words do."""
     from vlmforge.pipeline.sample_data.video import COLOURS, SHAPES
 
-    words = caption.split()
-    change = "changes" in words
+    words = [w.strip(",.") for w in caption.split()]
+    change = "changes" in words or "then" in words
     out = []
     for w in words:
         if w in TIME_WORDS or (change and w in COLOURS):
@@ -133,6 +139,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--clips", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0, help="which clips (tune on one seed, report another)")
+    parser.add_argument("--captions", default="motion", choices=["motion", "route", "turns"],
+                        help="route, turns: clips whose captions only the frames' order decides")  # fmt: skip
     parser.add_argument("--name", default="video")
     parser.add_argument("--set", action="append", default=[], help="override for the video run")
     args = parser.parse_args()
@@ -147,10 +155,11 @@ def main() -> None:
 
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
-    curated = root / f"clips-{args.seed}-{args.clips}"
+    variant = "" if args.captions == "motion" else f"-{args.captions}"
+    curated = root / f"clips-{args.seed}-{args.clips}{variant}"
     if not (curated / "manifest.json").exists():
         t0 = time.time()
-        rows = clip_rows(args.clips, args.seed)
+        rows = clip_rows(args.clips, args.seed, args.captions)
         train_support.write_curated(curated, [rows[i : i + 100] for i in range(0, len(rows), 100)])
         print(f"clips: {len(rows)} in {time.time() - t0:.0f} s", flush=True)
     done = root / "results.json"
@@ -181,6 +190,7 @@ def main() -> None:
     heldout = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
     entry = {
         "overrides": args.set,
+        "captions": args.captions,
         "clips": args.clips,
         "seed": args.seed,
         "steps": summary["steps"],

@@ -84,6 +84,7 @@ def load_into(module: nn.Module, path: str | Path, strict_names: bool = True) ->
         unknown = [n for n in names if n not in params]
         if unknown and strict_names:
             raise KeyError(f"{path}: parameters not in this model: {unknown[:5]}")
+        check_whole_video(path, names, params)
         with torch.no_grad():
             for name in names:
                 if name not in params:
@@ -99,6 +100,22 @@ def load_into(module: nn.Module, path: str | Path, strict_names: bool = True) ->
                         )
                     target.copy_(tensor)
     return names
+
+
+def check_whole_video(path: Path, names: list[str], params: dict[str, nn.Parameter]) -> None:
+    """The video adapters train and are saved whole: a file with some of them but not all was written by
+    an older model (e.g. before the perceiver's group embedding), whose missing tensors would silently
+    stay at their random start."""
+    if not any(n.startswith("video.") for n in names):
+        return
+    held = set(names)
+    missing = [n for n in params if n.startswith("video.") and n not in held]
+    if missing:
+        raise ValueError(
+            f"{path}: the video adapters lack {missing[:5]} (written by an older version of the model, "
+            "before these tensors existed); retrain the video stage (configs/train/video.yaml) from its "
+            "image-stage file"
+        )
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -36,6 +36,10 @@ COLOURS = {
 SHAPES = ("square", "circle", "triangle")
 MOTIONS = ("left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top", "grows", "shrinks",
            "appears", "disappears", "changes_colour")  # fmt: skip
+# Places on the clip's middle line that a route clip visits, each once, in the caption's order.
+PLACES = ("left", "middle", "right")
+# Colours a "turns" clip's shape takes, each once, in the caption's order.
+TURNS = ("red", "green", "blue")
 
 VIDEO_PROPORTIONS: dict[str, float] = {
     "clean": 0.58,
@@ -90,8 +94,13 @@ class Clip:
     motion: str
     to_colour: str
     background: np.ndarray = field(repr=False)
+    route: tuple[str, ...] = ()  # motion "route"/"turns": the places visited / colours taken, in order
 
     def caption(self) -> str:
+        if self.motion == "route":  # only the order is worth saying: colour and shape left out
+            return "a shape goes to the " + ", then the ".join(self.route)
+        if self.motion == "turns":
+            return "a shape turns " + ", then ".join(self.route)
         obj = f"a {self.colour} {self.shape}"
         text = {
             "left_to_right": f"{obj} moves from left to right",
@@ -129,6 +138,12 @@ class Clip:
                 visible = t < 0.6
             elif m == "changes_colour" and t >= 0.5:
                 colour = COLOURS[self.to_colour]
+            elif m in ("route", "turns"):  # equal stays at each place or colour
+                step = self.route[min(i * len(self.route) // n, len(self.route) - 1)]
+                if m == "route":
+                    cx = base + (w - 2 * base) * PLACES.index(step) / (len(PLACES) - 1)
+                else:
+                    colour = COLOURS[step]
             if visible:
                 draw_shape(ImageDraw.Draw(img), self.shape, cx, cy, size, colour)
             out.append(np.asarray(img))
@@ -174,6 +189,30 @@ def random_clip(
     colour, to_colour = rng.sample([c for c in COLOURS if c not in ("white", "black")], 2)
     return Clip(w, h, seconds if seconds is not None else rng.choice((3.0, 4.0, 5.0)), rng.choice(SHAPES),
                 colour, rng.choice(MOTIONS), to_colour, background(rng, w, h))  # fmt: skip
+
+
+def route_clip(
+    rng: random.Random, seconds: float | None = None, size: tuple[int, int] | None = None
+) -> Clip:
+    """A clip whose caption only the frames' order decides: a shape of any colour visits every one of
+    PLACES in a random order ("a shape goes to the right, then the left, then the middle"). Any single
+    frame, or the frames in another order, tell nothing of that order."""
+    clip = random_clip(rng, seconds, size)
+    clip.motion, clip.route = "route", tuple(rng.sample(PLACES, len(PLACES)))
+    return clip
+
+
+def turns_clip(
+    rng: random.Random, seconds: float | None = None, size: tuple[int, int] | None = None
+) -> Clip:
+    """Like route_clip, but the shape stays in the middle and takes every one of TURNS in a random order
+    ("a shape turns blue, then red, then green"): colours the encoder reads in any single frame."""
+    clip = random_clip(rng, seconds, size)
+    clip.motion, clip.route = "turns", tuple(rng.sample(TURNS, len(TURNS)))
+    return clip
+
+
+CLIP_KINDS = {"motion": random_clip, "route": route_clip, "turns": turns_clip}  # ClipShape.captions
 
 
 def encode(frames: list[np.ndarray], fps: int = FPS, codec: str = "libx264", crf: int = 23) -> bytes:
@@ -246,11 +285,18 @@ class VideoRow:
 
 @dataclass(frozen=True)
 class ClipShape:
-    """Clean clips' size (default: one of SIZES), duration (default: 3, 4 or 5 s) and frame rate."""
+    """Clean clips' size (default: one of SIZES), duration (default: 3, 4 or 5 s), frame rate, and what
+    their captions say (a key of CLIP_KINDS: "motion", the default, or "route" / "turns": only the
+    order)."""
 
     size: tuple[int, int] | None = None
     seconds: float | None = None
     fps: int = FPS
+    captions: str = "motion"
+
+    def __post_init__(self) -> None:
+        if self.captions not in CLIP_KINDS:
+            raise ValueError(f"captions: {self.captions!r} is not one of {sorted(CLIP_KINDS)}")
 
 
 KEEP_ORIGINALS = 4  # clean clips held (with their frames) for duplicates to copy: bounds memory
@@ -290,7 +336,7 @@ def make_row(kind: str, key: str, rng: random.Random, originals: list, shape: Cl
         else:  # trimmed: the first second cut
             out = encode(frames[shape.fps :], shape.fps)
         return VideoRow(key, kind, out, caption, duplicate_of=okey)
-    clip = random_clip(rng, shape.seconds, shape.size)
+    clip = CLIP_KINDS[shape.captions](rng, shape.seconds, shape.size)
     if kind == "too_short":
         clip = random_clip(rng, seconds=0.5)
     elif kind == "too_small":

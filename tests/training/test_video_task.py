@@ -219,3 +219,22 @@ def test_unset_trainable_fields_default_to_video_only(setup, tmp_path):
     cfg = config(setup, tmp_path, "model.trainable={fusion: true}")
     chosen = video.trainable(cfg)
     assert (chosen.video, chosen.fusion, chosen.encoder, chosen.projection) == (True, True, False, False)
+
+
+def test_video_weights_without_a_tensor_of_today_fail_naming_it(tmp_path):
+    """A video file saved before the perceiver's group embedding existed is refused, not silently loaded
+    with that tensor at its random start."""
+    torch.manual_seed(0)
+    model = FusionModel(get_config("tiny_video"))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    image = tmp_path / "image.safetensors"
+    save_tensors({n: t for n, t in params.items() if not n.startswith("video.")}, image, model.config, [])
+    video = {n: t for n, t in params.items() if n.startswith("video.")}
+    whole, old = tmp_path / "whole.safetensors", tmp_path / "old.safetensors"
+    save_tensors(video, whole, model.config, [str(image)])
+    loaded = dict(load_fusion_model(whole).named_parameters())
+    assert torch.equal(loaded["video.resampler.group_embedding"], params["video.resampler.group_embedding"])
+    del video["video.resampler.group_embedding"]
+    save_tensors(video, old, model.config, [str(image)])
+    with pytest.raises(ValueError, match=r"lack \['video.resampler.group_embedding'\].*retrain the video"):
+        load_fusion_model(old)

@@ -6,8 +6,18 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
-from vlmforge.pipeline.sample_data.video import random_clip
+from vlmforge.pipeline.sample_data.video import (
+    COLOURS,
+    PLACES,
+    TURNS,
+    ClipShape,
+    generate_video_rows,
+    random_clip,
+    route_clip,
+    turns_clip,
+)
 
 
 def saturation(pixels: np.ndarray) -> np.ndarray:
@@ -34,3 +44,37 @@ def test_a_moving_shape_spans_a_third_of_the_short_side():
     ys, xs = np.nonzero(coloured)
     assert np.ptp(xs) + 1 >= min(clip.width, clip.height) // 3 - 1
     assert xs.mean() < clip.width / 2  # starts on the left
+
+
+def test_a_route_clip_shows_its_places_in_the_captions_order():
+    for seed in range(6):
+        clip = route_clip(random.Random(seed), seconds=3.0)
+        assert sorted(clip.route) == sorted(PLACES)
+        assert clip.caption() == "a shape goes to the " + ", then the ".join(clip.route)
+        for frame, place in zip(clip.frames(fps=1), clip.route, strict=True):  # one frame a place
+            xs = np.nonzero(saturation(frame) > 60)[1]
+            third = min(int(xs.mean() * 3 / clip.width), 2)
+            assert PLACES[third] == place, (seed, clip.route)
+
+
+def test_route_captions_are_an_option_and_motion_stays_the_default():
+    motion = generate_video_rows(12, seed=0, shard_size=100)
+    route = generate_video_rows(12, seed=0, shard_size=100, shape=ClipShape(captions="route"))
+    clean = [r.caption for r in route if r.kind == "clean"]
+    assert clean and all(c.startswith("a shape goes to the ") for c in clean)
+    assert not any(r.caption.startswith("a shape goes") for r in motion)
+    turns = generate_video_rows(12, seed=0, shard_size=100, shape=ClipShape(captions="turns"))
+    assert all(r.caption.startswith("a shape turns ") for r in turns if r.kind == "clean")
+    with pytest.raises(ValueError, match="captions: 'order' is not one of"):
+        ClipShape(captions="order")
+
+
+def test_a_turns_clip_shows_its_colours_in_the_captions_order():
+    for seed in range(6):
+        clip = turns_clip(random.Random(seed), seconds=3.0)
+        assert sorted(clip.route) == sorted(TURNS)
+        assert clip.caption() == "a shape turns " + ", then ".join(clip.route)
+        for frame, colour in zip(clip.frames(fps=1), clip.route, strict=True):
+            coloured = frame[saturation(frame) > 60].astype(int)
+            assert len(coloured), (seed, colour)
+            assert np.abs(coloured.mean(axis=0) - COLOURS[colour]).max() < 20, (seed, colour)
