@@ -68,15 +68,20 @@ def step_flops(
     return total
 
 
+def decoder_attention(mc: ModelConfig) -> dict[str, tuple[str, int]]:
+    """``step_flops``'s attention table of the decoder alone: its causal self-attention."""
+    d = mc.decoder
+    return {"decoder": ("self", d.num_layers * d.num_heads * d.head_dim)}
+
+
 def fusion_attention(mc: ModelConfig) -> dict[str, tuple[str, int]]:
     """``step_flops``'s attention table of the fused model: component -> (pairs, width x layers)."""
     d = mc.decoder
-    width = d.num_heads * d.head_dim
     return {
         "encoder": ("image_pairs", mc.vision.num_layers * mc.vision.dim),
         "projection": ("image_pairs", mc.projection.num_layers * mc.vision.dim),
-        "decoder": ("self", d.num_layers * width),
-        "fusion": ("cross", mc.num_fusion_layers * width),
+        **decoder_attention(mc),
+        "fusion": ("cross", mc.num_fusion_layers * d.num_heads * d.head_dim),
     }
 
 

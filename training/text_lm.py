@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig
 from vlmforge.training.data import SampleFormat
+from vlmforge.training.flops import decoder_attention
 from vlmforge.training.model.config import IGNORE_INDEX, ModelConfig
 from vlmforge.training.model.decoder import Decoder
 from vlmforge.training.model.fusion import ModelOutput, token_losses
@@ -23,11 +24,7 @@ from vlmforge.training.tokenizer import TextTokenizer
 # What each top-level component of the model processes, for the FLOP count (training/flops.py).
 TOKENS = {"decoder": "text"}
 FIRST: tuple[str, ...] = ()
-
-
-def attention_table(mc: ModelConfig) -> dict[str, tuple[str, int]]:
-    """The decoder's causal self-attention, for the FLOP count."""
-    return {"decoder": ("self", mc.decoder.num_layers * mc.decoder.num_heads * mc.decoder.head_dim)}
+attention_table = decoder_attention
 
 
 def next_token_loss(logits: Tensor, labels: Tensor) -> ModelOutput:

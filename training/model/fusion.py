@@ -155,7 +155,7 @@ class CrossAttention(nn.Module):
         """x (B, S, D), media (B, T, D), mask (B, S, T) bool; the cache keeps k and v of the media.
 
         ``bias`` (T,) is added to the attention logits of every query. With ``segments`` (packed rows)
-        each sample's tokens attend to its own image's tokens only (``Segments.sees``), sample by sample.
+        each sample's tokens attend to its own image's tokens only (``Segments.image``), bucket by bucket.
         """
         b, s, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, s, self.num_heads, self.head_dim))
