@@ -269,7 +269,9 @@ class LanguageId(MeasuredStage):
         - foreign: below `word_zipf` there, >= `word_zipf` in a rival and more than 1 (capitalised:
           `common_margin`) commoner in it (``Tür``, ``puerta``, ``Pagina``; not ``Ceuta``);
         - a name: capitalised, not foreign, and known in the wanted language (Zipf >= `lexicon_min_zipf`:
-          ``Mayotte``) or in `name_languages` lexicons, or an acronym (``IPX``);
+          ``Mayotte``) or in `name_languages` lexicons, or an acronym (``IPX``); but not when below
+          `word_zipf` there and more than `name_margin` commoner in a rival (``Welle`` en 2.4 de 4.3: German
+          capitalises every noun), which leaves it undecided;
         - wanted: Zipf >= `word_zipf` there and no rival more than `common_margin` commoner (``door``);
         - rare: below `word_zipf` but >= `rare_zipf` there, and no rival lexicon (small lists, and the
           large ones wordfreq has) more than 1 commoner (``shuttlecock``, ``gibbous``, ``Nipigon``): counts
@@ -297,6 +299,8 @@ class LanguageId(MeasuredStage):
                 rz, rival = commonest.get(low, (0.0, "none"))
                 if z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + (cfg.common_margin if cap else 1.0):
                     kinds["foreign"].append(f"{w} {lang} {z:.1f} {rival} {rz:.1f}")
+                elif cap and z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + cfg.name_margin:
+                    kinds["other"].append(f"{w} {lang} {z:.1f} {rival} {rz:.1f}")  # no name (`Krebs`)
                 elif cap and (z >= cfg.lexicon_min_zipf or w.isupper() or self.is_name(w, lang)):
                     kinds["name"].append(w)
                 elif z >= cfg.word_zipf and rz <= z + cfg.common_margin:
