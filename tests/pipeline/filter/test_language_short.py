@@ -12,7 +12,7 @@ from vlmforge.pipeline.filter.language_id import LanguageId
 
 BEFORE = {"common_zipf": 0, "names": False, "short_words": False}  # the rule before the word rule
 OPT_IN = {**BEFORE, "common_zipf": 3.0, "names": True}  # keeps more English, drops fewer non-English
-SESSION_10 = {"name_margin": 2.0}  # capitalised words up to common_margin commoner in a rival are names
+SESSION_10 = {"name_margin": 2.0, "jargon_words": False}  # before session 11's two changes
 SESSION_9 = {**SESSION_10, "rare_zipf": 0, "unknown_word_rejects": False}  # no rare and unknown words
 
 
@@ -125,6 +125,36 @@ def test_a_capitalised_word_in_the_name_margin_is_left_to_fasttext(words):
     assert words.words_decision("Ceuta")[0] == "en"  # es only 1.2 commoner: still a name
 
 
+# Real English gettext-dev strings: one jargon word no lexicon knows, fastText's top-1 English below 0.5.
+@pytest.mark.parametrize(
+    ("text", "jargon"),
+    [("fontdir device name", "fontdir"), ("invalid sprg number", "sprg"), ("show sortname", "sortname"),
+     ("Bad register in postincrement", "postincrement"), ("iconv function not usable", "iconv")],
+)
+def test_jargon_words_no_lexicon_knows_are_neutral_among_english_words(words, text, jargon):
+    top = words.predict(text)
+    assert top[0][0] == "en" and top[0][1] < 0.5
+    assert _judge(LanguageId(LanguageConfig(jargon_words=False)), text)[2] == "wrong_language"
+    lang, reason, why = words.words_decision(text, top)
+    assert (lang, reason) == ("en", None) and why.endswith(f"(jargon {jargon})"), why
+    assert _judge(words, text)[2] is None
+    assert words.words_decision(text)[0] is None  # without fastText's top-1, jargon stays undecided
+
+
+# Real Danish, Italian and Swedish strings (gettext-dev, CLDR) with a word no lexicon knows, fastText's top-1
+# English: their other words are commoner elsewhere, so the jargon is not neutral.
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("parameterliste for lang", "jargon parameterliste (words together commoner in da)"),
+     ("golfista donna", "jargon golfista (words together commoner in it)"),
+     ("Cannot realloc IOBuffer data", "jargon realloc IOBuffer (1 en words)"),
+     ("ieşire(output) standard", "ieşire en 0.0")],  # not ASCII: no jargon
+)
+def test_jargon_is_not_neutral_without_english_words_to_lean_on(words, text, why):
+    _, _, reason, detail = _judge(words, text)
+    assert reason == "wrong_language" and f"words: undecided: {why}; lexicon: " in detail, detail
+
+
 def test_the_unknown_word_rule_spares_names_and_longer_captions(words):
     assert words.words_decision("Yancowinna")[1] is None  # capitalised: may be a name
     assert words.words_decision("write jobserver")[1] is None  # one unknown word among English ones
@@ -168,7 +198,7 @@ def test_cldr_short_captions_more_english_kept_for_little_recall():
     """Figures in the results of benchmarks/language_short.py (sets without ambiguous English captions):
     English kept / non-English dropped 0.952/0.945 before, 0.967/0.923 opt-in, 0.966/0.953 with the
     session-9 word rule, 0.980/0.954 with its rare and unknown words (session 10), 0.980/0.956 with
-    `name_margin` (the default; German 0.914 -> 0.932)."""
+    `name_margin` and `jargon_words` (the default; German 0.914 -> 0.932)."""
     english, others = language_eval.english(), language_eval.others()
     rates = {}
     rules = (("before", BEFORE), ("now", OPT_IN), ("session 9", SESSION_9), ("session 10", SESSION_10),
@@ -193,8 +223,8 @@ def test_cldr_short_captions_more_english_kept_for_little_recall():
 def test_gettext_test_split_the_word_rule_gives_back_no_recall():
     """Figures in the results of benchmarks/language_short.py (sets without ambiguous English captions):
     English kept / non-English dropped 0.921/0.969 before, 0.927/0.974 with the session-9 word rule,
-    0.945/0.970 with rare and unknown words, 0.945/0.972 with `name_margin` (the default; the split was
-    held out while developing all of them)."""
+    0.945/0.970 with rare and unknown words, 0.957/0.971 with `name_margin` and `jargon_words` (the
+    default; the split was held out while developing all of them)."""
     english, others = language_gettext.english("test"), language_gettext.others("test")
     # Untranslated strings and names the catalogs' translations equal are ambiguous: on neither side.
     ambiguous = language_gettext.english("test", per_language=10**6, kind="ambiguous")
@@ -205,5 +235,5 @@ def test_gettext_test_split_the_word_rule_gives_back_no_recall():
         kept = sum(_judge(stage, t)[2] is None for t in english) / len(english)
         dropped = [sum(_judge(stage, t)[2] is not None for t in v) / len(v) for v in others.values()]
         rates[name] = (kept, sum(dropped) / len(dropped))
-    assert rates["now"][0] >= rates["before"][0] + 0.02, rates
+    assert rates["now"][0] >= rates["before"][0] + 0.03, rates
     assert rates["now"][1] >= rates["before"][1], rates
