@@ -14,7 +14,8 @@ apart ("ambiguous kept", up to 1,500 of them), next to English kept on the sets 
 Rules: fastText's argmax alone (keep iff its top-1 is English), the rule before issue 27 (`common_zipf: 0`,
 `names: false`, `short_words: false`), the opt-in lexicon rules (`common_zipf: 3`, `names: true`), the word
 rule without its rare-word and unknown-word parts (session 9), the default of session 10 (capitalised words
-up to `common_margin` commoner in a rival read as names: `name_margin: 2`) and the default `LanguageConfig`.
+up to `common_margin` commoner in a rival read as names: `name_margin: 2`; no `jargon_words`) and the default
+`LanguageConfig`.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from vlmforge.pipeline.filter import language_eval, language_gettext  # noqa: E4
 from vlmforge.pipeline.filter.language_id import LanguageId  # noqa: E402
 
 BEFORE = {"common_zipf": 0, "names": False, "short_words": False}
+SESSION_10 = {"name_margin": 2.0, "jargon_words": False}
 RULES = {
     "before (lexicon only)": BEFORE,
     "opt-in (common_zipf 3, names on)": {**BEFORE, "common_zipf": 3.0, "names": True},
     "word rule of session 9 (rare_zipf 0, unknown_word_rejects off)": {
-        "rare_zipf": 0, "unknown_word_rejects": False, "name_margin": 2.0
+        "rare_zipf": 0, "unknown_word_rejects": False, **SESSION_10
     },
-    "default of session 10 (name_margin 2)": {"name_margin": 2.0},
+    "default of session 10 (name_margin 2, jargon_words off)": SESSION_10,
     "default LanguageConfig": {},
 }
 
