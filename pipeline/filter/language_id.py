@@ -9,7 +9,8 @@ keeps much else. The rule here:
    lower-case word the wanted lexicon does not know (``theekopje``); a caption of words common in the wanted
    language, even when also common elsewhere (``door``, ``fog``), of rarer words it knows and no rival knows
    better (``shuttlecock``), and of names (capitalised words the wanted language or many lexicons know,
-   acronyms) is kept; else go on;
+   acronyms; not German nouns like ``Welle``) is kept, also beside jargon no lexicon knows (``fontdir device
+   name``) when fastText's top-1 agrees; else go on;
 3. a wanted language is fastText's confident top-1: keep;
 4. otherwise ask the lexicon (wordfreq's frequency lists). Optionally (`names`, `common_zipf`) names are set
    aside first and a caption of common wanted words is kept. Otherwise keep when enough of the words are
@@ -287,8 +288,9 @@ class LanguageId(MeasuredStage):
           are at least as many, lean to the wanted language (together commoner there than in each rival:
           not ``standard``, ``for`` of Danish), and fastText's top-1 is that language; else undecided;
         - otherwise undecided (``tar``: English, but far commoner in Swedish; ``Nashorn``; ``reloc``).
-        Any foreign or unknown word rejects; wanted and rare words and names keep, unless the wanted words
-        together are commoner in one rival (`one_rival_commoner`); anything else leaves it to fastText."""
+        Any foreign or unknown word rejects; wanted and rare words and names (and neutral jargon) keep, unless
+        the wanted words together are commoner in one rival (`one_rival_commoner`); anything else leaves it
+        to fastText."""
         cfg = self.cfg
         raw = [w for w in _WORD.findall(text) if len(w) >= 2]
         if not raw:  # `9 h`, `x`: no word to judge
