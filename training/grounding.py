@@ -81,7 +81,8 @@ def grounding_eval(
     else:
         images = [load_image(r["image"], fmt.image_size) for r in rows]
     prefix = caption_prefix(fmt.bos_id, fmt.image_token_id, fmt.image_first)
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    device = first.device if first is not None else torch.device("cpu")  # where the prompts and images go
     truth, found, other = [], [], []
     for i, row in enumerate(rows):
         pair = image_pair(images[i], images[(i + 1) % len(rows)], fmt)  # its image, and the next row's
