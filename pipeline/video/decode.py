@@ -87,9 +87,11 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
 
 
 def _rgb_image(frame: av.VideoFrame, width: int, height: int) -> Image.Image:
-    """The frame as an RGB image of `width` x `height`: one swscale pass, then one copy into Pillow (the
-    plane's rows may be padded, which `line_size` tells Pillow)."""
-    plane = _REFORMATTER.reformat(frame, width, height, format="rgb24", interpolation="AREA").planes[0]
+    """The frame as an RGB image of `width` x `height`: one single-threaded swscale pass (its default, a
+    thread per core, cost more in hand-offs than a frame of this size takes, and more again on a loaded
+    machine), then one copy into Pillow (the plane's rows may be padded, which `line_size` tells it)."""
+    rgb = _REFORMATTER.reformat(frame, width, height, format="rgb24", interpolation="AREA", threads=1)
+    plane = rgb.planes[0]
     return Image.frombuffer("RGB", (width, height), plane, "raw", "RGB", plane.line_size, 1)
 
 
