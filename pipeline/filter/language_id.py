@@ -25,7 +25,7 @@ import importlib.resources
 import math
 import re
 import unicodedata
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -110,16 +110,17 @@ def _zipf(word: str, lang: str, wordlist: str) -> float:
     return math.log10(f) + 9 if f > 0 else 0.0
 
 
-@cache
-def _commonest(langs: tuple[str, ...]) -> dict[str, tuple[float, str]]:
-    """word -> (its highest Zipf frequency among `langs`' small lists, the first of `langs` with it): one
-    lookup per word instead of one per language."""
-    best: dict[str, tuple[float, str]] = {}
+@lru_cache(maxsize=1 << 16)
+def _commonest(word: str, langs: tuple[str, ...]) -> tuple[float, str]:
+    """(the highest Zipf frequency of `word` among `langs`' small lists, the first of `langs` with it), or
+    (0.0, "none"). Looked up per word rather than merged into one table for every word of every list: the
+    merge cost each worker ~2 s at its start, more than a small job's whole language stage."""
+    best = (0.0, "none")
     for lang in langs:
-        for word, f in (_frequencies(lang, "small") or {}).items():
-            z = round(math.log10(f) + 9, 2)
-            if z > best.get(word, (0.0,))[0]:
-                best[word] = (z, lang)
+        if (f := (_frequencies(lang, "small") or {}).get(word, 0.0)) > 0 and (
+            z := round(math.log10(f) + 9, 2)
+        ) > best[0]:
+            best = (z, lang)
     return best
 
 
@@ -297,7 +298,6 @@ class LanguageId(MeasuredStage):
             return None, None, ""
         why: list[str] = []
         undecided: list[str] = []
-        commonest = _commonest(self.word_rivals)
         for lang in cfg.languages:
             if _frequencies(lang, "large") is None:
                 continue
@@ -305,7 +305,7 @@ class LanguageId(MeasuredStage):
             for w in raw:
                 low, cap = w.lower(), w[:1].isupper()
                 z = _zipf(low, lang, "large")
-                rz, rival = commonest.get(low, (0.0, "none"))
+                rz, rival = _commonest(low, self.word_rivals)
                 if z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + (cfg.common_margin if cap else 1.0):
                     kinds["foreign"].append(f"{w} {lang} {z:.1f} {rival} {rz:.1f}")
                 elif cap and z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + cfg.name_margin:
@@ -379,8 +379,7 @@ class LanguageId(MeasuredStage):
             return None
         low = [w.lower() for w in words]
         here = sum(_zipf(w, lang, "large") for w in low)
-        commonest = _commonest(self.word_rivals)
-        if sum(commonest.get(w, (0.0,))[0] for w in low) - here <= margin:
+        if sum(_commonest(w, self.word_rivals)[0] for w in low) - here <= margin:
             return None  # even each word's commonest rival, summed, is not: no single rival can be
         sums = {rival: sum(_zipf(w, rival, "small") for w in low) for rival in self.word_rivals}
         rival = max(sums, key=sums.__getitem__)  # the commonest (the first of equals), for the detail
