@@ -41,7 +41,10 @@ if [ -n "$GENERATE" ]; then
     FONTS=${FONTS:-$REPO/.gpu/fonts} DEJAVU=/usr/share/fonts/truetype/dejavu
     for font in "$FONTS"/*.ttf; do
         if [ -f "$font" ] && [ ! -f "$DEJAVU/$(basename "$font")" ]; then
-            mkdir -p "$DEJAVU" && cp "$font" "$DEJAVU/" || { echo "cannot install $font into $DEJAVU" >&2; exit 1; }
+            mkdir -p "$DEJAVU" && cp "$font" "$DEJAVU/" || {
+                echo "cannot install $font into $DEJAVU" >&2
+                exit 1
+            }
         fi
     done
     [ -f "$DEJAVU/DejaVuSans.ttf" ] || { echo "no DejaVu fonts in $DEJAVU or $FONTS" >&2; exit 1; }
@@ -63,8 +66,8 @@ rc=0
 if [ -n "$GENERATE" ]; then
     # word splitting of GENERATE is wanted: it holds several options
     # shellcheck disable=SC2086
-    timeout "$LIMIT" "$PYTHON" "$REPO/benchmarks/mix_recipe.py" --out "$DATA" --data-only $GENERATE 2>&1 \
-        | tee -a "$OUT/mix.log"
+    TQDM_DISABLE=1 timeout "$LIMIT" "$PYTHON" "$REPO/benchmarks/mix_recipe.py" --out "$DATA" --data-only \
+        $GENERATE 2>&1 | tee -a "$OUT/mix.log"
     rc=${PIPESTATUS[0]}
     cp -f "$DATA/results.json" "$OUT/data.json" 2>/dev/null
     echo "data rc $rc after $(($(date +%s) - t0)) s"

@@ -15,6 +15,8 @@ Stages already in OUT/results.json are not repeated; it is rewritten after every
 Split across machines (benchmarks/gpu_mix.sh): ``--data-only`` writes OUT/curated and OUT/tokenizer.json
 (needs the pipeline: synth, sample data); ``--reuse-data DIR`` trains from such a DIR and imports only
 vlmforge.training. ``--store-size`` stores every image resized as the loader resizes it (to fit a copy).
+``--data-workers`` processes write the data (the pipeline's curation dependencies are not needed, so it also
+runs on the GPU box: gpu_mix.sh GENERATE); ``--web-chunks`` splits the web pairs into that many seeds' runs.
 """
 
 from __future__ import annotations
