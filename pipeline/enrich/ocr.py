@@ -42,6 +42,7 @@ from PIL import Image, ImageOps
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
 from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, distance, keyed, stroke_colour
+from vlmforge.pipeline.enrich.line_clean import tidied
 from vlmforge.pipeline.enrich.text_detect import (
     MAX_CHAR_SHARE,
     MIN_CHAR_PX,
@@ -234,7 +235,8 @@ class OcrText:
                    text: np.ndarray | None = None) -> Image.Image:
         """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
         light: keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is
-        given and a colour is found, else the greyscale crop (light text inverted)."""
+        given and a colour is found, then straightened with everything but the text line whitened
+        (`line_clean`), else the greyscale crop (light text inverted)."""
         pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
         x0, y0, x1, y1 = line.box
         box = (max(0, round(x0 - side)), max(0, round(y0 - pad)), min(grey.width, round(x1 + side)),
@@ -244,7 +246,7 @@ class OcrText:
         if colour is not None:
             crop = keyed(colour.resize(size, Image.Resampling.LANCZOS, box=box), line.dark, text)
             if crop is not None:
-                return crop
+                return tidied(crop, factor * line.height)
         crop = grey.resize(size, Image.Resampling.LANCZOS, box=box)
         return crop if line.dark else ImageOps.invert(crop)
 
@@ -273,7 +275,7 @@ class OcrText:
             found = self._run(self.line_image(grey, line, colour, text), LINE_PSM)
             if found is None:
                 continue
-            found = [(w, c) for w, c in found if w.strip()]
+            found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
             mean = statistics.fmean(c for _, c in found) if found else 0.0
             if mean < self.cfg.line_confidence:
                 found = []
