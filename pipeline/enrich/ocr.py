@@ -61,6 +61,7 @@ ROW_HEIGHT_RATIO, ROW_GAP = 1.5, 8.0  # lines joined in a row: height ratio, gap
 SURE_CONFIDENCE = 92.0  # a read with this mean word confidence ends its group's reads
 LINE_PSM = 7  # tesseract reads each line crop as a single text line
 FOUND_AGAIN = 2  # of a detected line, this many lines found again in its text colours are read
+MIN_CHARS = 3  # a read of fewer letters and digits is kept only when read surely (texture reads as "ra")
 MAX_READS = 3  # tesseract reads of one group at most (its lines found again first, then as detected)
 
 
@@ -277,7 +278,8 @@ class OcrText:
                 continue
             found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
             mean = statistics.fmean(c for _, c in found) if found else 0.0
-            if mean < self.cfg.line_confidence:
+            short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
+            if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
                 found = []
             kept = _kept(found, self.cfg.min_confidence)
             mass = sum(len(w) * c for w, c in found if w in kept)
