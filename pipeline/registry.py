@@ -161,7 +161,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("ocr", 5,
           ("ocr.languages", "ocr.psm", "ocr.timeout_s", "ocr.min_confidence", "ocr.line_confidence",
            "ocr.max_chars", "ocr.detect", "ocr.text_px", "ocr.max_upscale", "ocr.max_side", "ocr.engine",
-           "ocr.colour_key"),
+           "ocr.colour_key", "ocr.tidy_lines"),
           "part", "engine.model_pass", "phase 5: ocr", enabled="ocr.enabled", adds=("ocr_text",),
           row_cached=True, model="enrich.ocr:OcrText", model_reads=("id", "image")),
     Phase("synthetic_caption", 1,

@@ -13,10 +13,13 @@ text can give the detector's line a wrong box and height, so the line is first f
 colour (`colour_key`: the densest colour of its strokes; pixels near it chained into lines as the detector
 does), in both polarities. The candidates (lines found again, then the detected box) are cropped with a
 margin (wide at the sides, for words the detector missed), scaled so the characters are about `text_px`
-tall, keyed by the text colour (grey = distance to it: texture of other colours fades; with `colour_key` off,
-the greyscale crop, light text inverted), and read until one is read surely; the read of the most confident
+tall, keyed by the text colour (grey = distance to it: texture of other colours fades), straightened and
+whitened but for the text line (`line_clean`, with `tidy_lines`) (with `colour_key` off, the greyscale
+crop, light text inverted), and read until one is read surely; the read of the most confident
 characters wins. A group read with a mean word confidence under `line_confidence` is texture taken for text
-and gives nothing. Without a detected line (detect off) the whole image goes in, upscaled 2x, in `psm`.
+and gives nothing. When no group gives text, the image is keyed by its main stroke colours (`colour_lines`)
+and the lines found there that the detector did not have are read the same way. Without a detected line
+(detect off) the whole image goes in, upscaled 2x, in `psm`.
 Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad image or a tesseract
 failure or timeout never raises: it is counted, the row gets null.
 """
@@ -41,7 +44,7 @@ from PIL import Image, ImageOps
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
-from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, distance, keyed, stroke_colour
+from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, colour_lines, distance, keyed, stroke_colour
 from vlmforge.pipeline.enrich.line_clean import tidied
 from vlmforge.pipeline.enrich.text_detect import (
     MAX_CHAR_SHARE,
@@ -200,11 +203,20 @@ class OcrText:
             size = (round(grey.width * factor), round(grey.height * factor))
             found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
             return None if found is None else self._finish(_kept(found, self.cfg.min_confidence))
+        words = self._read_groups(grey, lines, colour)
+        if not words and colour is not None:  # nothing read: lines in the image's main text colours
+            again = [ln for ln in colour_lines(colour) if all(_overlap(ln.box, m.box) < 0.5 for m in lines)]
+            words = self._read_groups(grey, again, colour) if again else words
+        return None if words is None else self._finish(words)
+
+    def _read_groups(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None,
+                     ) -> list[str] | None:
+        """The words of `lines`, read group by group; None when every read failed."""
         taken: list[tuple[int, int, int, int]] = []  # boxes of the lines read so far
         read = [self._read_line(grey, colour, group, taken) for group in _same_place(lines)]
         if all(words is None for words in read):
             return None
-        return self._finish([w for words in read if words for w in words])
+        return [w for words in read if words for w in words]
 
     def found_again(self, colour: Image.Image, line: TextLine) -> list[tuple[TextLine, np.ndarray]]:
         """`line` found again in its text's colour, for each polarity (the detected one first): the colour
@@ -247,7 +259,7 @@ class OcrText:
         if colour is not None:
             crop = keyed(colour.resize(size, Image.Resampling.LANCZOS, box=box), line.dark, text)
             if crop is not None:
-                return tidied(crop, factor * line.height)
+                return tidied(crop, factor * line.height) if self.cfg.tidy_lines else crop
         crop = grey.resize(size, Image.Resampling.LANCZOS, box=box)
         return crop if line.dark else ImageOps.invert(crop)
 
