@@ -27,6 +27,7 @@ failure or timeout never raises: it is counted, the row gets null.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -275,16 +277,19 @@ class OcrText:
         `line_confidence`: texture); None after failures."""
         best: tuple[float, list[str]] | None = None
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
-        candidates: list[tuple[TextLine, np.ndarray | None]] = []
-        for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
-            line = _joined(part)
-            if colour is not None:
-                candidates += self.found_again(colour, line)[:FOUND_AGAIN]
-            candidates.append((line, None))
+
+        def candidates() -> Iterator[tuple[TextLine, np.ndarray | None]]:
+            # lazily: a part's lines are found again only when the reads before have not ended the group
+            for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
+                line = _joined(part)
+                if colour is not None:
+                    yield from self.found_again(colour, line)[:FOUND_AGAIN]
+                yield line, None
+
         # a line another group's read already covers is that text again (found in pieces, or its shadow)
-        candidates = [c for c in candidates if all(_overlap(c[0].box, box) < 0.5 for box in taken)]
+        fresh = (c for c in candidates() if all(_overlap(c[0].box, box) < 0.5 for box in taken))
         best_box = None
-        for line, text in candidates[:MAX_READS]:
+        for line, text in itertools.islice(fresh, MAX_READS):
             found = self._run(self.line_image(grey, line, colour, text), LINE_PSM)
             if found is None:
                 continue
