@@ -250,8 +250,8 @@ class OcrText:
                    text: np.ndarray | None = None) -> Image.Image:
         """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
         light: keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is
-        given and a colour is found, then straightened with everything but the text line whitened
-        (`line_clean`), else the greyscale crop (light text inverted)."""
+        given and a colour is found, then (with `tidy_lines`) straightened with everything but the text
+        line whitened (`line_clean`), else the greyscale crop (light text inverted)."""
         pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
         x0, y0, x1, y1 = line.box
         box = (max(0, round(x0 - side)), max(0, round(y0 - pad)), min(grey.width, round(x1 + side)),
