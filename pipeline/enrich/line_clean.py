@@ -67,7 +67,7 @@ def cleaned(crop: Image.Image, char_px: float) -> Image.Image:
     labels, n = ndimage.label(dark, structure=_EIGHT)
     if n == 0:
         return crop
-    window = max(1, round(char_px))
+    window = max(1, min(round(char_px), grey.shape[0]))  # "same" would return the longer of the two
     centre = int(np.argmax(np.convolve(dark.sum(axis=1), np.ones(window), "same")))
     top, bottom = centre - BAND * char_px, centre + BAND * char_px
     slices = ndimage.find_objects(labels)

@@ -61,3 +61,10 @@ def test_an_empty_or_textless_crop_gives_white():
     tall = Image.new("L", (100, 100), 255)
     ImageDraw.Draw(tall).rectangle((40, 0, 60, 99), fill=0)  # only a component far taller than a character
     assert np.asarray(tidied(tall, 10)).min() == 255
+
+
+@pytest.mark.parametrize("size", [(1, 1), (50, 3), (3, 50)])
+def test_tiny_crops_give_an_image_of_their_size(size):
+    for fill in (0, 255):
+        out = tidied(Image.new("L", size, fill), 20)
+        assert out.size == size and out.mode == "L"
