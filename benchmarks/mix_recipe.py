@@ -6,117 +6,247 @@ each kind, benchmarks/RESULTS.md), one output per source, and a 512-id BPE on al
 chain text_lm -> clip -> stage 1 (vlm), every stage on ``data.sources`` (web weight ``--web-weight``, each
 other kind 1), images at ``--image-size`` px; then ``vlmforge eval`` of the stage-1 weights: per source the
 held-out loss with the row's image and with another row's (the image gap), and for grounding the share of
-boxes found (IoU >= 0.5) against the same prompts with another image and the mean box. Stages already in
-OUT/results.json are not repeated.
+boxes found (IoU >= 0.5) against the same prompts with another image and the mean box. ``--stage2-steps``
+adds a stage at the same resolution that also trains the encoder, from the stage-1 weights, and its eval.
+Stages already in OUT/results.json are not repeated; it is rewritten after every stage.
 
     OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu python benchmarks/mix_recipe.py --out /tmp/mix-recipe
+
+Split across machines (benchmarks/gpu_mix.sh): ``--data-only`` writes OUT/curated and OUT/tokenizer.json
+(needs the pipeline: synth, sample data); ``--reuse-data DIR`` trains from such a DIR and imports only
+vlmforge.training. ``--store-size`` stores every image resized as the loader resizes it (to fit a copy).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 KINDS = ("charts", "tables", "equations", "grounding")
 STRUCTURED = ("charts", "tables", "equations")
+SOURCES = ("web", *KINDS)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--web", type=int, default=4000, help="sample pairs generated (about 61 %% clean)")
     parser.add_argument("--n", type=int, default=1000, help="pairs of each synthetic kind")
     parser.add_argument("--web-weight", type=float, default=2.0, help="the web source's weight (others 1)")
     parser.add_argument("--image-size", type=int, default=64, help="clip and stage 1 image size (px)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="vlm and clip tokens per sample")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per sample in every stage")
     parser.add_argument("--steps", type=int, nargs=3, default=(500, 400, 1000), metavar=("LM", "CLIP", "VLM"))
+    parser.add_argument("--stage2-steps", type=int, default=0, help="steps of a stage training the encoder")
+    parser.add_argument("--batch", type=int, nargs=4, metavar=("LM", "CLIP", "VLM", "STAGE2"),
+                        help="micro-batch sizes (default: the configs')")  # fmt: skip
+    parser.add_argument("--preset", default="tiny", help="model preset (training/model/config.py)")
+    parser.add_argument("--workers", type=int, help="data.num_workers of image stages")
     parser.add_argument("--eval-rows", type=int, default=128, help="held-out rows evaluated per source")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: a GPU when there is one")  # fmt: skip
+    parser.add_argument("--progress", action="store_true", help="show each stage's progress bar")
+    parser.add_argument("--store-size", type=int, help="store images resized to N x N px (data generation)")
+    parser.add_argument("--data-only", action="store_true", help="only write OUT/curated, tokenizer")
+    parser.add_argument("--reuse-data", type=Path, help="train from DIR/curated and DIR/tokenizer.json")
+    parser.add_argument("--set-all", action="append", default=[], help="override for every run")
+    parser.add_argument("--set-lm", action="append", default=[], help="override for the text_lm run")
+    parser.add_argument("--set-clip", action="append", default=[], help="override for the clip run")
     parser.add_argument("--set", action="append", default=[], help="override for the stage-1 run")
-    args = parser.parse_args()
+    parser.add_argument("--set-stage2", action="append", default=[], help="override for the stage-2 run")
+    args = parser.parse_args(argv)
+    if args.data_only and args.reuse_data:
+        parser.error("--data-only writes the data that --reuse-data reads; give one of them")
+    if args.store_size is not None and args.store_size <= 0:
+        parser.error(f"--store-size must be positive, got {args.store_size}")
+    if args.reuse_data is not None:
+        missing = [p for p in data_paths(args.reuse_data).values() if not p.exists()]
+        missing += [p for name in SOURCES if not (p := args.reuse_data / "curated" / name / "data").is_dir()]
+        if missing:
+            parser.error(f"--reuse-data {args.reuse_data}: missing {', '.join(map(str, missing))}")
+    return args
 
+
+def data_paths(root: Path) -> dict[str, Path]:
+    return {"curated": root / "curated", "tokenizer": root / "tokenizer.json"}
+
+
+def resized(row: dict, size: int) -> dict:
+    """`row` with its image resized to size x size (training/data.py load_image's resize), stored as the
+    smaller of PNG and JPEG (quality 90): the loader then decodes what the model sees, from fewer bytes."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(row["image"])) as img:
+        img = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    encoded = {}
+    for fmt, options in (("PNG", {"optimize": True}), ("JPEG", {"quality": 90})):
+        buf = io.BytesIO()
+        img.save(buf, fmt, **options)
+        encoded[fmt] = buf.getvalue()
+    fmt = min(encoded, key=lambda f: len(encoded[f]))
+    return {**row, "image": encoded[fmt], "image_format": fmt, "width": size, "height": size}
+
+
+def write_data(root: Path, args: argparse.Namespace) -> dict:
+    """The curated sources and the tokenizer under `root`; {"rows": per source, "mib": size on disk}."""
+    sys.path.insert(0, str(ROOT / "tests"))
     import train_support
 
     from vlmforge.pipeline.synth import write_synth
-    from vlmforge.training.config import load_train_config
     from vlmforge.training.tokenizer import caption_texts, train_tokenizer
-    from vlmforge.training.train import run
-    from vlmforge.training.vlm import evaluate_weights
 
-    root = args.out
-    root.mkdir(parents=True, exist_ok=True)
-    curated, tok = root / "curated", root / "tokenizer.json"
-    done = root / "results.json"
-    results = json.loads(done.read_text()) if done.exists() else {}
+    paths = data_paths(root)
+    rows = {"web": train_support.clean_rows(root / "raw" / "web", args.web, seed=0)}
+    for kind in KINDS:
+        write_synth(kind, root / "raw" / kind, args.n, seed=0, workers=2)
+        rows[kind] = train_support.tar_rows(root / "raw" / kind)
+    for name, some in rows.items():
+        if args.store_size:
+            some = [resized(row, args.store_size) for row in some]
+        shards = [some[i : i + 500] for i in range(0, len(some), 500)]
+        train_support.write_curated(paths["curated"] / name, shards)
+    texts = itertools.chain(*(caption_texts(paths["curated"] / name) for name in rows))
+    train_tokenizer(texts, 512, paths["tokenizer"])
+    size = sum(f.stat().st_size for p in paths.values() for f in [p, *p.rglob("*")] if f.is_file())
+    return {"rows": {k: len(v) for k, v in rows.items()}, "mib": round(size / 2**20, 1)}
 
-    def save(name: str, value: dict) -> None:
-        results[name] = value
-        print(name, json.dumps(value), flush=True)
-        done.write_text(json.dumps(results, indent=1))
 
-    if not tok.exists():
-        t0 = time.time()
-        rows = {"web": train_support.clean_rows(root / "raw" / "web", args.web, seed=0)}
-        for kind in KINDS:
-            write_synth(kind, root / "raw" / kind, args.n, seed=0, workers=2)
-            rows[kind] = train_support.tar_rows(root / "raw" / kind)
-        for name, some in rows.items():
-            train_support.write_curated(curated / name, [some[i : i + 500] for i in range(0, len(some), 500)])
-        train_tokenizer(itertools.chain(*(caption_texts(curated / name) for name in rows)), 512, tok)
-        save("data", {"rows": {k: len(v) for k, v in rows.items()}, "s": round(time.time() - t0)})
+def pick_device(choice: str) -> str:
+    """Set up the environment for `choice` before torch starts; the device training and eval will use."""
+    if choice == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import torch
 
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU (torch.cuda.is_available() is False)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print("device:", torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch", torch.__version__)
+    return device
+
+
+def stage_overrides(args: argparse.Namespace, data: dict[str, Path], root: Path) -> dict[str, list[str]]:
+    """Each stage's `key=value` overrides, in chain order (text_lm, clip, stage1, stage2)."""
+    curated = data["curated"]
     sources = [{"path": str(curated / "web"), "weight": args.web_weight}]
     sources += [{"path": str(curated / kind), "weight": 1.0} for kind in KINDS]
     common = [
         "data.path=null",
         f"data.sources={json.dumps(sources)}",
-        f"tokenizer={tok}",
+        f"tokenizer={data['tokenizer']}",
         "data.heldout_fraction=0.1",
         f"eval.max_rows={args.eval_rows}",
         "eval.every=0",
+        f"model.preset={args.preset}",
+        f"data.max_tokens={args.max_tokens}",
+        *args.set_all,
     ]
-    size = f"model.image_size={args.image_size}"
-    lm, clip_steps, vlm_steps = args.steps
-
-    def train(name: str, config: str, *overrides: str) -> None:
-        if name in results:
-            return
-        t0 = time.time()
-        sets = [*common, f"train.output={root / name}", "train.progress=false", "train.save_every=0"]
-        sets += overrides
-        s = run(load_train_config(ROOT / config, sets)).summary
-        save(name, {"before": s["eval_before"], "after": s["eval_after"], "s": round(time.time() - t0)})
-
-    tokens = f"data.max_tokens={args.max_tokens}"
-    train("text_lm", "configs/train/text_lm.yaml", f"train.steps={lm}", "data.max_tokens=128")
-    train("clip", "configs/train/clip.yaml", f"train.steps={clip_steps}", size, tokens)
+    images = [f"model.image_size={args.image_size}"]
+    if args.workers is not None:
+        images.append(f"data.num_workers={args.workers}")
+    batch = args.batch or (None,) * 4
+    sizes = [[f"train.micro_batch_size={b}"] if b else [] for b in batch]
     first = f"{root / 'text_lm/model.safetensors'},{root / 'clip/encoder.safetensors'}"
-    stage1 = [f"model.init_from=[{first}]", f"train.steps={vlm_steps}", size, tokens, *args.set]
-    train("stage1", "configs/train/stage1.yaml", *stage1)
-    if "eval" not in results:
-        t0 = time.time()
-        weights = root / "stage1" / "model.safetensors"
-        figures = evaluate_weights(ROOT / "configs/train/stage1.yaml", weights, [*common, *stage1])
-        save("eval", {**figures, "s": round(time.time() - t0)})
+    stages = {
+        "text_lm": [*common, f"train.steps={args.steps[0]}", *sizes[0], *args.set_lm],
+        "clip": [*common, *images, f"train.steps={args.steps[1]}", *sizes[1], *args.set_clip],
+        "stage1": [*common, *images, f"model.init_from=[{first}]", f"train.steps={args.steps[2]}", *sizes[2],
+                   *args.set],
+    }  # fmt: skip
+    if args.stage2_steps:
+        stages["stage2"] = [
+            *common,
+            *images,
+            f"model.init_from=[{root / 'stage1/model.safetensors'}]",
+            "model.trainable.encoder=true",
+            f"train.steps={args.stage2_steps}",
+            *sizes[3],
+            *args.set_stage2,
+        ]
+    return stages
 
-    e = results["eval"]
+
+EVALS = {"stage1": "eval", "stage2": "eval_stage2"}  # results.json keys
+CONFIGS = {
+    "text_lm": "configs/train/text_lm.yaml",
+    "clip": "configs/train/clip.yaml",
+    "stage1": "configs/train/stage1.yaml",
+    "stage2": "configs/train/stage1.yaml",
+}
+
+
+def print_eval(name: str, e: dict) -> None:
+    print(f"{name}:")
     print("| source | loss (own image) | loss (other image) | image gap | target |")
     print("| --- | --- | --- | --- | --- |")
-    for name in ("web", *KINDS):
-        target = "< 0.9" if name in STRUCTURED else ""
-        print(f"| {name} | {e[f'{name}/loss']:.4f} | {e[f'{name}/loss_shuffled']:.4f} | "
-              f"{e[f'{name}/image_gap']:.4f} | {target} |")  # fmt: skip
+    for source in SOURCES:
+        target = "< 0.9" if source in STRUCTURED else ""
+        print(f"| {source} | {e[f'{source}/loss']:.4f} | {e[f'{source}/loss_shuffled']:.4f} | "
+              f"{e[f'{source}/image_gap']:.4f} | {target} |")  # fmt: skip
     g = "grounding/"
     if f"{g}box_iou50" in e:
         print(f"grounding: {int(e[g + 'boxes'])} boxes, IoU >= 0.5: {e[g + 'box_iou50']:.3f} with the image, "
               f"{e[g + 'box_iou50_other_image']:.3f} with another image, {e[g + 'box_iou50_mean_box']:.3f} "
               f"the mean box; mean IoU {e[g + 'box_mean_iou']:.3f}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    root = args.out
+    root.mkdir(parents=True, exist_ok=True)
+    done = root / "results.json"
+    results = json.loads(done.read_text()) if done.exists() else {}
+    start = time.time()
+
+    def save(name: str, value: dict) -> None:
+        results[name] = value
+        print(f"[{time.time() - start:.0f} s] {name}", json.dumps(value), flush=True)
+        done.write_text(json.dumps(results, indent=1))
+
+    data = data_paths(args.reuse_data or root)
+    if args.reuse_data is None and not data["tokenizer"].exists():
+        t0 = time.time()
+        save("data", {**write_data(root, args), "s": round(time.time() - t0)})
+    if args.data_only:
+        return
+
+    device = pick_device(args.device)
+    from vlmforge.training.config import load_train_config
+    from vlmforge.training.train import run
+    from vlmforge.training.vlm import evaluate_weights
+
+    stages = stage_overrides(args, data, root)
+    for name, overrides in stages.items():
+        if name in results:
+            continue
+        print(f"[{time.time() - start:.0f} s] {name}: {args.preset} on {device}", flush=True)
+        t0 = time.time()
+        sets = [*overrides, f"train.output={root / name}", f"train.progress={str(args.progress).lower()}"]
+        sets.append("train.save_every=0")
+        s = run(load_train_config(ROOT / CONFIGS[name], sets)).summary
+        save(name, {"before": s["eval_before"], "after": s["eval_after"], "s": round(time.time() - t0)})
+        if name in EVALS and EVALS[name] not in results:
+            t0 = time.time()
+            weights = root / name / "model.safetensors"
+            try:
+                figures = evaluate_weights(ROOT / CONFIGS[name], weights, overrides, device)
+            except Exception as e:  # an eval that fails on the device must not cost the run its figures
+                if device == "cpu":
+                    raise
+                print(f"eval on {device} failed ({e!r}); evaluating on the CPU instead", flush=True)
+                figures = evaluate_weights(ROOT / CONFIGS[name], weights, overrides, "cpu")
+            save(EVALS[name], {**figures, "s": round(time.time() - t0)})
+
+    for name in EVALS.values():
+        if name in results:
+            print_eval(name, results[name])
     print("wall s:", {k: v["s"] for k, v in results.items()})
 
 

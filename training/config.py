@@ -39,8 +39,8 @@ class ModelSection(_Section):
 
     preset: str = Field(
         "tiny",
-        description="model preset: tiny, tiny_video, llama32_11b, llama32_90b (with hf_decoder/hf_encoder: "
-        "the parts they do not give, i.e. the adapters and projection settings)",
+        description="model preset: tiny, small, tiny_video, llama32_11b, llama32_90b (with hf_decoder/"
+        "hf_encoder: the parts they do not give, i.e. the adapters and projection settings)",
     )
     image_size: int | None = Field(
         None, gt=0, description="stage resolution; position embeddings are interpolated to it (null: preset)"

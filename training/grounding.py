@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vlmforge.training.data import SampleFormat, ShardIndex, caption_prefix, heldout_rows, load_image
-from vlmforge.training.eval import batch_images
+from vlmforge.training.eval import batch_images, to_device
 from vlmforge.training.model.tiling import collate_tiles, load_tiled_image
 
 BOX = re.compile(r"<box>\s*([-0-9.]+)\s*,\s*([-0-9.]+)\s*,\s*([-0-9.]+)\s*,\s*([-0-9.]+)\s*</box>")
@@ -81,11 +81,14 @@ def grounding_eval(
     else:
         images = [load_image(r["image"], fmt.image_size) for r in rows]
     prefix = caption_prefix(fmt.bos_id, fmt.image_token_id, fmt.image_first)
+    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    device = first.device if first is not None else torch.device("cpu")  # where the prompts and images go
     truth, found, other = [], [], []
     for i, row in enumerate(rows):
         pair = image_pair(images[i], images[(i + 1) % len(rows)], fmt)  # its image, and the next row's
+        pair = to_device(pair, device)
         for text, box in box_prompts(row["caption"]):
-            ids = torch.tensor([prefix + fmt.encode(text)] * 2)
+            ids = torch.tensor([prefix + fmt.encode(text)] * 2, device=device)
             out = model.generate(ids, **pair, max_new_tokens=max_new_tokens, eos_token_id=fmt.eos_id)
             mine, theirs = (read_box(decode(out[k, ids.shape[1] :].tolist())) for k in range(2))
             truth.append(box)

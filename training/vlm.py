@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from vlmforge.training.config import TrainConfig, load_train_config
 from vlmforge.training.data import SampleFormat, data_index, heldout_batches, source_indexes
-from vlmforge.training.eval import batch_images, combine_sources, image_gap
+from vlmforge.training.eval import batch_images, combine_sources, image_gap, to_device
 from vlmforge.training.flops import fusion_attention
 from vlmforge.training.grounding import grounding_eval
 from vlmforge.training.model.build import build_fusion_model
@@ -98,26 +98,32 @@ def heldout_gap(
     make_format: Callable[[TrainConfig, ModelConfig, TextTokenizer], SampleFormat],
     gap: Callable[[Any, list[dict[str, Any]]], dict[str, float]],
     extra: Callable[..., dict[str, float]] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """`gap` of a trained weights file on the held-out rows of the config's data (one process), source by
-    source; ``extra(model, index, fmt, decode, max_rows)`` adds figures of its own per source."""
+    """`gap` of a trained weights file on the held-out rows of the config's data (one process, the model on
+    ``device``), source by source; ``extra(model, index, fmt, decode, max_rows)`` adds figures of its own
+    per source."""
     cfg = load_train_config(config_path, overrides)
     cfg.require("data.path", "tokenizer")
-    model = load_fusion_model(weights).eval()
+    model = load_fusion_model(weights).eval().to(device)
     tok = TextTokenizer(cfg.tokenizer)
     fmt = make_format(cfg, model.config, tok)
     rows, mb = cfg.eval.max_rows, cfg.eval.micro_batch_size
     per_source = {}
     for name, index in source_indexes(data_index(cfg.data, "heldout")).items():
-        per_source[name] = gap(model, heldout_batches(index, fmt, rows, mb))
+        batches = [to_device(b, torch.device(device)) for b in heldout_batches(index, fmt, rows, mb)]
+        per_source[name] = gap(model, batches)
         if extra is not None:
             per_source[name] |= extra(model, index, fmt, tok.decode, rows)
     return combine_sources(per_source)
 
 
 def evaluate_weights(
-    config_path: str | Path | None, weights: str | Path, overrides: list[str]
+    config_path: str | Path | None,
+    weights: str | Path,
+    overrides: list[str],
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Image gap of a trained weights file on the held-out rows of the config's data; for rows whose
     captions give boxes, the share of boxes found (``grounding_eval``)."""
-    return heldout_gap(config_path, weights, overrides, sample_format, image_gap, grounding_eval)
+    return heldout_gap(config_path, weights, overrides, sample_format, image_gap, grounding_eval, device)

@@ -266,6 +266,20 @@ def tiny() -> ModelConfig:
     )
 
 
+def small() -> ModelConfig:
+    """``tiny``'s structure at about 27M parameters and 224 px (patch 16): for a short GPU run at a
+    resolution where table cells and equation symbols stay legible (benchmarks/mix_recipe.py)."""
+    cfg = tiny()
+    cfg.vision = dataclasses.replace(
+        cfg.vision, image_size=224, patch_size=16, dim=384, num_layers=6, num_heads=6, mlp_dim=1536,
+        intermediate_layers=(2, 4),
+    )  # fmt: skip
+    cfg.decoder = dataclasses.replace(
+        cfg.decoder, dim=384, num_layers=6, num_heads=6, num_kv_heads=2, mlp_dim=1024, head_dim=None
+    )
+    return cfg
+
+
 def tiny_video() -> ModelConfig:
     """``tiny`` with the video path (64 frames in groups of 32, 8 latents a group)."""
     cfg = tiny()
@@ -285,7 +299,13 @@ def llama32_90b() -> ModelConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "tiny_video": tiny_video, "llama32_11b": llama32_11b, "llama32_90b": llama32_90b}
+PRESETS = {
+    "tiny": tiny,
+    "small": small,
+    "tiny_video": tiny_video,
+    "llama32_11b": llama32_11b,
+    "llama32_90b": llama32_90b,
+}
 
 
 def get_config(name: str) -> ModelConfig:
