@@ -148,6 +148,18 @@ class LanguageConfig(_Section):
         True, description="short_words: a one-word lower-case caption the wanted languages' lexicons do not "
         "know at all is rejected even when fastText's top-1 is wanted (`theekopje`, `deskorolka`)",
     )
+    jargon_words: bool = Field(
+        True, description="short_words: in a caption of 2+ words, ASCII words no lexicon knows (`fontdir`, "
+        "`realloc`) are neutral when the wanted words are at least as many and lean to the wanted language, "
+        "and fastText's top-1 is wanted (else they leave the caption undecided)",
+    )
+    # Session 11: German nouns are capitalised, so a capital is weak evidence of a name (`Welle` en 2.4,
+    # de 4.3; `Krebs`): CLDR German dropped 0.914 -> 0.932, gettext-dev English kept 0.955 -> 0.954.
+    name_margin: float = Field(
+        1.5, ge=0, description="short_words: a capitalised word below word_zipf in the wanted language and "
+        "more than this commoner in a rival is no name but undecided (fastText and the lexicon decide); more "
+        "than common_margin commoner, it is foreign",
+    )
     names: bool = Field(False, description="capitalised words known in many languages are neutral names")
     name_languages: int = Field(4, ge=1, description="lexicons that must know a capitalised word (names)")
     min_script_share: float = Field(

@@ -88,11 +88,16 @@ def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
 
 
 def write_curated(out_dir: Path, shards: list[list[dict]], row_group_rows: int = 100) -> Path:
-    """Write each list of rows as one curated shard (OUTPUT_SCHEMA) plus a manifest."""
+    """Write each list of rows as one curated shard (OUTPUT_SCHEMA, then the rows' other columns, e.g. the
+    sample clips' ``time_spans``) plus a manifest."""
     data = out_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     for i, rows in enumerate(shards):
-        table = conform(pa.Table.from_pylist(rows), OUTPUT_SCHEMA)
+        given = pa.Table.from_pylist(rows)
+        table = conform(given, OUTPUT_SCHEMA)
+        for name in given.column_names:
+            if name not in OUTPUT_SCHEMA.names:
+                table = table.append_column(name, given.column(name))
         pq.write_table(table, data / f"part-{i:05d}.parquet", row_group_size=row_group_rows)
     (out_dir / "manifest.json").write_text(json.dumps({"output": {"rows": sum(map(len, shards))}}))
     return out_dir

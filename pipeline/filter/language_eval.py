@@ -9,8 +9,11 @@ real text written by native speakers, 1-4 words, of the kinds web alt-texts hold
   as written in English (``Germany``, ``Buenos Aires``).
 A non-English caption that is also an English caption (``taxi``, ``Canada``, ``pizza``), or a name whose
 words are all words of English names (``Petersburg, Indiana``), is left out of the non-English side: it is
-English too. Each language contributes at most `per_language` captions, drawn with a
-fixed seed, so the score is a mean over languages, not dominated by the largest list.
+English too. An English caption that one of the other languages also writes so (case-folded: ``taxi``,
+``Jakarta``, ``合``) cannot be right on both sides either: it is *ambiguous*, left out of the English side
+by default and reported on its own (`english(kind="ambiguous")`). Each language contributes at most
+`per_language` captions, drawn with a fixed seed, so the score is a mean over languages, not dominated by the
+largest list.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import re
 from functools import cache
 from pathlib import Path
+from typing import Literal
 from xml.etree import ElementTree
 
 CLDR = Path("/usr/share/unicode/cldr/common")
@@ -26,6 +30,9 @@ OTHER_LANGUAGES = ("de", "fr", "es", "it", "pt", "nl", "pl", "sv", "da", "hu", "
 MAX_WORDS = 4
 _LETTER = re.compile(r"[^\W\d_]")
 _WORDS = re.compile(r"[^\W\d_]+")
+# Which English captions a set holds: those no other language writes the same (the default), only those
+# (`ambiguous`), or all (the sets before session 11).
+Kind = Literal["unambiguous", "ambiguous", "all"]
 
 
 def available() -> bool:
@@ -68,8 +75,16 @@ def names(lang: str) -> tuple[str, ...]:
     return tuple(sorted({n.strip() for n in found if _usable(n.strip()) and n[:1].isupper()}))
 
 
-def english(per_language: int = 1500, seed: int = 0) -> list[str]:
-    pool = sorted(set(things("en")) | set(names("en")))
+def of_kind(pool: set[str], elsewhere: set[str], kind: Kind) -> list[str]:
+    """`pool`'s captions of `kind` (sorted): ambiguous ones are, case-folded, in `elsewhere`."""
+    if kind == "all":
+        return sorted(pool)
+    return sorted(t for t in pool if (t.casefold() in elsewhere) == (kind == "ambiguous"))
+
+
+def english(per_language: int = 1500, seed: int = 0, kind: Kind = "unambiguous") -> list[str]:
+    elsewhere = {t.casefold() for lang in OTHER_LANGUAGES for t in (*things(lang), *names(lang))}
+    pool = of_kind(set(things("en")) | set(names("en")), elsewhere, kind)
     return random.Random(seed).sample(pool, min(per_language, len(pool)))
 
 

@@ -8,7 +8,9 @@ written by people (``Link öffnen``). Cleaning, so that a label is honest:
   mnemonics (``_Open``, ``&Open``), a trailing ellipsis, colon or full stop and msgctxt prefixes are
   removed; 1-4 words with letters remain;
 - a translation equal to its msgid, or equal to any English msgid of the set (``Terminal``, ``Dialog``),
-  is English too and left out of the non-English side.
+  is English too and left out of the non-English side; such an English msgid, and any other that one of
+  the languages' translations equals (case-folded: ``Namibia``, ``Mantova``), is *ambiguous*: left out of
+  the English side by default and reported on its own (`english(split, kind="ambiguous")`).
 Splits: an English string and all its translations share a side, chosen by a stable hash of the msgid, so a
 rule developed on ``dev`` is reported on ``test``. Each domain (package catalog) contributes in turn, so a
 large catalog (ISO 3166-2's 5,000 subdivisions) does not dominate a language.
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-from vlmforge.pipeline.filter.language_eval import MAX_WORDS, OTHER_LANGUAGES
+from vlmforge.pipeline.filter.language_eval import MAX_WORDS, OTHER_LANGUAGES, Kind, of_kind
 
 LOCALE = Path("/usr/share/locale")
 SPLITS = ("dev", "test")
@@ -104,9 +106,19 @@ def _round_robin(per_domain: dict[str, list[str]], n: int, seed: int) -> list[st
     return list(out)
 
 
-def english(split: str, per_language: int = 1500, seed: int = 0) -> list[str]:
+@cache
+def _translation_pool() -> frozenset[str]:
+    """Every translation of the catalogs (case-folded), of both splits."""
+    return frozenset(
+        t.casefold() for lang in OTHER_LANGUAGES for d in domains() for _, t in _catalog(lang, d) if t
+    )
+
+
+def english(split: str, per_language: int = 1500, seed: int = 0, kind: Kind = "unambiguous") -> list[str]:
+    elsewhere = set(_translation_pool())
     per_domain = {
-        d: [en for lang in OTHER_LANGUAGES for en, _ in _catalog(lang, d) if split_of(en) == split]
+        d: of_kind({en for lang in OTHER_LANGUAGES for en, _ in _catalog(lang, d) if split_of(en) == split},
+                   elsewhere, kind)
         for d in domains()
     }
     return _round_robin(per_domain, per_language, seed)

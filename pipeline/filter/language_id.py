@@ -9,7 +9,8 @@ keeps much else. The rule here:
    lower-case word the wanted lexicon does not know (``theekopje``); a caption of words common in the wanted
    language, even when also common elsewhere (``door``, ``fog``), of rarer words it knows and no rival knows
    better (``shuttlecock``), and of names (capitalised words the wanted language or many lexicons know,
-   acronyms) is kept; else go on;
+   acronyms; not German nouns like ``Welle``) is kept, also beside jargon no lexicon knows (``fontdir device
+   name``) when fastText's top-1 agrees; else go on;
 3. a wanted language is fastText's confident top-1: keep;
 4. otherwise ask the lexicon (wordfreq's frequency lists). Optionally (`names`, `common_zipf`) names are set
    aside first and a caption of common wanted words is kept. Otherwise keep when enough of the words are
@@ -24,7 +25,7 @@ import importlib.resources
 import math
 import re
 import unicodedata
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,7 +56,7 @@ _MARKUP = re.compile(
     r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|\\[A-Za-z]+|\|\s*:?-{3,}|[_^]\{|&[a-z]+;|&#\d+;"
     r"|(?<!\S)[=<>+*/-](?!\S)"
 )
-_KINDS = ("name", "wanted", "rare", "foreign", "unknown")  # of a word, in words_decision
+_KINDS = ("name", "wanted", "rare", "foreign", "unknown", "jargon")  # of a word, in words_decision
 STRUCTURED = "structured"  # the `lang` of a structured caption with too few words to judge
 # Lexicons asked whether a capitalised word is a name known in many languages (wordfreq's small lists).
 NAME_PANEL = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "tr")
@@ -109,16 +110,17 @@ def _zipf(word: str, lang: str, wordlist: str) -> float:
     return math.log10(f) + 9 if f > 0 else 0.0
 
 
-@cache
-def _commonest(langs: tuple[str, ...]) -> dict[str, tuple[float, str]]:
-    """word -> (its highest Zipf frequency among `langs`' small lists, the first of `langs` with it): one
-    lookup per word instead of one per language."""
-    best: dict[str, tuple[float, str]] = {}
+@lru_cache(maxsize=1 << 16)
+def _commonest(word: str, langs: tuple[str, ...]) -> tuple[float, str]:
+    """(the highest Zipf frequency of `word` among `langs`' small lists, the first of `langs` with it), or
+    (0.0, "none"). Looked up per word rather than merged into one table for every word of every list: the
+    merge cost each worker ~2 s at its start, more than a small job's whole language stage."""
+    best = (0.0, "none")
     for lang in langs:
-        for word, f in (_frequencies(lang, "small") or {}).items():
-            z = round(math.log10(f) + 9, 2)
-            if z > best.get(word, (0.0,))[0]:
-                best[word] = (z, lang)
+        if (f := (_frequencies(lang, "small") or {}).get(word, 0.0)) > 0 and (
+            z := round(math.log10(f) + 9, 2)
+        ) > best[0]:
+            best = (z, lang)
     return best
 
 
@@ -263,13 +265,18 @@ class LanguageId(MeasuredStage):
             if lang not in self.wanted and (self.scripts is None or _SCRIPTS.get(lang) == self.scripts)
         )
 
-    def words_decision(self, text: str) -> tuple[str | None, str | None, str]:
+    def words_decision(
+        self, text: str, top: list[tuple[str, float]] | None = None
+    ) -> tuple[str | None, str | None, str]:
         """The short-caption word rule: (wanted language or None, reason or None, why); (None, None, why)
-        when the words do not decide. Each word of 2+ letters is, for a wanted language:
+        when the words do not decide. `top` is fastText's top-k (for jargon; without it, jargon words stay
+        undecided). Each word of 2+ letters is, for a wanted language:
         - foreign: below `word_zipf` there, >= `word_zipf` in a rival and more than 1 (capitalised:
           `common_margin`) commoner in it (``Tür``, ``puerta``, ``Pagina``; not ``Ceuta``);
         - a name: capitalised, not foreign, and known in the wanted language (Zipf >= `lexicon_min_zipf`:
-          ``Mayotte``) or in `name_languages` lexicons, or an acronym (``IPX``);
+          ``Mayotte``) or in `name_languages` lexicons, or an acronym (``IPX``); but not when below
+          `word_zipf` there and more than `name_margin` commoner in a rival (``Welle`` en 2.4 de 4.3: German
+          capitalises every noun), which leaves it undecided;
         - wanted: Zipf >= `word_zipf` there and no rival more than `common_margin` commoner (``door``);
         - rare: below `word_zipf` but >= `rare_zipf` there, and no rival lexicon (small lists, and the
           large ones wordfreq has) more than 1 commoner (``shuttlecock``, ``gibbous``, ``Nipigon``): counts
@@ -277,16 +284,20 @@ class LanguageId(MeasuredStage):
         - unknown: the one lower-case word of a caption, not in the wanted language's lexicon at all and
           not foreign (``theekopje``): rejects with `unknown_word_rejects` (fastText's n-grams of one word
           are weak evidence: it gives ``deskorolka`` 0.62 English);
+        - jargon (`jargon_words`): in a caption of 2+ words, an ASCII word neither the wanted language's
+          lexicon nor any rival's knows (``fontdir``, ``realloc``): neutral when the wanted and rare words
+          are at least as many, lean to the wanted language (together commoner there than in each rival:
+          not ``standard``, ``for`` of Danish), and fastText's top-1 is that language; else undecided;
         - otherwise undecided (``tar``: English, but far commoner in Swedish; ``Nashorn``; ``reloc``).
-        Any foreign or unknown word rejects; wanted and rare words and names keep, unless the wanted words
-        together are commoner in one rival (`one_rival_commoner`); anything else leaves it to fastText."""
+        Any foreign or unknown word rejects; wanted and rare words and names (and neutral jargon) keep, unless
+        the wanted words together are commoner in one rival (`one_rival_commoner`); anything else leaves it
+        to fastText."""
         cfg = self.cfg
         raw = [w for w in _WORD.findall(text) if len(w) >= 2]
         if not raw:  # `9 h`, `x`: no word to judge
             return None, None, ""
         why: list[str] = []
         undecided: list[str] = []
-        commonest = _commonest(self.word_rivals)
         for lang in cfg.languages:
             if _frequencies(lang, "large") is None:
                 continue
@@ -294,9 +305,11 @@ class LanguageId(MeasuredStage):
             for w in raw:
                 low, cap = w.lower(), w[:1].isupper()
                 z = _zipf(low, lang, "large")
-                rz, rival = commonest.get(low, (0.0, "none"))
+                rz, rival = _commonest(low, self.word_rivals)
                 if z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + (cfg.common_margin if cap else 1.0):
                     kinds["foreign"].append(f"{w} {lang} {z:.1f} {rival} {rz:.1f}")
+                elif cap and z < cfg.word_zipf and rz >= cfg.word_zipf and rz > z + cfg.name_margin:
+                    kinds["other"].append(f"{w} {lang} {z:.1f} {rival} {rz:.1f}")  # no name (`Krebs`)
                 elif cap and (z >= cfg.lexicon_min_zipf or w.isupper() or self.is_name(w, lang)):
                     kinds["name"].append(w)
                 elif z >= cfg.word_zipf and rz <= z + cfg.common_margin:
@@ -305,18 +318,24 @@ class LanguageId(MeasuredStage):
                     kinds["rare"].append(w)
                 elif cfg.unknown_word_rejects and not z and len(raw) == 1 and w.islower():
                     kinds["unknown"].append(f"{w} {lang} 0.0")
+                elif cfg.jargon_words and not z and not rz and len(raw) > 1 and w.isascii():
+                    kinds["jargon"].append(w)
                 else:
                     kinds["other"].append(f"{w} {lang} {z:.1f}{rival}")
             named = f" (names {' '.join(kinds['name'])})" if kinds["name"] else ""
             rare = f" (rare {' '.join(kinds['rare'])})" if kinds["rare"] else ""
+            jargon = f" (jargon {' '.join(kinds['jargon'])})" if kinds["jargon"] else ""
             if kinds["foreign"]:
                 why.append(f"foreign word: {'; '.join(kinds['foreign'])}{named}")
             elif kinds["unknown"]:
                 why.append(f"unknown word: {kinds['unknown'][0]}")
             elif kinds["other"]:
-                undecided.append(f"undecided: {'; '.join(kinds['other'])}")
+                unknown = [f"{w} {lang} 0.0" for w in kinds["jargon"]]
+                undecided.append(f"undecided: {'; '.join(kinds['other'] + unknown)}")
+            elif kinds["jargon"] and (not_neutral := self.jargon_not_neutral(kinds, lang, top)):
+                undecided.append(f"undecided: jargon {' '.join(kinds['jargon'])} ({not_neutral})")
             elif (commoner := self.one_rival_commoner(kinds["wanted"] + kinds["rare"], lang)) is None:
-                return lang, None, f"{lang} words {' '.join(kinds['wanted'])}{rare}{named}"
+                return lang, None, f"{lang} words {' '.join(kinds['wanted'])}{rare}{named}{jargon}"
             else:
                 undecided.append(f"words together commoner in {commoner}")
         if why and len(why) == len(cfg.languages):
@@ -336,20 +355,35 @@ class LanguageId(MeasuredStage):
         best, rival = _rare_rivals(lang, self.word_rivals, cfg.rare_zipf, cfg.word_zipf).get(word, (0.0, ""))
         return None if best <= zipf + 1.0 else f" {rival} {best:.1f}"
 
-    def one_rival_commoner(self, words: list[str], lang: str) -> str | None:
-        """A rival language in which two or more `words`, together, are more than `common_margin` Zipf
-        commoner than in `lang` (``grande stella blu``: each word is English too, all are Italian)."""
-        if len(words) < 2:
+    def jargon_not_neutral(
+        self, kinds: dict[str, list[str]], lang: str, top: list[tuple[str, float]] | None
+    ) -> str:
+        """Why a caption's jargon words (`words_decision`) are not neutral, or "" when they are."""
+        known = kinds["wanted"] + kinds["rare"]
+        if len(known) < len(kinds["jargon"]):
+            return f"{len(known)} {lang} words"
+        if (rival := self.one_rival_commoner(known, lang, margin=0.0, least=1)) is not None:
+            return f"words together commoner in {rival}"
+        if top is None or top[0][0] != lang:
+            return f"fastText top-1 {top[0][0] if top else 'none'}"
+        return ""
+
+    def one_rival_commoner(
+        self, words: list[str], lang: str, margin: float | None = None, least: int = 2
+    ) -> str | None:
+        """The rival language in which `least` (2) or more `words`, together, are commonest, if more than
+        `margin` (`common_margin`) Zipf commoner than in `lang` (``grande stella blu``: each word is English
+        too, all are Italian)."""
+        margin = self.cfg.common_margin if margin is None else margin
+        if len(words) < least:
             return None
         low = [w.lower() for w in words]
         here = sum(_zipf(w, lang, "large") for w in low)
-        commonest = _commonest(self.word_rivals)
-        if sum(commonest.get(w, (0.0,))[0] for w in low) - here <= self.cfg.common_margin:
+        if sum(_commonest(w, self.word_rivals)[0] for w in low) - here <= margin:
             return None  # even each word's commonest rival, summed, is not: no single rival can be
-        for rival in self.word_rivals:
-            if sum(_zipf(w, rival, "small") for w in low) - here > self.cfg.common_margin:
-                return rival
-        return None
+        sums = {rival: sum(_zipf(w, rival, "small") for w in low) for rival in self.word_rivals}
+        rival = max(sums, key=sums.__getitem__)  # the commonest (the first of equals), for the detail
+        return rival if sums[rival] - here > margin else None
 
     def is_name(self, word: str, lang: str) -> bool:
         """A capitalised word that `name_languages` or more of the NAME_PANEL lexicons (wanted language
@@ -385,7 +419,7 @@ class LanguageId(MeasuredStage):
                 detail = f"script: {share:.2f} in {'/'.join(sorted(self.scripts))}; {_top_text(top)}"
                 return top[0][0], top[0][1], "wrong_language", detail
         if cfg.short_words and cfg.lexicon and n_words <= cfg.short_max_words:
-            lang, reason, why = self.words_decision(text)
+            lang, reason, why = self.words_decision(text, top)
             if lang is not None:
                 return lang, dict(top).get(lang, 0.0), None, None
             if reason is not None:

@@ -86,6 +86,15 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
+def _rgb_image(frame: av.VideoFrame, width: int, height: int) -> Image.Image:
+    """The frame as an RGB image of `width` x `height`: one single-threaded swscale pass (its default, a
+    thread per core, cost more in hand-offs than a frame of this size takes, and more again on a loaded
+    machine), then one copy into Pillow (the plane's rows may be padded, which `line_size` tells it)."""
+    rgb = _REFORMATTER.reformat(frame, width, height, format="rgb24", interpolation="AREA", threads=1)
+    plane = rgb.planes[0]
+    return Image.frombuffer("RGB", (width, height), plane, "raw", "RGB", plane.line_size, 1)
+
+
 def _scaled(width: int, height: int, side: int) -> tuple[int, int]:
     """(width, height) scaled down so the longer side is at most `side` (even, as YUV 4:2:0 likes)."""
     if max(width, height) <= side:
@@ -129,6 +138,9 @@ def _sample(container: av.container.InputContainer, clip: Clip, cfg: VideoConfig
         return clip.fail(*bad)
     step, start, decoded = 1.0 / cfg.fps, None, 0
     target = 0.0
+    # A clip's frames lie before its declared end: once the next sampling time reaches it, nothing later
+    # would be sampled, so the rest of the stream is not decoded.
+    end = clip.duration if clip.duration is not None else float("inf")
     thumbs: list[np.ndarray] = []
     last = 0.0
     for frame in container.decode(stream):
@@ -139,14 +151,12 @@ def _sample(container: av.container.InputContainer, clip: Clip, cfg: VideoConfig
         start = t if start is None else start
         last = t - start
         if last + 1e-6 >= target:
-            w, h = _scaled(frame.width, frame.height, cfg.frame_side)
-            rgb = _REFORMATTER.reformat(frame, w, h, format="rgb24", interpolation="AREA")
-            img = Image.fromarray(rgb.to_ndarray())
+            img = _rgb_image(frame, *_scaled(frame.width, frame.height, cfg.frame_side))
             clip.frames.append(_jpeg(img, cfg.jpeg_quality))
             clip.times.append(round(last, 3))
             thumbs.append(thumbnail(img))
             target = len(clip.frames) * step
-            if len(clip.frames) >= cfg.max_frames:
+            if len(clip.frames) >= cfg.max_frames or target >= end:
                 break
         if decoded >= cfg.max_decoded_frames:
             break

@@ -12,7 +12,8 @@ from vlmforge.pipeline.filter.language_id import LanguageId
 
 BEFORE = {"common_zipf": 0, "names": False, "short_words": False}  # the rule before the word rule
 OPT_IN = {**BEFORE, "common_zipf": 3.0, "names": True}  # keeps more English, drops fewer non-English
-SESSION_9 = {"rare_zipf": 0, "unknown_word_rejects": False}  # the word rule without rare and unknown words
+SESSION_10 = {"name_margin": 2.0, "jargon_words": False}  # before session 11's two changes
+SESSION_9 = {**SESSION_10, "rare_zipf": 0, "unknown_word_rejects": False}  # no rare and unknown words
 
 
 def _judge(stage: LanguageId, text: str):
@@ -103,6 +104,57 @@ def test_a_lone_word_english_does_not_know_rejects_whatever_fasttext_says(words,
     assert reason == "wrong_language" and f"words: unknown word: {text} en 0.0" in detail, detail
 
 
+# Real one-word captions of CLDR's German and French sets that session 10 kept as names: nouns (German
+# capitalises every noun) and native place names, far commoner in a rival than in English.
+@pytest.mark.parametrize(
+    ("text", "rival"),
+    [("Welle", "de"), ("Krebs", "de"), ("Eis", "de"), ("Wurst", "de"), ("Schatz", "de"), ("Alger", "fr")],
+)
+def test_a_capitalised_word_much_commoner_in_a_rival_is_no_name(words, text, rival):
+    assert _judge(LanguageId(LanguageConfig(**SESSION_10)), text)[2] is None  # read as a name before
+    lang, reason, why = words.words_decision(text)
+    assert (lang, reason) == (None, None) and why.startswith(f"undecided: {text} en "), why
+    _, _, reason, detail = _judge(words, text)
+    assert reason == "wrong_language" and f"words: undecided: {text} en " in detail and f" {rival} " in detail
+
+
+def test_a_capitalised_word_in_the_name_margin_is_left_to_fasttext(words):
+    """``Svalbard`` (en 2.6, nb 4.4) is undecided too; fastText reads the gettext caption as English."""
+    assert words.words_decision("Svalbard (Arctic Region)")[0] is None
+    assert _judge(words, "Svalbard (Arctic Region)")[2] is None
+    assert words.words_decision("Ceuta")[0] == "en"  # es only 1.2 commoner: still a name
+
+
+# Real English gettext-dev strings: one jargon word no lexicon knows, fastText's top-1 English below 0.5.
+@pytest.mark.parametrize(
+    ("text", "jargon"),
+    [("fontdir device name", "fontdir"), ("invalid sprg number", "sprg"), ("show sortname", "sortname"),
+     ("Bad register in postincrement", "postincrement"), ("iconv function not usable", "iconv")],
+)
+def test_jargon_words_no_lexicon_knows_are_neutral_among_english_words(words, text, jargon):
+    top = words.predict(text)
+    assert top[0][0] == "en" and top[0][1] < 0.5
+    assert _judge(LanguageId(LanguageConfig(jargon_words=False)), text)[2] == "wrong_language"
+    lang, reason, why = words.words_decision(text, top)
+    assert (lang, reason) == ("en", None) and why.endswith(f"(jargon {jargon})"), why
+    assert _judge(words, text)[2] is None
+    assert words.words_decision(text)[0] is None  # without fastText's top-1, jargon stays undecided
+
+
+# Real Danish, Italian and Swedish strings (gettext-dev, CLDR) with a word no lexicon knows, fastText's top-1
+# English: their other words are commoner elsewhere, so the jargon is not neutral.
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("parameterliste for lang", "jargon parameterliste (words together commoner in da)"),
+     ("golfista donna", "jargon golfista (words together commoner in it)"),
+     ("Cannot realloc IOBuffer data", "jargon realloc IOBuffer (1 en words)"),
+     ("ieşire(output) standard", "ieşire en 0.0")],  # not ASCII: no jargon
+)
+def test_jargon_is_not_neutral_without_english_words_to_lean_on(words, text, why):
+    _, _, reason, detail = _judge(words, text)
+    assert reason == "wrong_language" and f"words: undecided: {why}; lexicon: " in detail, detail
+
+
 def test_the_unknown_word_rule_spares_names_and_longer_captions(words):
     assert words.words_decision("Yancowinna")[1] is None  # capitalised: may be a name
     assert words.words_decision("write jobserver")[1] is None  # one unknown word among English ones
@@ -124,35 +176,59 @@ def test_gettext_strings_are_cleaned_into_captions(msgid, caption):
     assert language_gettext.clean(msgid) == caption
 
 
-@pytest.mark.slow  # ~20 s: 8,000 captions through four rules
+@pytest.mark.skipif(not language_eval.available(), reason="apt-get install unicode-cldr-core")
+def test_cldr_english_captions_another_language_writes_so_are_set_apart():
+    """An English caption one of the other languages also writes (``Jakarta``, ``taxi``, ``合``) cannot be
+    right on both sides: it is on neither, and reported apart."""
+    elsewhere = {t.casefold() for lang in language_eval.OTHER_LANGUAGES
+                 for t in (*language_eval.things(lang), *language_eval.names(lang))}
+    english, others = language_eval.english(), language_eval.others()
+    assert not any(t.casefold() in elsewhere for t in english)
+    assert not {t.casefold() for t in english} & {t.casefold() for v in others.values() for t in v}
+    ambiguous = language_eval.english(per_language=10**6, kind="ambiguous")
+    assert {"Jakarta", "taxi", "合"} <= set(ambiguous) and all(t.casefold() in elsewhere for t in ambiguous)
+    assert len(language_eval.english(per_language=10**6, kind="all")) == len(ambiguous) + len(
+        language_eval.english(per_language=10**6)
+    )
+
+
+@pytest.mark.slow  # ~25 s: 8,000 captions through five rules
 @pytest.mark.skipif(not language_eval.available(), reason="apt-get install unicode-cldr-core")
 def test_cldr_short_captions_more_english_kept_for_little_recall():
-    """Figures in benchmarks/RESULTS.md (benchmarks/language_short.py): English kept / non-English dropped
-    0.865/0.945 before, 0.930/0.923 opt-in, 0.930/0.953 with the session-9 word rule, 0.957/0.954 with its
-    rare and unknown words (the default)."""
+    """Figures in the results of benchmarks/language_short.py (sets without ambiguous English captions):
+    English kept / non-English dropped 0.952/0.945 before, 0.967/0.923 opt-in, 0.966/0.953 with the
+    session-9 word rule, 0.980/0.954 with its rare and unknown words (session 10), 0.980/0.956 with
+    `name_margin` and `jargon_words` (the default; German 0.914 -> 0.932)."""
     english, others = language_eval.english(), language_eval.others()
     rates = {}
-    rules = (("before", BEFORE), ("now", OPT_IN), ("session 9", SESSION_9), ("words", {}))
+    rules = (("before", BEFORE), ("now", OPT_IN), ("session 9", SESSION_9), ("session 10", SESSION_10),
+             ("words", {}))
     for name, cfg in ((name, LanguageConfig(**overrides)) for name, overrides in rules):
         stage = LanguageId(cfg)
         kept = sum(_judge(stage, t)[2] is None for t in english) / len(english)
         dropped = [sum(_judge(stage, t)[2] is not None for t in v) / len(v) for v in others.values()]
         rates[name] = (kept, sum(dropped) / len(dropped))
-    assert rates["now"][0] >= rates["before"][0] + 0.05, rates
+    assert rates["now"][0] >= rates["before"][0] + 0.01, rates
     assert rates["now"][1] >= 0.91, rates
-    assert rates["words"][0] >= rates["before"][0] + 0.05, rates
+    assert rates["words"][0] >= rates["before"][0] + 0.02, rates
     assert rates["words"][1] >= rates["before"][1], rates  # no recall given back
-    assert rates["words"][0] >= rates["session 9"][0] + 0.02, rates  # rare words kept
+    assert rates["words"][0] >= rates["session 9"][0] + 0.01, rates  # rare words kept
     assert rates["words"][1] >= rates["session 9"][1], rates
+    assert rates["words"][1] > rates["session 10"][1], rates  # capitalised nouns are no names
+    assert rates["words"][0] >= rates["session 10"][0] - 0.001, rates
 
 
 @pytest.mark.slow  # ~15 s: 8,000 gettext captions (test split) through two rules
 @pytest.mark.skipif(not language_gettext.available(), reason="no gettext catalogs in /usr/share/locale")
 def test_gettext_test_split_the_word_rule_gives_back_no_recall():
-    """Figures in benchmarks/RESULTS.md (benchmarks/language_short.py): English kept / non-English dropped
-    0.868/0.969 before, 0.885/0.974 with the session-9 word rule, 0.920/0.970 with rare and unknown words
-    (the default; the split was held out while developing both)."""
+    """Figures in the results of benchmarks/language_short.py (sets without ambiguous English captions):
+    English kept / non-English dropped 0.921/0.969 before, 0.927/0.974 with the session-9 word rule,
+    0.945/0.970 with rare and unknown words, 0.957/0.971 with `name_margin` and `jargon_words` (the
+    default; the split was held out while developing all of them)."""
     english, others = language_gettext.english("test"), language_gettext.others("test")
+    # Untranslated strings and names the catalogs' translations equal are ambiguous: on neither side.
+    ambiguous = language_gettext.english("test", per_language=10**6, kind="ambiguous")
+    assert {"Terminal", "Hong Kong", "Türkiye"} <= set(ambiguous) and not set(ambiguous) & set(english)
     rates = {}
     for name, cfg in (("before", LanguageConfig(**BEFORE)), ("now", LanguageConfig())):
         stage = LanguageId(cfg)

@@ -21,9 +21,10 @@ def _judge(stage: LanguageId, caption: str) -> tuple[str, float, str | None, str
     return stage.judge_one(caption, len(caption.split()), stage.predict(caption))
 
 
-def test_every_generated_kind_passes_and_the_default_rejects_some(stages):
-    on, off = stages
-    rejected_by_default = 0
+def test_every_generated_kind_passes(stages):
+    """(Since `language.jargon_words` the default keeps the generated HTML tables too: `tbody` is jargon no
+    lexicon knows among English words; the test below shows markup the default still rejects.)"""
+    on = stages[0]
     for kind in KINDS:
         if kind == "screenshots":  # its captions are built without a browser only inside generate()
             from vlmforge.pipeline.synth.common import sample_rng
@@ -36,8 +37,13 @@ def test_every_generated_kind_passes_and_the_default_rejects_some(stages):
             lang, _, reason, detail = _judge(on, c)
             assert reason is None, (kind, c, detail)
             assert lang in ("en", STRUCTURED)
-            rejected_by_default += _judge(off, c)[2] is not None
-    assert rejected_by_default > 0  # the rule is what keeps them
+
+
+@pytest.mark.parametrize("caption", ["y - t = k", "| x | y |\n|---|---|\n| 1 | 2 |"])
+def test_markup_the_default_rejects_is_kept_by_the_structured_rule(stages, caption):
+    on, off = stages
+    assert _judge(off, caption)[2] == "wrong_language"
+    assert _judge(on, caption)[:3:2] == (STRUCTURED, None)
 
 
 @pytest.mark.parametrize(
