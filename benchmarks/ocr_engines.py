@@ -7,7 +7,8 @@
 
 Speed: sample-data pictures (`write_sample_data(seed=11)`, decodable ones; the images the demo recipe's OCR
 phase reads), one Arrow batch through `OcrText` with `ocr.engine: pytesseract` (a tesseract process per
-image) and `tesserocr` (in-process, one engine reused), in this one process, so one core: tesseract runs/s
+image) and `tesserocr` (in-process, one engine reused; also with `ocr.tidy_lines` off, for the cost of
+tidying line crops), in this one process, so one core: tesseract runs/s
 per core counts only the time inside the engine call, on identical inputs (the same detected, prepared
 images). The 100k estimate puts these per-image costs on the demo recipe's 100k counts (RESULTS.md: 60,916
 images reach OCR, 14,274 detected ones read by tesseract, 110.3 s for everything else, 2 cores).
@@ -72,10 +73,9 @@ def speed(n: int) -> None:
           "runs/s per core | ms/image outside tesseract |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     out, rates, costs = {}, {}, {}
-    contenders = {  # the last: session 9's reading (greyscale line crops), for the cost of colour keying
+    contenders = {  # the last: keyed crops read as keyed (session 10), for the cost of tidying them
         "pytesseract": OcrConfig(engine="pytesseract"), "tesserocr": OcrConfig(engine="tesserocr"),
-        "tesserocr, colour_key off, line_confidence 50": OcrConfig(engine="tesserocr", colour_key=False,
-                                                                     line_confidence=50),
+        "tesserocr, tidy_lines off": OcrConfig(engine="tesserocr", tidy_lines=False),
     }
     for engine, cfg in contenders.items():
         stage = TimedOcr(cfg)

@@ -13,8 +13,10 @@ adapters train, and the held-out clips (by id hash, ``data.heldout_fraction``) g
 
 Issue 25's target: video gap < 0.9, and shuffling in time loses at least half of that gain, i.e.
 ``time_shuffled_gap - video_gap >= (1 - video_gap) / 2`` ("time share" >= 0.5 below). Also printed: the
-video layers' gates, and the losses split into caption tokens that the clip decides (the object's colour,
-shape, motion and its direction or order) and the rest.
+video layers' gates, and both gaps on the caption tokens whose truth depends on time (``timed_*``: the
+clips' ground-truth ``time_spans``, carried as a column: direction, grows/shrinks, appears/disappears, a
+colour change's colours, a route's places) and on the rest of the caption (``static_*``), each with its
+time share.
 
     OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/stage2_tiles.py --out /tmp/chain \
         --n 20000
@@ -26,7 +28,7 @@ shape, motion and its direction or order) and the rest.
 or turning red, green and blue, in a random order).
 
 Runs already in OUT/results.json are not repeated (``--name`` tells variants apart; ``--set`` overrides
-the video config).
+the video config; ``--weights`` evaluates an earlier run's file on these clips instead of training).
 """
 
 from __future__ import annotations
@@ -38,15 +40,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
 
 def clip_rows(n: int, seed: int, captions: str = "motion") -> list[dict]:
-    """`n` clean clips as curated rows: encoded, then sampled to frames by the curation video stage.
+    """`n` clean clips as curated rows: encoded, then sampled to frames by the curation video stage, with
+    their ground truth's ``time_spans`` (the caption words only the frames' order decides) as a column.
     `captions` picks the clips (`CLIP_KINDS`: "motion" clips, or "route" clips whose captions only the
     frames' order decides)."""
     from vlmforge.pipeline.config import load_config
@@ -65,63 +66,9 @@ def clip_rows(n: int, seed: int, captions: str = "motion") -> list[dict]:
             "id": f"v{seed}-{i:05d}", "caption": caption, "original_caption": caption, "lang": "en",
             "caption_words": len(caption.split()), "frames": sampled.frames, "frame_times": sampled.times,
             "duration_s": sampled.duration, "width": clip.width, "height": clip.height,
+            "time_spans": [list(span) for span in clip.time_spans()],
         })  # fmt: skip
     return rows
-
-
-TIME_WORDS = {"left", "middle", "right", "top", "bottom", "grows", "shrinks", "appears", "disappears"}
-
-
-def word_classes(caption: str) -> list[str]:
-    """Per word: "time" where the frames' order decides it (a direction, grows/shrinks, appears/disappears,
-    the order of a colour change's colours, a route's places), "clip" where any frame does (colour,
-    shape, moves or changes), "text" where the caption's other words do."""
-    from vlmforge.pipeline.sample_data.video import COLOURS, SHAPES
-
-    words = [w.strip(",.") for w in caption.split()]
-    change = "changes" in words or "then" in words
-    out = []
-    for w in words:
-        if w in TIME_WORDS or (change and w in COLOURS):
-            out.append("time")
-        elif w in COLOURS or w in SHAPES or w in ("moves", "changes"):
-            out.append("clip")
-        else:
-            out.append("text")
-    return out
-
-
-@torch.no_grad()
-def token_losses(model, batches, decode, eos_id: int) -> dict[str, dict[str, float]]:
-    """Held-out caption loss per token class (word_classes; EOS is "text") with the row's clip, another
-    row's and the time-shuffled one: sums per caption, averaged over captions."""
-    import torch.nn.functional as F
-
-    from vlmforge.training.eval import other_clip, time_shuffled
-
-    sums: dict[str, dict[str, float]] = {}
-    captions = 0
-    for batch in batches:
-        targets = batch["labels"][:, 1:]
-        for name, f in (("matched", None), ("other_clip", other_clip), ("time_shuffled", time_shuffled)):
-            videos = batch["videos"] if f is None else f(batch["videos"])
-            logits = model(input_ids=batch["input_ids"], images=batch["images"], videos=videos).logits[:, :-1]
-            nll = F.cross_entropy(logits.transpose(1, 2).float(), targets.clamp(min=0), reduction="none")
-            for row in range(targets.shape[0]):
-                ids = [int(t) for t in targets[row] if t >= 0]
-                pieces = [decode([t]) for t in ids if t != eos_id]
-                text = "".join(pieces)
-                classes = word_classes(text)
-                word, at = -1, nll[row][targets[row] >= 0]
-                for k, piece in enumerate(pieces):
-                    word += k == 0 or piece.startswith(" ")
-                    key = classes[word] if word < len(classes) else "text"
-                    sums.setdefault(key, {}).setdefault(name, 0.0)
-                    sums[key][name] += float(at[k])
-                sums.setdefault("text", {}).setdefault(name, 0.0)
-                sums["text"][name] += float(at[len(pieces)])  # EOS
-        captions += targets.shape[0]
-    return {k: {n: round(v / captions, 4) for n, v in d.items()} for k, d in sums.items()}
 
 
 def gates(model) -> dict[str, float]:
@@ -131,6 +78,18 @@ def gates(model) -> dict[str, float]:
         for n, p in model.named_parameters()
         if n.startswith("video.") and n.endswith("_gate")
     }
+
+
+def time_shares(gaps: dict[str, float]) -> dict[str, float | None]:
+    """(time-shuffled gap - video gap) / (1 - video gap): the part of the clip's gain that shuffling the
+    frames in time loses (target >= 0.5), over whole captions and on the timed / static tokens."""
+    out = {}
+    for prefix in ("", "timed_", "static_"):
+        if f"{prefix}video_gap" in gaps:
+            gain = 1 - gaps[f"{prefix}video_gap"]
+            lost = gaps[f"{prefix}time_shuffled_gap"] - gaps[f"{prefix}video_gap"]
+            out[f"{prefix}time_share"] = lost / gain if gain > 0 else None
+    return out
 
 
 def main() -> None:
@@ -143,14 +102,13 @@ def main() -> None:
                         help="route, turns: clips whose captions only the frames' order decides")  # fmt: skip
     parser.add_argument("--name", default="video")
     parser.add_argument("--set", action="append", default=[], help="override for the video run")
+    parser.add_argument("--weights", type=Path, help="a video model.safetensors to evaluate (no training)")
     args = parser.parse_args()
 
     import train_support
 
     from vlmforge.training import video
     from vlmforge.training.config import load_train_config
-    from vlmforge.training.data import data_index, heldout_batches
-    from vlmforge.training.tokenizer import TextTokenizer
     from vlmforge.training.train import run
 
     root = args.out
@@ -177,31 +135,24 @@ def main() -> None:
         "train.save_every=0",
         *args.set,
     ]
-    cfg = load_train_config(ROOT / "configs/train/video.yaml", overrides)
     t0 = time.time()
-    result = run(cfg)
-    summary = result.summary
-    after = summary["eval_after"]
-    gain = 1 - after["video_gap"]
-    model = result.engine.module.eval()
-    tok = TextTokenizer(cfg.tokenizer)
-    fmt = video.sample_format(cfg, model.config, tok)
-    index = data_index(cfg.data, "heldout")
-    heldout = heldout_batches(index, fmt, cfg.eval.max_rows, cfg.eval.micro_batch_size)
-    entry = {
-        "overrides": args.set,
-        "captions": args.captions,
-        "clips": args.clips,
-        "seed": args.seed,
-        "steps": summary["steps"],
-        "before": summary["eval_before"],
-        "after": after,
-        "time_share": (after["time_shuffled_gap"] - after["video_gap"]) / gain if gain > 0 else None,
-        "gates": gates(model),
-        "per_caption_loss": token_losses(model, heldout, tok.decode, tok.eos_id),
-        "final_train_loss": summary["final_train_loss"],
-        "s": round(time.time() - t0, 1),
-    }
+    entry = {"overrides": args.set, "captions": args.captions, "clips": args.clips, "seed": args.seed}
+    if args.weights:
+        after = video.evaluate_weights(ROOT / "configs/train/video.yaml", args.weights, overrides)
+        entry |= {"weights": str(args.weights), "after": after, **time_shares(after)}
+    else:
+        result = run(load_train_config(ROOT / "configs/train/video.yaml", overrides))
+        summary = result.summary
+        after = summary["eval_after"]
+        entry |= {
+            "steps": summary["steps"],
+            "before": summary["eval_before"],
+            "after": after,
+            **time_shares(after),
+            "gates": gates(result.engine.module),
+            "final_train_loss": summary["final_train_loss"],
+        }
+    entry["s"] = round(time.time() - t0, 1)
     results = json.loads(done.read_text()) if done.exists() else {}  # runs that ended meanwhile
     results[args.name] = entry
     done.write_text(json.dumps(results, indent=1))

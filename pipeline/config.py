@@ -366,6 +366,9 @@ class OcrConfig(_Section):
     colour_key: bool = Field(
         True, description="read each line keyed by its text colour (else its greyscale crop)"
     )
+    tidy_lines: bool = Field(
+        True, description="straighten keyed line crops and whiten all but their text line before tesseract"
+    )
     max_upscale: float = Field(4.0, ge=1, description="largest upscale factor before tesseract")
     max_side: int = Field(2000, gt=0, description="larger images are downscaled to this long side first")
     engine: Literal["auto", "tesserocr", "pytesseract"] = Field(

@@ -92,17 +92,22 @@ def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
 
 
 def write_curated(out_dir: Path, shards: list[list[dict]], row_group_rows: int = 100) -> Path:
-    """Write each list of rows as one curated shard (OUTPUT_SCHEMA) plus a manifest."""
+    """Write each list of rows as one curated shard (OUTPUT_SCHEMA, then the rows' other columns, e.g. the
+    sample clips' ``time_spans``) plus a manifest."""
     for i, rows in enumerate(shards):
         write_part(out_dir, i, rows, row_group_rows)
     return write_manifest(out_dir, sum(map(len, shards)))
 
 
 def write_part(out_dir: Path, i: int, rows: list[dict], row_group_rows: int = 100) -> None:
-    """Rows as the curated shard out_dir/data/part-<i>.parquet (OUTPUT_SCHEMA)."""
+    """Rows as the curated shard out_dir/data/part-<i>.parquet (`write_curated`'s columns)."""
     data = out_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
-    table = conform(pa.Table.from_pylist(rows), OUTPUT_SCHEMA)
+    given = pa.Table.from_pylist(rows)
+    table = conform(given, OUTPUT_SCHEMA)
+    for name in given.column_names:
+        if name not in OUTPUT_SCHEMA.names:
+            table = table.append_column(name, given.column(name))
     pq.write_table(table, data / f"part-{i:05d}.parquet", row_group_size=row_group_rows)
 
 

@@ -67,7 +67,7 @@ from vlmforge.training.model.tiling import TiledImage, collate_tiles, load_tiled
 # CLIP's normalisation, which Mllama's image processor uses too (other encoders convert, VisionConfig).
 IMAGE_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 IMAGE_STD = torch.tensor(CLIP_STD).view(3, 1, 1)
-ROW_COLUMNS = ["id", "image", "frames", "caption", "original_caption", "synthetic_caption"]
+ROW_COLUMNS = ["id", "image", "frames", "caption", "original_caption", "synthetic_caption", "time_spans"]
 
 
 # ------------------------------------------------------------------------------------------ the split
@@ -258,6 +258,9 @@ class Sample:
     video: Tensor | None = None  # (F, 3, H, W), normalised
     source: int = 0  # which of data.sources the row came from
     tiled: TiledImage | None = None  # Mllama tiles (SampleFormat.max_num_tiles > 1) instead of `image`
+    # per label: 1 where the caption's time_spans cover the target token, 0 elsewhere in the caption (EOS
+    # included), -1 where no loss is taken; None for a row without time_spans (time_tokens)
+    time_tokens: list[int] | None = None
 
 
 @dataclass
@@ -278,6 +281,8 @@ class SampleFormat:
     video_frames: int | None = None  # task video: frames each clip is resampled to (None: frames unread)
     # > 1: images are read as Mllama's aspect-ratio tiles of image_size px (model/tiling.py), not squashed
     max_num_tiles: int = 1
+    # str -> (ids, character spans): set, rows with a ``time_spans`` column get Sample.time_tokens
+    encode_offsets: Any = field(default=None, repr=False)
 
 
 def load_image(data: bytes, size: int) -> Tensor:
@@ -316,14 +321,38 @@ def caption_prefix(bos_id: int, image_token_id: int | None, image_first: bool = 
     return [image_token_id, bos_id] if image_first else [bos_id, image_token_id]
 
 
+def timed_ids(
+    row: dict[str, Any], text: str, encode_offsets: Any
+) -> tuple[list[int], list[int]] | tuple[None, None]:
+    """The caption's ids and, per id, 1 where it overlaps one of the row's ``time_spans`` (character spans
+    [start, end) of ``caption`` whose truth depends on time, as the sample clips' ground truth gives them),
+    else 0; (None, None) without spans, or when ``text`` is not the row's caption (a synthetic one)."""
+    spans = row.get("time_spans")
+    if spans is None or encode_offsets is None or text != row.get("caption"):
+        return None, None
+    try:
+        spans = [(int(a), int(b)) for a, b in spans]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"row {row['id']!r}: time_spans must be [start, end] pairs, got {spans!r}") from e
+    if any(not 0 <= a < b <= len(text) for a, b in spans):
+        raise ValueError(f"row {row['id']!r}: time_spans {spans} are not within its {len(text)}-char caption")
+    ids, offsets = encode_offsets(text)
+    return ids, [int(any(s < b and a < e for a, b in spans)) for s, e in offsets]
+
+
 def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator) -> Sample:
     text = choose_text(row, fmt.synthetic_caption_prob, rng)
     has_image = fmt.image_size is not None and row.get("image") is not None
     has_video = fmt.video_frames is not None and bool(row.get("frames"))
     media_token = fmt.video_token_id if has_video else fmt.image_token_id if has_image else None
     prefix = caption_prefix(fmt.bos_id, media_token, fmt.image_first)
-    body = fmt.encode(text)[: fmt.max_tokens - len(prefix) - 1] + [fmt.eos_id]
+    ids, timed = timed_ids(row, text, fmt.encode_offsets)
+    keep = fmt.max_tokens - len(prefix) - 1
+    body = (fmt.encode(text) if ids is None else ids)[:keep] + [fmt.eos_id]
     body = (body * fmt.repeat_text)[: fmt.max_tokens - len(prefix)]
+    time_tokens = None
+    if timed is not None:
+        time_tokens = [-1] * len(prefix) + ((timed[:keep] + [0]) * fmt.repeat_text)[: len(body)]
     tiles = has_image and not has_video and fmt.max_num_tiles > 1
     image = load_image(row["image"], fmt.image_size) if has_image and not has_video and not tiles else None
     video = load_video(row["frames"], fmt.image_size, fmt.video_frames) if has_video else None
@@ -333,7 +362,8 @@ def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator
             tiled = load_tiled_image(row["image"], fmt.image_size, fmt.max_num_tiles)
         except ValueError as e:
             raise ValueError(f"row {row['id']!r}: {e}") from e
-    return Sample(row["id"], prefix + body, [IGNORE_INDEX] * len(prefix) + body, image, video, tiled=tiled)
+    labels = [IGNORE_INDEX] * len(prefix) + body
+    return Sample(row["id"], prefix + body, labels, image, video, tiled=tiled, time_tokens=time_tokens)
 
 
 def collate(
@@ -380,6 +410,11 @@ def collate(
             if s.video is not None:
                 batch["videos"][i] = s.video
         batch["num_videos"] = sum(s.video is not None for s in samples)
+    if any(s.time_tokens is not None for s in samples):  # -1: no figure (padding, rows without spans)
+        batch["time_tokens"] = torch.full((len(samples), length), -1, dtype=torch.int8)
+        for i, s in enumerate(samples):
+            if s.time_tokens is not None:
+                batch["time_tokens"][i, : len(s.time_tokens)] = torch.tensor(s.time_tokens)
     return {
         **batch,
         "input_ids": input_ids,

@@ -8,6 +8,10 @@ whole image: its tiles, aspect ratio id and mask).
 The "video gap" is the same with clips (task video), and ``time_shuffled_gap`` is the loss with each clip's
 own frames in a fixed random time order over the other-clip loss: when the adapters use the order of the
 frames (a square moving left to right, not right to left) it stays closer to 1 than the video gap.
+Batches of rows with ``time_spans`` (data.py ``time_tokens``: the caption words whose truth depends on the
+frames' order, as the sample clips' ground truth marks them) also give both figures on those tokens alone
+(``timed_*``) and on the rest of those captions (``static_*``): most words of a caption may be told by any
+single frame, so the whole-caption figure can hide whether the order is read.
 
 In a training run the held-out batches stay on the CPU and go to the device one at a time
 (``EvalBatches``); for the fused model each rank evaluates every world-th batch and the ranks' sums are
@@ -114,6 +118,39 @@ def batch_images(batch: dict[str, Any], shuffle: bool = False) -> dict[str, Tens
 
 
 @torch.no_grad()
+def loss_sums(
+    model: Any,
+    batches: list[dict[str, Any]] | EvalBatches,
+    shuffle_images: bool = False,
+    videos: Callable[[Tensor], Tensor] | None = None,
+) -> list[float]:
+    """Caption loss summed over `batches` and the tokens it is over, then the same on the ``time_tokens``
+    marked 1 (timed) and 0 (static) where batches carry them: [loss, tokens, timed loss, timed tokens,
+    static loss, static tokens]; over all ranks' shards for sharded ``EvalBatches``. See caption_loss."""
+    sums = [0.0] * 6
+    weighted = batches.padded() if isinstance(batches, EvalBatches) else ((b, True) for b in batches)
+    for batch, counted in weighted:
+        media = batch_images(batch, shuffle_images)
+        if batch.get("videos") is not None:
+            media["videos"] = videos(batch["videos"]) if videos else batch["videos"]
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"], **media)
+        if not counted:
+            continue
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        sums[0] += float(out.loss) * n
+        sums[1] += n
+        classes = batch.get("time_tokens")
+        if classes is not None:
+            per = out.token_loss.float()  # aligned with labels, NaN where no loss is taken
+            for at, value in ((2, 1), (4, 0)):
+                where = (classes == value) & ~per.isnan()
+                sums[at] += float(per[where].sum())
+                sums[at + 1] += int(where.sum())
+    if isinstance(batches, EvalBatches):
+        sums = batches.total(sums)
+    return sums
+
+
 def caption_loss(
     model: Any,
     batches: list[dict[str, Any]] | EvalBatches,
@@ -124,19 +161,7 @@ def caption_loss(
     all ranks' shards for sharded ``EvalBatches``.
 
     ``videos``: applied to each batch's clips (B, F, C, H, W) first, e.g. to give rows other clips."""
-    total, count = 0.0, 0
-    weighted = batches.padded() if isinstance(batches, EvalBatches) else ((b, True) for b in batches)
-    for batch, counted in weighted:
-        media = batch_images(batch, shuffle_images)
-        if batch.get("videos") is not None:
-            media["videos"] = videos(batch["videos"]) if videos else batch["videos"]
-        out = model(input_ids=batch["input_ids"], labels=batch["labels"], **media)
-        if counted:
-            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            total += float(out.loss) * n
-            count += n
-    if isinstance(batches, EvalBatches):
-        total, count = batches.total([total, count])
+    total, count = loss_sums(model, batches, shuffle_images, videos)[:2]
     return total / max(count, 1)
 
 
@@ -157,14 +182,21 @@ def time_shuffled(videos: Tensor) -> Tensor:
     return videos[:, order.to(videos.device)]
 
 
-def video_gap(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
-    matched = caption_loss(model, batches)
-    other = caption_loss(model, batches, videos=other_clip)
-    shuffled = caption_loss(model, batches, videos=time_shuffled)
-    return {
-        "loss": matched,
-        "loss_other_clip": other,
-        "loss_time_shuffled": shuffled,
-        "video_gap": matched / other,
-        "time_shuffled_gap": shuffled / other,
-    }
+def video_gap(model: Any, batches: list[dict[str, Any]] | EvalBatches) -> dict[str, float]:
+    """Video gap and time-shuffled gap over whole captions; with ``time_tokens`` in the batches, also on
+    the timed tokens (``timed_*``) and the static ones (``static_*``) of the rows that mark them."""
+    runs = (None, other_clip, time_shuffled)
+    matched, other, shuffled = (loss_sums(model, batches, videos=f) for f in runs)
+    out = {}
+    for prefix, at in (("", 0), ("timed_", 2), ("static_", 4)):
+        if not matched[at + 1]:
+            continue
+        m, o, s = (x[at] / x[at + 1] for x in (matched, other, shuffled))
+        out |= {
+            f"{prefix}loss": m,
+            f"{prefix}loss_other_clip": o,
+            f"{prefix}loss_time_shuffled": s,
+            f"{prefix}video_gap": m / o,
+            f"{prefix}time_shuffled_gap": s / o,
+        }
+    return out

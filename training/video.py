@@ -65,6 +65,7 @@ def sample_format(cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer) 
         image_sample_format(cfg, model_cfg, tok),
         video_token_id=model_cfg.video_token_id,
         video_frames=model_cfg.video.num_frames,
+        encode_offsets=tok.encode_offsets,  # rows' time_spans -> the eval's figures on time-dependent tokens
     )
 
 

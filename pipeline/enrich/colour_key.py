@@ -5,7 +5,8 @@ detector's ink test marks in the line's polarity, at `KEY_INK` contrast) the tex
 mode: the peak of a coarse colour histogram, refined by a few mean-shift steps. Each pixel's grey is its RGB
 distance to that colour (0 at the text colour, white from `2 x KEY_DISTANCE` on), so texture of any other
 colour or brightness fades to white while the text's antialiased edges stay soft for tesseract's own
-binarisation. The same key, thresholded at `KEY_DISTANCE`, finds the text's line again in the OCR stage. On
+binarisation. The same key, thresholded at `KEY_DISTANCE`, finds the text's line again in the OCR stage, and
+over a whole image (`colour_lines`: the image's main stroke colours) finds text the luma detector missed. On
 the real-font set's ground-truth boxes this read far better than the greyscale crop (dev seed: CER 0.22 ->
 0.08).
 """
@@ -15,13 +16,21 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from vlmforge.pipeline.enrich.text_detect import ink
+from vlmforge.pipeline.enrich.text_detect import (
+    MAX_CHAR_SHARE,
+    MIN_CHAR_PX,
+    WORK_SIDE,
+    TextLine,
+    ink,
+    mask_lines,
+)
 
 KEY_INK = 80.0  # stroke pixels sampled for the colour: at least this luma contrast to the local background
 KEY_DISTANCE = 60.0  # RGB distance at which a pixel is mid-grey (half-way to background)
 MODE_BINS = 8  # colour histogram levels per channel
 MODE_RADIUS = 40.0  # mean-shift window (RGB distance)
 MIN_STROKE_PX = 10  # fewer sampled pixels: no colour found
+IMAGE_MODES = 2  # colours per polarity keyed over a whole image (`colour_lines`)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -62,3 +71,32 @@ def keyed(crop: Image.Image, dark: bool, colour: np.ndarray | None = None) -> Im
         return None
     grey = np.clip(distance(rgb, colour) * (255 / (2 * KEY_DISTANCE)), 0, 255)
     return Image.fromarray(grey.astype(np.uint8))
+
+
+def colour_modes(pixels: np.ndarray, k: int) -> list[np.ndarray]:
+    """Up to `k` distinct colours of `pixels` (N x 3, float): the densest, then the densest of those more
+    than 2 x KEY_DISTANCE from every one found, and so on."""
+    found: list[np.ndarray] = []
+    for _ in range(k):
+        colour = text_colour(pixels)
+        if colour is None:
+            break
+        found.append(colour)
+        pixels = pixels[distance(pixels, colour) > 2 * KEY_DISTANCE]
+    return found
+
+
+def colour_lines(image: Image.Image) -> list[TextLine]:
+    """Text-like lines of an RGB image keyed by each of its main stroke colours (IMAGE_MODES per polarity):
+    pixels within KEY_DISTANCE of a colour, chained like the detector's lines. Text whose strokes touch
+    texture of their own brightness is lost to the luma detector, but not to its own colour."""
+    scale = min(1.0, WORK_SIDE / max(image.size))
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BOX)
+    rgb = np.asarray(image, np.float32)
+    luma = (rgb @ _LUMA).astype(np.int16)
+    max_h = max(MIN_CHAR_PX, MAX_CHAR_SHARE * rgb.shape[0])
+    return [line for dark in (True, False)
+            for colour in colour_modes(rgb[ink(luma, dark) > KEY_INK], IMAGE_MODES)
+            for line in mask_lines(distance(rgb, colour) < KEY_DISTANCE, max_h, dark, scale)]

@@ -13,10 +13,13 @@ text can give the detector's line a wrong box and height, so the line is first f
 colour (`colour_key`: the densest colour of its strokes; pixels near it chained into lines as the detector
 does), in both polarities. The candidates (lines found again, then the detected box) are cropped with a
 margin (wide at the sides, for words the detector missed), scaled so the characters are about `text_px`
-tall, keyed by the text colour (grey = distance to it: texture of other colours fades; with `colour_key` off,
-the greyscale crop, light text inverted), and read until one is read surely; the read of the most confident
+tall, keyed by the text colour (grey = distance to it: texture of other colours fades), straightened and
+whitened but for the text line (`line_clean`, with `tidy_lines`) (with `colour_key` off, the greyscale
+crop, light text inverted), and read until one is read surely; the read of the most confident
 characters wins. A group read with a mean word confidence under `line_confidence` is texture taken for text
-and gives nothing. Without a detected line (detect off) the whole image goes in, upscaled 2x, in `psm`.
+and gives nothing. When no group gives text, the image is keyed by its main stroke colours (`colour_lines`)
+and the lines found there that the detector did not have are read the same way. Without a detected line
+(detect off) the whole image goes in, upscaled 2x, in `psm`.
 Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad image or a tesseract
 failure or timeout never raises: it is counted, the row gets null.
 """
@@ -24,6 +27,7 @@ failure or timeout never raises: it is counted, the row gets null.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import shutil
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -41,7 +46,8 @@ from PIL import Image, ImageOps
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
-from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, distance, keyed, stroke_colour
+from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, colour_lines, distance, keyed, stroke_colour
+from vlmforge.pipeline.enrich.line_clean import tidied
 from vlmforge.pipeline.enrich.text_detect import (
     MAX_CHAR_SHARE,
     MIN_CHAR_PX,
@@ -60,6 +66,7 @@ ROW_HEIGHT_RATIO, ROW_GAP = 1.5, 8.0  # lines joined in a row: height ratio, gap
 SURE_CONFIDENCE = 92.0  # a read with this mean word confidence ends its group's reads
 LINE_PSM = 7  # tesseract reads each line crop as a single text line
 FOUND_AGAIN = 2  # of a detected line, this many lines found again in its text colours are read
+MIN_CHARS = 3  # a read of fewer letters and digits is kept only when read surely (texture reads as "ra")
 MAX_READS = 3  # tesseract reads of one group at most (its lines found again first, then as detected)
 
 
@@ -198,11 +205,20 @@ class OcrText:
             size = (round(grey.width * factor), round(grey.height * factor))
             found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
             return None if found is None else self._finish(_kept(found, self.cfg.min_confidence))
+        words = self._read_groups(grey, lines, colour)
+        if not words and colour is not None:  # nothing read: lines in the image's main text colours
+            again = [ln for ln in colour_lines(colour) if all(_overlap(ln.box, m.box) < 0.5 for m in lines)]
+            words = self._read_groups(grey, again, colour) if again else words
+        return None if words is None else self._finish(words)
+
+    def _read_groups(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None,
+                     ) -> list[str] | None:
+        """The words of `lines`, read group by group; None when every read failed."""
         taken: list[tuple[int, int, int, int]] = []  # boxes of the lines read so far
         read = [self._read_line(grey, colour, group, taken) for group in _same_place(lines)]
         if all(words is None for words in read):
             return None
-        return self._finish([w for words in read if words for w in words])
+        return [w for words in read if words for w in words]
 
     def found_again(self, colour: Image.Image, line: TextLine) -> list[tuple[TextLine, np.ndarray]]:
         """`line` found again in its text's colour, for each polarity (the detected one first): the colour
@@ -234,7 +250,8 @@ class OcrText:
                    text: np.ndarray | None = None) -> Image.Image:
         """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
         light: keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is
-        given and a colour is found, else the greyscale crop (light text inverted)."""
+        given and a colour is found, then (with `tidy_lines`) straightened with everything but the text
+        line whitened (`line_clean`), else the greyscale crop (light text inverted)."""
         pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
         x0, y0, x1, y1 = line.box
         box = (max(0, round(x0 - side)), max(0, round(y0 - pad)), min(grey.width, round(x1 + side)),
@@ -244,7 +261,7 @@ class OcrText:
         if colour is not None:
             crop = keyed(colour.resize(size, Image.Resampling.LANCZOS, box=box), line.dark, text)
             if crop is not None:
-                return crop
+                return tidied(crop, factor * line.height) if self.cfg.tidy_lines else crop
         crop = grey.resize(size, Image.Resampling.LANCZOS, box=box)
         return crop if line.dark else ImageOps.invert(crop)
 
@@ -260,22 +277,26 @@ class OcrText:
         `line_confidence`: texture); None after failures."""
         best: tuple[float, list[str]] | None = None
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
-        candidates: list[tuple[TextLine, np.ndarray | None]] = []
-        for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
-            line = _joined(part)
-            if colour is not None:
-                candidates += self.found_again(colour, line)[:FOUND_AGAIN]
-            candidates.append((line, None))
+
+        def candidates() -> Iterator[tuple[TextLine, np.ndarray | None]]:
+            # lazily: a part's lines are found again only when the reads before have not ended the group
+            for part in sorted((p for p in parts if p), key=lambda p: -sum(line.chars for line in p)):
+                line = _joined(part)
+                if colour is not None:
+                    yield from self.found_again(colour, line)[:FOUND_AGAIN]
+                yield line, None
+
         # a line another group's read already covers is that text again (found in pieces, or its shadow)
-        candidates = [c for c in candidates if all(_overlap(c[0].box, box) < 0.5 for box in taken)]
+        fresh = (c for c in candidates() if all(_overlap(c[0].box, box) < 0.5 for box in taken))
         best_box = None
-        for line, text in candidates[:MAX_READS]:
+        for line, text in itertools.islice(fresh, MAX_READS):
             found = self._run(self.line_image(grey, line, colour, text), LINE_PSM)
             if found is None:
                 continue
-            found = [(w, c) for w, c in found if w.strip()]
+            found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
             mean = statistics.fmean(c for _, c in found) if found else 0.0
-            if mean < self.cfg.line_confidence:
+            short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
+            if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
                 found = []
             kept = _kept(found, self.cfg.min_confidence)
             mass = sum(len(w) * c for w, c in found if w in kept)

@@ -97,23 +97,41 @@ class Clip:
     route: tuple[str, ...] = ()  # motion "route"/"turns": the places visited / colours taken, in order
 
     def caption(self) -> str:
-        if self.motion == "route":  # only the order is worth saying: colour and shape left out
-            return "a shape goes to the " + ", then the ".join(self.route)
-        if self.motion == "turns":
-            return "a shape turns " + ", then ".join(self.route)
-        obj = f"a {self.colour} {self.shape}"
-        text = {
-            "left_to_right": f"{obj} moves from left to right",
-            "right_to_left": f"{obj} moves from right to left",
-            "top_to_bottom": f"{obj} moves from the top to the bottom",
-            "bottom_to_top": f"{obj} moves from the bottom to the top",
-            "grows": f"{obj} grows",
-            "shrinks": f"{obj} shrinks",
-            "appears": f"{obj} appears in the middle",
-            "disappears": f"{obj} disappears",
-            "changes_colour": f"a {self.shape} changes colour from {self.colour} to {self.to_colour}",
-        }[self.motion]
-        return text
+        return "".join(text for text, _ in self.caption_parts())
+
+    def time_spans(self) -> list[tuple[int, int]]:
+        """Character spans [start, end) of the caption's words that only the frames' order decides: the
+        direction (left/right, top/bottom), grows/shrinks, appears/disappears, a colour change's colours,
+        a route's places or a turns clip's colours. Any single frame decides the other clip words."""
+        spans, at = [], 0
+        for text, timed in self.caption_parts():
+            if timed:
+                spans.append((at, at + len(text)))
+            at += len(text)
+        return spans
+
+    def caption_parts(self) -> list[tuple[str, bool]]:
+        """The caption in pieces, each with whether only the frames' order decides it (time_spans)."""
+        if self.motion in ("route", "turns"):  # only the order is worth saying: colour and shape left out
+            route = self.motion == "route"
+            head, sep = ("a shape goes to the ", ", then the ") if route else ("a shape turns ", ", then ")
+            parts = [(head, False)]
+            for k, step in enumerate(self.route):
+                parts += [(sep, False)] * (k > 0) + [(step, True)]
+            return parts
+        obj = (f"a {self.colour} {self.shape} ", False)
+        ends = {"left_to_right": ("left", "right"), "right_to_left": ("right", "left"),
+                "top_to_bottom": ("top", "bottom"), "bottom_to_top": ("bottom", "top")}  # fmt: skip
+        if self.motion in ends:
+            a, b = ends[self.motion]
+            the = "the " if a in ("top", "bottom") else ""
+            return [obj, (f"moves from {the}", False), (a, True), (f" to {the}", False), (b, True)]
+        if self.motion == "appears":
+            return [obj, ("appears", True), (" in the middle", False)]
+        if self.motion == "changes_colour":
+            return [(f"a {self.shape} changes colour from ", False), (self.colour, True), (" to ", False),
+                    (self.to_colour, True)]  # fmt: skip
+        return [obj, (self.motion, True)]  # grows, shrinks, disappears
 
     def frames(self, fps: int = FPS) -> list[np.ndarray]:
         """The clip's RGB frames."""
@@ -276,11 +294,14 @@ class VideoRow:
     caption: str
     lang: str = "en"
     duplicate_of: str | None = None
+    time_spans: list[tuple[int, int]] | None = None  # Clip.time_spans of the caption; None: not a clip's
 
     def truth(self) -> dict:
         stage, reason = VIDEO_EXPECTED[self.kind]
+        spans = None if self.time_spans is None else [list(s) for s in self.time_spans]
         return {"key": self.key, "kind": self.kind, "expected_stage": stage, "expected_reason": reason,
-                "lang": self.lang, "duplicate_of": self.duplicate_of, "bytes": len(self.data)}  # fmt: skip
+                "lang": self.lang, "duplicate_of": self.duplicate_of, "bytes": len(self.data),
+                "time_spans": spans}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -335,7 +356,7 @@ def make_row(kind: str, key: str, rng: random.Random, originals: list, shape: Cl
             out = encode(resize_frames(frames, rng.choice((0.75, 0.875))), shape.fps)
         else:  # trimmed: the first second cut
             out = encode(frames[shape.fps :], shape.fps)
-        return VideoRow(key, kind, out, caption, duplicate_of=okey)
+        return VideoRow(key, kind, out, caption, duplicate_of=okey, time_spans=clip.time_spans())
     clip = CLIP_KINDS[shape.captions](rng, shape.seconds, shape.size)
     if kind == "too_short":
         clip = random_clip(rng, seconds=0.5)
@@ -343,10 +364,10 @@ def make_row(kind: str, key: str, rng: random.Random, originals: list, shape: Cl
         clip = random_clip(rng, size=(32, 24))
     frames = clip.frames(shape.fps)
     data = encode(frames, shape.fps)
-    caption = clip.caption()
+    caption, spans = clip.caption(), clip.time_spans()
     if kind == "clean":
         originals.append((key, clip, frames, data, caption))
-        return VideoRow(key, kind, data, caption)
+        return VideoRow(key, kind, data, caption, time_spans=spans)
     if kind == "non_english":
         lang = rng.choice(sorted(FOREIGN))
         text = rng.choice(FOREIGN[lang]).format(c={"de": "rotes", "fr": "rouge", "es": "rojo"}[lang])
@@ -359,7 +380,7 @@ def make_row(kind: str, key: str, rng: random.Random, originals: list, shape: Cl
         data = audio_only()
     elif kind == "frame_bomb":
         data = claim_frames(data, 100_000)
-    return VideoRow(key, kind, data, caption)
+    return VideoRow(key, kind, data, caption, time_spans=spans)
 
 
 def _write_shard(path: Path, rows: list[VideoRow]) -> None:

@@ -23,7 +23,8 @@ from vlmforge.common.errors import ConfigError
 from vlmforge.pipeline.sample_data.video import encode, random_clip
 from vlmforge.training import video
 from vlmforge.training.config import load_train_config
-from vlmforge.training.data import StreamSpec, build_index, heldout_batches, train_loader
+from vlmforge.training.data import StreamSpec, build_index, heldout_batches, make_sample, train_loader
+from vlmforge.training.eval import loss_sums, video_gap
 from vlmforge.training.model.config import get_config
 from vlmforge.training.model.fusion import FusionModel
 from vlmforge.training.model.hf import export_mllama
@@ -58,6 +59,7 @@ def clip_row(i: int, rng: random.Random) -> dict:
         "width": clip.width,
         "height": clip.height,
         "lang": "en",
+        "time_spans": [list(span) for span in clip.time_spans()],
     }
 
 
@@ -123,6 +125,77 @@ def test_video_rows_become_clips_in_groups(setup):
     assert torch.equal(batch["videos"][:, 0], batch["videos"][:, 1])
     assert not torch.equal(batch["videos"][:, 1], batch["videos"][:, 2])
     assert (batch["input_ids"][:, :2] == torch.tensor([fmt.bos_id, mc.video_token_id])).all()
+
+
+def marked_words(tok: TextTokenizer, labels: list[int], mask: list[int], value: int = 1) -> list[str]:
+    """The text of each run of consecutive labels marked `value`, stripped."""
+    runs, run = [], []
+    for t, m in zip([*labels, -1], [*mask, -2], strict=True):
+        if m == value:
+            run.append(t)
+        elif run:
+            runs.append(tok.decode(run).strip(" ,"))
+            run = []
+    return runs
+
+
+def video_format(setup: dict):
+    cfg = config(setup, setup["root"] / "unused")
+    mc = model_config(cfg)
+    return cfg, mc, video.sample_format(cfg, mc, TextTokenizer(cfg.tokenizer))
+
+
+def test_time_tokens_mark_exactly_the_words_the_frames_order_decides(setup):
+    cfg, _, fmt = video_format(setup)
+    tok = TextTokenizer(cfg.tokenizer)
+    rng = random.Random(5)
+    clip = next(c for c in (random_clip(rng) for _ in range(60)) if c.motion == "right_to_left")
+    row = {"id": "r", "caption": clip.caption(), "time_spans": clip.time_spans()}
+    sample = make_sample(row, fmt, None)
+    assert marked_words(tok, sample.labels, sample.time_tokens) == ["right", "left"]
+    static = marked_words(tok, sample.labels[:-1], sample.time_tokens[:-1], 0)
+    assert static == [f"a {clip.colour} {clip.shape} moves from", "to"]
+    assert sample.labels[-1] == fmt.eos_id and sample.time_tokens[-1] == 0
+    assert [m == -1 for m in sample.time_tokens] == [t < 0 for t in sample.labels]  # -1: no loss taken
+    # through the curated shards: every held-out row's marked tokens spell its time_spans' words
+    index = build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction)
+    for batch in heldout_batches(index, fmt, 8, 4):
+        for labels, mask in zip(batch["labels"], batch["time_tokens"], strict=True):
+            text = tok.decode(labels[labels >= 0][:-1].tolist())
+            words = marked_words(tok, labels.tolist(), mask.tolist())
+            assert words and all(w in text.replace(",", "").split() for w in words), (text, words)
+            assert (mask[labels < 0] == -1).all() and (mask[labels >= 0] >= 0).all()
+    # a row without spans, or read as a synthetic caption, gets none; bad spans are named
+    assert make_sample({"id": "r", "caption": row["caption"]}, fmt, None).time_tokens is None
+    with pytest.raises(ValueError, match="row 'r': time_spans .* are not within its"):
+        make_sample(row | {"time_spans": [[3, 99]]}, fmt, None)
+    with pytest.raises(ValueError, match="row 'r': time_spans must be \\[start, end\\] pairs"):
+        make_sample(row | {"time_spans": [5]}, fmt, None)
+
+
+def test_timed_and_static_figures_split_the_whole_caption_ones(setup, torch_one_thread):
+    cfg, mc, fmt = video_format(setup)
+    torch.manual_seed(0)
+    model = video.build_model(cfg, mc).eval()
+    for name, p in model.named_parameters():
+        if name.endswith("_gate"):  # open gates: the clip changes the loss
+            p.data.fill_(1.0)
+    batches = heldout_batches(build_index(cfg.data.path, "heldout", cfg.data.heldout_fraction), fmt, 8, 4)
+    gaps = video_gap(model, batches)
+    assert gaps["video_gap"] != pytest.approx(1.0, abs=1e-5)
+    assert gaps["timed_video_gap"] != pytest.approx(gaps["static_video_gap"], abs=1e-5)
+    whole, n, timed, nt, static, ns = loss_sums(model, batches)
+    assert nt > 0 and ns > 0 and nt + ns == n  # every held-out row carries spans
+    assert (timed + static) / n == pytest.approx(gaps["loss"], rel=1e-5)
+    assert gaps["timed_loss"] == pytest.approx(timed / nt, rel=1e-6)
+    # every caption token marked timed: the timed figures are the whole-caption ones
+    for batch in batches:
+        batch["time_tokens"] = torch.where(batch["labels"] >= 0, 1, -1).to(torch.int8)
+    all_timed = video_gap(model, batches)
+    assert "static_loss" not in all_timed
+    for key in ("loss", "loss_other_clip", "loss_time_shuffled", "video_gap", "time_shuffled_gap"):
+        assert all_timed[f"timed_{key}"] == pytest.approx(all_timed[key], rel=1e-5), key
+        assert all_timed[key] == pytest.approx(gaps[key], rel=1e-6), key
 
 
 def test_video_stream_resumes_exactly(setup):

@@ -267,7 +267,7 @@ def tiny() -> ModelConfig:
 
 
 def small() -> ModelConfig:
-    """``tiny``'s structure at about 27M parameters and 224 px (patch 16): for a short GPU run at a
+    """``tiny``'s structure at about 30M parameters and 224 px (patch 16): for a short GPU run at a
     resolution where table cells and equation symbols stay legible (benchmarks/mix_recipe.py)."""
     cfg = tiny()
     cfg.vision = dataclasses.replace(

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from vlmforge.pipeline.config import OcrConfig
-from vlmforge.pipeline.enrich.colour_key import keyed, text_colour
+from vlmforge.pipeline.enrich import ocr as ocr_module
+from vlmforge.pipeline.enrich.colour_key import colour_lines, colour_modes, keyed, text_colour
 from vlmforge.pipeline.enrich.ocr import OcrText
 from vlmforge.pipeline.enrich.text_detect import TextLine
 
@@ -67,6 +68,30 @@ def test_a_line_taken_in_texture_is_found_again_at_the_text():
     bx0, by0, bx1, by1 = line.box
     assert abs(bx0 - x0) <= 3 and abs(bx1 - x1) <= 3 and abs(by0 - y0) <= 3 and abs(by1 - y1) <= 3
     assert line.height < 30  # the characters' height, not the texture's
+
+
+def test_colour_modes_are_distinct_colours():
+    rng = np.random.default_rng(2)
+    a, b = np.array([240, 220, 60]), np.array([30, 40, 160])
+    pixels = np.concatenate([a + rng.normal(0, 4, (400, 3)), b + rng.normal(0, 4, (250, 3))])
+    found = colour_modes(pixels.astype(np.float32), 3)
+    assert len(found) == 2  # nothing is left after the two
+    assert np.abs(found[0] - a).max() < 6 and np.abs(found[1] - b).max() < 6
+
+
+def test_text_the_detector_missed_is_found_in_its_colour(monkeypatch):
+    image, _, (x0, y0, x1, y1) = _text_on_texture()
+    lines = colour_lines(image)
+    assert any(abs(ln.box[0] - x0) <= 3 and abs(ln.box[2] - x1) <= 3 and not ln.dark for ln in lines)
+    # the stage: the detector gives only a line of texture, far from the word, which reads as nothing
+    texture = TextLine((250, 90, 318, 118), chars=4, height=20.0, dark=True)
+    monkeypatch.setattr(ocr_module, "text_lines", lambda grey: [texture])
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    stage = OcrText(OcrConfig())
+    assert stage.read(buf.getvalue()) == "freedom"
+    monkeypatch.setattr(ocr_module, "colour_lines", lambda image: [])
+    assert stage.read(buf.getvalue()) is None  # without the colour pass the word is lost
 
 
 @pytest.mark.parametrize("mode", ["RGB", "P", "I;16", "CMYK"])

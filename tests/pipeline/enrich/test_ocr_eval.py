@@ -1,8 +1,9 @@
 """OCR stage on the real-font set (`ocr_eval`: Debian fonts, licence text, photo backgrounds, tilt, JPEG).
 
 Seed 4 is neither the development seed (1) nor the report seeds (2, 3) of benchmarks/ocr_engines.py. The
-bound holds with margin for lines found again and read in their text colour (CER ~0.25 on this seed); the
-greyscale line crops before them gave ~0.37, the band of rows read at once before those ~0.45.
+bound holds for keyed line crops straightened and cleaned, with the colour pass when nothing reads (CER
+~0.20 on this seed); keyed crops read as they are gave ~0.25, the greyscale line crops before them ~0.37,
+the band of rows read at once before those ~0.45.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from vlmforge.pipeline.enrich.ocr import OcrText
 from vlmforge.pipeline.enrich.ocr_eval import cases, fonts
 from vlmforge.pipeline.sample_data.reading import edit_distance
 
-N_CASES, SEED, MAX_CER, MAX_SPURIOUS = 112, 4, 0.32, 2
+N_CASES, SEED, MAX_CER, MAX_SPURIOUS = 112, 4, 0.23, 2
 
 
 def test_ocr_stage_on_real_fonts_over_photos():

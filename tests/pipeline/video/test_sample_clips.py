@@ -78,3 +78,41 @@ def test_a_turns_clip_shows_its_colours_in_the_captions_order():
             coloured = frame[saturation(frame) > 60].astype(int)
             assert len(coloured), (seed, colour)
             assert np.abs(coloured.mean(axis=0) - COLOURS[colour]).max() < 20, (seed, colour)
+
+
+def timed_words(clip) -> list[str]:
+    caption = clip.caption()
+    return [caption[a:b] for a, b in clip.time_spans()]
+
+
+def test_the_time_spans_cover_exactly_the_words_the_frames_order_decides():
+    clips = [random_clip(random.Random(seed), seconds=2.0) for seed in range(80)]
+    by_motion = {c.motion: c for c in clips}
+    assert set(by_motion) == {"left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top", "grows",
+                              "shrinks", "appears", "disappears", "changes_colour"}  # fmt: skip
+    assert timed_words(by_motion["left_to_right"]) == ["left", "right"]
+    assert timed_words(by_motion["bottom_to_top"]) == ["bottom", "top"]
+    assert timed_words(by_motion["grows"]) == ["grows"]
+    assert timed_words(by_motion["appears"]) == ["appears"]  # not "middle": any frame with the shape shows it
+    change = by_motion["changes_colour"]
+    assert timed_words(change) == [change.colour, change.to_colour]
+    # a clip's colour and shape are not timed; spans are ordered, apart, and on word boundaries
+    for clip in clips:
+        caption, spans = clip.caption(), clip.time_spans()
+        if clip.motion != "changes_colour":
+            assert clip.colour not in timed_words(clip) and clip.shape not in timed_words(clip)
+        assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:], strict=False)), spans
+        assert all(caption[a:b].isalpha() and caption[b:b + 1] in ("", " ", ",") for a, b in spans)
+    route, turns = route_clip(random.Random(1)), turns_clip(random.Random(1))
+    assert timed_words(route) == list(route.route) and timed_words(turns) == list(turns.route)
+
+
+def test_the_ground_truth_carries_each_captions_time_spans():
+    rows = generate_video_rows(30, seed=0, shard_size=100)
+    for row in rows:
+        truth = row.truth()
+        if row.kind == "non_english":
+            assert truth["time_spans"] is None
+            continue
+        assert truth["time_spans"], row.kind
+        assert all(row.caption[a:b].isalpha() for a, b in truth["time_spans"])
