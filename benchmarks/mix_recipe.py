@@ -15,6 +15,8 @@ Stages already in OUT/results.json are not repeated; it is rewritten after every
 Split across machines (benchmarks/gpu_mix.sh): ``--data-only`` writes OUT/curated and OUT/tokenizer.json
 (needs the pipeline: synth, sample data); ``--reuse-data DIR`` trains from such a DIR and imports only
 vlmforge.training. ``--store-size`` stores every image resized as the loader resizes it (to fit a copy).
+``--data-workers`` processes write the data (the pipeline's curation dependencies are not needed, so it also
+runs on the GPU box: gpu_mix.sh GENERATE); ``--web-chunks`` splits the web pairs into that many seeds' runs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="auto: a GPU when there is one")  # fmt: skip
     parser.add_argument("--progress", action="store_true", help="show each stage's progress bar")
     parser.add_argument("--store-size", type=int, help="store images resized to N x N px (data generation)")
+    parser.add_argument("--store-fast", action="store_true", help="with --store-size: fast PNG, more bytes")
+    parser.add_argument("--data-workers", type=int, default=2, help="processes writing the data")
+    parser.add_argument("--web-chunks", type=int, default=1, help="web pairs written as N seeds' runs")
     parser.add_argument("--data-only", action="store_true", help="only write OUT/curated, tokenizer")
     parser.add_argument("--reuse-data", type=Path, help="train from DIR/curated and DIR/tokenizer.json")
     parser.add_argument("--set-all", action="append", default=[], help="override for every run")
@@ -64,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.data_only and args.reuse_data:
         parser.error("--data-only writes the data that --reuse-data reads; give one of them")
-    if args.store_size is not None and args.store_size <= 0:
-        parser.error(f"--store-size must be positive, got {args.store_size}")
+    for name in ("store_size", "data_workers", "web_chunks"):
+        if (value := getattr(args, name)) is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.reuse_data is not None:
         missing = [p for p in data_paths(args.reuse_data).values() if not p.exists()]
         missing += [p for name in SOURCES if not (p := args.reuse_data / "curated" / name / "data").is_dir()]
@@ -78,15 +84,18 @@ def data_paths(root: Path) -> dict[str, Path]:
     return {"curated": root / "curated", "tokenizer": root / "tokenizer.json"}
 
 
-def resized(row: dict, size: int) -> dict:
+def resized(row: dict, size: int, fast: bool = False) -> dict:
     """`row` with its image resized to size x size (training/data.py load_image's resize), stored as the
-    smaller of PNG and JPEG (quality 90): the loader then decodes what the model sees, from fewer bytes."""
+    smaller of PNG and JPEG (quality 90): the loader then decodes what the model sees, from fewer bytes.
+    `fast`: PNG at compress level 1 instead of optimized (about 3 ms an image instead of 34 on web scenes;
+    the same pixels, more bytes), for data written where it is used."""
     from PIL import Image
 
     with Image.open(io.BytesIO(row["image"])) as img:
         img = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     encoded = {}
-    for fmt, options in (("PNG", {"optimize": True}), ("JPEG", {"quality": 90})):
+    png = {"compress_level": 1} if fast else {"optimize": True}
+    for fmt, options in (("PNG", png), ("JPEG", {"quality": 90})):
         buf = io.BytesIO()
         img.save(buf, fmt, **options)
         encoded[fmt] = buf.getvalue()
@@ -94,28 +103,77 @@ def resized(row: dict, size: int) -> dict:
     return {**row, "image": encoded[fmt], "image_format": fmt, "width": size, "height": size}
 
 
-def write_data(root: Path, args: argparse.Namespace) -> dict:
-    """The curated sources and the tokenizer under `root`; {"rows": per source, "mib": size on disk}."""
-    sys.path.insert(0, str(ROOT / "tests"))
+def web_chunks(root: Path, n: int, chunks: int) -> list[tuple[Path, int, int]]:
+    """(raw dir, pairs, seed) of each web chunk: `n` pairs in `chunks` independent runs of the sample-data
+    generator (seeds 0, 1, ...), so they can be written in parallel; one chunk is the single seed-0 run."""
+    size = max(1, -(-n // chunks))
+    starts = range(0, n, size)
+    return [(root / "raw" / "web" / f"{j:02d}", min(size, n - start), j) for j, start in enumerate(starts)]
+
+
+def support():
+    """tests/train_support.py (curated shards without a curation run); only data generation needs it."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
     import train_support
 
+    return train_support
+
+
+def store_shard(tar: str, out_dir: str, part: int, keep: list[str] | None, prefix: str, size: int | None,
+                fast: bool) -> int:
+    """One raw shard's rows (those in `keep`, all if None) as curated part `part` of `out_dir`, ids prefixed
+    with `prefix`, images resized to `size` if given; returns the rows written (a worker process's job)."""
+    wanted = None if keep is None else set(keep)
+    rows = support().shard_rows(Path(tar), lambda key: wanted is None or key in wanted)
+    rows = [{**r, "id": prefix + r["id"]} for r in rows]
+    if size:
+        rows = [resized(row, size, fast) for row in rows]
+    support().write_part(Path(out_dir), part, rows)
+    return len(rows)
+
+
+def write_data(root: Path, args: argparse.Namespace) -> dict:
+    """The curated sources and the tokenizer under `root`; {"rows": per source, "mib": size on disk}.
+
+    `--data-workers` processes write the synthetic shards, the web chunks and the curated parts; the data
+    depends on `--web-chunks`, not on the number of processes."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from vlmforge.pipeline.sample_data import write_sample_data
+    from vlmforge.pipeline.sample_data.reading import read_ground_truth
     from vlmforge.pipeline.synth import write_synth
     from vlmforge.training.tokenizer import caption_texts, train_tokenizer
 
     paths = data_paths(root)
-    rows = {"web": train_support.clean_rows(root / "raw" / "web", args.web, seed=0)}
-    for kind in KINDS:
-        write_synth(kind, root / "raw" / kind, args.n, seed=0, workers=2)
-        rows[kind] = train_support.tar_rows(root / "raw" / kind)
-    for name, some in rows.items():
-        if args.store_size:
-            some = [resized(row, args.store_size) for row in some]
-        shards = [some[i : i + 500] for i in range(0, len(some), 500)]
-        train_support.write_curated(paths["curated"] / name, shards)
+    # spawn: a forked copy of a process that imported torch is not safe to run (as pipeline/synth/shards.py)
+    with ProcessPoolExecutor(args.data_workers, mp_context=get_context("spawn")) as pool:
+        chunks = web_chunks(root, args.web, args.web_chunks)
+        for done in [pool.submit(write_sample_data, *chunk) for chunk in chunks]:
+            done.result()
+        for kind in KINDS:
+            write_synth(kind, root / "raw" / kind, args.n, seed=0, workers=args.data_workers)
+        jobs = {name: [] for name in SOURCES}  # source -> store_shard arguments of each part
+        for j, (raw, _, _) in enumerate(chunks):
+            clean = [key for key, row in read_ground_truth(raw).items() if row["kind"] == "clean"]
+            # chunk 0 keeps the single run's ids; the others' would repeat them
+            jobs["web"] += [(tar, clean, f"{j:02d}-" if j else "") for tar in sorted(raw.glob("*.tar"))]
+        for kind in KINDS:
+            jobs[kind] = [(tar, None, "") for tar in sorted((root / "raw" / kind).glob("*.tar"))]
+        futures = {
+            name: [pool.submit(store_shard, str(tar), str(paths["curated"] / name), i, keep, prefix,
+                               args.store_size, args.store_fast)
+                   for i, (tar, keep, prefix) in enumerate(some)]
+            for name, some in jobs.items()
+        }  # fmt: skip
+        rows = {name: sum(f.result() for f in some) for name, some in futures.items()}
+    for name, count in rows.items():
+        support().write_manifest(paths["curated"] / name, count)
     texts = itertools.chain(*(caption_texts(paths["curated"] / name) for name in rows))
     train_tokenizer(texts, 512, paths["tokenizer"])
     size = sum(f.stat().st_size for p in paths.values() for f in [p, *p.rglob("*")] if f.is_file())
-    return {"rows": {k: len(v) for k, v in rows.items()}, "mib": round(size / 2**20, 1)}
+    return {"rows": rows, "mib": round(size / 2**20, 1)}
 
 
 def pick_device(choice: str) -> str:

@@ -48,35 +48,39 @@ def score(row_id: str) -> float:
 def tar_rows(raw_dir: Path, keep: Callable[[str], bool] = lambda key: True) -> list[dict]:
     """The pairs of the webdataset shards in `raw_dir` whose key `keep` accepts, as OUTPUT_SCHEMA dicts
     (what curation would keep; ``clip_score`` a stand-in hash of the key)."""
+    return [row for tar_path in sorted(raw_dir.glob("*.tar")) for row in shard_rows(tar_path, keep)]
+
+
+def shard_rows(tar_path: Path, keep: Callable[[str], bool] = lambda key: True) -> list[dict]:
+    """`tar_rows` of one shard."""
     rows = []
-    for tar_path in sorted(raw_dir.glob("*.tar")):
-        members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(tar_path) as tar:
-            for m in tar.getmembers():
-                key, ext = m.name.split(".", 1)
-                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        for key, files in members.items():
-            if not keep(key):
-                continue
-            ext = next(e for e in files if e not in ("json", "txt"))
-            with Image.open(io.BytesIO(files[ext])) as img:
-                fmt, (w, h) = img.format, img.size
-            caption = files["txt"].decode()
-            rows.append(
-                {
-                    "id": key,
-                    "image": files[ext],
-                    "image_format": fmt,
-                    "width": w,
-                    "height": h,
-                    "caption": caption,
-                    "original_caption": caption,
-                    "lang": "en",
-                    "caption_words": len(caption.split()),
-                    "clip_score": score(key),
-                    "source": f"{tar_path.name}/{key}",
-                }
-            )
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar_path) as tar:
+        for m in tar.getmembers():
+            key, ext = m.name.split(".", 1)
+            members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    for key, files in members.items():
+        if not keep(key):
+            continue
+        ext = next(e for e in files if e not in ("json", "txt"))
+        with Image.open(io.BytesIO(files[ext])) as img:
+            fmt, (w, h) = img.format, img.size
+        caption = files["txt"].decode()
+        rows.append(
+            {
+                "id": key,
+                "image": files[ext],
+                "image_format": fmt,
+                "width": w,
+                "height": h,
+                "caption": caption,
+                "original_caption": caption,
+                "lang": "en",
+                "caption_words": len(caption.split()),
+                "clip_score": score(key),
+                "source": f"{tar_path.name}/{key}",
+            }
+        )
     return rows
 
 
@@ -90,16 +94,26 @@ def clean_rows(raw_dir: Path, n: int, seed: int) -> list[dict]:
 def write_curated(out_dir: Path, shards: list[list[dict]], row_group_rows: int = 100) -> Path:
     """Write each list of rows as one curated shard (OUTPUT_SCHEMA, then the rows' other columns, e.g. the
     sample clips' ``time_spans``) plus a manifest."""
+    for i, rows in enumerate(shards):
+        write_part(out_dir, i, rows, row_group_rows)
+    return write_manifest(out_dir, sum(map(len, shards)))
+
+
+def write_part(out_dir: Path, i: int, rows: list[dict], row_group_rows: int = 100) -> None:
+    """Rows as the curated shard out_dir/data/part-<i>.parquet (`write_curated`'s columns)."""
     data = out_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
-    for i, rows in enumerate(shards):
-        given = pa.Table.from_pylist(rows)
-        table = conform(given, OUTPUT_SCHEMA)
-        for name in given.column_names:
-            if name not in OUTPUT_SCHEMA.names:
-                table = table.append_column(name, given.column(name))
-        pq.write_table(table, data / f"part-{i:05d}.parquet", row_group_size=row_group_rows)
-    (out_dir / "manifest.json").write_text(json.dumps({"output": {"rows": sum(map(len, shards))}}))
+    given = pa.Table.from_pylist(rows)
+    table = conform(given, OUTPUT_SCHEMA)
+    for name in given.column_names:
+        if name not in OUTPUT_SCHEMA.names:
+            table = table.append_column(name, given.column(name))
+    pq.write_table(table, data / f"part-{i:05d}.parquet", row_group_size=row_group_rows)
+
+
+def write_manifest(out_dir: Path, rows: int) -> Path:
+    """The manifest of a curated output of `rows` rows."""
+    (out_dir / "manifest.json").write_text(json.dumps({"output": {"rows": rows}}))
     return out_dir
 
 

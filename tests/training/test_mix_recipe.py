@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import ROOT
@@ -66,10 +68,45 @@ def test_stored_images_load_as_the_originals_do():
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, "PNG")
         row = {"id": "a", "image": buf.getvalue(), "image_format": "PNG", "width": 300, "height": 120}
-        stored = mix_recipe.resized(row, 32)
-        assert (stored["image_format"], stored["width"], stored["height"], stored["id"]) == (fmt, 32, 32, "a")
-        original, again = load_image(row["image"], 32), load_image(stored["image"], 32)
-        if fmt == "PNG":
-            assert torch.equal(again, original)
-        else:
-            assert (again - original).abs().mean() < 0.2  # normalised units: JPEG quality 90 on noise
+        for fast in (False, True):  # fast: a quicker PNG, the same pixels
+            stored = mix_recipe.resized(row, 32, fast)
+            assert (stored["image_format"], stored["width"], stored["height"]) == (fmt, 32, 32)
+            original, again = load_image(row["image"], 32), load_image(stored["image"], 32)
+            if fmt == "PNG":
+                assert torch.equal(again, original)
+            else:
+                assert (again - original).abs().mean() < 0.2  # normalised units: JPEG quality 90 on noise
+
+
+def test_web_chunks_split_the_pairs_and_keep_the_single_run_as_chunk_zero(tmp_path, capsys):
+    assert mix_recipe.web_chunks(tmp_path, 10, 1) == [(tmp_path / "raw/web/00", 10, 0)]
+    chunks = mix_recipe.web_chunks(tmp_path, 10, 4)
+    assert [(n, seed) for _, n, seed in chunks] == [(3, 0), (3, 1), (3, 2), (1, 3)]
+    assert len(mix_recipe.web_chunks(tmp_path, 0, 3)) == 0
+    with pytest.raises(SystemExit):
+        mix_recipe.parse_args(["--out", str(tmp_path), "--data-workers", "0"])
+    assert "--data-workers must be positive" in capsys.readouterr().err
+
+
+def curated_rows(root, name: str) -> list[dict]:
+    files = sorted((root / "curated" / name / "data").glob("*.parquet"))
+    return [row for f in files for row in pq.read_table(f, columns=["id", "caption", "width"]).to_pylist()]
+
+
+def test_data_in_parallel_chunks_extends_the_single_run(tmp_path):
+    """Two web chunks written by two processes: the first is the single seed-0 run's rows, the second's ids
+    are prefixed (no id repeats), every source has its manifest's rows, and the tokenizer is written."""
+    base = ["--data-only", "--n", "1", "--store-size", "16"]
+    single, chunked = tmp_path / "single", tmp_path / "chunked"
+    one = mix_recipe.write_data(single, mix_recipe.parse_args(["--out", str(single), "--web", "30", *base]))
+    argv = ["--out", str(chunked), "--web", "60", "--web-chunks", "2", "--data-workers", "2", "--store-fast"]
+    two = mix_recipe.write_data(chunked, mix_recipe.parse_args([*argv, *base]))
+    web = curated_rows(chunked, "web")
+    first = [r for r in web if not r["id"].startswith("01-")]
+    assert first == curated_rows(single, "web") and len(first) < len(web)
+    assert len({r["id"] for r in web}) == len(web) == two["rows"]["web"]
+    assert two["rows"]["charts"] == one["rows"]["charts"] == 1 and {r["width"] for r in web} == {16}
+    for name in mix_recipe.SOURCES:
+        manifest = json.loads((chunked / "curated" / name / "manifest.json").read_text())
+        assert manifest["output"]["rows"] == len(curated_rows(chunked, name)) == two["rows"][name]
+    assert (chunked / "tokenizer.json").is_file()
