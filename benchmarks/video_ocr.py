@@ -78,8 +78,9 @@ def main() -> None:
         texts = ocr(batch)["ocr_text"].to_pylist()
         wall = time.perf_counter() - start
         c = ocr.counters
-        found = sum(bool(t) and t.upper().count(w) == 1 for t, w in zip(texts, words, strict=True) if w)
-        spurious = sum(t is not None for t, w in zip(texts, words, strict=True) if w is None)
+        pairs = list(zip(texts, words, strict=True))
+        found = sum(bool(t) and t.casefold().count(w.casefold()) == 1 for t, w in pairs if w)
+        spurious = sum(t is not None for t, w in pairs if w is None)
         print(f"| {k} | {c['frames']} | {1000 * wall / args.clips:.1f} | {c['frames'] / wall:.1f} "
               f"| {c['ocr_run']} | {found}/{with_text} | {spurious}/{args.clips - with_text} |")
 
