@@ -99,17 +99,23 @@ def clip_band_rows(parts: list[Part], exact_dir: str, bands: int, bits: int, see
     return pa.table({"key": np.concatenate(keys), "node": np.concatenate(nodes)})
 
 
+def sequences(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The pHash sequences of a list column as uint64 views (a null sequence is empty)."""
+    col = pc.fill_null(col, pa.scalar([], col.type))
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+    return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+
+
 def verified_clip_edges(
     table: pa.Table, paths: dict[int, str], max_shift: int, min_overlap: float, max_distance: int
 ) -> tuple[pa.Table, dict]:
     """The candidate pairs whose pHash sequences match once aligned (`aligned_distance`)."""
     hi, lo = column(table, "hi"), column(table, "lo")
-    seq_hi = values_of(hi, paths, PHASHES).to_pylist()
-    seq_lo = table["lo_value"].to_pylist()
-    best = [
-        aligned_distance(np.asarray(a, np.uint64), np.asarray(b, np.uint64), max_shift, min_overlap)
-        for a, b in zip(seq_hi, seq_lo, strict=True)
-    ]
+    seq_hi, seq_lo = sequences(values_of(hi, paths, PHASHES)), sequences(table["lo_value"])
+    best = [aligned_distance(a, b, max_shift, min_overlap) for a, b in zip(seq_hi, seq_lo, strict=True)]
     keep = np.array([d is not None and d[0] <= max_distance for d in best], bool).reshape(-1)
     out = pa.table({"hi": hi[keep], "lo": lo[keep], "kind": np.full(keep.sum(), VIDEO, np.int8)})
     return out, {"candidates": len(hi), "edges": out.num_rows}

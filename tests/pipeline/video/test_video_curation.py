@@ -190,7 +190,6 @@ def brute_force_clusters(parts: list[Part], exact_dir: str, cfg: VideoConfig) ->
     return out
 
 
-@pytest.mark.slow  # Ray tasks for each exchange: about 20 s on 2 cores
 def test_video_near_dedup_on_ray_equals_the_driver_run_and_brute_force(curated, ray_local, tmp_path):
     out, manifest = curated
     work = out / "_work"
