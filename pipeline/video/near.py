@@ -209,7 +209,7 @@ def run(ctx: Context) -> PhaseResult:
         with persisted(layout.exchanges(name)):
             return resolve_video_duplicates(
                 parts, layout.dir("exact_dedup"), layout.dir(name), video, partitions,
-                ctx.cfg.near_dedup.local_max_edges,
+                ctx.cfg.near_dedup.local_max_edges,  # the image phase's bound: both paths label alike
             )  # fmt: skip
 
     reused = layout.done(name)
