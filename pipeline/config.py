@@ -345,7 +345,8 @@ class DiversityConfig(_Section):
 
 
 class OcrConfig(_Section):
-    """Phase 5: text in images read by tesseract and appended to the caption."""
+    """Phase 5: text in images (or in a video clip's sampled frames) read by tesseract and appended to the
+    caption."""
 
     enabled: bool = True
     languages: str = Field("eng", description="tesseract languages, e.g. 'eng+deu'")
@@ -371,6 +372,10 @@ class OcrConfig(_Section):
     )
     max_upscale: float = Field(4.0, ge=1, description="largest upscale factor before tesseract")
     max_side: int = Field(2000, gt=0, description="larger images are downscaled to this long side first")
+    frames_per_clip: int = Field(
+        8, gt=0, description="video clips: at most this many sampled frames are read, evenly spaced; the "
+        "lines found are merged, each text once"
+    )
     engine: Literal["auto", "tesserocr", "pytesseract"] = Field(
         "auto", description="tesserocr: in-process, one engine per worker; pytesseract: a process per image; "
         "auto: tesserocr when it and the language data are installed"

@@ -22,6 +22,7 @@ and the lines found there that the detector did not have are read the same way. 
 (detect off) the whole image goes in, upscaled 2x, in `psm`.
 Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad image or a tesseract
 failure or timeout never raises: it is counted, the row gets null.
+A video row (`frames`: its sampled JPEG frames, `image` null) is read frame by frame (`clip_text`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from PIL import Image, ImageOps
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
+from vlmforge.pipeline.enrich.clip_text import clip_text
 from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, colour_lines, distance, keyed, stroke_colour
 from vlmforge.pipeline.enrich.line_clean import tidied
 from vlmforge.pipeline.enrich.text_detect import (
@@ -172,18 +174,30 @@ class OcrText:
         self._deadline = 0.0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = [self.read(data) for data in batch.column("image").to_pylist()]
+        """`id`, `image` and, for video rows, `frames` (sampled JPEGs; `image` null) -> `id`, `ocr_text`."""
+        images = batch.column("image").to_pylist()
+        clips = batch.column("frames").to_pylist() if "frames" in batch.column_names else [None] * len(images)
+        texts = [self.read(image) if frames is None else clip_text(self, frames)
+                 for image, frames in zip(images, clips, strict=True)]
         return pa.table({"id": batch.column("id"), "ocr_text": pa.array(texts, pa.string())})
 
     def read(self, data: bytes | None) -> str | None:
         """The text of one encoded image, or None."""
         self.counters["images"] += 1
+        lines = self.read_lines(data)
+        if lines is None:
+            self.counters["bad_image"] += 1
+            return None
+        return self.finish(lines)
+
+    def read_lines(self, data: bytes | None) -> list[str] | None:
+        """The text lines of one encoded image in reading order ([] when none is read, or on a tesseract
+        failure or timeout, which are counted); None when it does not decode."""
         self._deadline = time.monotonic() + self.cfg.timeout_s  # decode, detection and all tesseract runs
         try:
             image = Image.open(io.BytesIO(data))  # type: ignore[arg-type]
             grey = to_grey(image)
-        except Exception:  # noqa: BLE001 - any undecodable input is counted, never raised
-            self.counters["bad_image"] += 1
+        except Exception:  # noqa: BLE001 - any undecodable input is reported to the caller, never raised
             return None
         with image:
             if max(grey.size) > self.cfg.max_side:
@@ -195,30 +209,27 @@ class OcrText:
             return self._read_lines(grey, lines, colour)
         except _Timeout:
             self.counters["timeouts"] += 1
-            return None
+            return []
 
-    def _read_lines(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None) -> str | None:
+    def _read_lines(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None) -> list[str]:
         if not lines:
             if self.cfg.detect:
-                return None
+                return []
             factor = min(self.cfg.max_upscale, FALLBACK_UPSCALE)
             size = (round(grey.width * factor), round(grey.height * factor))
             found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
-            return None if found is None else self._finish(_kept(found, self.cfg.min_confidence))
-        words = self._read_groups(grey, lines, colour)
-        if not words and colour is not None:  # nothing read: lines in the image's main text colours
+            return _text_lines([] if found is None else [_kept(found, self.cfg.min_confidence)])
+        groups = self._read_groups(grey, lines, colour)
+        if not any(groups) and colour is not None:  # nothing read: lines in the image's main text colours
             again = [ln for ln in colour_lines(colour) if all(_overlap(ln.box, m.box) < 0.5 for m in lines)]
-            words = self._read_groups(grey, again, colour) if again else words
-        return None if words is None else self._finish(words)
+            groups = self._read_groups(grey, again, colour) if again else groups
+        return _text_lines(groups)
 
     def _read_groups(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None,
-                     ) -> list[str] | None:
-        """The words of `lines`, read group by group; None when every read failed."""
+                     ) -> list[list[str]]:
+        """The words of `lines`, read group by group (a group whose reads all failed gives [])."""
         taken: list[tuple[int, int, int, int]] = []  # boxes of the lines read so far
-        read = [self._read_line(grey, colour, group, taken) for group in _same_place(lines)]
-        if all(words is None for words in read):
-            return None
-        return [w for words in read if words for w in words]
+        return [self._read_line(grey, colour, group, taken) or [] for group in _same_place(lines)]
 
     def found_again(self, colour: Image.Image, line: TextLine) -> list[tuple[TextLine, np.ndarray]]:
         """`line` found again in its text's colour, for each polarity (the detected one first): the colour
@@ -353,8 +364,9 @@ class OcrText:
         self.counters["ocr_run"] += 1
         return self.words(grey, psm, left)
 
-    def _finish(self, words: list[str]) -> str | None:
-        text = clip_words(" ".join(words), self.cfg.max_chars)
+    def finish(self, lines: list[str]) -> str | None:
+        """A row's OCR text: `lines` joined, cut to `max_chars` (counted in `with_text`); None when empty."""
+        text = clip_words(" ".join(lines), self.cfg.max_chars)
         if not text:
             return None
         self.counters["with_text"] += 1
@@ -369,6 +381,11 @@ def _colour(image: Image.Image, grey: Image.Image) -> Image.Image | None:
     except (ValueError, OSError):
         return None
     return rgb if rgb.size == grey.size else rgb.resize(grey.size, Image.Resampling.BOX)
+
+
+def _text_lines(groups: list[list[str]]) -> list[str]:
+    """Each group's words as one line; groups without words give none."""
+    return [" ".join(words) for words in groups if words]
 
 
 def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:

@@ -144,7 +144,7 @@ def _sample_text(rng: random.Random, width: int, height: int, background: str) -
 
 
 @lru_cache(maxsize=512)
-def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
+def load_font(name: str, size: int) -> ImageFont.FreeTypeFont:
     path = FONT_DIR / name
     if path.exists():
         return ImageFont.truetype(str(path), size)
@@ -153,7 +153,7 @@ def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
 
 @lru_cache(maxsize=1024)
 def _extent_at_100px(text: str, font: str) -> tuple[int, int]:
-    left, top, right, bottom = _font(font, 100).getbbox(text)
+    left, top, right, bottom = load_font(font, 100).getbbox(text)
     return right - left, bottom - top
 
 
@@ -325,7 +325,7 @@ def _draw_text(image: Image.Image, item: TextItem, rng: random.Random) -> None:
     if size is None:
         return
     size = max(MIN_FONT_PX, size - rng.randint(0, 6))
-    font = _font(item.font, size)
+    font = load_font(item.font, size)
     left, top, right, bottom = font.getbbox(item.text)
     cx, cy = _cell_centre(item.cell, width, height, rng)
     cx = width / 2 + (cx - width / 2) * 0.3  # text spans the row, keep it near the middle column

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from vlmforge.common.files import write_bytes
 
 from .generator import allocate
+from .scenes import load_font
 from .writer import add_member
 
 FPS = 8
@@ -278,6 +279,23 @@ def claim_frames(data: bytes, frames: int) -> bytes:
     out = bytearray(data)
     struct.pack_into(">I", out, at + 4 + 8, frames)  # after version/flags and entry_count
     return bytes(out)
+
+
+def subtitled(frames: list[np.ndarray], text: str, seconds: tuple[int, ...], fps: int = FPS,
+              px: int = 30) -> list[np.ndarray]:
+    """`frames` with `text` as a subtitle (white DejaVu Sans Bold, `px` tall, on a black band in the lower
+    third) on the frames of the given `seconds`: text a clip's OCR should read once."""
+    font = load_font("DejaVuSans-Bold.ttf", px)
+    out = []
+    for i, frame in enumerate(frames):
+        if i // fps in seconds:
+            img = Image.fromarray(frame)
+            draw, top = ImageDraw.Draw(img), img.height * 2 // 3
+            draw.rectangle((0, top - px // 4, img.width, top + px * 4 // 3), fill="black")
+            draw.text((px, top), text, font=font, fill="white")
+            frame = np.asarray(img)
+        out.append(frame)
+    return out
 
 
 def resize_frames(frames: list[np.ndarray], factor: float) -> list[np.ndarray]:
