@@ -53,12 +53,12 @@ from vlmforge.pipeline.engine.shuffle import (
     resuming,
     shuffle,
 )
-from vlmforge.pipeline.filter.signatures import signature_column, signature_matrix
+from vlmforge.pipeline.filter.signatures import signature_matrix
 from vlmforge.pipeline.registry import Context, PhaseResult
 
 ROW_BITS = 32
-CAPTION, IMAGE = 1, 2  # edge kinds, also bits of a node's kind mask
-REASONS = {CAPTION: "near_duplicate_caption", IMAGE: "near_duplicate_image"}
+CAPTION, IMAGE, VIDEO = 1, 2, 4  # edge kinds, also bits of a node's kind mask; the lowest bit names a loser
+REASONS = {CAPTION: "near_duplicate_caption", IMAGE: "near_duplicate_image", VIDEO: "near_duplicate_video"}
 EDGE_SCHEMA = pa.schema([("hi", pa.int64()), ("lo", pa.int64()), ("kind", pa.int8())])
 RESULT_SCHEMA = pa.schema(
     [
@@ -179,8 +179,8 @@ def _sorted_buckets(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return order, keys[order], nodes[order]
 
 
-def caption_candidates(table: pa.Table, window: int) -> tuple[pa.Table, dict]:
-    """Candidate caption pairs (hi, lo) of the buckets in this partition, with each end's part index."""
+def bucket_candidates(table: pa.Table, window: int) -> tuple[pa.Table, dict]:
+    """Candidate pairs (hi, lo) of the (key, node) buckets in this partition, with each end's part index."""
     _, keys, nodes = _sorted_buckets(table)
     i, j = bucket_pairs(keys, window)
     hi, lo = unique_pairs(nodes[j], nodes[i])
@@ -202,22 +202,27 @@ def image_edges(table: pa.Table, window: int, max_distance: int) -> tuple[pa.Tab
     return out, {"pairs": len(i), "edges": out.num_rows}
 
 
+def values_of(nodes: np.ndarray, paths: dict[int, str], name: str) -> pa.Array:
+    """Column `name` of `nodes` (from the parts in `paths`), in their order, read from their part files."""
+    parts = part_of(nodes)
+    at = [np.flatnonzero(parts == index) for index in np.unique(parts)]
+    if not at:
+        return pa.array([], read_parquet_schema(next(iter(paths.values()))).field(name).type)
+    pieces = [read_rows(paths[int(parts[a[0]])], [name], row_of(nodes[a]))[name] for a in at]
+    values = pa.chunked_array([c for piece in pieces for c in piece.chunks]).combine_chunks()
+    return values.take(pa.array(np.argsort(np.concatenate(at))))
+
+
 def _signatures_of(nodes: np.ndarray, paths: dict[int, str], num_perm: int) -> np.ndarray:
     """The MinHash signatures of `nodes` (all from the parts in `paths`), read from their part files."""
-    sigs = np.empty((len(nodes), num_perm), np.uint32)
-    parts = part_of(nodes)
-    for index in np.unique(parts):
-        at = np.flatnonzero(parts == index)
-        rows = read_rows(paths[int(index)], ["minhash"], row_of(nodes[at]))
-        sigs[at] = signature_matrix(rows["minhash"], num_perm)
-    return sigs
+    return signature_matrix(values_of(nodes, paths, "minhash"), num_perm)
 
 
-def with_low_signatures(table: pa.Table, paths: dict[int, str], num_perm: int) -> pa.Table:
-    """Distinct candidate pairs (all copies of a pair meet here) with the signature of their `lo` row."""
+def with_low_values(table: pa.Table, paths: dict[int, str], name: str) -> pa.Table:
+    """Distinct candidate pairs (all copies of a pair meet here) with column `name` of their `lo` row
+    (`lo_value`)."""
     hi, lo = unique_pairs(column(table, "hi"), column(table, "lo"))
-    sigs = _signatures_of(lo, paths, num_perm)
-    return pa.table({"hi": hi, "lo": lo, "part_hi": part_of(hi), "sig_lo": signature_column(sigs)})
+    return pa.table({"hi": hi, "lo": lo, "part_hi": part_of(hi), "lo_value": values_of(lo, paths, name)})
 
 
 def verified_caption_edges(
@@ -225,7 +230,8 @@ def verified_caption_edges(
 ) -> tuple[pa.Table, dict]:
     """The candidate pairs whose estimated Jaccard similarity reaches `threshold`."""
     hi, lo = column(table, "hi"), column(table, "lo")
-    sim = estimated_jaccard(_signatures_of(hi, paths, num_perm), signature_matrix(table["sig_lo"], num_perm))
+    lo_sigs = signature_matrix(table["lo_value"], num_perm)
+    sim = estimated_jaccard(_signatures_of(hi, paths, num_perm), lo_sigs)
     keep = sim >= threshold - 1e-12
     out = pa.table({"hi": hi[keep], "lo": lo[keep], "kind": np.full(keep.sum(), CAPTION, np.int8)})
     return out, {"candidates": len(hi), "edges": out.num_rows}
@@ -301,7 +307,8 @@ def choose_survivors(table: pa.Table, rule: list[tuple[str, str]], names: list[s
     ids = table["r_id"]
     survivor_ids = ids.take(pa.array(starts[run]))
     mask = column(table, "mask")
-    reason = np.where(mask & CAPTION, REASONS[CAPTION], REASONS[IMAGE]).astype(object)
+    lowest = mask & -mask
+    reason = np.array([REASONS.get(k) for k in lowest.tolist()], object)
     reason[new] = None
     detail = pc.binary_join_element_wise("near duplicate of ", survivor_ids, "")
     detail = pc.if_else(pa.array(new), pa.nulls(n, pa.string()), detail)
@@ -317,8 +324,8 @@ def choose_survivors(table: pa.Table, rule: list[tuple[str, str]], names: list[s
             "dup_cluster_size": pa.array(sizes[run], pa.int32()),
         }
     )
-    kinds, counts = np.unique(mask[~new] & CAPTION, return_counts=True)
-    reasons = {REASONS[CAPTION if k else IMAGE]: int(c) for k, c in zip(kinds, counts, strict=True)}
+    kinds, counts = np.unique(lowest[~new], return_counts=True)
+    reasons = {REASONS[int(k)]: int(c) for k, c in zip(kinds, counts, strict=True)}
     return out, {"components": len(starts), "members": n, "reasons": reasons}
 
 
@@ -341,16 +348,22 @@ def _survivor_columns(cfg: NearDedupConfig, schema: pa.Schema) -> list[tuple[str
     return rule if any(c == "id" for c, _ in rule) else [*rule, ("id", "ascending")]
 
 
-def _groups_of(parts: list[Part], groups: int) -> list[list[Part]]:
+def groups_of(parts: list[Part], groups: int) -> list[list[Part]]:
+    """`parts` in at most `groups` consecutive runs (one map task each)."""
     size = max(1, -(-len(parts) // groups))
     return [parts[i : i + size] for i in range(0, len(parts), size)]
+
+
+def exchange_partitions(band_rows: int, workers: int | None) -> int:
+    """Partitions of a phase's exchanges: two per worker, more when the band rows pass 4M per partition."""
+    return max(2 * (workers or cluster_cpus()), -(-band_rows // 4_000_000))
 
 
 def find_edges(
     parts: list[Part], exact_dir: Location, cfg: NearDedupConfig, partitions: int
 ) -> tuple[Refs, dict]:
     """The verified near-duplicate edges (hi, lo, kind) of the live rows, as tables in the object store."""
-    groups = [(g, str(exact_dir)) for g in _groups_of(parts, 2 * partitions)]
+    groups = [(g, str(exact_dir)) for g in groups_of(parts, 2 * partitions)]
     paths = put({p.index: p.path for p in parts})  # once, not once per task
     edge_refs: Refs = []
     counters: Counter = Counter()
@@ -368,11 +381,11 @@ def find_edges(
         bands, rows = cc.band_shape()
         cand, cand_stats = shuffle(
             caption_band_rows, [(*g, bands, rows, cc.num_perm) for g in groups], "key", partitions,
-            caption_candidates, window=cfg.bucket_window,
+            bucket_candidates, window=cfg.bucket_window,
         )  # fmt: skip
         if cc.verify:
             with_lo, _ = exchange(
-                cand, "part_lo", partitions, with_low_signatures, paths=paths, num_perm=cc.num_perm
+                cand, "part_lo", partitions, with_low_values, paths=paths, name="minhash"
             )
             refs, verify_stats = exchange(
                 with_lo, "part_hi", partitions, verified_caption_edges,
@@ -467,7 +480,7 @@ def run(ctx: Context) -> PhaseResult:
     def compute() -> dict:
         bands = nd.caption.band_shape()[0] if nd.caption.enabled else 0
         band_rows = ctx.rows_in * (bands + (nd.image.bands if nd.image.enabled else 0))
-        partitions = max(2 * (ctx.cfg.ray.workers or cluster_cpus()), -(-band_rows // 4_000_000))
+        partitions = exchange_partitions(band_rows, ctx.cfg.ray.workers)
         files = [(key, str(layout.phase1(key)[0])) for key in layout.parts.values()]
         with persisted(layout.exchanges("near_dedup")):
             return resolve_near_duplicates(

@@ -9,8 +9,12 @@ is taken; the pair matches when the best is at most `max_distance` bits. Matches
 connected components keep one clip each: the longest, then the largest, then the smallest id. The others
 are dropped as `near_duplicate_video`, naming the survivor; every live clip gets its cluster and its size.
 
-Runs in the driver: it holds the exact-dedup survivors' pHash sequences (8 B per sampled frame, about
-0.5 GB for a million clips of 64 frames) and verifies candidates in one process.
+Runs as the image phase does (`vlmforge.pipeline.dedup.near`), on Ray tasks over the phase-1 parts, clips
+named by node ids: map tasks emit each clip's distinct (band key, node) rows, shuffled by key; each bucket
+partition yields candidate pairs; the pairs are exchanged by their `lo` clip's part (which reads its pHash
+sequence) then by their `hi` clip's part (which reads the other and verifies). The verified edges go
+through the image phase's components and survivor choice; a last task per part group adds the clips
+without a match (their own cluster, size 1). The driver holds only object references and counts.
 """
 
 from __future__ import annotations
@@ -22,17 +26,42 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlmforge.common.files import AtomicParquetWriter
-from vlmforge.common.storage import Location, rmtree
+from vlmforge.common.files import AtomicParquetWriter, read_table_or_empty
+from vlmforge.common.storage import Location, location, rmtree
 from vlmforge.pipeline.config import VideoConfig
-from vlmforge.pipeline.dedup.components import components_local, unique_pairs
-from vlmforge.pipeline.dedup.near import RESULT_SCHEMA, Part, bucket_pairs, live_rows
+from vlmforge.pipeline.dedup.components import unique_pairs
+from vlmforge.pipeline.dedup.near import (
+    RESULT_SCHEMA,
+    VIDEO,
+    Part,
+    bucket_candidates,
+    choose_survivors,
+    exchange_partitions,
+    groups_of,
+    label_members,
+    live_rows,
+    values_of,
+    with_low_values,
+    with_rule_columns,
+    write_results,
+)
 from vlmforge.pipeline.dedup.phash import band_keys, hamming
 from vlmforge.pipeline.engine.accounting import StageStats
+from vlmforge.pipeline.engine.executor import put
+from vlmforge.pipeline.engine.shuffle import (
+    column,
+    exchange,
+    gather_stats,
+    map_each,
+    persisted,
+    resuming,
+    shuffle,
+)
 from vlmforge.pipeline.registry import Context, PhaseResult
 
-REASON = "near_duplicate_video"
 BUCKET_WINDOW = 64
+PHASHES = "frame_phashes"
+RULE = [("duration", "descending"), ("area", "descending"), ("id", "ascending")]
 
 
 def aligned_distance(
@@ -52,94 +81,119 @@ def aligned_distance(
     return best
 
 
-def candidate_pairs(seqs: list[np.ndarray], cfg: VideoConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Clip index pairs (hi, lo) sharing an LSH band key of any of their frames' pHashes."""
-    nd = cfg.near_dedup
-    lengths = np.array([len(s) for s in seqs], np.int64)
-    if not len(seqs) or not lengths.sum():
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    hashes = np.concatenate(seqs).astype(np.uint64)
-    owner = np.repeat(np.arange(len(seqs), dtype=np.int64), lengths)
-    keys = band_keys(hashes, nd.bands, nd.band_bits, nd.seed).reshape(-1)
-    owners = np.repeat(owner, nd.bands)
-    order = np.lexsort((owners, keys))
-    keys, owners = keys[order], owners[order]
-    # one entry per (key, clip): a clip's frames often share a key among themselves
-    first = np.ones(len(keys), bool)
-    first[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
-    keys, owners = keys[first], owners[first]
-    i, j = bucket_pairs(keys, BUCKET_WINDOW)
-    hi, lo = np.maximum(owners[i], owners[j]), np.minimum(owners[i], owners[j])
-    distinct = hi != lo
-    return unique_pairs(hi[distinct], lo[distinct])
+def clip_band_rows(parts: list[Part], exact_dir: str, bands: int, bits: int, seed: int) -> pa.Table:
+    """(key, node) once for every band key of any sampled frame of every live clip (a clip's frames often
+    share keys among themselves)."""
+    keys, nodes = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+    for part in parts:
+        table, ids = live_rows(part, exact_dir, [PHASHES])
+        if PHASHES not in table.column_names or not table.num_rows:
+            continue
+        seqs = table[PHASHES].combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(seqs), 0).to_numpy(zero_copy_only=False)
+        hashes = pc.list_flatten(seqs).to_numpy(zero_copy_only=False).astype(np.uint64)
+        owner = np.repeat(np.repeat(ids, lengths), bands)
+        key, node = unique_pairs(band_keys(hashes, bands, bits, seed).reshape(-1), owner)
+        keys.append(key)
+        nodes.append(node)
+    return pa.table({"key": np.concatenate(keys), "node": np.concatenate(nodes)})
+
+
+def sequences(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The pHash sequences of a list column as uint64 views (a null sequence is empty)."""
+    col = pc.fill_null(col, pa.scalar([], col.type))
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+    return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+
+
+def verified_clip_edges(
+    table: pa.Table, paths: dict[int, str], max_shift: int, min_overlap: float, max_distance: int
+) -> tuple[pa.Table, dict]:
+    """The candidate pairs whose pHash sequences match once aligned (`aligned_distance`)."""
+    hi, lo = column(table, "hi"), column(table, "lo")
+    seq_hi, seq_lo = sequences(values_of(hi, paths, PHASHES)), sequences(table["lo_value"])
+    best = [aligned_distance(a, b, max_shift, min_overlap) for a, b in zip(seq_hi, seq_lo, strict=True)]
+    keep = np.array([d is not None and d[0] <= max_distance for d in best], bool).reshape(-1)
+    out = pa.table({"hi": hi[keep], "lo": lo[keep], "kind": np.full(keep.sum(), VIDEO, np.int8)})
+    return out, {"candidates": len(hi), "edges": out.num_rows}
+
+
+def choose_clip_survivors(table: pa.Table, names: list[str]) -> tuple[pa.Table, dict]:
+    """`choose_survivors` by duration, then frame area (a missing value counts as 0), then id."""
+    width, height = (column(table, f"r_{c}").astype(np.float64) for c in ("width", "height"))
+    duration = np.nan_to_num(column(table, "r_duration_s").astype(np.float64))
+    table = table.append_column("r_duration", pa.array(duration)).append_column(
+        "r_area", pa.array(np.nan_to_num(width * height))
+    )
+    return choose_survivors(table, RULE, names)
+
+
+def add_unmatched(parts: list[Part], exact_dir: str, out_dir: str) -> pa.Table:
+    """Complete each part's results with its live clips that matched none: their own cluster, size 1."""
+    for part in parts:
+        live, _ = live_rows(part, exact_dir, [])
+        if not live.num_rows:
+            continue
+        path = location(out_dir) / f"{part.name}.parquet"
+        members = read_table_or_empty(path, RESULT_SCHEMA)
+        alone = live.filter(pc.invert(pc.is_in(live["id"], value_set=members["id"])))["id"]
+        nulls = pa.nulls(len(alone), pa.string())
+        size = pa.array(np.ones(len(alone), np.int32))
+        single = pa.table([alone, nulls, nulls, alone, size], schema=RESULT_SCHEMA)
+        with AtomicParquetWriter(path, RESULT_SCHEMA) as w:
+            w.write(pa.concat_tables([members, single]).sort_by("id"))
+    return pa.table({"parts": [len(parts)]})
 
 
 def resolve_video_duplicates(
-    parts: list[Part], exact_dir: Location, out_dir: Location, cfg: VideoConfig
+    parts: list[Part],
+    exact_dir: Location,
+    out_dir: Location,
+    cfg: VideoConfig,
+    partitions: int,
+    local_max_edges: int,
 ) -> dict:
     """Find near-duplicate clips among the exact-dedup survivors of `parts`; write each part's results
     (RESULT_SCHEMA) under `out_dir`. Returns counts per reason and counters."""
-    if out_dir.exists():
+    if out_dir.exists() and not resuming():  # a rerun keeps what its finished exchanges wrote
         rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    nd = cfg.near_dedup
-    columns = ["frame_phashes", "duration_s", "width", "height"]
-    tables, part_of = [], []
-    for part in parts:
-        table, _ = live_rows(part, str(exact_dir), columns)
-        tables.append(table)
-        part_of += [part.name] * table.num_rows
-    if not tables:
+    if not parts:
         return {"reasons": {}, "counters": {}}
-    table = pa.concat_tables(tables, promote_options="default")
-    n = table.num_rows
-    ids = table["id"].to_pylist()
-    empty = pa.scalar([], pa.list_(pa.uint64()))
-    seqs = [np.asarray(s, np.uint64) for s in pc.fill_null(table["frame_phashes"], empty).to_pylist()]
-    hi, lo = candidate_pairs(seqs, cfg)
-    shift = round(nd.max_shift_s * cfg.fps)
-    keep = [
-        (d := aligned_distance(seqs[a], seqs[b], shift, nd.min_overlap)) is not None
-        and d[0] <= nd.max_distance
-        for a, b in zip(hi.tolist(), lo.tolist(), strict=True)
-    ]
-    ehi, elo = hi[np.array(keep, bool)] if keep else hi, lo[np.array(keep, bool)] if keep else lo
-    nodes, comps = components_local(ehi, elo)
-    duration = np.nan_to_num(table["duration_s"].to_numpy(zero_copy_only=False).astype(np.float64))
-    area = np.nan_to_num(
-        table["width"].to_numpy(zero_copy_only=False).astype(np.float64)
-        * table["height"].to_numpy(zero_copy_only=False).astype(np.float64)
-    )
-    cluster = np.arange(n, dtype=np.int64)
-    members: dict[int, list[int]] = {}
-    for node, comp in zip(nodes.tolist(), comps.tolist(), strict=True):
-        members.setdefault(comp, []).append(node)
-    reasons: list[str | None] = [None] * n
-    details: list[str | None] = [None] * n
-    size = np.ones(n, np.int32)
-    for group in members.values():
-        best = min(group, key=lambda k: (-duration[k], -area[k], ids[k]))
-        for k in group:
-            cluster[k], size[k] = best, len(group)
-            if k != best:
-                reasons[k], details[k] = REASON, f"near duplicate of {ids[best]}"
-    results = pa.table(
-        {
-            "id": table["id"],
-            "reason": pa.array(reasons, pa.string()),
-            "detail": pa.array(details, pa.string()),
-            "dup_cluster": pa.array([ids[c] for c in cluster], pa.string()),
-            "dup_cluster_size": pa.array(size, pa.int32()),
-            "part": pa.array(part_of, pa.string()),
-        }
-    )
-    for name in dict.fromkeys(part_of):
-        rows = results.filter(pc.equal(results["part"], name)).select(RESULT_SCHEMA.names)
-        with AtomicParquetWriter(out_dir / f"{name}.parquet", RESULT_SCHEMA) as w:
-            w.write(rows.sort_by("id"))
-    dropped = Counter(r for r in reasons if r)
-    counters = {"candidates": len(hi), "edges": len(ehi), "components": len(members)}
-    return {"reasons": dict(dropped), "counters": counters}
+    nd = cfg.near_dedup
+    groups = [(g, str(exact_dir)) for g in groups_of(parts, 2 * partitions)]
+    paths = put({p.index: p.path for p in parts})  # once, not once per task
+    cand, _ = shuffle(
+        clip_band_rows, [(*g, nd.bands, nd.band_bits, nd.seed) for g in groups], "key", partitions,
+        bucket_candidates, window=BUCKET_WINDOW,
+    )  # fmt: skip
+    with_lo, _ = exchange(cand, "part_lo", partitions, with_low_values, paths=paths, name=PHASHES)
+    edge_refs, verify_stats = exchange(
+        with_lo, "part_hi", partitions, verified_clip_edges, paths=paths,
+        max_shift=round(nd.max_shift_s * cfg.fps), min_overlap=nd.min_overlap, max_distance=nd.max_distance,
+    )  # fmt: skip
+    verified = gather_stats(verify_stats)
+    counters = {"candidates": sum(s["candidates"] for s in verified)}
+    counters["edges"] = sum(s["edges"] for s in verified)
+    members, cc = label_members(edge_refs, counters["edges"], local_max_edges, partitions)
+    del edge_refs
+    columns = ["id", "duration_s", "width", "height"]
+    fetched, _ = exchange(members, "part", partitions, with_rule_columns, paths=paths, columns=columns)
+    names = [p.name for p in parts]
+    results, stats = exchange(fetched, "comp", partitions, choose_clip_survivors, names=names)
+    _, written = exchange(results, "part_index", partitions, write_results, out_dir=str(out_dir))
+    gather_stats(written)
+    _, added = map_each([(*g, str(out_dir)) for g in groups], add_unmatched)
+    gather_stats(added)  # after every member file is written
+    reasons: Counter = Counter()
+    counters["components"] = 0
+    for s in gather_stats(stats):
+        reasons.update(s["reasons"])
+        counters["components"] += s["components"]
+    return {"reasons": dict(reasons), "counters": {**counters, **cc}}
 
 
 def run(ctx: Context) -> PhaseResult:
@@ -149,7 +203,14 @@ def run(ctx: Context) -> PhaseResult:
 
     def compute() -> dict:
         parts = [Part(i, key, str(layout.phase1(key)[0])) for i, key in enumerate(layout.parts.values())]
-        return resolve_video_duplicates(parts, layout.dir("exact_dedup"), layout.dir(name), ctx.cfg.video)
+        video = ctx.cfg.video
+        band_rows = ctx.rows_in * video.max_frames * video.near_dedup.bands
+        partitions = exchange_partitions(band_rows, ctx.cfg.ray.workers)
+        with persisted(layout.exchanges(name)):
+            return resolve_video_duplicates(
+                parts, layout.dir("exact_dedup"), layout.dir(name), video, partitions,
+                ctx.cfg.near_dedup.local_max_edges,  # the image phase's bound: both paths label alike
+            )  # fmt: skip
 
     reused = layout.done(name)
     done = layout.run_once(name, compute, ctx.log, ctx.phase.title)

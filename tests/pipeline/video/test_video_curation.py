@@ -7,16 +7,22 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT, outcomes
 from PIL import Image
 
+from vlmforge.common.storage import location
 from vlmforge.pipeline.cli import main
-from vlmforge.pipeline.config import load_config
+from vlmforge.pipeline.config import VideoConfig, load_config
+from vlmforge.pipeline.dedup.near import REASONS, VIDEO, Part, live_rows
 from vlmforge.pipeline.job import run_curation
 from vlmforge.pipeline.sample_data.video import DUPLICATES, VIDEO_PROPORTIONS, write_video_sample_data
+from vlmforge.pipeline.video.near import aligned_distance, resolve_video_duplicates
 
+REASON = REASONS[VIDEO]
 N = 48  # every planted kind at least once (3% of 48 rounds to 1 or 2)
 
 
@@ -146,3 +152,61 @@ def test_stats_and_report_show_durations_and_frame_strips(curated, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert '<section id="video" data-status="computed">' in html
     assert html.count('class="strip"') == min(STRIP_CLIPS, kept)
+
+
+def brute_force_clusters(parts: list[Part], exact_dir: str, cfg: VideoConfig) -> dict[str, tuple]:
+    """(reason, detail, dup_cluster, dup_cluster_size) of every live clip, from every pair of clips aligned
+    (no LSH buckets, no shuffles): the reference the distributed phase must reproduce."""
+    columns = ["frame_phashes", "duration_s", "width", "height"]
+    rows = pa.concat_tables([live_rows(p, exact_dir, columns)[0] for p in parts]).to_pylist()
+    nd = cfg.near_dedup
+    parent = list(range(len(rows)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    for a in range(len(rows)):
+        for b in range(a):
+            sa, sb = (np.asarray(rows[k]["frame_phashes"] or [], np.uint64) for k in (a, b))
+            shift = round(nd.max_shift_s * cfg.fps)
+            d = aligned_distance(sa, sb, shift, nd.min_overlap) if len(sa) * len(sb) else None
+            if d is not None and d[0] <= nd.max_distance:
+                parent[root(a)] = root(b)
+    def survivor_order(r: dict) -> tuple:
+        return -(r["duration_s"] or 0), -(r["width"] or 0) * (r["height"] or 0), r["id"]
+
+    groups: dict[int, list[dict]] = {}
+    for k, r in enumerate(rows):
+        groups.setdefault(root(k), []).append(r)
+    out = {}
+    for group in groups.values():
+        best = min(group, key=survivor_order)
+        for r in group:
+            lost = r is not best
+            detail = f"near duplicate of {best['id']}" if lost else None
+            out[r["id"]] = (REASON if lost else None, detail, best["id"], len(group))
+    return out
+
+
+def test_video_near_dedup_on_ray_equals_the_driver_run_and_brute_force(curated, ray_local, tmp_path):
+    out, manifest = curated
+    work = out / "_work"
+    phase1 = sorted(p for p in (work / "phase1").glob("*.parquet") if p.stem.count(".") == 0)
+    parts = [Part(i, p.stem, str(p)) for i, p in enumerate(phase1)]
+    (exact_dir,) = (work / "exact_dedup").iterdir()
+    cfg = VideoConfig()
+    driver_dir = next((work / "video_near_dedup").iterdir())  # the curation's run, in the driver
+    # 3 partitions and the distributed components path (no edge list is small enough to label locally)
+    found = resolve_video_duplicates(parts, location(exact_dir), location(tmp_path / "r"), cfg, 3, 0)
+    assert found["counters"]["cc_local"] == 0 and set(found["reasons"]) == {REASON}
+    expected = brute_force_clusters(parts, str(exact_dir), cfg)
+    assert sum(1 for v in expected.values() if v[0]) == found["reasons"][REASON] >= 3
+    for part in parts:
+        ray_rows = pq.read_table(tmp_path / "r" / f"{part.name}.parquet")
+        assert ray_rows.equals(pq.read_table(driver_dir / f"{part.name}.parquet"))
+        for r in ray_rows.to_pylist():
+            got = (r["reason"], r["detail"], r["dup_cluster"], r["dup_cluster_size"])
+            assert expected.pop(r["id"]) == got
+    assert not expected  # every live clip has its row
