@@ -111,3 +111,48 @@ def test_the_stage_reads_text_in_any_image_mode(mode):
     ocr = OcrText(OcrConfig())
     assert ocr.read(buf.getvalue()) == "freedom"
     assert ocr.counters["bad_image"] == 0
+
+
+def test_a_line_seen_in_part_is_widened_to_its_ends():
+    """The detector saw only a line's first word (the rest over texture): the crop widens to the right
+    until the text ends and every word is read; cropped as detected, the last words are lost."""
+    if not FONT.exists():
+        pytest.skip("apt-get install fonts-dejavu-core")
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(_texture(rng, 640, 80))
+    layer = Image.new("L", image.size, 0)
+    words = "information about freedom"
+    ImageDraw.Draw(layer).text((20, 25), words, fill=255, font=ImageFont.truetype(str(FONT), 24))
+    image.paste(Image.new("RGB", image.size, TEXT_RGB), (0, 0), layer)
+    first = Image.new("L", image.size, 0)
+    ImageDraw.Draw(first).text((20, 25), "information", fill=255, font=ImageFont.truetype(str(FONT), 24))
+    line = TextLine(first.getbbox(), chars=11, height=18.0, dark=False)  # the first word's ink box
+    stage, grey = OcrText(OcrConfig()), image.convert("L")
+    stage._deadline = float("inf")
+    text = np.asarray(TEXT_RGB, np.float32)
+    wide, box, widened = stage.line_image(grey, line, image, text, wide=True)
+    narrow, _, _ = stage.line_image(grey, line, image, text, wide=False)
+    assert widened and box[2] >= layer.getbbox()[2] - 2  # the box read reaches the line's end
+    assert " ".join(w for w, _ in stage.words(wide, 7, 10.0)) == words
+    assert "freedom" not in " ".join(w for w, _ in stage.words(narrow, 7, 10.0))
+
+
+def test_two_groups_reading_one_text_keep_the_more_confident_read(monkeypatch):
+    """A group of texture above a text whose crop reached the text reads it too (worse): of two reads
+    over one text only the one of more confident characters is kept, whichever group came first; reads
+    elsewhere stay."""
+    above = TextLine((100, 0, 300, 40), chars=3, height=30.0)
+    text = TextLine((20, 50, 400, 80), chars=12, height=20.0)
+    other = TextLine((20, 150, 200, 170), chars=6, height=15.0)
+    reads = {  # group -> (words, box of the text read, mass)
+        above.box: (["Documnt", "that"], (24, 52, 398, 80), 400.0),
+        text.box: (["Document", "that", "deals"], (22, 50, 401, 81), 1500.0),
+        other.box: (["freedom"], other.box, 600.0),
+    }
+    monkeypatch.setattr(OcrText, "_read_line", lambda self, grey, colour, group, taken: reads[group[0].box])
+    stage, grey = OcrText(OcrConfig()), Image.new("L", (420, 180), 255)
+    assert stage._read_groups(grey, [above, text, other], None) == [[], ["Document", "that", "deals"],
+                                                                     ["freedom"]]
+    reads[above.box] = (["Document", "that", "deals"], (24, 52, 398, 80), 1600.0)
+    assert stage._read_groups(grey, [above, text, other], None) == [["Document", "that", "deals"], [],
+                                                                     ["freedom"]]
