@@ -16,15 +16,17 @@ margin (wide at the sides, for words the detector missed), scaled so the charact
 tall, keyed by the text colour (grey = distance to it: texture of other colours fades), straightened and
 whitened but for the text line (`line_clean`, with `tidy_lines`) (with `colour_key` off, the greyscale
 crop, light text inverted), and read until one is read surely. Where the kept text runs into a side of its
-crop (the detector saw only part of the line: a word or two over texture of the text's brightness), the
-crop widens on that side until the text ends; a widened crop that reads as nothing is read again as
-first cropped; the read of the most confident
-characters wins. A group read with a mean word confidence under `line_confidence` is texture taken for text
-and gives nothing. When no group gives text, the image is keyed by its main stroke colours (`colour_lines`)
-and the lines found there that the detector did not have are read the same way. Without a detected line
-(detect off) the whole image goes in, upscaled 2x, in `psm`.
-Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad image or a tesseract
-failure or timeout never raises: it is counted, the row gets null.
+crop (the detector saw only part of the line: a word or two over texture of the text's brightness), the crop
+widens on that side until the text ends; a widened crop that reads as nothing is read again as first cropped.
+The read of the most confident characters wins. A group read with a mean word confidence under
+`line_confidence` is texture taken for text and gives nothing; of two groups whose reads cover one text (a
+group of texture next to it whose crop reached it), the read of more confident characters is kept. When no
+group gives text, the image is keyed by its main stroke colours (`colour_lines`) and the detector runs again
+at FALLBACK_CONTRAST (letters that touch texture of their brightness but lower contrast come apart); the
+lines found there that the detector did not have are read the same way. Without a detected line (detect off)
+the whole image goes in, upscaled 2x, in `psm`. Words under `min_confidence`, and tokens without a letter or
+digit, are dropped. A bad image or a tesseract failure or timeout never raises: it is counted, the row gets
+null.
 A video row (`frames`: its sampled JPEG frames, `image` null) is read frame by frame (`clip_text`).
 """
 
@@ -74,6 +76,7 @@ FOUND_AGAIN = 2  # of a detected line, this many lines found again in its text c
 MIN_CHARS = 3  # a read of fewer letters and digits is kept only when read surely (texture reads as "ra")
 WIDEN_MAX = 3  # a crop whose text runs into its side widens there by SIDE_MARGIN, this often at most
 CUT_ROWS = 0.4  # text touching a crop's side over this share of a character height was cut there
+FALLBACK_CONTRAST = 80.0  # ink contrast of the luma lines found again when nothing reads (detector: 40)
 MAX_READS = 3  # tesseract reads of one group at most (its lines found again first, then as detected)
 
 
@@ -225,8 +228,11 @@ class OcrText:
             found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
             return _text_lines([] if found is None else [_kept(found, self.cfg.min_confidence)])
         groups = self._read_groups(grey, lines, colour)
-        if not any(groups) and colour is not None:  # nothing read: lines in the image's main text colours
-            again = [ln for ln in colour_lines(colour) if all(_overlap(ln.box, m.box) < 0.5 for m in lines)]
+        if not any(groups) and colour is not None:
+            # nothing read: lines in the image's main text colours, and in luma at a higher ink contrast
+            # (letters touching texture of their own brightness but of lower contrast come apart)
+            found = colour_lines(colour) + text_lines(grey, contrast=FALLBACK_CONTRAST)
+            again = [ln for ln in found if all(_overlap(ln.box, m.box) < 0.5 for m in lines)]
             groups = self._read_groups(grey, again, colour) if again else groups
         return _text_lines(groups)
 

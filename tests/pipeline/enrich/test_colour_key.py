@@ -13,7 +13,7 @@ from vlmforge.pipeline.config import OcrConfig
 from vlmforge.pipeline.enrich import ocr as ocr_module
 from vlmforge.pipeline.enrich.colour_key import colour_lines, colour_modes, keyed, text_colour
 from vlmforge.pipeline.enrich.ocr import OcrText
-from vlmforge.pipeline.enrich.text_detect import TextLine
+from vlmforge.pipeline.enrich.text_detect import TextLine, text_lines
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 TEXT_RGB = (240, 220, 60)  # lighter than all of the texture
@@ -85,7 +85,7 @@ def test_text_the_detector_missed_is_found_in_its_colour(monkeypatch):
     assert any(abs(ln.box[0] - x0) <= 3 and abs(ln.box[2] - x1) <= 3 and not ln.dark for ln in lines)
     # the stage: the detector gives only a line of texture, far from the word, which reads as nothing
     texture = TextLine((250, 90, 318, 118), chars=4, height=20.0, dark=True)
-    monkeypatch.setattr(ocr_module, "text_lines", lambda grey: [texture])
+    monkeypatch.setattr(ocr_module, "text_lines", lambda grey, contrast=None: [texture])
     buf = io.BytesIO()
     image.save(buf, "PNG")
     stage = OcrText(OcrConfig())
@@ -156,3 +156,35 @@ def test_two_groups_reading_one_text_keep_the_more_confident_read(monkeypatch):
     reads[above.box] = (["Document", "that", "deals"], (24, 52, 398, 80), 1600.0)
     assert stage._read_groups(grey, [above, text, other], None) == [["Document", "that", "deals"], [],
                                                                      ["freedom"]]
+
+
+def test_text_merged_with_fainter_texture_is_found_at_a_higher_contrast(monkeypatch):
+    """Light text over texture of light specks (50 luma over the background, the text 150): at the
+    detector's ink contrast the letters merge with the specks and no line holds the word alone; at
+    FALLBACK_CONTRAST they come apart, and the stage's fallback reads the word when its first pass (here a
+    line of texture) and the colour pass give nothing."""
+    if not FONT.exists():
+        pytest.skip("apt-get install fonts-dejavu-core")
+    specks = np.random.default_rng(0).random((50, 160)) < 0.35
+    grey = np.full((100, 320), 100, np.uint8)
+    grey[np.kron(specks, np.ones((2, 2), bool))] = 150
+    image = Image.fromarray(grey)
+    ImageDraw.Draw(image).text((40, 30), "freedom", fill=250, font=ImageFont.truetype(str(FONT), 32))
+    columns = (np.asarray(image) == 250).nonzero()[1]
+    x0, x1 = columns.min(), columns.max() + 1
+
+    def alone(lines: list[TextLine]) -> bool:  # a line whose box is the word's, give or take a few pixels
+        return any(abs(ln.box[0] - x0) <= 6 and abs(ln.box[2] - x1) <= 6 for ln in lines)
+
+    assert not alone(text_lines(image)) and alone(text_lines(image, contrast=ocr_module.FALLBACK_CONTRAST))
+    texture = TextLine((250, 80, 318, 99), chars=4, height=15.0, dark=True)
+    real = ocr_module.text_lines
+
+    def first_pass_texture(grey: Image.Image, contrast: float | None = None) -> list[TextLine]:
+        return [texture] if contrast is None else real(grey, contrast=contrast)
+
+    monkeypatch.setattr(ocr_module, "text_lines", first_pass_texture)
+    monkeypatch.setattr(ocr_module, "colour_lines", lambda image: [])
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, "PNG")
+    assert OcrText(OcrConfig()).read(buf.getvalue()) == "freedom"
