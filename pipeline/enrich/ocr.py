@@ -24,9 +24,9 @@ group of texture next to it whose crop reached it), the read of more confident c
 group gives text, the image is keyed by its main stroke colours (`colour_lines`) and the detector runs again
 at FALLBACK_CONTRAST (letters that touch texture of their brightness but lower contrast come apart); the
 lines found there that the detector did not have are read the same way. Without a detected line (detect off)
-the whole image goes in, upscaled 2x, in `psm`. Words under `min_confidence`, and tokens without a letter or
-digit, are dropped. A bad image or a tesseract failure or timeout never raises: it is counted, the row gets
-null.
+the whole image goes in, upscaled 2x, in `psm`. Words under `min_confidence` (in a line read, those outside
+its first and last sure word), and tokens without a letter or digit, are dropped. A bad image or a tesseract
+failure or timeout never raises: it is counted, the row gets null.
 A video row (`frames`: its sampled JPEG frames, `image` null) is read frame by frame (`clip_text`).
 """
 
@@ -361,7 +361,7 @@ class OcrText:
                 short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
                 if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
                     found = []
-                kept = _kept(found, self.cfg.min_confidence)
+                kept = _kept_in_line(found, self.cfg.min_confidence)
                 mass = sum(len(w) * c for w, c in found if w in kept)
                 if mass > best[0]:
                     best = (mass, kept, box)
@@ -461,6 +461,13 @@ def _ink_box(crop: Image.Image, box: tuple[int, int, int, int], size: tuple[int,
     return (box[0] + int((xs.min() - dx) / factor), box[1] + int((ys.min() - dy) / factor),
             box[0] + int(np.ceil((xs.max() + 1 - dx) / factor)),
             box[1] + int(np.ceil((ys.max() + 1 - dy) / factor)))
+
+
+def _kept_in_line(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
+    """Of one line's words (each holding a letter or digit), those from the first to the last at
+    `min_confidence` or above: a doubtful word between sure ones is a word of the line, misspelt at worst."""
+    sure = [i for i, (_, c) in enumerate(found) if c >= min_confidence]
+    return [w for w, _ in found[sure[0] : sure[-1] + 1]] if sure else []
 
 
 def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
