@@ -18,9 +18,10 @@ whitened but for the text line (`line_clean`, with `tidy_lines`) (with `colour_k
 crop, light text inverted), and read until one is read surely. Where the kept text runs into a side of its
 crop (the detector saw only part of the line: a word or two over texture of the text's brightness), the crop
 widens on that side until the text ends; a widened crop that reads as nothing is read again as first cropped.
-The read of the most confident characters wins. A group read with a mean word confidence under
-`line_confidence` is texture taken for text and gives nothing; of two groups whose reads cover one text (a
-group of texture next to it whose crop reached it), the read of more confident characters is kept. When no
+The read of the most confident characters wins; one read, but not surely, is read again keyed by the text's
+luma (`luma_keyed`: thin strokes JPEG gave their background's hue). A group read with a mean word confidence
+under `line_confidence` is texture taken for text and gives nothing; of two groups whose reads cover one text
+(a group of texture next to it whose crop reached it), the read of more confident characters is kept. When no
 group gives text, the image is keyed by its main stroke colours (`colour_lines`) and the detector runs again
 at FALLBACK_CONTRAST (letters that touch texture of their brightness but lower contrast come apart); the
 lines found there that the detector did not have are read the same way. Without a detected line (detect off)
@@ -53,7 +54,14 @@ from PIL import Image, ImageOps
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
 from vlmforge.pipeline.enrich.clip_text import clip_text
-from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, colour_lines, distance, keyed, stroke_colour
+from vlmforge.pipeline.enrich.colour_key import (
+    KEY_DISTANCE,
+    colour_lines,
+    distance,
+    keyed,
+    luma_keyed,
+    stroke_colour,
+)
 from vlmforge.pipeline.enrich.line_clean import DARK, MAX_TILT, tidied
 from vlmforge.pipeline.enrich.text_detect import (
     MAX_CHAR_SHARE,
@@ -288,14 +296,14 @@ class OcrText:
         return sorted(found, key=lambda pair: -pair[0].chars)
 
     def line_image(self, grey: Image.Image, line: TextLine, colour: Image.Image | None = None,
-                   text: np.ndarray | None = None, wide: bool = True,
+                   text: np.ndarray | None = None, wide: bool = True, luma: bool = False,
                    ) -> tuple[Image.Image, tuple[int, int, int, int], bool]:
-        """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
-        light: keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is
-        given and a colour is found, then (with `tidy_lines`) straightened with everything but the text
-        line whitened (`line_clean`), else the greyscale crop (light text inverted). Where the kept text
-        runs into a side of a tidied crop (the detector saw only part of the line), the crop widens there
-        by SIDE_MARGIN heights, up to WIDEN_MAX times. Also the box (image pixels) of the text read: the
+        """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on light:
+        keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is given and a
+        colour is found (by its luma only with `luma`), then (with `tidy_lines`) straightened with everything
+        but the text line whitened (`line_clean`), else the greyscale crop (light text inverted). Where the
+        kept text runs into a side of a tidied crop (the detector saw only part of the line), the crop widens
+        there by SIDE_MARGIN heights, up to WIDEN_MAX times. Also the box (image pixels) of the text read: the
         tidied crop's dark pixels, else the line's box; and whether the crop was widened."""
         pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
         x0, y0, x1, y1 = line.box
@@ -308,7 +316,7 @@ class OcrText:
             for _ in range(WIDEN_MAX + 1 if wide else 1):
                 rgb = colour.resize(size, Image.Resampling.LANCZOS, box=box)
                 text = stroke_colour(np.asarray(rgb, np.float32), line.dark) if text is None else text
-                crop = keyed(rgb, line.dark, text)
+                crop = luma_keyed(rgb, text) if luma else keyed(rgb, line.dark, text)
                 if crop is None or not self.cfg.tidy_lines:
                     break
                 crop = tidied(crop, factor * line.height)
@@ -329,13 +337,13 @@ class OcrText:
         self, grey: Image.Image, colour: Image.Image | None, group: list[TextLine],
         taken: list[tuple[int, int, int, int]],
     ) -> tuple[list[str], tuple[int, int, int, int], float]:
-        """The words of one group of lines (one text found in pieces, in either polarity, or with its
-        shadow), the box of the text read and its mass (characters x confidence). Candidates, read in this
-        order until one is read surely (or MAX_READS): per polarity (the one with more characters first)
-        the lines found again in its text colours, then the detected lines as one box; candidates over
-        text an earlier group read (`taken`) are skipped. The read of the most confident characters is
-        kept; no words when none reads as text (mean confidence under `line_confidence`: texture) or
-        after failures."""
+        """The words of one group of lines (one text found in pieces, in either polarity, or with its shadow),
+        the box of the text read and its mass (characters x confidence). Candidates, read in this order until
+        one is read surely (or MAX_READS): per polarity (the one with more characters first) the lines found
+        again in its text colours, then the detected lines as one box; candidates over text an earlier group
+        read (`taken`) are skipped. The read of the most confident characters is kept (a read not sure is read
+        again keyed by the text's luma); no words when none reads as text (mean confidence under
+        `line_confidence`: texture) or after failures."""
         best: tuple[float, list[str], tuple[int, int, int, int]] = (0.0, [], group[0].box)
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
 
@@ -349,27 +357,43 @@ class OcrText:
 
         # a line over text another group's read already covers is that text again (in pieces, its shadow)
         fresh = (c for c in candidates() if all(_overlap(c[0].box, box) < 0.5 for box in taken))
+        chosen: tuple[TextLine, np.ndarray | None] | None = None  # the candidate of the best read
         for line, text in itertools.islice(fresh, MAX_READS):
             mean = 0.0
             for wide in (True, False):  # a widened crop that reads as nothing is read again as detected
                 image, box, widened = self.line_image(grey, line, colour, text, wide)
-                found = self._run(image, LINE_PSM)
-                if found is None:
+                read = self._read_crop(image)
+                if read is None:
                     break
-                found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
-                mean = statistics.fmean(c for _, c in found) if found else 0.0
-                short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
-                if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
-                    found = []
-                kept = _kept_in_line(found, self.cfg.min_confidence)
-                mass = sum(len(w) * c for w, c in found if w in kept)
+                kept, mass, mean = read
                 if mass > best[0]:
-                    best = (mass, kept, box)
+                    best, chosen = (mass, kept, box), (line, text)
                 if kept or not widened:
                     break
             if mean >= SURE_CONFIDENCE:  # read surely: the other candidates are this text again, or texture
                 break
+        if chosen is not None and colour is not None and best[0] < SURE_CONFIDENCE * sum(map(len, best[1])):
+            # read, but not surely: the same crop keyed by the text's luma (letters the colour key lost)
+            image, box, _ = self.line_image(grey, chosen[0], colour, chosen[1], luma=True)
+            read = self._read_crop(image)
+            if read is not None and read[1] > best[0]:
+                best = (read[1], read[0], box)
         return best[1], best[2], best[0]
+
+    def _read_crop(self, image: Image.Image) -> tuple[list[str], float, float] | None:
+        """A line crop read as one line: its kept words, their mass (characters x confidence) and the mean
+        word confidence; no words when the read is texture (mean under `line_confidence`, or short and not
+        sure); None after a failure."""
+        found = self._run(image, LINE_PSM)
+        if found is None:
+            return None
+        found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
+        mean = statistics.fmean(c for _, c in found) if found else 0.0
+        short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
+        if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
+            found = []
+        kept = _kept_in_line(found, self.cfg.min_confidence)
+        return kept, sum(len(w) * c for w, c in found if w in kept), mean
 
     @property
     def api(self):

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vlmforge.pipeline.config import OcrConfig
 from vlmforge.pipeline.enrich import ocr as ocr_module
-from vlmforge.pipeline.enrich.colour_key import colour_lines, colour_modes, keyed, text_colour
+from vlmforge.pipeline.enrich.colour_key import colour_lines, colour_modes, keyed, luma_keyed, text_colour
 from vlmforge.pipeline.enrich.ocr import OcrText
 from vlmforge.pipeline.enrich.text_detect import TextLine, text_lines
 
@@ -188,3 +188,23 @@ def test_text_merged_with_fainter_texture_is_found_at_a_higher_contrast(monkeypa
     buf = io.BytesIO()
     image.convert("RGB").save(buf, "PNG")
     assert OcrText(OcrConfig()).read(buf.getvalue()) == "freedom"
+
+
+def test_the_luma_key_keeps_thin_strokes_jpeg_gave_their_background_hue():
+    """Small yellow text on green, saved as JPEG (chroma at half resolution): the colour key loses most
+    stroke pixels, the luma key keeps them; the background stays light in both."""
+    if not FONT.exists():
+        pytest.skip("apt-get install fonts-dejavu-core")
+    image, layer = Image.new("RGB", (300, 50), (40, 150, 40)), Image.new("L", (300, 50), 0)
+    font = ImageFont.truetype(str(FONT), 14)
+    ImageDraw.Draw(layer).text((10, 15), "information freedom", fill=255, font=font)
+    image.paste(Image.new("RGB", image.size, TEXT_RGB), (0, 0), layer)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=80)
+    decoded = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    strokes, behind = np.asarray(layer) > 200, np.asarray(layer) == 0
+    text = np.asarray(TEXT_RGB, np.float32)
+    colour, luma = np.asarray(keyed(decoded, False, text)), np.asarray(luma_keyed(decoded, text))
+    assert (colour[strokes] < 128).mean() < 0.5 and (luma[strokes] < 128).mean() > 0.9
+    assert (colour[behind] < 128).mean() < 0.01 and (luma[behind] < 128).mean() < 0.01
+    assert luma_keyed(decoded, None) is None
