@@ -8,9 +8,9 @@ ones, or at the header's duration, so a header that lies costs a bounded amount.
 `video.fps` (the first frame at or after each sampling time), scaled down to `video.frame_side` and stored
 as JPEG (`video.jpeg_quality`); each sampled frame's 64-bit pHash goes with them for near-duplicate clips. The
 pHash is the image hash's (`dedup.phash`) over a 32x32 greyscale thumbnail taken by swscale straight from
-the decoded frame (an area average of its luma) rather than from the RGB frame through Pillow: ~0.02 against
-~0.13 ms a 320x240 frame, within a few bits of the RGB frame's pHash, and copies of a clip (re-encoded,
-resized, trimmed) land as close. Any error FFmpeg raises becomes a
+the decoded frame (an area average of its luma) rather than from the stored RGB frame through Pillow: ~0.02
+against ~0.12 ms for a 320x240 source (about even at 1080p), within a few bits of the RGB frame's pHash, and
+copies of a clip (re-encoded, resized, trimmed) land as close. Any error FFmpeg raises becomes a
 `corrupt_video` rejection naming it: a hostile clip never takes the worker down with it.
 """
 
