@@ -123,8 +123,9 @@ def lookup(data: dict, dotted: str) -> Any:
 
 
 PHASES: tuple[Phase, ...] = (
+    # phase1 2: video frames' pHashes from swscale's luma thumbnail (session 12)
     Phase(
-        "phase1", 1, (
+        "phase1", 2, (
             *READER_KEYS, "caption", "language", "image", "near_dedup.caption.enabled",
             "near_dedup.caption.ngram", "near_dedup.caption.num_perm", "near_dedup.caption.seed",
             "near_dedup.image.enabled", "output.rejected_caption_chars", "output.gallery_per_reason", "video",
