@@ -95,13 +95,13 @@ def main() -> None:
 def compare_sides(
     sides: dict[str, tuple[type, Callable[[str], dict]]], units: list[dict], small: list[dict], workers: int,
     rounds: int,
-) -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str, list[dict]]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str, dict[str, list[dict]]]]:
     """Time each side (a map_units worker and its kwargs for a work directory) over one part per worker
     (`small`) and over all `units`, alternating, best of `rounds`; the best seconds, the rows of each size
-    and each side's results over all units."""
+    and each side's results of the last round by size (`results[side]["all"]`)."""
     best = {name: {"all": float("inf"), "small": float("inf")} for name in sides}
     rows: dict[str, int] = {}
-    results: dict[str, list[dict]] = {}
+    results: dict[str, dict[str, list[dict]]] = {name: {} for name in sides}
     for _ in range(rounds):
         for name, (worker, kwargs) in sides.items():
             for size, chosen in (("small", small), ("all", units)):
@@ -111,8 +111,7 @@ def compare_sides(
                     t = time.perf_counter() - start
                 best[name][size] = min(best[name][size], t)
                 rows[size] = sum(r["rows"] if "rows" in r else r["stages"][0]["rows_in"] for r in res)
-                if size == "all":
-                    results[name] = res
+                results[name][size] = res
     return best, rows, results
 
 

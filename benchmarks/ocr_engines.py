@@ -140,7 +140,7 @@ def _on_true_boxes(cfg: OcrConfig):
             colour = image.convert("RGB") if cfg.colour_key else None
         stage._deadline = time.monotonic() + cfg.timeout_s
         group = [TextLine(case.box, len(case.text), 0.6 * case.size, dark) for dark in (True, False)]
-        return " ".join(stage._read_line(grey, colour, group, []) or [])
+        return " ".join(stage._read_line(grey, colour, group, [])[0])
 
     return read
 

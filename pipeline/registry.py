@@ -123,8 +123,9 @@ def lookup(data: dict, dotted: str) -> Any:
 
 
 PHASES: tuple[Phase, ...] = (
+    # phase1 2: video frames' pHashes from swscale's luma thumbnail (session 12)
     Phase(
-        "phase1", 1, (
+        "phase1", 2, (
             *READER_KEYS, "caption", "language", "image", "near_dedup.caption.enabled",
             "near_dedup.caption.ngram", "near_dedup.caption.num_perm", "near_dedup.caption.seed",
             "near_dedup.image.enabled", "output.rejected_caption_chars", "output.gallery_per_reason", "video",
@@ -158,7 +159,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("diversity", 1, ("diversity",), "global", "diversity.phase", "phase 4: diversity resampling",
           enabled="diversity.enabled", file="diversity.reference",
           adds=("diversity_keep_prob", "diversity_score")),
-    Phase("ocr", 5,
+    Phase("ocr", 6,
           ("ocr.languages", "ocr.psm", "ocr.timeout_s", "ocr.min_confidence", "ocr.line_confidence",
            "ocr.max_chars", "ocr.detect", "ocr.text_px", "ocr.max_upscale", "ocr.max_side", "ocr.engine",
            "ocr.colour_key", "ocr.tidy_lines", "ocr.frames_per_clip"),

@@ -15,7 +15,7 @@ from PIL import Image
 
 from vlmforge.pipeline.dedup.minhash import mix64
 
-_SIDE = 32
+THUMB_SIDE = 32  # a thumbnail's side, in pixels
 _LOW = 8
 _BAND_SALT = 0xD6E8FEB86659FD93  # keeps image band keys apart from caption band keys
 
@@ -25,14 +25,14 @@ def _dct_matrix(n: int) -> np.ndarray:
     return 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
 
 
-_DCT = _dct_matrix(_SIDE)[:_LOW]  # only the low-frequency rows are needed
+_DCT = _dct_matrix(THUMB_SIDE)[:_LOW]  # only the low-frequency rows are needed
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(_LOW * _LOW - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
 
 
 def thumbnail(img: Image.Image) -> np.ndarray:
     """The 32x32 greyscale pixels a pHash is computed from."""
     grey = img if img.mode == "L" else img.convert("L")
-    return np.asarray(grey.resize((_SIDE, _SIDE), Image.Resampling.BOX), dtype=np.float64)
+    return np.asarray(grey.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.float64)
 
 
 def phashes(thumbs: np.ndarray) -> np.ndarray:

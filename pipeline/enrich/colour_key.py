@@ -27,6 +27,7 @@ from vlmforge.pipeline.enrich.text_detect import (
 
 KEY_INK = 80.0  # stroke pixels sampled for the colour: at least this luma contrast to the local background
 KEY_DISTANCE = 60.0  # RGB distance at which a pixel is mid-grey (half-way to background)
+LUMA_DISTANCE = 40.0  # luma distance at which a pixel is mid-grey in `luma_keyed`
 MODE_BINS = 8  # colour histogram levels per channel
 MODE_RADIUS = 40.0  # mean-shift window (RGB distance)
 MIN_STROKE_PX = 10  # fewer sampled pixels: no colour found
@@ -70,6 +71,17 @@ def keyed(crop: Image.Image, dark: bool, colour: np.ndarray | None = None) -> Im
     if colour is None:
         return None
     grey = np.clip(distance(rgb, colour) * (255 / (2 * KEY_DISTANCE)), 0, 255)
+    return Image.fromarray(grey.astype(np.uint8))
+
+
+def luma_keyed(crop: Image.Image, colour: np.ndarray | None) -> Image.Image | None:
+    """`crop` (RGB) as grey luma distance to the text colour's luma (0 at it, white from 2 x LUMA_DISTANCE);
+    None without a colour. JPEG keeps chroma at half resolution, so thin strokes take their background's
+    hue and fall out of the colour key; their luma is kept at full resolution."""
+    if colour is None:
+        return None
+    luma = np.asarray(crop, np.float32) @ _LUMA
+    grey = np.clip(np.abs(luma - float(colour @ _LUMA)) * (255 / (2 * LUMA_DISTANCE)), 0, 255)
     return Image.fromarray(grey.astype(np.uint8))
 
 

@@ -67,16 +67,20 @@ def cleaned(crop: Image.Image, char_px: float) -> Image.Image:
     labels, n = ndimage.label(dark, structure=_EIGHT)
     if n == 0:
         return crop
-    window = max(1, min(round(char_px), grey.shape[0]))  # "same" would return the longer of the two
-    centre = int(np.argmax(np.convolve(dark.sum(axis=1), np.ones(window), "same")))
-    top, bottom = centre - BAND * char_px, centre + BAND * char_px
     slices = ndimage.find_objects(labels)
     y0 = np.array([s[0].start for s in slices])
     y1 = np.array([s[0].stop for s in slices])
     x0 = np.array([s[1].start for s in slices])
     x1 = np.array([s[1].stop for s in slices])
+    small = y1 - y0 <= MAX_HEIGHT * char_px
+    # the band is found in the dark pixels of components of a character's size: a large dark shape of the
+    # text's colour next to the line (a flower behind yellow text) would otherwise pull the band onto it
+    window = max(1, min(round(char_px), grey.shape[0]))  # "same" would return the longer of the two
+    rows = np.concatenate([[False], small])[labels].sum(axis=1)
+    centre = int(np.argmax(np.convolve(rows, np.ones(window), "same")))
+    top, bottom = centre - BAND * char_px, centre + BAND * char_px
     inside = np.minimum(y1, bottom) - np.maximum(y0, top)
-    line = (y1 - y0 <= MAX_HEIGHT * char_px) & (inside >= 0.5 * np.minimum(y1 - y0, bottom - top))
+    line = small & (inside >= 0.5 * np.minimum(y1 - y0, bottom - top))
     if not line.any():
         return Image.new("L", crop.size, 255)
     area = np.bincount(labels.ravel(), minlength=n + 1)[1:]

@@ -15,12 +15,18 @@ does), in both polarities. The candidates (lines found again, then the detected 
 margin (wide at the sides, for words the detector missed), scaled so the characters are about `text_px`
 tall, keyed by the text colour (grey = distance to it: texture of other colours fades), straightened and
 whitened but for the text line (`line_clean`, with `tidy_lines`) (with `colour_key` off, the greyscale
-crop, light text inverted), and read until one is read surely; the read of the most confident
-characters wins. A group read with a mean word confidence under `line_confidence` is texture taken for text
-and gives nothing. When no group gives text, the image is keyed by its main stroke colours (`colour_lines`)
-and the lines found there that the detector did not have are read the same way. Without a detected line
-(detect off) the whole image goes in, upscaled 2x, in `psm`.
-Words under `min_confidence`, and tokens without a letter or digit, are dropped. A bad image or a tesseract
+crop, light text inverted), and read until one is read surely. Where the kept text runs into a side of its
+crop (the detector saw only part of the line: a word or two over texture of the text's brightness), the crop
+widens on that side until the text ends; a widened crop that reads as nothing is read again as first cropped.
+The read of the most confident characters wins; one read, but not surely, is read again keyed by the text's
+luma (`luma_keyed`: thin strokes JPEG gave their background's hue). A group read with a mean word confidence
+under `line_confidence` is texture taken for text and gives nothing; of two groups whose reads cover one text
+(a group of texture next to it whose crop reached it), the read of more confident characters is kept. When no
+group gives text, the image is keyed by its main stroke colours (`colour_lines`) and the detector runs again
+at FALLBACK_CONTRAST (letters that touch texture of their brightness but lower contrast come apart); the
+lines found there that the detector did not have are read the same way. Without a detected line (detect off)
+the whole image goes in, upscaled 2x, in `psm`. Words under `min_confidence` (in a line read, those outside
+its first and last sure word), and tokens without a letter or digit, are dropped. A bad image or a tesseract
 failure or timeout never raises: it is counted, the row gets null.
 A video row (`frames`: its sampled JPEG frames, `image` null) is read frame by frame (`clip_text`).
 """
@@ -48,8 +54,15 @@ from PIL import Image, ImageOps
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
 from vlmforge.pipeline.enrich.clip_text import clip_text
-from vlmforge.pipeline.enrich.colour_key import KEY_DISTANCE, colour_lines, distance, keyed, stroke_colour
-from vlmforge.pipeline.enrich.line_clean import tidied
+from vlmforge.pipeline.enrich.colour_key import (
+    KEY_DISTANCE,
+    colour_lines,
+    distance,
+    keyed,
+    luma_keyed,
+    stroke_colour,
+)
+from vlmforge.pipeline.enrich.line_clean import DARK, MAX_TILT, tidied
 from vlmforge.pipeline.enrich.text_detect import (
     MAX_CHAR_SHARE,
     MIN_CHAR_PX,
@@ -69,6 +82,9 @@ SURE_CONFIDENCE = 92.0  # a read with this mean word confidence ends its group's
 LINE_PSM = 7  # tesseract reads each line crop as a single text line
 FOUND_AGAIN = 2  # of a detected line, this many lines found again in its text colours are read
 MIN_CHARS = 3  # a read of fewer letters and digits is kept only when read surely (texture reads as "ra")
+WIDEN_MAX = 3  # a crop whose text runs into its side widens there by SIDE_MARGIN, this often at most
+CUT_ROWS = 0.4  # text touching a crop's side over this share of a character height was cut there
+FALLBACK_CONTRAST = 80.0  # ink contrast of the luma lines found again when nothing reads (detector: 40)
 MAX_READS = 3  # tesseract reads of one group at most (its lines found again first, then as detected)
 
 
@@ -220,16 +236,38 @@ class OcrText:
             found = self._run(grey.resize(size, Image.Resampling.LANCZOS), self.cfg.psm)
             return _text_lines([] if found is None else [_kept(found, self.cfg.min_confidence)])
         groups = self._read_groups(grey, lines, colour)
-        if not any(groups) and colour is not None:  # nothing read: lines in the image's main text colours
-            again = [ln for ln in colour_lines(colour) if all(_overlap(ln.box, m.box) < 0.5 for m in lines)]
+        if not any(groups) and colour is not None:
+            # nothing read: lines in the image's main text colours, and in luma at a higher ink contrast
+            # (letters touching texture of their own brightness but of lower contrast come apart)
+            found = colour_lines(colour) + text_lines(grey, contrast=FALLBACK_CONTRAST)
+            again = [ln for ln in found if all(_overlap(ln.box, m.box) < 0.5 for m in lines)]
             groups = self._read_groups(grey, again, colour) if again else groups
         return _text_lines(groups)
 
     def _read_groups(self, grey: Image.Image, lines: list[TextLine], colour: Image.Image | None,
                      ) -> list[list[str]]:
-        """The words of `lines`, read group by group (a group whose reads all failed gives [])."""
-        taken: list[tuple[int, int, int, int]] = []  # boxes of the lines read so far
-        return [self._read_line(grey, colour, group, taken) or [] for group in _same_place(lines)]
+        """The words of `lines`, read group by group (a group whose reads all failed gives []). Two groups
+        whose reads cover one text (a group of texture next to it whose crop reached the text) keep only
+        the read of more confident characters."""
+        out: list[list[str]] = []
+        kept: list[tuple[tuple[int, int, int, int], float, int]] = []  # box read, mass, index in out
+        sure: list[tuple[int, int, int, int]] = []  # boxes of the kept reads read surely
+        for group in _same_place(lines):
+            words, box, mass = self._read_line(grey, colour, group, sure)
+            out.append(words)
+            if not words:
+                continue
+            same = [k for k in kept if _overlap(k[0], box) >= 0.5]
+            if any(m >= mass for _, m, _ in same):
+                out[-1] = []
+                continue
+            for k in same:
+                out[k[2]] = []
+                kept.remove(k)
+            kept.append((box, mass, len(out) - 1))
+            if mass >= SURE_CONFIDENCE * sum(map(len, words)):
+                sure.append(box)
+        return out
 
     def found_again(self, colour: Image.Image, line: TextLine) -> list[tuple[TextLine, np.ndarray]]:
         """`line` found again in its text's colour, for each polarity (the detected one first): the colour
@@ -258,11 +296,15 @@ class OcrText:
         return sorted(found, key=lambda pair: -pair[0].chars)
 
     def line_image(self, grey: Image.Image, line: TextLine, colour: Image.Image | None = None,
-                   text: np.ndarray | None = None) -> Image.Image:
-        """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on
-        light: keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is
-        given and a colour is found, then (with `tidy_lines`) straightened with everything but the text
-        line whitened (`line_clean`), else the greyscale crop (light text inverted)."""
+                   text: np.ndarray | None = None, wide: bool = True, luma: bool = False,
+                   ) -> tuple[Image.Image, tuple[int, int, int, int], bool]:
+        """One detected line with a margin, scaled so its characters are about `text_px` tall, dark on light:
+        keyed by the text's colour (`text`, else its strokes') when `colour` (the RGB image) is given and a
+        colour is found (by its luma only with `luma`), then (with `tidy_lines`) straightened with everything
+        but the text line whitened (`line_clean`), else the greyscale crop (light text inverted). Where the
+        kept text runs into a side of a tidied crop (the detector saw only part of the line), the crop widens
+        there by SIDE_MARGIN heights, up to WIDEN_MAX times. Also the box (image pixels) of the text read: the
+        tidied crop's dark pixels, else the line's box; and whether the crop was widened."""
         pad, side = max(4.0, CROP_MARGIN * line.height), SIDE_MARGIN * line.height
         x0, y0, x1, y1 = line.box
         box = (max(0, round(x0 - side)), max(0, round(y0 - pad)), min(grey.width, round(x1 + side)),
@@ -270,23 +312,39 @@ class OcrText:
         factor = min(self.cfg.max_upscale, max(MIN_SCALE, self.cfg.text_px / line.height))
         size = (max(1, round((box[2] - box[0]) * factor)), max(1, round((box[3] - box[1]) * factor)))
         if colour is not None:
-            crop = keyed(colour.resize(size, Image.Resampling.LANCZOS, box=box), line.dark, text)
+            widened = False
+            for _ in range(WIDEN_MAX + 1 if wide else 1):
+                rgb = colour.resize(size, Image.Resampling.LANCZOS, box=box)
+                text = stroke_colour(np.asarray(rgb, np.float32), line.dark) if text is None else text
+                crop = luma_keyed(rgb, text) if luma else keyed(rgb, line.dark, text)
+                if crop is None or not self.cfg.tidy_lines:
+                    break
+                crop = tidied(crop, factor * line.height)
+                left, right = _cut(crop, factor * line.height)
+                left, right = left and box[0] > 0, right and box[2] < grey.width
+                if not (wide and (left or right)):
+                    break
+                widened = True
+                box = (max(0, round(box[0] - left * side)), box[1],
+                       min(grey.width, round(box[2] + right * side)), box[3])
+                size = (max(1, round((box[2] - box[0]) * factor)), size[1])
             if crop is not None:
-                return tidied(crop, factor * line.height) if self.cfg.tidy_lines else crop
+                return crop, _ink_box(crop, box, size, factor) or line.box, widened
         crop = grey.resize(size, Image.Resampling.LANCZOS, box=box)
-        return crop if line.dark else ImageOps.invert(crop)
+        return (crop if line.dark else ImageOps.invert(crop)), line.box, False
 
     def _read_line(
         self, grey: Image.Image, colour: Image.Image | None, group: list[TextLine],
         taken: list[tuple[int, int, int, int]],
-    ) -> list[str] | None:
-        """The words of one group of lines (one text found in pieces, in either polarity, or with its
-        shadow). Candidates, read in this order until one is read surely (or MAX_READS): per polarity
-        (the one with more characters first) the lines found again in its text colours, then the
-        detected lines as one box; candidates over a line an earlier group read are skipped. The read of
-        the most confident characters is kept; [] when none reads as text (mean confidence under
-        `line_confidence`: texture); None after failures."""
-        best: tuple[float, list[str]] | None = None
+    ) -> tuple[list[str], tuple[int, int, int, int], float]:
+        """The words of one group of lines (one text found in pieces, in either polarity, or with its shadow),
+        the box of the text read and its mass (characters x confidence). Candidates, read in this order until
+        one is read surely (or MAX_READS): per polarity (the one with more characters first) the lines found
+        again in its text colours, then the detected lines as one box; candidates over text an earlier group
+        read (`taken`) are skipped. The read of the most confident characters is kept (a read not sure is read
+        again keyed by the text's luma); no words when none reads as text (mean confidence under
+        `line_confidence`: texture) or after failures."""
+        best: tuple[float, list[str], tuple[int, int, int, int]] = (0.0, [], group[0].box)
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
 
         def candidates() -> Iterator[tuple[TextLine, np.ndarray | None]]:
@@ -297,27 +355,45 @@ class OcrText:
                     yield from self.found_again(colour, line)[:FOUND_AGAIN]
                 yield line, None
 
-        # a line another group's read already covers is that text again (found in pieces, or its shadow)
+        # a line over text another group's read already covers is that text again (in pieces, its shadow)
         fresh = (c for c in candidates() if all(_overlap(c[0].box, box) < 0.5 for box in taken))
-        best_box = None
+        chosen: tuple[TextLine, np.ndarray | None] | None = None  # the candidate of the best read
         for line, text in itertools.islice(fresh, MAX_READS):
-            found = self._run(self.line_image(grey, line, colour, text), LINE_PSM)
-            if found is None:
-                continue
-            found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
-            mean = statistics.fmean(c for _, c in found) if found else 0.0
-            short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
-            if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
-                found = []
-            kept = _kept(found, self.cfg.min_confidence)
-            mass = sum(len(w) * c for w, c in found if w in kept)
-            if best is None or mass > best[0]:
-                best, best_box = (mass, kept), line.box
+            mean = 0.0
+            for wide in (True, False):  # a widened crop that reads as nothing is read again as detected
+                image, box, widened = self.line_image(grey, line, colour, text, wide)
+                read = self._read_crop(image)
+                if read is None:
+                    break
+                kept, mass, mean = read
+                if mass > best[0]:
+                    best, chosen = (mass, kept, box), (line, text)
+                if kept or not widened:
+                    break
             if mean >= SURE_CONFIDENCE:  # read surely: the other candidates are this text again, or texture
                 break
-        if best is not None and best[1] and best_box is not None:
-            taken.append(best_box)
-        return None if best is None else best[1]
+        if chosen is not None and colour is not None and best[0] < SURE_CONFIDENCE * sum(map(len, best[1])):
+            # read, but not surely: the same crop keyed by the text's luma (letters the colour key lost)
+            image, box, _ = self.line_image(grey, chosen[0], colour, chosen[1], luma=True)
+            read = self._read_crop(image)
+            if read is not None and read[1] > best[0]:
+                best = (read[1], read[0], box)
+        return best[1], best[2], best[0]
+
+    def _read_crop(self, image: Image.Image) -> tuple[list[str], float, float] | None:
+        """A line crop read as one line: its kept words, their mass (characters x confidence) and the mean
+        word confidence; no words when the read is texture (mean under `line_confidence`, or short and not
+        sure); None after a failure."""
+        found = self._run(image, LINE_PSM)
+        if found is None:
+            return None
+        found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
+        mean = statistics.fmean(c for _, c in found) if found else 0.0
+        short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
+        if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
+            found = []
+        kept = _kept_in_line(found, self.cfg.min_confidence)
+        return kept, sum(len(w) * c for w, c in found if w in kept), mean
 
     @property
     def api(self):
@@ -386,6 +462,36 @@ def _colour(image: Image.Image, grey: Image.Image) -> Image.Image | None:
 def _text_lines(groups: list[list[str]]) -> list[str]:
     """Each group's words as one line; groups without words give none."""
     return [" ".join(words) for words in groups if words]
+
+
+def _cut(crop: Image.Image, char_px: float) -> tuple[bool, bool]:
+    """Whether a tidied crop's text reaches its left and right sides (within the white corners a rotation by
+    up to MAX_TILT degrees adds) over CUT_ROWS of a character's height: the text was cut there."""
+    dark = np.asarray(crop) < DARK
+    edge = 2 + int(np.ceil(crop.height * np.sin(np.radians(MAX_TILT))))
+    rows = CUT_ROWS * char_px
+    return bool(dark[:, :edge].any(axis=1).sum() >= rows), bool(dark[:, -edge:].any(axis=1).sum() >= rows)
+
+
+def _ink_box(crop: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int], factor: float,
+             ) -> tuple[int, int, int, int] | None:
+    """The box in image pixels of a tidied crop's dark pixels (the crop of `box`, scaled by `factor` to
+    `size`, then rotated about its centre, which can grow it); None when nothing is dark. The rotation is
+    ignored (a few degrees)."""
+    ys, xs = np.nonzero(np.asarray(crop) < DARK)
+    if not len(xs):
+        return None
+    dx, dy = (crop.width - size[0]) / 2, (crop.height - size[1]) / 2
+    return (box[0] + int((xs.min() - dx) / factor), box[1] + int((ys.min() - dy) / factor),
+            box[0] + int(np.ceil((xs.max() + 1 - dx) / factor)),
+            box[1] + int(np.ceil((ys.max() + 1 - dy) / factor)))
+
+
+def _kept_in_line(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
+    """Of one line's words (each holding a letter or digit), those from the first to the last at
+    `min_confidence` or above: a doubtful word between sure ones is a word of the line, misspelt at worst."""
+    sure = [i for i, (_, c) in enumerate(found) if c >= min_confidence]
+    return [w for w, _ in found[sure[0] : sure[-1] + 1]] if sure else []
 
 
 def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:

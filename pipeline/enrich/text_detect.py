@@ -212,11 +212,12 @@ def mask_lines(mask: np.ndarray, max_h: float, dark: bool, scale: float = 1.0,
     return found
 
 
-def text_lines(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> list[TextLine]:
-    """The text-like lines found in `image` (empty when it likely holds no text)."""
+def text_lines(image: Image.Image | bytes, max_side: int = WORK_SIDE, contrast: float = MIN_CONTRAST,
+               ) -> list[TextLine]:
+    """The text-like lines found in `image` (empty when it likely holds no text), with ink at `contrast`."""
     grey, scale = greyscale(image, max_side)
     max_h = max(MIN_CHAR_PX, MAX_CHAR_SHARE * grey.shape[0])
-    return [line for dark in (True, False) for line in mask_lines(ink(grey, dark) > MIN_CONTRAST, max_h, dark,
+    return [line for dark in (True, False) for line in mask_lines(ink(grey, dark) > contrast, max_h, dark,
                                                                    scale)]
 
 

@@ -55,6 +55,20 @@ def test_cleaning_keeps_the_text_and_whitens_texture():
     assert (out[~near_text] == 255).all()  # everything else is white: the band, the speck, the far blob
 
 
+def test_a_large_shape_of_the_text_colour_does_not_take_the_band():
+    """A dark shape below the line with more dark pixels than the text (a flower keyed in yellow text's
+    colour) is too tall to be text: the band is found in the text's rows, not on it."""
+    word = _word()
+    text = np.asarray(word) < 128
+    messy = Image.new("L", (520, 200), 255)
+    messy.paste(word, (0, 0))
+    ImageDraw.Draw(messy).ellipse((20, 80, 300, 199), fill=0)
+    assert (np.asarray(messy) < 128)[80:].sum() > text.sum()
+    out = np.asarray(cleaned(messy, char_px=20))
+    assert (out[:90][text] < 128).mean() > 0.97
+    assert (out[100:] == 255).all()
+
+
 def test_an_empty_or_textless_crop_gives_white():
     blank = Image.new("L", (100, 40), 255)
     assert np.asarray(cleaned(blank, 20)).min() == 255

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
-from vlmforge.pipeline.enrich.ocr import OcrText, check_tesseract
+from vlmforge.pipeline.enrich.ocr import OcrText, _kept_in_line, check_tesseract
 from vlmforge.pipeline.enrich.text_detect import has_text
 from vlmforge.pipeline.sample_data import write_sample_data
 from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text
@@ -182,3 +182,9 @@ def test_clip_words_and_text_cap():
     assert clip_words("hello wonderful world", 17) == "hello wonderful"
     assert clip_words("abcdefghij", 4) == "abcd"
     assert len(clip_words("x " * 300, 200)) == 199
+
+
+def test_a_line_keeps_its_doubtful_inner_words_and_drops_doubtful_ends():
+    found = [("ju", 20.0), ("for", 96.0), ("substantéiel", 39.0), ("amount", 92.0), ("ee", 12.0)]
+    assert _kept_in_line(found, 40.0) == ["for", "substantéiel", "amount"]
+    assert _kept_in_line([("ee", 12.0), ("Rese", 16.0)], 40.0) == []

@@ -1,9 +1,10 @@
 """OCR stage on the real-font set (`ocr_eval`: Debian fonts, licence text, photo backgrounds, tilt, JPEG).
 
 Seed 4 is neither the development seed (1) nor the report seeds (2, 3) of benchmarks/ocr_engines.py. The
-bound holds for keyed line crops straightened and cleaned, with the colour pass when nothing reads (CER
-~0.20 on this seed); keyed crops read as they are gave ~0.25, the greyscale line crops before them ~0.37,
-the band of rows read at once before those ~0.45.
+bound holds for keyed line crops widened to their text's ends, one read per text, a luma read when unsure and
+a contrast-80 pass when nothing reads (CER ~0.14 on this seed, 1 blank given text); crops straightened and
+cleaned with only the colour pass gave ~0.20, keyed crops read as they are ~0.25, the greyscale line crops
+before them ~0.37, the band of rows read at once before those ~0.45.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from vlmforge.pipeline.enrich.ocr import OcrText
 from vlmforge.pipeline.enrich.ocr_eval import cases, fonts
 from vlmforge.pipeline.sample_data.reading import edit_distance
 
-N_CASES, SEED, MAX_CER, MAX_SPURIOUS = 112, 4, 0.23, 2
+N_CASES, SEED, MAX_CER, MAX_SPURIOUS = 112, 4, 0.17, 2
 
 
 def test_ocr_stage_on_real_fonts_over_photos():

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from vlmforge.pipeline.config import VideoConfig
+from vlmforge.pipeline.dedup.phash import hamming, phashes, thumbnail
 from vlmforge.pipeline.sample_data.video import (
     FPS,
     audio_only,
@@ -19,7 +20,7 @@ from vlmforge.pipeline.sample_data.video import (
     random_clip,
     resize_frames,
 )
-from vlmforge.pipeline.video.decode import VideoDecode, inspect_clip
+from vlmforge.pipeline.video.decode import VideoDecode, _rgb_image, _scaled, _thumbnail, inspect_clip
 from vlmforge.pipeline.video.near import aligned_distance
 
 CFG = VideoConfig(enabled=True)
@@ -123,6 +124,21 @@ def test_copies_align_and_other_clips_do_not(mp4, frames):
     far = [aligned_distance(seq, np.array(inspect_clip(encode(o), CFG).hashes, np.uint64), 2, 0.5)[0]
            for o in others]  # fmt: skip
     assert min(far) > CFG.near_dedup.max_distance
+
+
+def test_frame_hashes_from_luma_match_the_rgb_frames(frames):
+    """The pHash thumbnail swscale takes from the decoded planes is the picture the stored RGB frame shows:
+    its pHash is within a few bits of the one Pillow's greyscale thumbnail of that frame gives."""
+    odd = [np.ascontiguousarray(np.pad(f, ((0, 2), (0, 6), (0, 0)), mode="edge")) for f in frames]  # 134x98
+    for data in (encode(frames), webm(frames), encode(odd)):
+        with av.open(io.BytesIO(data)) as container:
+            decoded = list(container.decode(container.streams.video[0]))[::4]
+        ours = phashes(np.stack([_thumbnail(f) for f in decoded]))
+        rgb = [_rgb_image(f, *_scaled(f.width, f.height, CFG.frame_side)) for f in decoded]
+        pillow = phashes(np.stack([thumbnail(img) for img in rgb]))
+        d = hamming(ours, pillow)
+        assert np.median(d) <= 2 and d.max() <= 6, d
+        assert np.corrcoef(_thumbnail(decoded[0]).ravel(), thumbnail(rgb[0]).ravel())[0, 1] > 0.99
 
 
 def test_damaged_clips_never_raise(mp4):
