@@ -7,7 +7,7 @@ from the same stage-1 file: ``configs/train/stage2_tiles.yaml`` (4 tiles of 32 p
 ``model.max_num_tiles=1`` (stage 1's single 32 px image: more steps on the subset, no tiles) and
 ``configs/train/stage2.yaml`` (32 px thumbnail plus 2 x 2 tiles). Held-out loss with the row's image and
 with another row's, and their ratio (the image gap), on the same held-out rows for every run. Runs already
-in OUT/results.json are not repeated.
+in OUT/results.json are not repeated; ``--variants`` picks the stage-2 runs (default: all three).
 
     OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu python benchmarks/stage2_tiles.py --out /tmp/stage2-tiles --n 20000
 """
@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n", type=int, default=20000, help="sample pairs generated (about 61 %% clean)")
     parser.add_argument("--set", action="append", default=[], help="override for every stage-2 run")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="stage-2 variants to train (default: all)")  # fmt: skip
     args = parser.parse_args()
 
     import train_support
@@ -70,12 +72,13 @@ def main() -> None:
     first = f"{root / 'text_lm/model.safetensors'},{root / 'clip/encoder.safetensors'}"
     train("stage1", "configs/train/stage1.yaml", f"model.init_from=[{first}]")
     init = f"model.init_from=[{root / 'stage1/model.safetensors'}]"
-    for name, (config, overrides) in VARIANTS.items():
+    for name in args.variants:
+        config, overrides = VARIANTS[name]
         train(name, config, init, *overrides, *args.set)
 
     print("| run | start loss | end loss | shuffled image | image gap | wall s |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name in ("stage1", *VARIANTS):
+    for name in ("stage1", *args.variants):
         b, a = results[name]["before"], results[name]["after"]
         print(f"| {name} | {b['loss']:.4f} | {a['loss']:.4f} | {a['loss_shuffled']:.4f} | "
               f"{a['image_gap']:.4f} | {results[name]['s']} |")  # fmt: skip

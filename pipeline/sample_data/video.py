@@ -80,7 +80,7 @@ FOREIGN = {
     "es": ["un cuadrado {c} se mueve de izquierda a derecha", "un círculo crece lentamente",
            "un triángulo aparece en el centro de la imagen", "el cuadrado desaparece después de un rato"],
 }  # fmt: skip
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass
@@ -135,34 +135,40 @@ class Clip:
         return [obj, (self.motion, True)]  # grows, shrinks, disappears
 
     def frames(self, fps: int = FPS) -> list[np.ndarray]:
-        """The clip's RGB frames."""
+        """The clip's RGB frames. A motion's script runs from the first frame to the last one on a whole
+        second and holds still after: the frames a sampler of one frame a second takes (the curation video
+        stage's default) sit at script times k / K, symmetric about the middle, so a motion and its reverse
+        (left/right, top/bottom, grows/shrinks, appears/disappears, a colour change's two colours) show the
+        same sampled frames in opposite orders: only the order tells them apart."""
         n = max(1, round(self.seconds * fps))
+        last = max(1, (n - 1) // fps * fps)  # the last frame on a whole second
         w, h = self.width, self.height
         base = min(w, h) // 3  # a third of the short side: a few patches even at the encoder's 32 px
+        m = self.motion
+        forward = m in ("left_to_right", "top_to_bottom", "grows", "appears", "changes_colour")
         out = []
         for i in range(n):
-            t = i / max(n - 1, 1)
+            k = min(i, last) if forward else last - min(i, last)  # the frame of the motion played forward
+            u = k / last
             img = Image.fromarray(self.background)
             cx, cy, size, colour, visible = w / 2, h / 2, base, COLOURS[self.colour], True
-            m = self.motion
-            if m in ("left_to_right", "right_to_left"):
-                cx = base + (w - 2 * base) * (t if m == "left_to_right" else 1 - t)
+            if m in ("left_to_right", "right_to_left"):  # edge to edge: as far as the shape can travel
+                cx = base / 2 + (w - base) * u
             elif m in ("top_to_bottom", "bottom_to_top"):
-                cy = base + (h - 2 * base) * (t if m == "top_to_bottom" else 1 - t)
-            elif m in ("grows", "shrinks"):
-                size = base * (0.3 + 1.4 * (t if m == "grows" else 1 - t))
-            elif m == "appears":
-                visible = t >= 0.4
-            elif m == "disappears":
-                visible = t < 0.6
-            elif m == "changes_colour" and t >= 0.5:
-                colour = COLOURS[self.to_colour]
+                cy = base / 2 + (h - base) * u
+            elif m in ("grows", "shrinks"):  # from 0.6 to 1.4 of the size: visible in every frame
+                size = base * (0.6 + 0.8 * u)
+            elif m in ("appears", "disappears"):
+                visible = u >= 0.4
+            elif m == "changes_colour" and 2 * k >= last:  # a middle frame blends: the same either way
+                a, b = COLOURS[self.colour], COLOURS[self.to_colour]
+                colour = b if 2 * k > last else tuple((x + y) // 2 for x, y in zip(a, b, strict=True))
             elif m in ("route", "turns"):  # equal stays at each place or colour
-                step = self.route[min(i * len(self.route) // n, len(self.route) - 1)]
+                place = self.route[min(i * len(self.route) // n, len(self.route) - 1)]
                 if m == "route":
-                    cx = base + (w - 2 * base) * PLACES.index(step) / (len(PLACES) - 1)
+                    cx = base + (w - 2 * base) * PLACES.index(place) / (len(PLACES) - 1)
                 else:
-                    colour = COLOURS[step]
+                    colour = COLOURS[place]
             if visible:
                 draw_shape(ImageDraw.Draw(img), self.shape, cx, cy, size, colour)
             out.append(np.asarray(img))

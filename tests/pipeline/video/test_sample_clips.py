@@ -1,8 +1,10 @@
-"""The synthetic clips' pictures: the caption's colour is the shape's alone, and the shape is big enough to
-read at the tiny encoder's resolution (the video recipe's video gap depends on both)."""
+"""The synthetic clips' pictures: the caption's colour is the shape's alone, the shape is big enough to
+read at the tiny encoder's resolution (the video recipe's video gap depends on both), and a motion's
+time-dependent words are decided by the sampled frames' order alone (its time share depends on that)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -31,10 +33,10 @@ def test_backgrounds_are_muted_and_only_the_shape_carries_a_colour():
         frame = clip.frames(fps=4)[-1 if clip.motion == "appears" else 0]
         coloured = saturation(frame) > 60
         base = min(clip.width, clip.height) // 3
-        smallest = (base * 0.3) ** 2 / 2  # a triangle at its smallest size (shrinks ends, grows starts there)
+        smallest = (base * 0.6) ** 2 / 2  # a triangle at its smallest size (shrinks ends, grows starts there)
         assert coloured.sum() >= smallest, (seed, clip.motion)
         ys, xs = np.nonzero(coloured)
-        assert np.ptp(ys) <= base * 1.7 + 2 and np.ptp(xs) <= base * 1.7 + 2  # one shape, not the background
+        assert np.ptp(ys) <= base * 1.4 + 2 and np.ptp(xs) <= base * 1.4 + 2  # one shape, not the background
 
 
 def test_a_moving_shape_spans_a_third_of_the_short_side():
@@ -44,6 +46,42 @@ def test_a_moving_shape_spans_a_third_of_the_short_side():
     ys, xs = np.nonzero(coloured)
     assert np.ptp(xs) + 1 >= min(clip.width, clip.height) // 3 - 1
     assert xs.mean() < clip.width / 2  # starts on the left
+
+
+REVERSE = {"left_to_right": "right_to_left", "top_to_bottom": "bottom_to_top", "grows": "shrinks",
+           "appears": "disappears"}  # fmt: skip
+
+
+def sampled(clip, fps: int = 8) -> list[np.ndarray]:
+    """The frames one a second (the curation video stage's default sampling) takes."""
+    return clip.frames(fps)[::fps]
+
+
+@pytest.mark.parametrize("seconds", [3.0, 4.0, 5.0])
+def test_a_motion_and_its_reverse_differ_only_in_the_sampled_frames_order(seconds):
+    rng = random.Random(int(seconds))
+    clips = [random_clip(rng, seconds=seconds) for _ in range(60)]
+    pairs = [(c, dataclasses.replace(c, motion=REVERSE[c.motion])) for c in clips if c.motion in REVERSE]
+    pairs += [(c, dataclasses.replace(c, colour=c.to_colour, to_colour=c.colour))
+              for c in clips if c.motion == "changes_colour"]  # fmt: skip
+    assert {a.motion for a, _ in pairs} == {*REVERSE, "changes_colour"}
+    for a, b in pairs:
+        frames, mirrored = sampled(a), sampled(b)[::-1]
+        assert len(frames) == round(seconds) and a.caption() != b.caption()
+        assert all(np.array_equal(x, y) for x, y in zip(frames, mirrored, strict=True)), a.motion
+        assert not all(np.array_equal(x, y) for x, y in zip(frames, sampled(b), strict=True)), a.motion
+
+
+def test_a_growing_shape_is_visible_from_its_first_frame_and_a_mover_crosses_the_frame():
+    rng = random.Random(3)
+    clips = [random_clip(rng, seconds=3.0) for _ in range(60)]
+    grows = next(c for c in clips if c.motion == "grows")
+    base = min(grows.width, grows.height) // 3
+    first, last = (saturation(f) > 60 for f in (sampled(grows)[0], sampled(grows)[-1]))
+    assert first.sum() >= (base * 0.6) ** 2 / 2 and last.sum() > 4 * first.sum()
+    mover = next(c for c in clips if c.motion == "left_to_right")
+    xs = [np.nonzero(saturation(f) > 60)[1] for f in sampled(mover)]
+    assert xs[0].min() <= 1 and xs[-1].max() >= mover.width - 2  # from edge to edge
 
 
 def test_a_route_clip_shows_its_places_in_the_captions_order():
