@@ -351,7 +351,8 @@ def with_grain(frames: list[np.ndarray], grain: float, key: str) -> list[np.ndar
     if not grain:
         return frames
     rng = np.random.default_rng(zlib.crc32(key.encode()))
-    return [np.clip(f + rng.normal(0.0, grain, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    return [np.clip(f + grain * rng.standard_normal(f.shape, np.float32), 0, 255).astype(np.uint8)
+            for f in frames]
 
 
 def generate_video_rows(n: int, seed: int, shard_size: int, shape: ClipShape = ClipShape()) -> list[VideoRow]:
