@@ -11,7 +11,8 @@ its video stream once with PyAV, nothing else. Phase 1 runs the video recipe's w
 pHashes, dedup keys) and writes its Parquet outputs. Each side also runs on one part per worker, so the
 start-up paid once per job (actor launch, imports, the fastText model) can be told apart from the steady
 throughput, and reports the CPU seconds each side's workers spent in their calls (all threads; far steadier
-than wall time on a shared machine). Target (issue 25): phase 1 >= 0.8x the decode-only rate.
+than wall time on a shared machine), the steady ones being those of each worker's calls after its first.
+Target (issue 25): phase 1 >= 0.8x the decode-only rate.
 """
 
 from __future__ import annotations
