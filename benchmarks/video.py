@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -76,7 +77,7 @@ class CpuTimed:
     """Adds `cpu_s` to each unit's result: the CPU seconds of the worker's process (all its threads, FFmpeg's
     included) over the call. Unlike wall time it barely moves with other jobs' load on a shared machine. Also
     `first`: whether this was the worker's first call, the one that pays its start-up (phase 1 loads fastText
-    and the lexicons there)."""
+    and the lexicons there), the worker's `pid` and the call's `end` (epoch seconds)."""
 
     calls = 0
 
@@ -85,8 +86,8 @@ class CpuTimed:
         out = super().__call__(batch)  # type: ignore[misc]
         cpu = (time.process_time() - start) / max(1, out.num_rows)
         first, self.calls = self.calls == 0, self.calls + 1
-        results = [json.dumps({**json.loads(r), "cpu_s": cpu, "first": first})
-                   for r in out["result"].to_pylist()]
+        extra = {"cpu_s": cpu, "first": first, "pid": os.getpid(), "end": time.time()}
+        results = [json.dumps({**json.loads(r), **extra}) for r in out["result"].to_pylist()]
         return pa.table({"result": results})
 
 
@@ -206,6 +207,25 @@ def main() -> None:
         f"phase 1 {1000 * sc['phase1'] / clips:.1f}; phase 1 / decode-only rate by CPU after start-up: "
         f"{sc['decode_only'] / sc['phase1']:.2f}"
     )
+    wall = {side: steady_wall_rate(res) for side, res in last.items()}
+    print(
+        f"wall after start-up (each worker's first call's end to its last's), clips/s: decode-only "
+        f"{wall['decode_only']:.0f}, phase 1 {wall['phase1']:.0f}; phase 1 / decode-only: "
+        f"{wall['phase1'] / wall['decode_only']:.2f}"
+    )
+
+
+def steady_wall_rate(results: list[dict]) -> float:
+    """Clips per second of the workers after their first calls, summed over workers: from the end of each
+    worker's first call to the end of its last, the clips of its other calls (Ray's hand-offs between calls
+    included, its actor launch and the start-up in the first call not)."""
+    rate = 0.0
+    for pid in {r["pid"] for r in results}:
+        calls = sorted((r for r in results if r["pid"] == pid), key=lambda r: r["end"])
+        if len(calls) > 1:
+            rows = sum(r["rows"] if "rows" in r else r["stages"][0]["rows_in"] for r in calls[1:])
+            rate += rows / (calls[-1]["end"] - calls[0]["end"])
+    return rate
 
 
 if __name__ == "__main__":
