@@ -194,7 +194,7 @@ def main() -> None:
     # is that of the other calls, over the parts that neither side ran in a first call (parts differ in cost
     # by up to ~2x). Taken from the same run rather than as all parts minus a run of one part per worker:
     # Ray Data may hand both parts of that run to one actor, which then holds one start-up for two workers
-    # and left the other in the "steady" figure (phase 1 read ~0.55-0.6 where it is ~0.9 at 320x240).
+    # and left the other in the "steady" figure (phase 1 read ~0.55-0.6 where it is ~0.8-0.95 at 320x240).
     firsts = {r["part"] for res in last.values() for r in res if r["first"]}
     steady = {side: [r for r in res if r["part"] not in firsts] for side, res in last.items()}
     clips = sum(r["rows"] for r in steady["decode_only"])
