@@ -326,7 +326,11 @@ def timed_ids(
 ) -> tuple[list[int], list[int]] | tuple[None, None]:
     """The caption's ids and, per id, 1 where it overlaps one of the row's ``time_spans`` (character spans
     [start, end) of ``caption`` whose truth depends on time, as the sample clips' ground truth gives them),
-    else 0; (None, None) without spans, or when ``text`` is not the row's caption (a synthetic one)."""
+    or where it is whitespace only and directly precedes a timed id, else 0; (None, None) without spans,
+    or when ``text`` is not the row's caption (a synthetic one).
+
+    Whitespace before a timed word: BPE may split " grows" into " ", "gro", ...; the bare space is where
+    the model commits to grows-vs-shrinks, yet its span ends where the word's begins."""
     spans = row.get("time_spans")
     if spans is None or encode_offsets is None or text != row.get("caption"):
         return None, None
@@ -337,7 +341,12 @@ def timed_ids(
     if any(not 0 <= a < b <= len(text) for a, b in spans):
         raise ValueError(f"row {row['id']!r}: time_spans {spans} are not within its {len(text)}-char caption")
     ids, offsets = encode_offsets(text)
-    return ids, [int(any(s < b and a < e for a, b in spans)) for s, e in offsets]
+    timed = [int(any(s < b and a < e for a, b in spans)) for s, e in offsets]
+    for i in range(len(timed) - 2, -1, -1):  # right to left: a run of whitespace ids before a word
+        s, e = offsets[i]
+        if timed[i + 1] and text[s:e].isspace():
+            timed[i] = 1
+    return ids, timed
 
 
 def make_sample(row: dict[str, Any], fmt: SampleFormat, rng: np.random.Generator) -> Sample:

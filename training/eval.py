@@ -9,9 +9,10 @@ The "video gap" is the same with clips (task video), and ``time_shuffled_gap`` i
 own frames in a fixed random time order over the other-clip loss: when the adapters use the order of the
 frames (a square moving left to right, not right to left) it stays closer to 1 than the video gap.
 Batches of rows with ``time_spans`` (data.py ``time_tokens``: the caption words whose truth depends on the
-frames' order, as the sample clips' ground truth marks them) also give both figures on those tokens alone
-(``timed_*``) and on the rest of those captions (``static_*``): most words of a caption may be told by any
-single frame, so the whole-caption figure can hide whether the order is read.
+frames' order, as the sample clips' ground truth marks them, and a bare space just before one) also give
+both figures on those tokens alone (``timed_*``) and on the rest of those captions (``static_*``): most
+words of a caption may be told by any single frame, so the whole-caption figure can hide whether the order
+is read.
 
 In a training run the held-out batches stay on the CPU and go to the device one at a time
 (``EvalBatches``); for the fused model each rank evaluates every world-th batch and the ranks' sums are

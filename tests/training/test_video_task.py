@@ -23,7 +23,14 @@ from vlmforge.common.errors import ConfigError
 from vlmforge.pipeline.sample_data.video import encode, random_clip
 from vlmforge.training import video
 from vlmforge.training.config import load_train_config
-from vlmforge.training.data import StreamSpec, build_index, heldout_batches, make_sample, train_loader
+from vlmforge.training.data import (
+    StreamSpec,
+    build_index,
+    collate,
+    heldout_batches,
+    make_sample,
+    train_loader,
+)
 from vlmforge.training.eval import loss_sums, video_gap
 from vlmforge.training.model.config import get_config
 from vlmforge.training.model.fusion import FusionModel
@@ -78,7 +85,7 @@ def setup(tmp_path_factory) -> dict:
     image_file = root / "image.safetensors"
     tensors = {n: p.detach().clone() for n, p in image_model.named_parameters()}
     save_tensors(tensors, image_file, image_model.config, [], {})
-    return {"root": root, "curated": curated, "tokenizer": tokenizer, "image": image_file}
+    return {"root": root, "curated": curated, "tokenizer": tokenizer, "image": image_file, "rows": rows}
 
 
 def config(setup: dict, out: Path, *overrides: str):
@@ -171,6 +178,33 @@ def test_time_tokens_mark_exactly_the_words_the_frames_order_decides(setup):
         make_sample(row | {"time_spans": [[3, 99]]}, fmt, None)
     with pytest.raises(ValueError, match="row 'r': time_spans must be \\[start, end\\] pairs"):
         make_sample(row | {"time_spans": [5]}, fmt, None)
+
+
+def test_a_bare_space_before_a_timed_word_is_timed(setup, torch_one_thread):
+    cfg, mc, fmt = video_format(setup)
+    tok = TextTokenizer(cfg.tokenizer)
+    # this tokenizer splits " yellow" into " ", "y", ...: the bare space is where the model picks the colour
+    row = setup["rows"][1]
+    assert row["caption"] == "a circle changes colour from yellow to red"
+    ids, offsets = tok.encode_offsets(row["caption"])
+    overlap = [int(any(s < b and a < e for a, b in row["time_spans"])) for s, e in offsets]
+    space = next(i for i, (s, e) in enumerate(offsets) if row["caption"][s:e] == " " and overlap[i + 1])
+    sample = make_sample(row, fmt, None)
+    timed = sample.time_tokens[len(sample.time_tokens) - len(ids) - 1 : -1]
+    assert [i for i, (t, o) in enumerate(zip(timed, overlap, strict=True)) if t != o] == [space]
+    assert timed[space] == 1 and marked_words(tok, sample.labels, sample.time_tokens) == ["yellow", "red"]
+    # a bare space before a static word stays static: "a yellow square" names what any frame shows
+    static = next(r for r in setup["rows"] if r["caption"].startswith("a yellow "))
+    ids, offsets = tok.encode_offsets(static["caption"])
+    assert static["caption"][slice(*offsets[1])] == " "
+    assert make_sample(static, fmt, None).time_tokens[-len(ids) - 1 : -1][1] == 0
+    # timed + static are still the whole caption's loss
+    torch.manual_seed(0)
+    model = video.build_model(cfg, mc).eval()
+    batch = collate([sample, make_sample(static, fmt, None)], fmt.eos_id, fmt.image_size, fmt.video_frames)
+    whole, n, timed_sum, nt, static_sum, ns = loss_sums(model, [batch])
+    assert nt == sum(x.count(1) for x in batch["time_tokens"].tolist())  # the bare space included
+    assert nt + ns == n and (timed_sum + static_sum) / n == pytest.approx(whole / n, rel=1e-5)
 
 
 def test_timed_and_static_figures_split_the_whole_caption_ones(setup, torch_one_thread):
