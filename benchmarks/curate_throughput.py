@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/curate_throughput.py --n 20000
 
-Both sides run as the same Ray Data actor pool over the same input parts. Each side also runs on one part
-per worker, so the start-up it pays once per job (actor launch, imports, model and lexicon loading) can
-be told apart from its steady throughput. The baseline reads every pair
+Both sides run as the same Ray Data actor pool over the same input parts. The baseline reads every pair
 and decodes every image once (JPEG draft mode, as phase 1 does), nothing else. Phase 1 runs the whole
-phase-1 stage list and writes its Parquet outputs.
+phase-1 stage list and writes its Parquet outputs. Start-up (actor launch, imports, fastText and the
+lexicons, loaded in a worker's first call) is paid once per worker per job, so the steady figures are taken
+from each worker's calls after its first, in the same run: the wall rate from the end of its first call to
+the end of its last, and the CPU seconds of its calls (all threads; far steadier than wall time on a shared
+machine) over the parts that neither side ran in a first call. (A separate run of one part per worker,
+subtracted, does not work: Ray Data may give all its parts to one actor, leaving a start-up in the rest.)
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +36,13 @@ from vlmforge.pipeline.readers.common import InputPart
 from vlmforge.pipeline.sample_data import write_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if __name__ != "__main__":
+    # Imported by another benchmark: Ray's workers cannot import this module (benchmarks/ is not on their
+    # path), so its classes travel by value, as they do when it runs as a script.
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class DecodeOnlyWorker:
@@ -79,55 +91,120 @@ def main() -> None:
     workers = cluster_cpus()
     cfg_json = cfg.model_dump_json()
     units = [p.to_dict() for p in parts]
-    small = units[:workers]  # one part per worker: start-up cost plus a little work
     sides = {
-        "decode_only": (DecodeOnlyWorker, lambda work: {"cfg_json": cfg_json}),
+        "decode_only": (TimedDecodeOnly, lambda work: {"cfg_json": cfg_json}),
         "phase1": (
-            Phase1Worker,
+            TimedPhase1,
             lambda work: {"cfg_json": cfg_json, "layout_json": Layout.build(cfg, parts, work).to_json()},
         ),
     }
-    best, rows, _ = compare_sides(sides, units, small, workers, args.rounds)
-    print(f"pairs: {rows['all']} in {len(parts)} parts, {workers} Ray workers, best of {args.rounds} rounds")
-    print_rates(best, rows, "pairs", "phase 1")
+    best, rows, results = compare_sides(sides, units, workers, args.rounds)
+    print(f"pairs: {rows} in {len(parts)} parts, {workers} Ray workers, best of {args.rounds} rounds")
+    print_rates(best, rows, results, "pairs", "phase 1")
 
 
 def compare_sides(
-    sides: dict[str, tuple[type, Callable[[str], dict]]], units: list[dict], small: list[dict], workers: int,
-    rounds: int,
-) -> tuple[dict[str, dict[str, float]], dict[str, int], dict[str, dict[str, list[dict]]]]:
-    """Time each side (a map_units worker and its kwargs for a work directory) over one part per worker
-    (`small`) and over all `units`, alternating, best of `rounds`; the best seconds, the rows of each size
-    and each side's results of the last round by size (`results[side]["all"]`)."""
-    best = {name: {"all": float("inf"), "small": float("inf")} for name in sides}
-    rows: dict[str, int] = {}
-    results: dict[str, dict[str, list[dict]]] = {name: {} for name in sides}
+    sides: dict[str, tuple[type, Callable[[str], dict]]], units: list[dict], workers: int, rounds: int
+) -> tuple[dict[str, float], int, dict[str, list[list[dict]]]]:
+    """Time each side (a `CpuTimed` map_units worker and its kwargs for a work directory) over all `units`,
+    alternating, best of `rounds`: each side's best seconds, the rows, and each side's results of every
+    round (`results[side][round]`)."""
+    best = dict.fromkeys(sides, float("inf"))
+    rows = 0
+    results: dict[str, list[list[dict]]] = {name: [] for name in sides}
     for _ in range(rounds):
         for name, (worker, kwargs) in sides.items():
-            for size, chosen in (("small", small), ("all", units)):
-                with tempfile.TemporaryDirectory() as work:
-                    start = time.perf_counter()
-                    res = map_units(chosen, worker, kwargs(work), workers, False)
-                    t = time.perf_counter() - start
-                best[name][size] = min(best[name][size], t)
-                rows[size] = sum(r["rows"] if "rows" in r else r["stages"][0]["rows_in"] for r in res)
-                results[name][size] = res
+            with tempfile.TemporaryDirectory() as work:
+                start = time.perf_counter()
+                res = map_units(units, worker, kwargs(work), workers, False)
+                best[name] = min(best[name], time.perf_counter() - start)
+            rows = sum(map(rows_of, res))
+            results[name].append(res)
     return best, rows, results
 
 
-def print_rates(best: dict[str, dict[str, float]], rows: dict[str, int], unit: str, label: str) -> None:
-    """The table of `compare_sides`' figures and phase 1's rate over decode-only's."""
-    print(f"| side | s, all parts | {unit}/s end to end | s, 1 part per worker | {unit}/s after start-up |")
-    print("|---|---|---|---|---|")
-    rate = {}
-    for name, b in best.items():
-        end_to_end = rows["all"] / b["all"]
-        # Start-up (actor launch, imports, model and lexicon loading) is paid once per worker per job;
-        # the difference between the two runs is the steady throughput.
-        rate[name] = (end_to_end, (rows["all"] - rows["small"]) / (b["all"] - b["small"]))
-        print(f"| {name} | {b['all']:.1f} | {end_to_end:.0f} | {b['small']:.1f} | {rate[name][1]:.0f} |")
-    print(f"{label} / decode-only, end to end: {rate['phase1'][0] / rate['decode_only'][0]:.2f}")
-    print(f"{label} / decode-only, after start-up: {rate['phase1'][1] / rate['decode_only'][1]:.2f}")
+def rows_of(result: dict) -> int:
+    """The input rows of one part's result (decode-only's `rows`, phase 1's first stage's `rows_in`)."""
+    return result["rows"] if "rows" in result else result["stages"][0]["rows_in"]
+
+
+def steady_wall_rate(results: list[dict]) -> float:
+    """Rows per second of the workers after their first calls, summed over workers: from the end of each
+    worker's first call to the end of its last, the rows of its other calls (Ray's hand-offs between calls
+    included, its actor launch and the start-up in the first call not)."""
+    rate = 0.0
+    for pid in {r["pid"] for r in results}:
+        calls = sorted((r for r in results if r["pid"] == pid), key=lambda r: r["end"])
+        if len(calls) > 1:
+            rate += sum(map(rows_of, calls[1:])) / (calls[-1]["end"] - calls[0]["end"])
+    return rate
+
+
+def steady_cpu(results: dict[str, list[dict]]) -> tuple[dict[str, float], dict[str, float], int, int]:
+    """Each side's CPU seconds over all parts and over the parts that neither side ran in a worker's first
+    call, the number of those parts and their rows. Parts differ in cost, so both sides are compared on the
+    same parts, all from the one run: a separate run of one part per worker does not hold one start-up per
+    worker (Ray Data may give all its parts to one actor)."""
+    firsts = {r["part"] for res in results.values() for r in res if r["first"]}
+    steady = {side: [r for r in res if r["part"] not in firsts] for side, res in results.items()}
+    total = {side: sum(r["cpu_s"] for r in res) for side, res in results.items()}
+    after = {side: sum(r["cpu_s"] for r in res) for side, res in steady.items()}
+    some = next(iter(steady.values()))
+    return total, after, len(some), sum(map(rows_of, some))
+
+
+def print_rates(
+    best: dict[str, float], rows: int, results: dict[str, list[list[dict]]], unit: str, label: str
+) -> None:
+    """The table of `compare_sides`' figures and phase 1's rate over decode-only's: end to end (best
+    round), after start-up by wall time (each worker's calls after its first; best round) and by CPU (the
+    workers' calls, last round)."""
+    wall = {side: max(map(steady_wall_rate, res)) for side, res in results.items()}
+    total, after, parts, steady_rows = steady_cpu({side: res[-1] for side, res in results.items()})
+    print(
+        f"| side | s, all parts | {unit}/s end to end | {unit}/s after start-up | CPU s, all parts | "
+        f"CPU ms per {unit[:-1]} after start-up |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, t in best.items():
+        print(
+            f"| {name} | {t:.1f} | {rows / t:.0f} | {wall[name]:.0f} | {total[name]:.1f} | "
+            f"{1000 * after[name] / steady_rows:.2f} |"
+        )
+    d, p = "decode_only", "phase1"
+    print(f"{label} / decode-only, end to end: {best[d] / best[p]:.2f}")
+    print(f"{label} / decode-only, after start-up (wall, workers' non-first calls): {wall[p] / wall[d]:.2f}")
+    print(f"{label} / decode-only, by CPU over all parts: {total[d] / total[p]:.2f}")
+    print(
+        f"{label} / decode-only, by CPU after start-up ({parts} parts run by neither side in a worker's "
+        f"first call, {steady_rows} {unit}): {after[d] / after[p]:.2f}"
+    )
+
+
+class CpuTimed:
+    """Adds to each unit's result `cpu_s`, the CPU seconds of the worker's process (all its threads, FFmpeg's
+    included) over the call: unlike wall time it barely moves with other jobs' load on a shared machine. Also
+    `first`: whether this was the worker's first call, the one that pays its start-up (phase 1 loads fastText
+    and the lexicons there), the worker's `pid` and the call's `end` (epoch seconds)."""
+
+    calls = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.process_time()
+        out = super().__call__(batch)  # type: ignore[misc]
+        cpu = (time.process_time() - start) / max(1, out.num_rows)
+        first, self.calls = self.calls == 0, self.calls + 1
+        extra = {"cpu_s": cpu, "first": first, "pid": os.getpid(), "end": time.time()}
+        results = [json.dumps({**json.loads(r), **extra}) for r in out["result"].to_pylist()]
+        return pa.table({"result": results})
+
+
+class TimedDecodeOnly(CpuTimed, DecodeOnlyWorker):
+    """The baseline, with its CPU seconds."""
+
+
+class TimedPhase1(CpuTimed, Phase1Worker):
+    """Phase 1, with its CPU seconds."""
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ Both sides run as the same Ray Data actor pool over the same input parts (webdat
 synthetic clips of `vlmforge sample-data --video`). The baseline reads every clip and decodes every frame of
 its video stream once with PyAV, nothing else. Phase 1 runs the video recipe's whole phase-1 stage list
 (caption checks, language ID, header checks, decode with frame sampling at `video.fps`, JPEG frames, frame
-pHashes, dedup keys) and writes its Parquet outputs. Each side also runs on one part per worker, so the
-start-up paid once per job (actor launch, imports, the fastText model) can be told apart from the steady
-throughput, and reports the CPU seconds each side's workers spent in their calls (all threads; far steadier
-than wall time on a shared machine), the steady ones being those of each worker's calls after its first.
+pHashes, dedup keys) and writes its Parquet outputs. The figures after start-up (actor launch, imports, the
+fastText model) are those of each worker's calls after its first, by wall time and by CPU seconds, as in
+`curate_throughput.py`, whose timing code this shares.
 Target (issue 25): phase 1 >= 0.8x the decode-only rate.
 """
 
@@ -20,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import av
 import pyarrow as pa
-from curate_throughput import compare_sides, print_rates
+from curate_throughput import CpuTimed, compare_sides, print_rates
 
 from vlmforge.pipeline.cache.layout import Layout
 from vlmforge.pipeline.config import CurateConfig, load_config
@@ -71,24 +69,6 @@ class DecodeOnlyWorker:
                 frames += sum(decode_all(b) for b in raw.column("video").to_pylist())
             results.append({"part": part.name, "rows": rows, "frames": frames})
         return pa.table({"result": [json.dumps(r) for r in results]})
-
-
-class CpuTimed:
-    """Adds `cpu_s` to each unit's result: the CPU seconds of the worker's process (all its threads, FFmpeg's
-    included) over the call. Unlike wall time it barely moves with other jobs' load on a shared machine. Also
-    `first`: whether this was the worker's first call, the one that pays its start-up (phase 1 loads fastText
-    and the lexicons there), the worker's `pid` and the call's `end` (epoch seconds)."""
-
-    calls = 0
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.process_time()
-        out = super().__call__(batch)  # type: ignore[misc]
-        cpu = (time.process_time() - start) / max(1, out.num_rows)
-        first, self.calls = self.calls == 0, self.calls + 1
-        extra = {"cpu_s": cpu, "first": first, "pid": os.getpid(), "end": time.time()}
-        results = [json.dumps({**json.loads(r), **extra}) for r in out["result"].to_pylist()]
-        return pa.table({"result": results})
 
 
 class TimedDecodeOnly(CpuTimed, DecodeOnlyWorker):
@@ -168,7 +148,6 @@ def main() -> None:
     workers = cluster_cpus()
     cfg_json = cfg.model_dump_json()
     units = [p.to_dict() for p in parts]
-    small = units[:workers]
     sides = {
         "decode_only": (TimedDecodeOnly, lambda work: {"cfg_json": cfg_json}),
         "phase1": (
@@ -176,56 +155,13 @@ def main() -> None:
             lambda work: {"cfg_json": cfg_json, "layout_json": Layout.build(cfg, parts, work).to_json()},
         ),
     }
-    best, rows, results = compare_sides(sides, units, small, workers, args.rounds)
-    frames = sum(r["frames"] for r in results["decode_only"]["all"])
+    best, rows, results = compare_sides(sides, units, workers, args.rounds)
+    frames = sum(r["frames"] for r in results["decode_only"][-1])
     print(
-        f"clips: {rows['all']} ({frames} frames decoded by the baseline) in {len(parts)} parts, "
+        f"clips: {rows} ({frames} frames decoded by the baseline) in {len(parts)} parts, "
         f"{workers} Ray workers, best of {args.rounds} rounds"
     )
-    print_rates(best, rows, "clips", "video phase 1")
-    last = {side: by_size["all"] for side, by_size in results.items()}
-    cpu = {side: sum(r["cpu_s"] for r in res) for side, res in last.items()}
-    d, p = cpu["decode_only"], cpu["phase1"]
-    print(
-        f"CPU s of the workers' calls over all parts (last round): decode-only {d:.1f}, phase 1 {p:.1f}; "
-        f"phase 1 / decode-only rate by CPU: {d / p:.2f}"
-    )
-    # Each worker's start-up (phase 1's lexicons and fastText) is paid in its first call, so the steady CPU
-    # is that of the other calls, over the parts that neither side ran in a first call (parts differ in cost
-    # by up to ~2x). Taken from the same run rather than as all parts minus a run of one part per worker:
-    # Ray Data may hand both parts of that run to one actor, which then holds one start-up for two workers
-    # and left the other in the "steady" figure (phase 1 read ~0.55-0.6 where it is ~0.8-0.95 at 320x240).
-    firsts = {r["part"] for res in last.values() for r in res if r["first"]}
-    steady = {side: [r for r in res if r["part"] not in firsts] for side, res in last.items()}
-    clips = sum(r["rows"] for r in steady["decode_only"])
-    sc = {side: sum(r["cpu_s"] for r in res) for side, res in steady.items()}
-    print(
-        f"CPU s of the parts left out (the workers' first calls among them): decode-only "
-        f"{d - sc['decode_only']:.1f}, "
-        f"phase 1 {p - sc['phase1']:.1f}; after start-up ({len(steady['phase1'])} parts run by neither side "
-        f"in a first call, {clips} clips): ms per clip: decode-only {1000 * sc['decode_only'] / clips:.1f}, "
-        f"phase 1 {1000 * sc['phase1'] / clips:.1f}; phase 1 / decode-only rate by CPU after start-up: "
-        f"{sc['decode_only'] / sc['phase1']:.2f}"
-    )
-    wall = {side: steady_wall_rate(res) for side, res in last.items()}
-    print(
-        f"wall after start-up (each worker's first call's end to its last's), clips/s: decode-only "
-        f"{wall['decode_only']:.0f}, phase 1 {wall['phase1']:.0f}; phase 1 / decode-only: "
-        f"{wall['phase1'] / wall['decode_only']:.2f}"
-    )
-
-
-def steady_wall_rate(results: list[dict]) -> float:
-    """Clips per second of the workers after their first calls, summed over workers: from the end of each
-    worker's first call to the end of its last, the clips of its other calls (Ray's hand-offs between calls
-    included, its actor launch and the start-up in the first call not)."""
-    rate = 0.0
-    for pid in {r["pid"] for r in results}:
-        calls = sorted((r for r in results if r["pid"] == pid), key=lambda r: r["end"])
-        if len(calls) > 1:
-            rows = sum(r["rows"] if "rows" in r else r["stages"][0]["rows_in"] for r in calls[1:])
-            rate += rows / (calls[-1]["end"] - calls[0]["end"])
-    return rate
+    print_rates(best, rows, results, "clips", "video phase 1")
 
 
 if __name__ == "__main__":
