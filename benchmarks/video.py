@@ -26,7 +26,7 @@ from pathlib import Path
 
 import av
 import pyarrow as pa
-from curate_throughput import CpuTimed, compare_sides, print_rates
+from curate_throughput import CpuTimed, TimedPhase1, compare_sides, print_rates
 
 from vlmforge.pipeline.cache.layout import Layout
 from vlmforge.pipeline.config import CurateConfig, load_config
@@ -73,10 +73,6 @@ class DecodeOnlyWorker:
 
 class TimedDecodeOnly(CpuTimed, DecodeOnlyWorker):
     """The baseline, with its CPU seconds."""
-
-
-class TimedPhase1(CpuTimed, Phase1Worker):
-    """Phase 1, with its CPU seconds."""
 
 
 def in_process(cfg: CurateConfig, parts: list, rounds: int) -> dict[str, dict[str, float]]:
