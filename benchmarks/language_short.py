@@ -17,8 +17,8 @@ writes (French ``air``, ``sport``; gettext ``script Perl``) is ambiguous, its dr
 Rules: fastText's argmax alone (keep iff its top-1 is English), the rule before issue 27 (`common_zipf: 0`,
 `names: false`, `short_words: false`), the opt-in lexicon rules (`common_zipf: 3`, `names: true`), the word
 rule without its rare-word and unknown-word parts (session 9), the default of session 10 (capitalised words
-up to `common_margin` commoner in a rival read as names: `name_margin: 2`; no `jargon_words`) and the default
-`LanguageConfig`.
+up to `common_margin` commoner in a rival read as names: `name_margin: 2`; no `jargon_words`), the default of
+session 11 (a lone letter between two words skipped) and the default `LanguageConfig`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from vlmforge.pipeline.filter import language_eval, language_gettext  # noqa: E4
 from vlmforge.pipeline.filter.language_id import LanguageId  # noqa: E402
 
 BEFORE = {"common_zipf": 0, "names": False, "short_words": False}
-SESSION_10 = {"name_margin": 2.0, "jargon_words": False}
+SESSION_11 = {"letter_words": False}
+SESSION_10 = {**SESSION_11, "name_margin": 2.0, "jargon_words": False}
 RULES = {
     "before (lexicon only)": BEFORE,
     "opt-in (common_zipf 3, names on)": {**BEFORE, "common_zipf": 3.0, "names": True},
@@ -43,6 +44,7 @@ RULES = {
         "rare_zipf": 0, "unknown_word_rejects": False, **SESSION_10
     },
     "default of session 10 (name_margin 2, jargon_words off)": SESSION_10,
+    "default of session 11 (letter_words off)": SESSION_11,
     "default LanguageConfig": {},
 }
 
