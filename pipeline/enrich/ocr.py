@@ -428,7 +428,7 @@ class OcrText:
             self.api.SetImageBytes(pixels.tobytes(), grey.width, grey.height, 1, grey.width)
             if not self.api.Recognize(timeout=max(1, round(timeout_s * 1000))):
                 raise _Timeout
-            return [(w, float(c)) for w, c in self.api.MapWordConfidences()]
+            return _word_confidences(self.api)
         grey.format = "BMP"  # pytesseract writes its temp file in this format: uncompressed is fastest
         try:
             data = pytesseract.image_to_data(
@@ -460,6 +460,24 @@ class OcrText:
             return None
         self.counters["with_text"] += 1
         return text
+
+
+def _word_confidences(api) -> list[tuple[str, float]]:
+    """(word, confidence) of the last recognition, as tesserocr's MapWordConfidences gives them (whole
+    confidences), without its line on stdout for every image where no word was found."""
+    import tesserocr
+
+    level, out = tesserocr.RIL.WORD, []
+    words = api.GetIterator()
+    if words is None:
+        return out
+    for word in tesserocr.iterate_level(words, level):
+        try:
+            text = word.GetUTF8Text(level)
+        except RuntimeError:  # "No text returned": nothing was recognised
+            break
+        out.append((text, float(int(word.Confidence(level)))))
+    return out
 
 
 def _colour(image: Image.Image, grey: Image.Image) -> Image.Image | None:

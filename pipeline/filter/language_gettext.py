@@ -10,7 +10,12 @@ written by people (``Link öffnen``). Cleaning, so that a label is honest:
 - a translation equal to its msgid, or equal to any English msgid of the set (``Terminal``, ``Dialog``),
   is English too and left out of the non-English side; such an English msgid, and any other that one of
   the languages' translations equals (case-folded: ``Namibia``, ``Mantova``), is *ambiguous*: left out of
-  the English side by default and reported on its own (`english(split, kind="ambiguous")`).
+  the English side by default and reported on its own (`english(split, kind="ambiguous")`);
+- the other way round (session 13), a translation every word of which the English msgids themselves write
+  (`language_eval.written_in_english`: ``Communication``, ``script Perl``, ``Desktop-Symbol``) is
+  ambiguous too: left out of the non-English side by default (`others(split, kind="ambiguous")`). The
+  English words are those of the unambiguous msgids of both splits, except ISO 3166-2's: its "English"
+  subdivision names are written in each country's own language (``Asturias, Principado de``).
 Splits: an English string and all its translations share a side, chosen by a stable hash of the msgid, so a
 rule developed on ``dev`` is reported on ``test``. Each domain (package catalog) contributes in turn, so a
 large catalog (ISO 3166-2's 5,000 subdivisions) does not dominate a language.
@@ -26,12 +31,21 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-from vlmforge.pipeline.filter.language_eval import MAX_WORDS, OTHER_LANGUAGES, Kind, of_kind
+from vlmforge.pipeline.filter.language_eval import (
+    MAX_WORDS,
+    OTHER_LANGUAGES,
+    Kind,
+    english_words,
+    of_kind,
+    written_in_english,
+)
 
 LOCALE = Path("/usr/share/locale")
 SPLITS = ("dev", "test")
 # Catalogs of thousands of obscure language names, mostly untranslated (``Ghotuo``): not captions.
 _SKIP_DOMAINS = {"iso_639-3", "iso_639_3", "iso_639-5", "iso_639_5"}
+# Subdivision names in each country's own language (``Asturias, Principado de``): no English words.
+_NATIVE_NAMES = {"iso_3166-2", "iso_3166_2"}
 _MNEMONIC = re.compile(r"(?<!\w)_(?=\w)|&(?=\w)")  # `_Open`, `Von-_links`, `&Open`; not `show_all`
 _BAD = re.compile(r"[%{}<>\\/=@#$|\[\]\d_\n\t*]|\.\w")
 _LETTER = re.compile(r"[^\W\d_]")
@@ -114,24 +128,46 @@ def _translation_pool() -> frozenset[str]:
     )
 
 
+def _msgids(domain: str, split: str | None) -> set[str]:
+    """The msgids of `domain` (of `split`; of both when None)."""
+    pairs = (pair for lang in OTHER_LANGUAGES for pair in _catalog(lang, domain))
+    return {en for en, _ in pairs if split in (None, split_of(en))}
+
+
+def _ambiguous_english(text: str) -> bool:
+    return text.casefold() in _translation_pool()
+
+
 def english(split: str, per_language: int = 1500, seed: int = 0, kind: Kind = "unambiguous") -> list[str]:
-    elsewhere = set(_translation_pool())
-    per_domain = {
-        d: of_kind({en for lang in OTHER_LANGUAGES for en, _ in _catalog(lang, d) if split_of(en) == split},
-                   elsewhere, kind)
-        for d in domains()
-    }
+    per_domain = {d: of_kind(_msgids(d, split), _ambiguous_english, kind) for d in domains()}
     return _round_robin(per_domain, per_language, seed)
 
 
-def others(split: str, per_language: int = 500, seed: int = 0) -> dict[str, list[str]]:
-    """Per language: translations of `split`'s msgids that are not English strings themselves."""
-    known = _english_pool()
-    out = {}
-    for lang in OTHER_LANGUAGES:
-        per_domain = {
-            d: [t for en, t in _catalog(lang, d) if t and split_of(en) == split and t.casefold() not in known]
-            for d in domains()
-        }
-        out[lang] = _round_robin(per_domain, per_language, seed)
-    return out
+@cache
+def _english_words() -> dict[str, int]:
+    """The words the unambiguous msgids of both splits write (`language_eval.english_words`), ISO 3166-2's
+    native names left out."""
+    msgids = (en for d in domains() if d not in _NATIVE_NAMES for en in _msgids(d, None))
+    return english_words(en for en in msgids if not _ambiguous_english(en))
+
+
+def others(
+    split: str, per_language: int = 500, seed: int = 0, kind: Kind = "unambiguous"
+) -> dict[str, list[str]]:
+    """Per language: translations of `split`'s msgids that are not English strings themselves, of `kind`
+    (module docstring)."""
+    msgids, words = _english_pool(), _english_words()
+
+    def pool(lang: str, domain: str) -> set[str]:
+        pairs = _catalog(lang, domain)
+        return {t for en, t in pairs if t and split_of(en) == split and t.casefold() not in msgids}
+
+    def ambiguous(text: str) -> bool:
+        return written_in_english(text, words)
+
+    return {
+        lang: _round_robin(
+            {d: of_kind(pool(lang, d), ambiguous, kind) for d in domains()}, per_language, seed
+        )
+        for lang in OTHER_LANGUAGES
+    }

@@ -9,8 +9,9 @@ keeps much else. The rule here:
    lower-case word the wanted lexicon does not know (``theekopje``); a caption of words common in the wanted
    language, even when also common elsewhere (``door``, ``fog``), of rarer words it knows and no rival knows
    better (``shuttlecock``), and of names (capitalised words the wanted language or many lexicons know,
-   acronyms; not German nouns like ``Welle``) is kept, also beside jargon no lexicon knows (``fontdir device
-   name``) when fastText's top-1 agrees; else go on;
+   acronyms; not German nouns like ``Welle``) is kept, also beside jargon no lexicon knows
+   (``fontdir device name``) when fastText's top-1 agrees; a lone letter between two words is a word too
+   (``y`` of ``Bosnia y Herzegovina``: Spanish); else go on;
 3. a wanted language is fastText's confident top-1: keep;
 4. otherwise ask the lexicon (wordfreq's frequency lists). Optionally (`names`, `common_zipf`) names are set
    aside first and a caption of common wanted words is kept. Otherwise keep when enough of the words are
@@ -49,6 +50,8 @@ _SCRIPTS: dict[str, frozenset[str]] = {
     "th": frozenset({"THAI"}),
 }
 _WORD = re.compile(r"[^\W\d_]+")
+# A lone letter between two words of 2+ letters (`Bosnia y Herzegovina`, `Audio e video`; not `12 h 30`).
+_LONE_LETTER = re.compile(r"(?<=[^\W\d_]{2} )[^\W\d_](?= [^\W\d_]{2})")
 # Markup of structured captions: an HTML/XML tag (attributes included), a LaTeX command, a markdown table's
 # rule row (`|---|`), a LaTeX group index (`^{`, `_{`), an HTML entity, or a math operator standing alone
 # between spaces (`y - t = k`).
@@ -147,6 +150,17 @@ def _rare_rivals(lang: str, rivals: tuple[str, ...], low: float, high: float) ->
             for w in rare.intersection(words):
                 best[w] = max(best.get(w, (0.0, "")), (z, rival))
     return best
+
+
+def judged_words(text: str, letters: bool) -> list[str]:
+    """The words of `text` the short-caption word rule judges, in order: words of 2+ letters, and with
+    `letters` a lone lower-case letter between two of them (a conjunction elsewhere: Spanish ``y``, Italian
+    ``e``, French ``à``; a label in English, ``type A``, is capitalised)."""
+    found = [(m.start(), m.group()) for m in _WORD.finditer(text) if len(m.group()) >= 2]
+    if letters:
+        found += [(m.start(), m.group()) for m in _LONE_LETTER.finditer(text) if m.group().islower()]
+        found.sort()
+    return [w for _, w in found]
 
 
 def lexicon_evidence(
@@ -270,7 +284,8 @@ class LanguageId(MeasuredStage):
     ) -> tuple[str | None, str | None, str]:
         """The short-caption word rule: (wanted language or None, reason or None, why); (None, None, why)
         when the words do not decide. `top` is fastText's top-k (for jargon; without it, jargon words stay
-        undecided). Each word of 2+ letters is, for a wanted language:
+        undecided). Each word of 2+ letters (with `letter_words`, also a lone lower-case letter between two
+        words: `judged_words`) is, for a wanted language:
         - foreign: below `word_zipf` there, >= `word_zipf` in a rival and more than 1 (capitalised:
           `common_margin`) commoner in it (``Tür``, ``puerta``, ``Pagina``; not ``Ceuta``);
         - a name: capitalised, not foreign, and known in the wanted language (Zipf >= `lexicon_min_zipf`:
@@ -293,7 +308,7 @@ class LanguageId(MeasuredStage):
         the wanted words together are commoner in one rival (`one_rival_commoner`); anything else leaves it
         to fastText."""
         cfg = self.cfg
-        raw = [w for w in _WORD.findall(text) if len(w) >= 2]
+        raw = judged_words(text, cfg.letter_words)
         if not raw:  # `9 h`, `x`: no word to judge
             return None, None, ""
         why: list[str] = []

@@ -151,6 +151,24 @@ def test_engines_read_the_same_text():
     assert fast.api is not None and slow.api is None  # one engine, reused for every image
 
 
+def test_in_process_words_as_tesserocr_maps_them_and_nothing_logged(caplog):
+    """Word confidences from tesserocr's result iterator equal its MapWordConfidences (whole numbers), and a
+    crop where nothing is recognised gives [] without the warning MapWordConfidences logs for it (one a
+    tesseract run in a Ray worker's log)."""
+    stage = OcrText(OcrConfig(engine="tesserocr"))
+    data, text = render_case(0)
+    line = Image.open(io.BytesIO(data)).convert("L")
+    for grey, psm in ((line, 11), (Image.new("L", (5, 5), 255), 7)):
+        got = stage.words(grey, psm, 10.0)
+        mapped = [(w, float(c)) for w, c in stage.api.MapWordConfidences()]
+        assert got == mapped
+    assert [r.name for r in caplog.records if "No text returned" in r.getMessage()] == ["tesserocr"]
+    caplog.clear()
+    assert got == [] and stage.words(Image.new("L", (5, 5), 255), 7, 10.0) == []
+    assert " ".join(w for w, _ in stage.words(line, 11, 10.0)).split() == text.split()
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("engine", ["tesserocr", "pytesseract"])
 def test_ocr_stage_nulls_and_counts_bad_input_and_timeouts(engine):
     data, text = render_case(0)

@@ -1,0 +1,35 @@
+"""The text detector's ink map: its numpy windows must equal the morphology they stand for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from vlmforge.pipeline.enrich.text_detect import BLOCK, ink
+
+
+def _reference_ink(grey: np.ndarray, dark: bool) -> np.ndarray:
+    """The ink map by its definition: block pooling, a 3x3 grow and two 3x3 shrinks by scipy.ndimage."""
+    h, w = grey.shape
+    grow, shrink = (ndimage.maximum_filter, ndimage.minimum_filter) if dark else (
+        ndimage.minimum_filter, ndimage.maximum_filter)
+    padded = np.pad(grey, ((0, -h % BLOCK), (0, -w % BLOCK)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // BLOCK, BLOCK, padded.shape[1] // BLOCK, BLOCK)
+    pooled = blocks.max(axis=(1, 3)) if dark else blocks.min(axis=(1, 3))
+    coarse = pooled
+    for window in (grow, shrink, shrink):
+        coarse = window(coarse, size=3, mode="nearest")
+    behind = np.repeat(np.repeat(coarse, BLOCK, axis=0), BLOCK, axis=1)[:h, :w]
+    return behind - grey if dark else grey - behind
+
+
+@pytest.mark.parametrize("shape", [(240, 320), (241, 322), (7, 5), (3, 3), (1, 9), (1, 1), (9, 1)])
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_ink_equals_its_morphology(shape: tuple[int, int], dtype: type) -> None:
+    grey = np.random.default_rng(sum(shape)).integers(0, 256, shape).astype(dtype)
+    for dark in (True, False):
+        got, want = ink(grey, dark), _reference_ink(grey, dark)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
