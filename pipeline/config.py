@@ -358,7 +358,7 @@ class OcrConfig(_Section):
     languages: str = Field("eng", description="tesseract languages, e.g. 'eng+deu'")
     psm: int = Field(11, ge=0, le=13, description="tesseract page segmentation mode")
     timeout_s: float = Field(5.0, gt=0, description="per-image tesseract time limit")
-    min_confidence: float = Field(40.0, ge=0, le=100, description="words below this confidence are dropped")
+    min_confidence: float = Field(30.0, ge=0, le=100, description="words below this confidence are dropped")
     line_confidence: float = Field(
         60.0, ge=0, le=100, description="a detected line read with a lower mean word confidence is dropped "
         "(texture taken for text)"

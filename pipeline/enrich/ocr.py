@@ -18,6 +18,8 @@ whitened but for the text line (`line_clean`, with `tidy_lines`) (with `colour_k
 crop, light text inverted), and read until one is read surely. Where the kept text runs into a side of its
 crop (the detector saw only part of the line: a word or two over texture of the text's brightness), the crop
 widens on that side until the text ends; a widened crop that reads as nothing is read again as first cropped.
+Where the line found again in its colour falls short of the detected lines of its row (the colour key lost
+the words at an end), the row's whole width is read once more, keyed the same.
 The read of the most confident characters wins; one read, but not surely, is read again keyed by the text's
 luma (`luma_keyed`: thin strokes JPEG gave their background's hue). A group read with a mean word confidence
 under `line_confidence` is texture taken for text and gives nothing; of two groups whose reads cover one text
@@ -82,10 +84,11 @@ SURE_CONFIDENCE = 92.0  # a read with this mean word confidence ends its group's
 LINE_PSM = 7  # tesseract reads each line crop as a single text line
 FOUND_AGAIN = 2  # of a detected line, this many lines found again in its text colours are read
 MIN_CHARS = 3  # a read of fewer letters and digits is kept only when read surely (texture reads as "ra")
-WIDEN_MAX = 3  # a crop whose text runs into its side widens there by SIDE_MARGIN, this often at most
+WIDEN_MAX = 6  # a crop whose text runs into its side widens there by SIDE_MARGIN, this often at most
 CUT_ROWS = 0.4  # text touching a crop's side over this share of a character height was cut there
 FALLBACK_CONTRAST = 80.0  # ink contrast of the luma lines found again when nothing reads (detector: 40)
 MAX_READS = 3  # tesseract reads of one group at most (its lines found again first, then as detected)
+STRETCH_BY = 1.0  # a line found again read this many heights short of its detected row: read to its ends
 
 
 TESSDATA_DIRS = (  # where Debian and source builds put the language data
@@ -341,9 +344,10 @@ class OcrText:
         the box of the text read and its mass (characters x confidence). Candidates, read in this order until
         one is read surely (or MAX_READS): per polarity (the one with more characters first) the lines found
         again in its text colours, then the detected lines as one box; candidates over text an earlier group
-        read (`taken`) are skipped. The read of the most confident characters is kept (a read not sure is read
-        again keyed by the text's luma); no words when none reads as text (mean confidence under
-        `line_confidence`: texture) or after failures."""
+        read (`taken`) are skipped. The read of the most confident characters is kept; a line found again
+        whose read falls short of its detected row is read again to the row's ends (`_stretched`), and a
+        read not sure is read again keyed by the text's luma; no words when none reads as text (mean
+        confidence under `line_confidence`: texture) or after failures."""
         best: tuple[float, list[str], tuple[int, int, int, int]] = (0.0, [], group[0].box)
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
 
@@ -372,6 +376,15 @@ class OcrText:
                     break
             if mean >= SURE_CONFIDENCE:  # read surely: the other candidates are this text again, or texture
                 break
+        if chosen is not None and chosen[1] is not None:
+            # the text's line found again is shorter than the detected lines of its row (its colour lost
+            # words at an end): read the row's whole width once, keyed the same
+            wider = _stretched(chosen[0], best[2], group)
+            if wider is not None:
+                image, box, _ = self.line_image(grey, wider, colour, chosen[1])
+                read = self._read_crop(image)
+                if read is not None and read[1] > best[0]:
+                    best, chosen = (read[1], read[0], box), (wider, chosen[1])
         if chosen is not None and colour is not None and best[0] < SURE_CONFIDENCE * sum(map(len, best[1])):
             # read, but not surely: the same crop keyed by the text's luma (letters the colour key lost)
             image, box, _ = self.line_image(grey, chosen[0], colour, chosen[1], luma=True)
@@ -515,6 +528,23 @@ def _kept_in_line(found: list[tuple[str, float]], min_confidence: float) -> list
 def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
     """Words at `min_confidence` or above that hold a letter or digit."""
     return [w for w, c in found if c >= min_confidence and any(ch.isalnum() for ch in w)]
+
+
+def _stretched(line: TextLine, read: tuple[int, int, int, int], group: list[TextLine]) -> TextLine | None:
+    """`line` (found again) widened to the detected lines of `group` in its row (heights within
+    ROW_HEIGHT_RATIO, rows overlapping by half) where they reach over STRETCH_BY heights beyond the box
+    read (`read`) on a side; None where none does."""
+    row = [ln for ln in group if max(ln.height, line.height) <= ROW_HEIGHT_RATIO * min(ln.height, line.height)
+           and min(ln.box[3], line.box[3]) - max(ln.box[1], line.box[1])
+           >= 0.5 * min(ln.box[3] - ln.box[1], line.box[3] - line.box[1])]
+    if not row:
+        return None
+    x0, x1 = min(ln.box[0] for ln in row), max(ln.box[2] for ln in row)
+    reach = STRETCH_BY * line.height
+    if x0 >= read[0] - reach and x1 <= read[2] + reach:
+        return None
+    box = (min(x0, line.box[0]), line.box[1], max(x1, line.box[2]), line.box[3])
+    return TextLine(box, line.chars, line.height, line.dark)
 
 
 def _joined(lines: list[TextLine]) -> TextLine:

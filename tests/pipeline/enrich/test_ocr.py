@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
-from vlmforge.pipeline.enrich.ocr import OcrText, _kept_in_line, check_tesseract
-from vlmforge.pipeline.enrich.text_detect import has_text
+from vlmforge.pipeline.enrich.ocr import OcrText, _kept_in_line, _stretched, check_tesseract
+from vlmforge.pipeline.enrich.text_detect import TextLine, has_text
 from vlmforge.pipeline.sample_data import write_sample_data
 from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text
 
@@ -206,3 +206,16 @@ def test_a_line_keeps_its_doubtful_inner_words_and_drops_doubtful_ends():
     found = [("ju", 20.0), ("for", 96.0), ("substantéiel", 39.0), ("amount", 92.0), ("ee", 12.0)]
     assert _kept_in_line(found, 40.0) == ["for", "substantéiel", "amount"]
     assert _kept_in_line([("ee", 12.0), ("Rese", 16.0)], 40.0) == []
+
+
+def test_a_line_found_again_in_part_stretches_to_its_detected_row():
+    """The text's colour found only the line's last words: it widens to the detected line of its row (same
+    height) beyond the box read, not to a taller texture line there; a read reaching the row's ends, or a
+    row of other heights, gives none."""
+    found = TextLine((289, 127, 387, 136), chars=9, height=7.0, dark=False)
+    row = TextLine((181, 122, 388, 143), chars=23, height=7.0, dark=False)
+    texture = TextLine((37, 92, 181, 147), chars=9, height=21.0, dark=False)
+    wider = _stretched(found, (289, 126, 388, 136), [texture, row])
+    assert wider is not None and wider.box == (181, 127, 388, 136) and wider.height == found.height
+    assert _stretched(found, (183, 126, 388, 136), [texture, row]) is None
+    assert _stretched(found, (289, 126, 388, 136), [texture]) is None
