@@ -469,7 +469,7 @@ class OcrText:
 
 def _word_confidences(api) -> list[tuple[str, float]]:
     """(word, confidence) of the last recognition, as tesserocr's MapWordConfidences gives them (whole
-    confidences), without its line on stdout for every image where no word was found."""
+    confidences), without the warning it logs for every crop where no word was found."""
     import tesserocr
 
     level, out = tesserocr.RIL.WORD, []
