@@ -10,8 +10,10 @@ phase reads), one Arrow batch through `OcrText` with `ocr.engine: pytesseract` (
 image) and `tesserocr` (in-process, one engine reused; also with `ocr.tidy_lines` off, for the cost of
 tidying line crops), in this one process, so one core: tesseract runs/s
 per core counts only the time inside the engine call, on identical inputs (the same detected, prepared
-images). The 100k estimate puts these per-image costs on the demo recipe's 100k counts (RESULTS.md: 60,916
-images reach OCR, 14,274 detected ones read by tesseract, 110.3 s for everything else, 2 cores).
+images). The 100k estimate puts these per-image costs on the demo recipe's 100k counts (RESULTS.md, session
+13: 60,959 images reach OCR, 14,280 detected ones read by tesseract, 55.6 s for everything else, 2 cores). It
+is a rough guide only: the survivors hold more text than these images and the job adds Ray's costs. The
+measure is the real run: `benchmarks/peers.py --only stages --stages-size 100000` on a quiet machine.
 
 Accuracy: `vlmforge.pipeline.enrich.ocr_eval` cases (real text, Debian fonts, photo backgrounds, tilt),
 sizes cycling through SIZES, every 8th case blank. Contenders: the OCR stage (tesserocr), the same with
@@ -46,7 +48,7 @@ from vlmforge.pipeline.enrich.text_detect import TextLine, to_grey  # noqa: E402
 from vlmforge.pipeline.sample_data import write_sample_data  # noqa: E402
 from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text  # noqa: E402
 
-DEMO_IMAGES, DEMO_DETECTED, DEMO_OTHER_S, DEMO_CORES = 60_916, 14_274, 110.3, 2
+DEMO_IMAGES, DEMO_DETECTED, DEMO_OTHER_S, DEMO_CORES = 60_959, 14_280, 55.6, 2
 
 
 class TimedOcr(OcrText):
