@@ -22,7 +22,9 @@ Where the line found again in its colour falls short of the detected lines of it
 the words at an end), the row's whole width is read once more, keyed the same.
 The read of the most confident characters wins; one read, but not surely, is read again keyed by the text's
 luma (`luma_keyed`: thin strokes JPEG gave their background's hue). A group read with a mean word confidence
-under `line_confidence` is texture taken for text and gives nothing; of two groups whose reads cover one text
+under `line_confidence` is texture taken for text and gives nothing, unless the crop keyed by the text's luma
+reads over it (tried once, only where a read holds DOUBT_LETTERS letters at DOUBT_MEAN: the colour key can let
+texture of near colours into text); of two groups whose reads cover one text
 (a group of texture next to it whose crop reached it), the read of more confident characters is kept. When no
 group gives text, the image is keyed by its main stroke colours (`colour_lines`) and the detector runs again
 at FALLBACK_CONTRAST (letters that touch texture of their brightness but lower contrast come apart); the
@@ -89,6 +91,7 @@ CUT_ROWS = 0.4  # text touching a crop's side over this share of a character hei
 FALLBACK_CONTRAST = 80.0  # ink contrast of the luma lines found again when nothing reads (detector: 40)
 MAX_READS = 3  # tesseract reads of one group at most (its lines found again first, then as detected)
 STRETCH_BY = 1.0  # a line found again read this many heights short of its detected row: read to its ends
+DOUBT_LETTERS, DOUBT_MEAN = 8, 20.0  # a group read as texture with this many letters, at this mean: luma too
 
 
 # The crops are keyed to dark text on white: tesseract's second read of each unsure line, inverted, is
@@ -350,7 +353,8 @@ class OcrText:
         read (`taken`) are skipped. The read of the most confident characters is kept; a line found again
         whose read falls short of its detected row is read again to the row's ends (`_stretched`), and a
         read not sure is read again keyed by the text's luma; no words when none reads as text (mean
-        confidence under `line_confidence`: texture) or after failures."""
+        confidence under `line_confidence`: texture; the longest of those at DOUBT_MEAN or more is read
+        keyed by luma once, kept when it reads as text) or after failures."""
         best: tuple[float, list[str], tuple[int, int, int, int]] = (0.0, [], group[0].box)
         parts = [[line for line in group if line.dark == dark] for dark in (True, False)]
 
@@ -365,6 +369,7 @@ class OcrText:
         # a line over text another group's read already covers is that text again (in pieces, its shadow)
         fresh = (c for c in candidates() if all(_overlap(c[0].box, box) < 0.5 for box in taken))
         chosen: tuple[TextLine, np.ndarray | None] | None = None  # the candidate of the best read
+        doubt: tuple[float, tuple[TextLine, np.ndarray | None] | None] = (0.0, None)  # best read as texture
         for line, text in itertools.islice(fresh, MAX_READS):
             mean = 0.0
             for wide in (True, False):  # a widened crop that reads as nothing is read again as detected
@@ -372,7 +377,9 @@ class OcrText:
                 read = self._read_crop(image)
                 if read is None:
                     break
-                kept, mass, mean = read
+                kept, mass, mean, seen = read
+                if not kept and mean >= DOUBT_MEAN and seen > doubt[0]:
+                    doubt = (seen, (line, text))
                 if mass > best[0]:
                     best, chosen = (mass, kept, box), (line, text)
                 if kept or not widened:
@@ -394,22 +401,32 @@ class OcrText:
             read = self._read_crop(image)
             if read is not None and read[1] > best[0]:
                 best = (read[1], read[0], box)
+        if chosen is None and doubt[1] is not None and colour is not None:
+            # every read was under `line_confidence`, one of them long and not wholly unsure: texture, or text
+            # whose colour key let texture in; the text's luma key reads text again at its confidence
+            image, box, _ = self.line_image(grey, doubt[1][0], colour, doubt[1][1], luma=True)
+            read = self._read_crop(image)
+            if read is not None and read[0]:
+                best = (read[1], read[0], box)
         return best[1], best[2], best[0]
 
-    def _read_crop(self, image: Image.Image) -> tuple[list[str], float, float] | None:
-        """A line crop read as one line: its kept words, their mass (characters x confidence) and the mean
-        word confidence; no words when the read is texture (mean under `line_confidence`, or short and not
-        sure); None after a failure."""
+    def _read_crop(self, image: Image.Image) -> tuple[list[str], float, float, float] | None:
+        """A line crop read as one line: its kept words, their mass (characters x confidence), the mean
+        word confidence and the mass of all its words where they hold DOUBT_LETTERS letters (else 0); no
+        words when the read is texture (mean under `line_confidence`, or short and not sure); None after a
+        failure."""
         found = self._run(image, LINE_PSM)
         if found is None:
             return None
         found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
+        letters = sum(ch.isalpha() for w, _ in found for ch in w)
+        seen = sum(len(w) * c for w, c in found) if letters >= DOUBT_LETTERS else 0.0
         mean = statistics.fmean(c for _, c in found) if found else 0.0
         short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
         if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
             found = []
         kept = _kept_in_line(found, self.cfg.min_confidence)
-        return kept, sum(len(w) * c for w, c in found if w in kept), mean
+        return kept, sum(len(w) * c for w, c in found if w in kept), mean, seen
 
     @property
     def api(self):

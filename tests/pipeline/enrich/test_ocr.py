@@ -21,7 +21,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
+from vlmforge.pipeline.enrich import ocr as ocr_module
 from vlmforge.pipeline.enrich.ocr import OcrText, _kept_in_line, _stretched, check_tesseract
+from vlmforge.pipeline.enrich.ocr_eval import SIZES, render
 from vlmforge.pipeline.enrich.text_detect import TextLine, has_text
 from vlmforge.pipeline.sample_data import write_sample_data
 from vlmforge.pipeline.sample_data.reading import edit_distance, images_with_text
@@ -206,6 +208,17 @@ def test_a_line_keeps_its_doubtful_inner_words_and_drops_doubtful_ends():
     found = [("ju", 20.0), ("for", 96.0), ("substantéiel", 39.0), ("amount", 92.0), ("ee", 12.0)]
     assert _kept_in_line(found, 40.0) == ["for", "substantéiel", "amount"]
     assert _kept_in_line([("ee", 12.0), ("Rese", 16.0)], 40.0) == []
+
+
+def test_a_text_read_as_texture_in_its_colour_is_read_again_by_its_luma(monkeypatch):
+    """A dev case (seed 4, 12 px, on a photo): every colour-keyed read of its text is under line_confidence
+    (mean ~56: texture let in by the key) and gave nothing; the same crop keyed by the text's luma reads it.
+    Without the read of doubt (DOUBT_LETTERS out of reach) it is read as nothing again."""
+    case = render(4 * 1_000_003 + 84, SIZES[84 % len(SIZES)])
+    assert case.text == "particular work, or (3)"
+    assert OcrText(OcrConfig()).read(case.image) == case.text
+    monkeypatch.setattr(ocr_module, "DOUBT_LETTERS", 10_000)
+    assert OcrText(OcrConfig()).read(case.image) is None
 
 
 def test_a_line_found_again_in_part_stretches_to_its_detected_row():
