@@ -391,24 +391,29 @@ class OcrText:
             # words at an end): read the row's whole width once, keyed the same
             wider = _stretched(chosen[0], best[2], group)
             if wider is not None:
-                image, box, _ = self.line_image(grey, wider, colour, chosen[1])
-                read = self._read_crop(image)
+                read, box = self._read_again(grey, colour, wider, chosen[1])
                 if read is not None and read[1] > best[0]:
                     best, chosen = (read[1], read[0], box), (wider, chosen[1])
         if chosen is not None and colour is not None and best[0] < SURE_CONFIDENCE * sum(map(len, best[1])):
             # read, but not surely: the same crop keyed by the text's luma (letters the colour key lost)
-            image, box, _ = self.line_image(grey, chosen[0], colour, chosen[1], luma=True)
-            read = self._read_crop(image)
+            read, box = self._read_again(grey, colour, *chosen, luma=True)
             if read is not None and read[1] > best[0]:
                 best = (read[1], read[0], box)
         if chosen is None and doubt[1] is not None and colour is not None:
             # every read was under `line_confidence`, one of them long and not wholly unsure: texture, or text
             # whose colour key let texture in; the text's luma key reads text again at its confidence
-            image, box, _ = self.line_image(grey, doubt[1][0], colour, doubt[1][1], luma=True)
-            read = self._read_crop(image)
+            read, box = self._read_again(grey, colour, *doubt[1], luma=True)
             if read is not None and read[0]:
                 best = (read[1], read[0], box)
         return best[1], best[2], best[0]
+
+    def _read_again(self, grey: Image.Image, colour: Image.Image | None, line: TextLine,
+                    text: np.ndarray | None, luma: bool = False,
+                    ) -> tuple[tuple[list[str], float, float, float] | None, tuple[int, int, int, int]]:
+        """One more read of `line` keyed by `text` (by its luma with `luma`): `_read_crop`'s result and the
+        box of the text read."""
+        image, box, _ = self.line_image(grey, line, colour, text, luma=luma)
+        return self._read_crop(image), box
 
     def _read_crop(self, image: Image.Image) -> tuple[list[str], float, float, float] | None:
         """A line crop read as one line: its kept words, their mass (characters x confidence), the mean
@@ -553,12 +558,9 @@ def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
 
 
 def _stretched(line: TextLine, read: tuple[int, int, int, int], group: list[TextLine]) -> TextLine | None:
-    """`line` (found again) widened to the detected lines of `group` in its row (heights within
-    ROW_HEIGHT_RATIO, rows overlapping by half) where they reach over STRETCH_BY heights beyond the box
-    read (`read`) on a side; None where none does."""
-    row = [ln for ln in group if max(ln.height, line.height) <= ROW_HEIGHT_RATIO * min(ln.height, line.height)
-           and min(ln.box[3], line.box[3]) - max(ln.box[1], line.box[1])
-           >= 0.5 * min(ln.box[3] - ln.box[1], line.box[3] - line.box[1])]
+    """`line` (found again) widened to the detected lines of `group` in its row (`_in_row`) where they reach
+    over STRETCH_BY heights beyond the box read (`read`) on a side; None where none does."""
+    row = [ln for ln in group if _in_row(line, ln)]
     if not row:
         return None
     x0, x1 = min(ln.box[0] for ln in row), max(ln.box[2] for ln in row)
@@ -603,14 +605,18 @@ def _same_place(lines: list[TextLine]) -> list[list[TextLine]]:
     return sorted(groups.values(), key=key)
 
 
-def _same_row(a: TextLine, b: TextLine) -> bool:
-    """Whether `b` continues `a`'s row: similar heights, rows overlapping by half, a gap under ROW_GAP
-    heights (the detector can miss most of a word of small text)."""
+def _in_row(a: TextLine, b: TextLine) -> bool:
+    """Whether `a` and `b` are in one row: heights within ROW_HEIGHT_RATIO, rows overlapping by half."""
     short, tall = sorted((a.height, b.height))
     rows = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+    return tall <= ROW_HEIGHT_RATIO * short and rows >= 0.5 * min(a.box[3] - a.box[1], b.box[3] - b.box[1])
+
+
+def _same_row(a: TextLine, b: TextLine) -> bool:
+    """Whether `b` continues `a`'s row: in one row (`_in_row`), a gap under ROW_GAP heights (the detector
+    can miss most of a word of small text)."""
     gap = max(a.box[0], b.box[0]) - min(a.box[2], b.box[2])
-    return tall <= ROW_HEIGHT_RATIO * short and rows >= 0.5 * min(a.box[3] - a.box[1], b.box[3] - b.box[1]) \
-        and gap <= ROW_GAP * tall
+    return _in_row(a, b) and gap <= ROW_GAP * max(a.height, b.height)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
