@@ -123,8 +123,17 @@ def written_in_english(text: str, words: dict[str, int]) -> bool:
 
 
 def english(per_language: int = 1500, seed: int = 0, kind: Kind = "unambiguous") -> list[str]:
-    pool = of_kind(set(things("en")) | set(names("en")), lambda t: t.casefold() in _elsewhere(), kind)
+    pool = of_kind(_english_captions(), _written_elsewhere, kind)
     return random.Random(seed).sample(pool, min(per_language, len(pool)))
+
+
+def _english_captions() -> set[str]:
+    return set(things("en")) | set(names("en"))
+
+
+def _written_elsewhere(text: str) -> bool:
+    """Whether another language writes the English caption `text` too (case-folded): ambiguous."""
+    return text.casefold() in _elsewhere()
 
 
 @cache
@@ -135,9 +144,9 @@ def _elsewhere() -> frozenset[str]:
 
 def others(per_language: int = 500, seed: int = 0, kind: Kind = "unambiguous") -> dict[str, list[str]]:
     """Per language: captions that are not also English captions, of `kind` (module docstring)."""
-    known = {t.casefold() for t in (*things("en"), *names("en"))}
+    known = {t.casefold() for t in _english_captions()}
     name_words = {w.casefold() for n in names("en") for w in _WORDS.findall(n)}
-    words = english_words(english(per_language=10**9))
+    words = english_words(of_kind(_english_captions(), _written_elsewhere, "unambiguous"))
     out = {}
     for lang in OTHER_LANGUAGES:
         pool = of_kind(
