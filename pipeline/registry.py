@@ -159,7 +159,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("diversity", 1, ("diversity",), "global", "diversity.phase", "phase 4: diversity resampling",
           enabled="diversity.enabled", file="diversity.reference",
           adds=("diversity_keep_prob", "diversity_score")),
-    Phase("ocr", 9,
+    Phase("ocr", 10,
           ("ocr.languages", "ocr.psm", "ocr.timeout_s", "ocr.min_confidence", "ocr.line_confidence",
            "ocr.max_chars", "ocr.detect", "ocr.text_px", "ocr.max_upscale", "ocr.max_side", "ocr.engine",
            "ocr.colour_key", "ocr.tidy_lines", "ocr.frames_per_clip"),

@@ -11,7 +11,8 @@ it reads as quotes or letters glued to the words and which pull every confidence
 - `cleaned`: the text's band is the row window of the most dark pixels; the dark connected components
   that sit in it (half their height inside) and are no taller than MAX_HEIGHT character heights are kept
   and grouped left to right (gaps under MAX_GAP heights); the group with the most dark pixels is the
-  text, and every pixel not in or next to it turns white.
+  text, less the specks at its ends (small components set apart from it), and every pixel not in or next
+  to it turns white.
 
 On the real-font set's ground-truth boxes (dev seed 1) this took CER from 0.186 to 0.121.
 """
@@ -28,6 +29,7 @@ MIN_TILT = 0.5  # smaller tilts are left alone (a rotation blurs the strokes a l
 TILT_SAMPLE = 2000  # dark pixels used for the tilt at most
 BAND = 0.8  # the text's band: this many character heights above and below its centre row
 MAX_HEIGHT = 2.2  # taller components are texture (in character heights)
+SPECK, SPECK_GAP = 0.45, 0.6  # a line's end component this small, this far from the rest: a speck (heights)
 MAX_GAP = 3.0  # components further apart than this (in character heights) are separate groups
 _EIGHT = np.ones((3, 3), bool)
 _DEGREES = np.arange(-MAX_TILT, MAX_TILT + TILT_STEP / 2, TILT_STEP)
@@ -89,10 +91,23 @@ def cleaned(crop: Image.Image, char_px: float) -> Image.Image:
     reach = np.maximum.accumulate(x1[order])
     group = np.concatenate([[0], np.cumsum(x0[order][1:] - reach[:-1] > MAX_GAP * char_px)])
     main = int(np.argmax(np.bincount(group, weights=area[order])))
+    members = _without_specks(order[group == main], x0, x1, np.maximum(y1 - y0, x1 - x0), char_px)
     keep = np.zeros(n + 1, bool)
-    keep[order[group == main] + 1] = True
+    keep[members + 1] = True
     near = ndimage.maximum_filter(keep[labels].view(np.uint8), size=3).astype(bool)
     return Image.fromarray(np.where(near, grey, 255).astype(np.uint8))
+
+
+def _without_specks(members: np.ndarray, x0: np.ndarray, x1: np.ndarray, size: np.ndarray, char_px: float,
+                    ) -> np.ndarray:
+    """A line's components (`members`, left to right) without the specks at its ends: components no larger
+    than SPECK character heights, SPECK_GAP heights or more from the rest."""
+    speck, gap = SPECK * char_px, SPECK_GAP * char_px
+    while len(members) > 1 and size[members[0]] <= speck and x0[members[1]] - x1[members[0]] >= gap:
+        members = members[1:]
+    while len(members) > 1 and size[members[-1]] <= speck and x0[members[-1]] - x1[members[:-1]].max() >= gap:
+        members = members[:-1]
+    return members
 
 
 def tidied(crop: Image.Image, char_px: float) -> Image.Image:

@@ -20,14 +20,15 @@ crop (the detector saw only part of the line: a word or two over texture of the 
 widens on that side until the text ends; a widened crop that reads as nothing is read again as first cropped.
 Where the line found again in its colour falls short of the detected lines of its row (the colour key lost
 the words at an end), the row's whole width is read once more, keyed the same.
-The read of the most confident characters wins; one read, but not surely, is read again keyed by the text's
-luma (`luma_keyed`: thin strokes JPEG gave their background's hue). A group read with a mean word confidence
-under `line_confidence` is texture taken for text and gives nothing, unless the crop keyed by the text's luma
-reads over it (tried once, only where a read holds DOUBT_LETTERS letters at DOUBT_MEAN: the colour key can let
-texture of near colours into text); of two groups whose reads cover one text
-(a group of texture next to it whose crop reached it), the read of more confident characters is kept. When no
-group gives text, the image is keyed by its main stroke colours (`colour_lines`) and the detector runs again
-at FALLBACK_CONTRAST (letters that touch texture of their brightness but lower contrast come apart); the
+A read not sure that holds marks (tokens without a letter or digit: specks by the words) is read again with
+the marks' boxes whitened. The read of the most confident characters wins; one read, but not surely, is read
+again keyed by the text's luma (`luma_keyed`: thin strokes JPEG gave their background's hue). A group read
+with a mean word confidence under `line_confidence` is texture taken for text and gives nothing, unless the
+crop keyed by the text's luma reads over it (tried once, only where a read holds DOUBT_LETTERS letters at
+DOUBT_MEAN: the colour key can let texture of near colours into text); of two groups whose reads cover one
+text (a group of texture next to it whose crop reached it), the read of more confident characters is kept.
+When no group gives text, the image is keyed by its main stroke colours (`colour_lines`) and the detector runs
+again at FALLBACK_CONTRAST (letters that touch texture of their brightness but lower contrast come apart); the
 lines found there that the detector did not have are read the same way. Without a detected line (detect off)
 the whole image goes in, upscaled 2x, in `psm`. Words under `min_confidence` (in a line read, those outside
 its first and last sure word), and tokens without a letter or digit, are dropped. A bad image or a tesseract
@@ -49,6 +50,7 @@ from collections import Counter
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -181,6 +183,18 @@ def clip_words(text: str, max_chars: int) -> str:
 
 class _Timeout(Exception):
     """An image's tesseract runs took longer than `timeout_s`."""
+
+
+class Word(NamedTuple):
+    """A word tesseract read: its text, confidence (0-100) and box (x0, y0, x1, y1) in the image read."""
+
+    text: str
+    confidence: float
+    box: tuple[int, int, int, int]
+
+
+def _alnum(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
 
 
 class OcrText:
@@ -419,19 +433,31 @@ class OcrText:
         """A line crop read as one line: its kept words, their mass (characters x confidence), the mean
         word confidence and the mass of all its words where they hold DOUBT_LETTERS letters (else 0); no
         words when the read is texture (mean under `line_confidence`, or short and not sure); None after a
-        failure."""
+        failure. A read not sure that holds marks (tokens without a letter or digit: specks of texture by
+        the words, which pull tesseract's confidence in them down) is read again with the marks' boxes
+        whitened; the read of more mass wins."""
         found = self._run(image, LINE_PSM)
         if found is None:
             return None
-        found = [(w, c) for w, c in found if any(ch.isalnum() for ch in w)]  # marks: no evidence
-        letters = sum(ch.isalpha() for w, _ in found for ch in w)
-        seen = sum(len(w) * c for w, c in found) if letters >= DOUBT_LETTERS else 0.0
-        mean = statistics.fmean(c for _, c in found) if found else 0.0
-        short = sum(ch.isalnum() for w, _ in found for ch in w) < MIN_CHARS
+        read = self._judged(found)
+        marks = [w.box for w in found if not _alnum(w.text)]
+        if marks and read[2] < SURE_CONFIDENCE and any(_alnum(w.text) for w in found):
+            again = self._run(_whitened(image, marks), LINE_PSM)
+            if again is not None and (other := self._judged(again))[1:3] > read[1:3]:
+                read = other
+        return read
+
+    def _judged(self, found: list[Word]) -> tuple[list[str], float, float, float]:
+        """`_read_crop`'s result for one read."""
+        words = [(w.text, w.confidence) for w in found if _alnum(w.text)]  # marks: no evidence
+        letters = sum(ch.isalpha() for w, _ in words for ch in w)
+        seen = sum(len(w) * c for w, c in words) if letters >= DOUBT_LETTERS else 0.0
+        mean = statistics.fmean(c for _, c in words) if words else 0.0
+        short = sum(ch.isalnum() for w, _ in words for ch in w) < MIN_CHARS
         if mean < (SURE_CONFIDENCE if short else self.cfg.line_confidence):
-            found = []
-        kept = _kept_in_line(found, self.cfg.min_confidence)
-        return kept, sum(len(w) * c for w, c in found if w in kept), mean, seen
+            words = []
+        kept = _kept_in_line(words, self.cfg.min_confidence)
+        return kept, sum(len(w) * c for w, c in words if w in kept), mean, seen
 
     @property
     def api(self):
@@ -445,9 +471,9 @@ class OcrText:
             )
         return self._api
 
-    def words(self, grey: Image.Image, psm: int, timeout_s: float) -> list[tuple[str, float]] | None:
-        """(word, confidence) pairs tesseract reads in `grey`; None after a failure (counted); raises
-        _Timeout past `timeout_s`."""
+    def words(self, grey: Image.Image, psm: int, timeout_s: float) -> list[Word] | None:
+        """The words tesseract reads in `grey`; None after a failure (counted); raises _Timeout past
+        `timeout_s`."""
         if self.api is not None:
             self.api.SetPageSegMode(psm)
             pixels = np.ascontiguousarray(np.asarray(grey, np.uint8))
@@ -470,9 +496,11 @@ class OcrText:
                 raise _Timeout from e
             self.counters["errors"] += 1
             return None
-        return [(w, float(c)) for w, c in zip(data["text"], data["conf"], strict=True)]
+        boxes = zip(data["left"], data["top"], data["width"], data["height"], strict=True)
+        return [Word(w, float(c), (x, y, x + dx, y + dy))
+                for w, c, (x, y, dx, dy) in zip(data["text"], data["conf"], boxes, strict=True)]
 
-    def _run(self, grey: Image.Image, psm: int) -> list[tuple[str, float]] | None:
+    def _run(self, grey: Image.Image, psm: int) -> list[Word] | None:
         """One tesseract run within what is left of the image's `timeout_s` (its whole read)."""
         left = self._deadline - time.monotonic()
         if left <= 0:
@@ -489,9 +517,9 @@ class OcrText:
         return text
 
 
-def _word_confidences(api) -> list[tuple[str, float]]:
-    """(word, confidence) of the last recognition, as tesserocr's MapWordConfidences gives them (whole
-    confidences), without the warning it logs for every crop where no word was found."""
+def _word_confidences(api) -> list[Word]:
+    """The words of the last recognition with their boxes, confidences as tesserocr's MapWordConfidences
+    gives them (whole numbers), without the warning it logs for every crop where no word was found."""
     import tesserocr
 
     level, out = tesserocr.RIL.WORD, []
@@ -503,7 +531,7 @@ def _word_confidences(api) -> list[tuple[str, float]]:
             text = word.GetUTF8Text(level)
         except RuntimeError:  # "No text returned": nothing was recognised
             break
-        out.append((text, float(int(word.Confidence(level)))))
+        out.append(Word(text, float(int(word.Confidence(level))), word.BoundingBox(level)))
     return out
 
 
@@ -552,9 +580,17 @@ def _kept_in_line(found: list[tuple[str, float]], min_confidence: float) -> list
     return [w for w, _ in found[sure[0] : sure[-1] + 1]] if sure else []
 
 
-def _kept(found: list[tuple[str, float]], min_confidence: float) -> list[str]:
+def _kept(found: list[Word], min_confidence: float) -> list[str]:
     """Words at `min_confidence` or above that hold a letter or digit."""
-    return [w for w, c in found if c >= min_confidence and any(ch.isalnum() for ch in w)]
+    return [w.text for w in found if w.confidence >= min_confidence and _alnum(w.text)]
+
+
+def _whitened(image: Image.Image, boxes: list[tuple[int, int, int, int]]) -> Image.Image:
+    """`image` (grey) with `boxes` white."""
+    pixels = np.array(image)
+    for x0, y0, x1, y1 in boxes:
+        pixels[y0:y1, x0:x1] = 255
+    return Image.fromarray(pixels)
 
 
 def _stretched(line: TextLine, read: tuple[int, int, int, int], group: list[TextLine]) -> TextLine | None:

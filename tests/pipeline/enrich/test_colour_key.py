@@ -133,8 +133,8 @@ def test_a_line_seen_in_part_is_widened_to_its_ends():
     wide, box, widened = stage.line_image(grey, line, image, text, wide=True)
     narrow, _, _ = stage.line_image(grey, line, image, text, wide=False)
     assert widened and box[2] >= layer.getbbox()[2] - 2  # the box read reaches the line's end
-    assert " ".join(w for w, _ in stage.words(wide, 7, 10.0)) == words
-    assert "freedom" not in " ".join(w for w, _ in stage.words(narrow, 7, 10.0))
+    assert " ".join(w.text for w in stage.words(wide, 7, 10.0)) == words
+    assert "freedom" not in " ".join(w.text for w in stage.words(narrow, 7, 10.0))
 
 
 def test_two_groups_reading_one_text_keep_the_more_confident_read(monkeypatch):

@@ -55,6 +55,24 @@ def test_cleaning_keeps_the_text_and_whitens_texture():
     assert (out[~near_text] == 255).all()  # everything else is white: the band, the speck, the far blob
 
 
+def test_specks_at_a_lines_ends_are_whitened_its_punctuation_kept():
+    """Small components a little apart from the text at either end of its line are texture; a full stop
+    or a quote close to the words is the line's own."""
+    word = _word("the notice.")  # ends in a full stop
+    text = np.asarray(word) < 128
+    cols = np.flatnonzero(text.any(axis=0))
+    messy = word.copy()
+    draw = ImageDraw.Draw(messy)
+    draw.rectangle((cols[0] - 18, 40, cols[0] - 14, 44), fill=0)  # specks ~0.65 heights before the text
+    draw.rectangle((cols[-1] + 14, 45, cols[-1] + 17, 47), fill=0)  # and after it
+    out = np.asarray(cleaned(messy, char_px=20))
+    assert (out[text] < 128).mean() > 0.97  # the words and their full stop stay
+    assert (out[:, : cols[0] - 4] == 255).all() and (out[:, cols[-1] + 6 :] == 255).all()
+    big = word.copy()  # a character-sized component at the same place is not a speck
+    ImageDraw.Draw(big).rectangle((cols[0] - 28, 30, cols[0] - 12, 46), fill=0)
+    assert (np.asarray(cleaned(big, char_px=20))[:, : cols[0] - 4] < 128).any()
+
+
 def test_a_large_shape_of_the_text_colour_does_not_take_the_band():
     """A dark shape below the line with more dark pixels than the text (a flower keyed in yellow text's
     colour) is too tall to be text: the band is found in the text's rows, not on it."""

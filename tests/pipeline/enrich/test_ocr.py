@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import random
+import time
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytesseract
 import pytest
@@ -21,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vlmforge.common.errors import JobError
 from vlmforge.pipeline.config import OcrConfig
+from vlmforge.pipeline.enrich import line_clean
 from vlmforge.pipeline.enrich import ocr as ocr_module
 from vlmforge.pipeline.enrich.ocr import OcrText, _kept_in_line, _stretched, check_tesseract
 from vlmforge.pipeline.enrich.ocr_eval import SIZES, render
@@ -163,12 +166,44 @@ def test_in_process_words_as_tesserocr_maps_them_and_nothing_logged(caplog):
     for grey, psm in ((line, 11), (Image.new("L", (5, 5), 255), 7)):
         got = stage.words(grey, psm, 10.0)
         mapped = [(w, float(c)) for w, c in stage.api.MapWordConfidences()]
-        assert got == mapped
+        assert [(w.text, w.confidence) for w in got] == mapped
     assert [r.name for r in caplog.records if "No text returned" in r.getMessage()] == ["tesserocr"]
     caplog.clear()
     assert got == [] and stage.words(Image.new("L", (5, 5), 255), 7, 10.0) == []
-    assert " ".join(w for w, _ in stage.words(line, 11, 10.0)).split() == text.split()
+    words = stage.words(line, 11, 10.0)
+    assert " ".join(w.text for w in words).split() == text.split()
     assert not caplog.records
+    for word in words:  # each word's box holds dark pixels of the line
+        assert np.asarray(line.crop(word.box)).min() < 128, word
+    process = [w for w in OcrText(OcrConfig(engine="pytesseract")).words(line, 11, 10.0) if w.text.strip()]
+    assert [w.text for w in process] == [w.text for w in words]  # a tesseract process: the same words, boxes
+    assert all(np.abs(np.subtract(a.box, b.box)).max() <= 2 for a, b in zip(process, words, strict=True))
+
+
+def test_marks_by_a_line_are_whitened_and_the_line_read_again():
+    """Specks by a word, read as marks (tokens without a letter or digit), pull tesseract's confidence in
+    the word down until the line reads as texture; with the marks' boxes whitened it reads surely."""
+    font = _font_path("DejaVuSerif.ttf")
+    rng = random.Random(39)  # drawn until the specks spoil the first read (with tesseract 5.5's eng model)
+    crop = Image.new("L", (300, 60), 255)
+    draw = ImageDraw.Draw(crop)
+    draw.text((60, 12), "conditions", font=ImageFont.truetype(str(font), 24), fill=0)
+    for _ in range(rng.randint(2, 5)):
+        x, y = rng.randint(5, 50), rng.randint(15, 45)
+        draw.rectangle((x, y, x + rng.randint(1, 8), y + rng.randint(1, 4)), fill=0)
+    stage = OcrText(OcrConfig(engine="tesserocr"))
+    stage._deadline = time.monotonic() + 60
+    first = stage.words(crop, ocr_module.LINE_PSM, 10.0)
+    assert any(not any(ch.isalnum() for ch in w.text) for w in first)  # marks were read
+    assert stage._judged(first)[0] == []  # and the line alone reads as texture
+    stage.counters.clear()
+    kept, mass, mean, _ = stage._read_crop(crop)
+    assert kept == ["conditions"] and mean >= ocr_module.SURE_CONFIDENCE
+    assert stage.counters["ocr_run"] == 2
+    clean = Image.new("L", (300, 60), 255)
+    ImageDraw.Draw(clean).text((60, 12), "conditions", font=ImageFont.truetype(str(font), 24), fill=0)
+    stage.counters.clear()
+    assert stage._read_crop(clean)[0] == ["conditions"] and stage.counters["ocr_run"] == 1  # no marks: once
 
 
 @pytest.mark.parametrize("engine", ["tesserocr", "pytesseract"])
@@ -213,9 +248,13 @@ def test_a_line_keeps_its_doubtful_inner_words_and_drops_doubtful_ends():
 def test_a_text_read_as_texture_in_its_colour_is_read_again_by_its_luma(monkeypatch):
     """A dev case (seed 4, 12 px, on a photo): every colour-keyed read of its text is under line_confidence
     (mean ~56: texture let in by the key) and gave nothing; the same crop keyed by the text's luma reads it.
-    Without the read of doubt (DOUBT_LETTERS out of reach) it is read as nothing again."""
+    Without the read of doubt (DOUBT_LETTERS out of reach) it is read as nothing again. (Whitening the specks
+    at the line's ends, or the marks read by its words, also reads it: both are off here.)"""
     case = render(4 * 1_000_003 + 84, SIZES[84 % len(SIZES)])
     assert case.text == "particular work, or (3)"
+    assert OcrText(OcrConfig()).read(case.image) == case.text
+    monkeypatch.setattr(line_clean, "SPECK", 0.0)
+    monkeypatch.setattr(ocr_module, "_whitened", lambda image, boxes: image)
     assert OcrText(OcrConfig()).read(case.image) == case.text
     monkeypatch.setattr(ocr_module, "DOUBT_LETTERS", 10_000)
     assert OcrText(OcrConfig()).read(case.image) is None
