@@ -53,11 +53,18 @@ def to_grey(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
+def draft_luma(image: Image.Image, side: int) -> None:
+    """Make a JPEG decode as luma at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its long side at
+    least `side` (other formats: nothing changes)."""
+    scale = side / max(image.size)
+    image.draft("L", (max(1, int(np.ceil(image.width * scale))), max(1, int(np.ceil(image.height * scale)))))
+
+
 def greyscale(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> tuple[np.ndarray, float]:
     """Luma (int16, 0-255) at most `max_side` on the long side, and the input-to-analysis scale factor."""
     if isinstance(image, bytes | bytearray | memoryview):
         image = Image.open(io.BytesIO(image))
-        image.draft("L", (max_side, max_side))  # JPEG: decode at a reduced DCT scale, luma only
+        draft_luma(image, max_side)
     size = image.size
     grey = to_grey(image)
     scale = min(1.0, max_side / max(grey.size))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
-from vlmforge.pipeline.enrich.text_detect import BLOCK, ink
+from vlmforge.pipeline.enrich.text_detect import BLOCK, draft_luma, ink
 
 
 def _reference_ink(grey: np.ndarray, dark: bool) -> np.ndarray:
@@ -33,3 +36,21 @@ def test_ink_equals_its_morphology(shape: tuple[int, int], dtype: type) -> None:
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
 
+
+
+def test_a_large_jpeg_is_drafted_as_luma_keeping_the_analysed_side():
+    """`draft_luma` picks the smallest DCT scale whose long side still reaches the analysed side, whatever
+    the aspect ratio (a square request would leave a wide image at full size); other formats are kept."""
+    for size, drafted in (((1400, 980), (700, 490)), ((980, 1400), (490, 700)), ((2600, 700), (650, 175)),
+                          ((1000, 600), (1000, 600))):
+        buf = io.BytesIO()
+        Image.new("RGB", size, (200, 60, 30)).save(buf, "JPEG")
+        image = Image.open(buf)
+        draft_luma(image, 640)
+        assert (image.mode, image.size) == ("L", drafted)
+        assert image.load() is not None and image.size == drafted
+    png = io.BytesIO()
+    Image.new("RGB", (1400, 980)).save(png, "PNG")
+    image = Image.open(png)
+    draft_luma(image, 640)
+    assert (image.mode, image.size) == ("RGB", (1400, 980))
