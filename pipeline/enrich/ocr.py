@@ -440,7 +440,7 @@ class OcrText:
         if found is None:
             return None
         read = self._judged(found)
-        marks = [w.box for w in found if not _alnum(w.text)]
+        marks = [w.box for w in found if w.text.strip() and not _alnum(w.text)]  # (pytesseract: empty levels)
         if marks and read[2] < SURE_CONFIDENCE and any(_alnum(w.text) for w in found):
             again = self._run(_whitened(image, marks), LINE_PSM)
             if again is not None and (other := self._judged(again))[1:3] > read[1:3]:

@@ -180,7 +180,7 @@ def test_in_process_words_as_tesserocr_maps_them_and_nothing_logged(caplog):
     assert all(np.abs(np.subtract(a.box, b.box)).max() <= 2 for a, b in zip(process, words, strict=True))
 
 
-def test_marks_by_a_line_are_whitened_and_the_line_read_again():
+def test_marks_by_a_line_are_whitened_and_the_line_read_again(monkeypatch):
     """Specks by a word, read as marks (tokens without a letter or digit), pull tesseract's confidence in
     the word down until the line reads as texture; with the marks' boxes whitened it reads surely."""
     font = _font_path("DejaVuSerif.ttf")
@@ -204,6 +204,11 @@ def test_marks_by_a_line_are_whitened_and_the_line_read_again():
     ImageDraw.Draw(clean).text((60, 12), "conditions", font=ImageFont.truetype(str(font), 24), fill=0)
     stage.counters.clear()
     assert stage._read_crop(clean)[0] == ["conditions"] and stage.counters["ocr_run"] == 1  # no marks: once
+    # pytesseract's rows for the page, block and line levels are empty tokens spanning the line: not marks
+    word = ocr_module.Word
+    reads = [[word("", -1.0, (0, 0, 300, 60)), word("conditions", 50.0, (62, 16, 237, 42))]]
+    monkeypatch.setattr(stage, "_run", lambda image, psm: reads.pop())
+    assert stage._read_crop(clean)[0] == [] and not reads  # read once, as texture
 
 
 @pytest.mark.parametrize("engine", ["tesserocr", "pytesseract"])
