@@ -194,6 +194,7 @@ class Word(NamedTuple):
 
 
 def _alnum(text: str) -> bool:
+    """Whether `text` holds a letter or digit (a word, not a mark)."""
     return any(ch.isalnum() for ch in text)
 
 
