@@ -64,8 +64,10 @@ def greyscale(image: Image.Image | bytes, max_side: int = WORK_SIDE) -> tuple[np
     """Luma (int16, 0-255) at most `max_side` on the long side, and the input-to-analysis scale factor."""
     if isinstance(image, bytes | bytearray | memoryview):
         image = Image.open(io.BytesIO(image))
+        size = image.size  # the input's pixels, before the draft shrinks what is decoded
         draft_luma(image, max_side)
-    size = image.size
+    else:
+        size = image.size
     grey = to_grey(image)
     scale = min(1.0, max_side / max(grey.size))
     if scale < 1.0:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from vlmforge.pipeline.enrich.text_detect import BLOCK, draft_luma, ink
+from vlmforge.pipeline.enrich.text_detect import BLOCK, draft_luma, ink, text_lines
 
 
 def _reference_ink(grey: np.ndarray, dark: bool) -> np.ndarray:
@@ -54,3 +55,21 @@ def test_a_large_jpeg_is_drafted_as_luma_keeping_the_analysed_side():
     image = Image.open(png)
     draft_luma(image, 640)
     assert (image.mode, image.size) == ("RGB", (1400, 980))
+
+
+def test_lines_of_a_drafted_jpeg_are_in_the_input_images_pixels():
+    """`text_lines` on JPEG bytes decodes a reduced draft, but its boxes and heights are the input's, as for
+    the decoded image."""
+    font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    if not font.exists():
+        pytest.skip("apt-get install fonts-dejavu-core")
+    image = Image.new("RGB", (1400, 980), (235, 235, 225))
+    ImageDraw.Draw(image).text((200, 400), "public licence terms", fill=(20, 20, 60),
+                               font=ImageFont.truetype(str(font), 90))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=92)
+    decoded, drafted = text_lines(image), text_lines(buf.getvalue())
+    assert decoded and len(drafted) == len(decoded)
+    for a, b in zip(decoded, drafted, strict=True):
+        assert np.abs(np.subtract(a.box, b.box)).max() <= 8, (a, b)
+        assert abs(a.height - b.height) <= 0.1 * a.height
