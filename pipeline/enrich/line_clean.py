@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from vlmforge.pipeline.enrich.blob_label import components
+
 DARK = 128  # keyed grey below this is the text's colour (half-way to background)
 MAX_TILT, TILT_STEP = 6.0, 0.5  # degrees searched, and the step
 MIN_TILT = 0.5  # smaller tilts are left alone (a rotation blurs the strokes a little)
@@ -31,7 +33,6 @@ BAND = 0.8  # the text's band: this many character heights above and below its c
 MAX_HEIGHT = 2.2  # taller components are texture (in character heights)
 SPECK, SPECK_GAP = 0.45, 0.6  # a line's end component this small, this far from the rest: a speck (heights)
 MAX_GAP = 3.0  # components further apart than this (in character heights) are separate groups
-_EIGHT = np.ones((3, 3), bool)
 _DEGREES = np.arange(-MAX_TILT, MAX_TILT + TILT_STEP / 2, TILT_STEP)
 _ANGLES = np.radians(_DEGREES[np.argsort(np.abs(_DEGREES), kind="stable")])  # ties: the smallest tilt wins
 
@@ -66,14 +67,11 @@ def cleaned(crop: Image.Image, char_px: float) -> Image.Image:
     every pixel not in or next to the line's dark components turns white."""
     grey = np.asarray(crop)
     dark = grey < DARK
-    labels, n = ndimage.label(dark, structure=_EIGHT)
+    labels, stats = components(dark)
+    n = len(stats)
     if n == 0:
         return crop
-    slices = ndimage.find_objects(labels)
-    y0 = np.array([s[0].start for s in slices])
-    y1 = np.array([s[0].stop for s in slices])
-    x0 = np.array([s[1].start for s in slices])
-    x1 = np.array([s[1].stop for s in slices])
+    x0, y0, x1, y1, area = stats.T
     small = y1 - y0 <= MAX_HEIGHT * char_px
     # the band is found in the dark pixels of components of a character's size: a large dark shape of the
     # text's colour next to the line (a flower behind yellow text) would otherwise pull the band onto it
@@ -85,7 +83,6 @@ def cleaned(crop: Image.Image, char_px: float) -> Image.Image:
     line = small & (inside >= 0.5 * np.minimum(y1 - y0, bottom - top))
     if not line.any():
         return Image.new("L", crop.size, 255)
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     # components of the band, left to right, in groups split where the gap exceeds MAX_GAP heights
     order = np.flatnonzero(line)[np.argsort(x0[line], kind="stable")]
     reach = np.maximum.accumulate(x1[order])

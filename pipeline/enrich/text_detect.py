@@ -1,4 +1,4 @@
-"""A cheap text-presence test (numpy, Pillow, scipy.ndimage; no OCR), run before tesseract.
+"""A cheap text-presence test (numpy, Pillow and `blob_label`; no OCR), run before tesseract.
 
 The image is analysed as greyscale, at most `WORK_SIDE` pixels on its long side. Ink is what a
 morphological closing (dark ink) or opening (light ink) removes by more than `MIN_CONTRAST`: strokes a few
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+
+from vlmforge.pipeline.enrich.blob_label import components
 
 WORK_SIDE = 640  # longest side analysed; larger images are downscaled first
 MIN_CONTRAST = 40.0  # luma difference from the background that makes a pixel ink
@@ -30,7 +31,6 @@ PAIR_HEIGHT_RATIO, PAIR_ALIGN, PAIR_GAP = 1.3, 0.15, 0.6  # a line of two blobs 
 PATTERN_COPIES, PATTERN_SHARE = 4, 0.75  # this many copies of one shape, making this share, is a pattern
 SIGNATURE = 8  # side of the scaled mask that compares blob shapes
 SAME_SHAPE_DIFF = 0.15  # mean cell difference under which two scaled masks are copies of one shape
-_EIGHT = np.ones((3, 3), bool)
 BLOCK = 4  # pooling block of the background estimate, in analysis pixels
 
 
@@ -127,7 +127,8 @@ class _Blob:
     y0: int
     x1: int
     y1: int
-    mask: np.ndarray  # the blob's own pixels in its box
+    labels: np.ndarray  # the mask's labels; this blob's pixels are those of `label` in its box
+    label: int
     letter: bool  # shaped like a letter: not a narrow bar, a solid block or a dot
 
     @property
@@ -137,26 +138,20 @@ class _Blob:
     @property
     def signature(self) -> np.ndarray:
         """Computed only for the letters of candidate lines (most blobs never need one)."""
-        return _signature(self.mask)
+        return _signature(self.labels[self.y0 : self.y1, self.x0 : self.x1] == self.label)
 
 
 def _blobs(mask: np.ndarray, max_h: float) -> list[_Blob]:
     """Connected components of a character's size; each marked letter-like or not."""
-    labels, _ = ndimage.label(mask, structure=_EIGHT)
-    out = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        ys, xs = sl
-        h, w = ys.stop - ys.start, xs.stop - xs.start
-        if not MIN_CHAR_PX <= h <= max_h or w > 3 * h:
-            continue
-        crop = labels[sl] == i
-        fill = crop.sum() / (h * w)
-        if fill * h * w < MIN_BLOB_PX:
-            continue
-        dot = fill >= DOT_FILL and 0.7 <= w / h <= 1.4
-        letter = w > BAR_WIDTH * h and fill < SOLID_FILL and not dot
-        out.append(_Blob(xs.start, ys.start, xs.stop, ys.stop, crop, letter))
-    return out
+    labels, stats = components(mask)
+    x0, y0, x1, y1, pixels = stats.T
+    h, w = y1 - y0, x1 - x0
+    fill = pixels / (h * w)
+    dot = (fill >= DOT_FILL) & (0.7 <= w / h) & (w / h <= 1.4)
+    letter = (w > BAR_WIDTH * h) & (fill < SOLID_FILL) & ~dot
+    sized = (MIN_CHAR_PX <= h) & (h <= max_h) & (w <= 3 * h) & (fill * h * w >= MIN_BLOB_PX)
+    return [_Blob(int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), labels, i + 1, bool(letter[i]))
+            for i in np.flatnonzero(sized)]
 
 
 def _signature(mask: np.ndarray) -> np.ndarray:
@@ -167,7 +162,8 @@ def _signature(mask: np.ndarray) -> np.ndarray:
 
 def _same_shape(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two blob signatures are copies, or mirror images, of one shape."""
-    return min(np.abs(a - b).mean(), np.abs(a - b[:, ::-1]).mean()) < SAME_SHAPE_DIFF
+    # the sums over the cells, divided: np.mean's result, without its overhead (a third of this test's time)
+    return min(np.abs(a - b).sum() / a.size, np.abs(a - b[:, ::-1]).sum() / a.size) < SAME_SHAPE_DIFF
 
 
 def _lines(blobs: list[_Blob]) -> list[list[_Blob]]:
