@@ -195,19 +195,22 @@ def _lines(blobs: list[_Blob]) -> list[list[_Blob]]:
 def _is_text(line: list[_Blob]) -> bool:
     """At least two different letter shapes, not mostly copies of one; a pair only when tightly set."""
     letters = [b for b in line if b.letter]
+    # a pattern needs this many copies of one kind; once no kind can reach it (with every letter left
+    # counted in), the letters left cannot change the outcome and their signatures are not computed
+    pattern = max(PATTERN_COPIES, PATTERN_SHARE * len(letters))
     kinds: list[tuple[np.ndarray, int]] = []  # (signature, copies)
-    for blob in letters:
+    for seen, blob in enumerate(letters, start=1):
         signature = blob.signature
         k = next((k for k, (sig, _) in enumerate(kinds) if _same_shape(signature, sig)), None)
         if k is None:
             kinds.append((signature, 1))
         else:
             kinds[k] = (kinds[k][0], kinds[k][1] + 1)
-    if len(kinds) < 2:
-        return False
-    copies = max(c for _, c in kinds)
-    if copies >= PATTERN_COPIES and copies >= PATTERN_SHARE * len(letters):
-        return False
+        if len(kinds) >= 2 and max(c for _, c in kinds) + len(letters) - seen < pattern:
+            break
+    else:
+        if len(kinds) < 2 or max((c for _, c in kinds), default=0) >= pattern:
+            return False
     if len(line) > 2:
         return True
     a, b = sorted(line, key=lambda blob: blob.x0)
