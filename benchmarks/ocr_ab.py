@@ -1,0 +1,98 @@
+"""The OCR stage of a git revision against the working tree's, in one process, on the demo's own survivors.
+
+    OMP_THREAD_LIMIT=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/ocr_ab.py \
+        --output /tmp/vlmforge-bench-peers/stages-100000 --every 20 --rev a60ad94 --passes 3
+
+Images: every `--every`-th row of a curated output's data shards (what the OCR phase read in that run; e.g.
+`benchmarks/peers.py --only stages --stages-size 100000` leaves one). The revision's OCR modules
+(`REV_MODULES`, from `git show REV:path`) are loaded under other names beside the working tree's, and the
+two stages read the same rows in alternating passes: CPU ms per image (best pass), tesseract runs, images
+given text, and on how many rows the OCR text is the same. A speed change that keeps the text gives the
+same text on every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from vlmforge.pipeline.config import OcrConfig  # noqa: E402
+from vlmforge.pipeline.enrich import ocr as tree_ocr  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# the OCR stage's own modules, in import order (a module may import the ones before it)
+REV_MODULES = ("blob_label", "text_detect", "line_clean", "colour_key", "ocr")
+
+
+def revision_ocr(rev: str) -> types.ModuleType:
+    """The `ocr` module of `rev`, its enrich imports bound to `rev`'s modules (those it has)."""
+    loaded: dict[str, types.ModuleType] = {}
+    for name in REV_MODULES:
+        found = subprocess.run(["git", "show", f"{rev}:pipeline/enrich/{name}.py"], capture_output=True,
+                               text=True, cwd=REPO)
+        if found.returncode:
+            continue  # not in that revision
+        source = found.stdout
+        for earlier in loaded:
+            source = source.replace(f"from vlmforge.pipeline.enrich.{earlier} import",
+                                    f"from rev_{earlier} import")
+        module = types.ModuleType(f"rev_{name}")
+        module.__file__ = f"rev_{name}.py"
+        sys.modules[module.__name__] = module
+        exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - our own revision
+        loaded[name] = module
+    return loaded["ocr"]
+
+
+def sample_images(output: Path, every: int) -> list[bytes]:
+    """Every `every`-th row's image bytes of a curated output's data shards (sorted by path)."""
+    images: list[bytes] = []
+    for shard in sorted((output / "data").rglob("*.parquet")):
+        images += pq.read_table(shard, columns=["image"]).column("image").to_pylist()
+    return [image for image in images[::every] if image is not None]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", type=Path, required=True, help="a curated output directory (its data/ shards)")
+    p.add_argument("--every", type=int, default=20, help="every N-th row is read")
+    p.add_argument("--rev", default="HEAD", help="the git revision compared with the working tree")
+    p.add_argument("--passes", type=int, default=3, help="alternating passes; the best of each is reported")
+    args = p.parse_args()
+    images = sample_images(args.output, args.every)
+    stages = {args.rev: revision_ocr(args.rev), "working tree": tree_ocr}
+    seconds: dict[str, list[float]] = {name: [] for name in stages}
+    texts: dict[str, list[str | None]] = {}
+    counters: dict[str, dict] = {}
+    for _ in range(args.passes):
+        for name, module in stages.items():
+            stage = module.OcrText(OcrConfig())
+            stage.read(images[0])  # the engine and kernels loaded before the clock starts
+            stage.counters.clear()
+            start = time.process_time()
+            texts[name] = [stage.read(image) for image in images]
+            seconds[name].append(time.process_time() - start)
+            counters[name] = dict(stage.counters)
+    print(f"{len(images)} images (every {args.every}th row of {args.output})")
+    print("| stage | ms/image, best | passes | tesseract runs | detected | given text |")
+    print("|---|---:|---|---:|---:|---:|")
+    for name in stages:
+        c, each = counters[name], [f"{1000 * s / len(images):.3f}" for s in seconds[name]]
+        print(f"| {name} | {1000 * min(seconds[name]) / len(images):.3f} | {', '.join(each)} | "
+              f"{c.get('ocr_run', 0)} | {c.get('detected', 0)} | {c.get('with_text', 0)} |")
+    same = sum(a == b for a, b in zip(*texts.values(), strict=True))
+    print(f"same OCR text on {same} of {len(images)} images")
+
+
+if __name__ == "__main__":
+    main()
