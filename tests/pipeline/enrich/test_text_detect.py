@@ -1,4 +1,4 @@
-"""The text detector's ink map: its numpy windows must equal the morphology they stand for."""
+"""The text detector: its numpy ink map is the morphology it stands for; rows of one shape are patterns."""
 
 from __future__ import annotations
 
@@ -73,3 +73,47 @@ def test_lines_of_a_drafted_jpeg_are_in_the_input_images_pixels():
     for a, b in zip(decoded, drafted, strict=True):
         assert np.abs(np.subtract(a.box, b.box)).max() <= 8, (a, b)
         assert abs(a.height - b.height) <= 0.1 * a.height
+
+
+def _glyph(kind: str) -> np.ndarray:
+    """A 10 x 8 letter-like mask (2 px strokes): a ring, an L, a T or a 7 (none a mirror image of another)."""
+    g = np.zeros((10, 8), bool)
+    if kind == "O":
+        g[:2], g[-2:], g[:, :2], g[:, -2:] = True, True, True, True
+    elif kind == "L":
+        g[:, :2], g[-2:] = True, True
+    elif kind == "T":
+        g[:2], g[:, 3:5] = True, True
+    elif kind == "7":
+        g[:2] = True
+        for y in range(2, 10):
+            g[y, max(0, 6 - y // 2) : max(0, 6 - y // 2) + 2] = True
+    return g
+
+
+def _row(kinds: str) -> np.ndarray:
+    """The glyphs side by side, 4 px apart, tops aligned."""
+    mask = np.zeros((20, 12 * len(kinds) + 8), bool)
+    for i, kind in enumerate(kinds):
+        mask[5:15, 4 + 12 * i : 12 + 12 * i] = _glyph(kind)
+    return mask
+
+
+@pytest.mark.parametrize(("kinds", "text"), [
+    ("LT" + "O" * 6, False),  # 6 of 8 letters one shape: a pattern (at least 75% and 4 copies)
+    ("LT7" + "O" * 5, True),  # 5 of 8: a word, whatever the order the shapes come in
+    ("O" * 5 + "LT7", True),
+    ("O" * 6 + "LT", False),
+    ("O" * 3 + "L", True),  # 3 copies are never a pattern
+    ("OOOO", False),  # one shape only
+    ("LT", True),  # a tight pair of two shapes
+])
+def test_rows_of_one_shape_are_patterns_and_mixed_shapes_are_text(kinds: str, text: bool) -> None:
+    from vlmforge.pipeline.enrich.text_detect import _same_shape, _signature, mask_lines
+
+    signatures = [_signature(_glyph(k)) for k in "OLT7"]
+    assert not any(_same_shape(a, b) for i, a in enumerate(signatures) for b in signatures[i + 1 :])
+    lines = mask_lines(_row(kinds), max_h=100, dark=True)
+    assert bool(lines) == text
+    if text:
+        assert len(lines) == 1 and lines[0].chars == len(kinds)
