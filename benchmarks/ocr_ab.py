@@ -5,18 +5,20 @@
 
 Images: every `--every`-th row of a curated output's data shards (what the OCR phase read in that run; e.g.
 `benchmarks/peers.py --only stages --stages-size 100000` leaves one). The revision's OCR modules
-(`REV_MODULES`, from `git show REV:path`) are loaded under other names beside the working tree's, and the
-two stages read the same rows in alternating passes: CPU ms per image (best pass), tesseract runs, images
-given text, and on how many rows the OCR text is the same. A speed change that keeps the text gives the
-same text on every row.
+(`REV_MODULES`, from `git show REV:path`, written to a temporary directory) are imported under other names
+beside the working tree's, and the two stages read the same rows in alternating passes: CPU ms per image
+(best pass), tesseract runs, images given text, and on how many rows the OCR text is the same. A speed
+change that keeps the text gives the same text on every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -34,24 +36,23 @@ REPO = Path(__file__).resolve().parents[1]
 REV_MODULES = ("blob_label", "text_detect", "line_clean", "colour_key", "ocr")
 
 
-def revision_ocr(rev: str) -> types.ModuleType:
-    """The `ocr` module of `rev`, its enrich imports bound to `rev`'s modules (those it has)."""
-    loaded: dict[str, types.ModuleType] = {}
+def revision_ocr(rev: str, where: Path) -> types.ModuleType:
+    """The `ocr` module of `rev`, its enrich imports bound to `rev`'s modules (those it has), written to
+    `where` as files (numba caches its kernels beside their source) and imported as rev_<name>."""
+    names = []
     for name in REV_MODULES:
         found = subprocess.run(["git", "show", f"{rev}:pipeline/enrich/{name}.py"], capture_output=True,
                                text=True, cwd=REPO)
         if found.returncode:
             continue  # not in that revision
         source = found.stdout
-        for earlier in loaded:
+        for earlier in names:
             source = source.replace(f"from vlmforge.pipeline.enrich.{earlier} import",
                                     f"from rev_{earlier} import")
-        module = types.ModuleType(f"rev_{name}")
-        module.__file__ = f"rev_{name}.py"
-        sys.modules[module.__name__] = module
-        exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - our own revision
-        loaded[name] = module
-    return loaded["ocr"]
+        (where / f"rev_{name}.py").write_text(source)
+        names.append(name)
+    sys.path.insert(0, str(where))
+    return importlib.import_module("rev_ocr")
 
 
 def sample_images(output: Path, every: int) -> list[bytes]:
@@ -70,7 +71,13 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=3, help="alternating passes; the best of each is reported")
     args = p.parse_args()
     images = sample_images(args.output, args.every)
-    stages = {args.rev: revision_ocr(args.rev), "working tree": tree_ocr}
+    with tempfile.TemporaryDirectory(prefix="ocr_ab-") as where:
+        stages = {args.rev: revision_ocr(args.rev, Path(where)), "working tree": tree_ocr}
+        report(images, stages, args)
+
+
+def report(images: list[bytes], stages: dict[str, types.ModuleType], args: argparse.Namespace) -> None:
+    """The alternating passes and their table."""
     seconds: dict[str, list[float]] = {name: [] for name in stages}
     texts: dict[str, list[str | None]] = {}
     counters: dict[str, dict] = {}

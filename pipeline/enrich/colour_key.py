@@ -21,7 +21,7 @@ from vlmforge.pipeline.enrich.text_detect import (
     MIN_CHAR_PX,
     WORK_SIDE,
     TextLine,
-    ink,
+    ink_mask,
     mask_lines,
 )
 
@@ -55,7 +55,7 @@ def stroke_colour(rgb: np.ndarray, dark: bool) -> np.ndarray | None:
     """The text colour of an RGB array (H x W x 3, float): the densest colour of its stroke pixels of
     polarity `dark` (darker than their background, else lighter); None when there are too few."""
     luma = (rgb @ _LUMA).astype(np.int16)
-    return text_colour(rgb[ink(luma, dark) > KEY_INK])
+    return text_colour(rgb[ink_mask(luma, dark, KEY_INK)])
 
 
 def distance(rgb: np.ndarray, colour: np.ndarray) -> np.ndarray:
@@ -118,5 +118,5 @@ def colour_lines(image: Image.Image) -> list[TextLine]:
     luma = (rgb @ _LUMA).astype(np.int16)
     max_h = max(MIN_CHAR_PX, MAX_CHAR_SHARE * rgb.shape[0])
     return [line for dark in (True, False)
-            for colour in colour_modes(rgb[ink(luma, dark) > KEY_INK], IMAGE_MODES)
+            for colour in colour_modes(rgb[ink_mask(luma, dark, KEY_INK)], IMAGE_MODES)
             for line in mask_lines(distance(rgb, colour) < KEY_DISTANCE, max_h, dark, scale)]

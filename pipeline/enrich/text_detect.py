@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,13 @@ def ink(grey: np.ndarray, dark: bool) -> np.ndarray:
     coarse = _window(_window(_pool(grey, grow), grow, 3), shrink, 5)
     behind = np.repeat(np.repeat(coarse, BLOCK, axis=0), BLOCK, axis=1)[:h, :w]
     return behind - grey if dark else grey - behind
+
+
+def ink_mask(grey: np.ndarray, dark: bool, contrast: float) -> np.ndarray:
+    """`ink(grey, dark) > contrast`. Whole-number ink exceeds `contrast` exactly when it exceeds its floor,
+    and compared with a whole number it stays int16 (5x cheaper than a comparison with a float)."""
+    found = ink(grey, dark)
+    return found > (math.floor(contrast) if np.issubdtype(found.dtype, np.integer) else contrast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +252,7 @@ def text_lines(image: Image.Image | bytes, max_side: int = WORK_SIDE, contrast: 
     """The text-like lines found in `image` (empty when it likely holds no text), with ink at `contrast`."""
     grey, scale = greyscale(image, max_side)
     max_h = max(MIN_CHAR_PX, MAX_CHAR_SHARE * grey.shape[0])
-    return [line for dark in (True, False) for line in mask_lines(ink(grey, dark) > contrast, max_h, dark,
+    return [line for dark in (True, False) for line in mask_lines(ink_mask(grey, dark, contrast), max_h, dark,
                                                                    scale)]
 
 
