@@ -9,6 +9,8 @@ same labels and stats.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -110,6 +112,15 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, stats
 
 
+def _compiled(function: Callable) -> Callable:
+    """`function` compiled by numba, cached beside this module (or in numba's user cache directory); where
+    neither can be written, compiled afresh in each process instead of failing."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
+
+
 if numba is not None:
-    _find = numba.njit(cache=True, nogil=True)(_find)
-    _components = numba.njit(cache=True, nogil=True)(_components)
+    _find = _compiled(_find)
+    _components = _compiled(_components)

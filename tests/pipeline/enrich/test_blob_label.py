@@ -53,3 +53,13 @@ def test_components_equal_scipy_labels_boxes_and_counts(path: str) -> None:
 def test_numba_is_used_when_installed() -> None:
     pytest.importorskip("numba")
     assert hasattr(blob_label._components, "py_func")  # compiled, not the Python source
+
+
+def test_a_kernel_without_a_cache_location_is_still_compiled() -> None:
+    """numba cannot cache a function that has no source file (it raises at decoration); such a kernel is
+    compiled without a cache instead of failing the import."""
+    pytest.importorskip("numba")
+    namespace: dict = {}
+    exec(compile("def double(x):\n    return 2 * x\n", "<no file>", "exec"), namespace)  # noqa: S102
+    kernel = blob_label._compiled(namespace["double"])
+    assert kernel(21) == 42 and hasattr(kernel, "py_func")
