@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from vlmforge.pipeline.enrich.text_detect import BLOCK, draft_luma, ink, text_lines
+from vlmforge.pipeline.enrich.text_detect import BLOCK, draft_luma, ink, ink_mask, text_lines
 
 
 def _reference_ink(grey: np.ndarray, dark: bool) -> np.ndarray:
@@ -37,6 +37,14 @@ def test_ink_equals_its_morphology(shape: tuple[int, int], dtype: type) -> None:
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
 
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_ink_mask_is_ink_over_the_contrast(dtype: type) -> None:
+    grey = np.random.default_rng(3).integers(0, 256, (61, 83)).astype(dtype)
+    for dark in (True, False):
+        for contrast in (40.0, 37.5, 80.0, -2.5, 0.0):
+            np.testing.assert_array_equal(ink_mask(grey, dark, contrast), ink(grey, dark) > contrast)
 
 
 def test_a_large_jpeg_is_drafted_as_luma_keeping_the_analysed_side():
