@@ -217,7 +217,7 @@ def _is_text(line: list[_Blob]) -> bool:
         if len(kinds) >= 2 and max(c for _, c in kinds) + len(letters) - seen < pattern:
             break
     else:
-        if len(kinds) < 2 or max((c for _, c in kinds), default=0) >= pattern:
+        if len(kinds) < 2 or max(c for _, c in kinds) >= pattern:
             return False
     if len(line) > 2:
         return True
