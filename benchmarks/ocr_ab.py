@@ -7,8 +7,8 @@ Images: every `--every`-th row of a curated output's data shards (what the OCR p
 `benchmarks/peers.py --only stages --stages-size 100000` leaves one). The revision's OCR modules
 (`REV_MODULES`, from `git show REV:path`, written to a temporary directory) are imported under other names
 beside the working tree's, and the two stages read the same rows in alternating passes: CPU ms per image
-(best pass), tesseract runs, images given text, and on how many rows the OCR text is the same. A speed
-change that keeps the text gives the same text on every row.
+(best pass; also apart for images without and with detected text), tesseract runs, images given text, and on
+how many rows the OCR text is the same. A speed change that keeps the text gives the same text on every row.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def main() -> None:
 def report(images: list[bytes], stages: dict[str, types.ModuleType], args: argparse.Namespace) -> None:
     """The alternating passes and their table."""
     seconds: dict[str, list[float]] = {name: [] for name in stages}
+    split: dict[str, dict[bool, list[float]]] = {}  # per stage: detected text or not -> seconds per pass
     texts: dict[str, list[str | None]] = {}
     counters: dict[str, dict] = {}
     for _ in range(args.passes):
@@ -86,17 +87,28 @@ def report(images: list[bytes], stages: dict[str, types.ModuleType], args: argpa
             stage = module.OcrText(OcrConfig())
             stage.read(images[0])  # the engine and kernels loaded before the clock starts
             stage.counters.clear()
-            start = time.process_time()
-            texts[name] = [stage.read(image) for image in images]
-            seconds[name].append(time.process_time() - start)
+            by_kind = {True: 0.0, False: 0.0}
+            texts[name] = []
+            for image in images:
+                detected, start = stage.counters["detected"], time.process_time()
+                texts[name].append(stage.read(image))
+                by_kind[stage.counters["detected"] > detected] += time.process_time() - start
+            seconds[name].append(sum(by_kind.values()))
+            for kind, spent in by_kind.items():
+                split.setdefault(name, {True: [], False: []})[kind].append(spent)
             counters[name] = dict(stage.counters)
     print(f"{len(images)} images (every {args.every}th row of {args.output})")
-    print("| stage | ms/image, best | passes | tesseract runs | detected | given text |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| stage | ms/image, best | passes | tesseract runs | detected | given text | ms per image without"
+          " / with detected text, best |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for name in stages:
         c, each = counters[name], [f"{1000 * s / len(images):.3f}" for s in seconds[name]]
+        detected = c.get("detected", 0)
+        without = 1000 * min(split[name][False]) / max(1, len(images) - detected)
+        with_text = 1000 * min(split[name][True]) / max(1, detected)
         print(f"| {name} | {1000 * min(seconds[name]) / len(images):.3f} | {', '.join(each)} | "
-              f"{c.get('ocr_run', 0)} | {c.get('detected', 0)} | {c.get('with_text', 0)} |")
+              f"{c.get('ocr_run', 0)} | {detected} | {c.get('with_text', 0)} | "
+              f"{without:.2f} / {with_text:.2f} |")
     same = sum(a == b for a, b in zip(*texts.values(), strict=True))
     print(f"same OCR text on {same} of {len(images)} images")
 
