@@ -382,6 +382,10 @@ class OcrConfig(_Section):
         8, gt=0, description="video clips: at most this many sampled frames are read, evenly spaced; the "
         "lines found are merged, each text once"
     )
+    tessdata_dir: str | None = Field(
+        None, description="local directory of tesseract's *.traineddata on every worker (other models or "
+        "languages); null = $TESSDATA_PREFIX, tesseract's own, or Debian's"
+    )
     engine: Literal["auto", "tesserocr", "pytesseract"] = Field(
         "auto", description="tesserocr: in-process, one engine per worker; pytesseract: a process per image; "
         "auto: tesserocr when it and the language data are installed"

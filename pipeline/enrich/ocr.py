@@ -42,6 +42,7 @@ import io
 import itertools
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -118,41 +119,60 @@ def tessdata_dir() -> str | None:
         except (OSError, subprocess.SubprocessError):
             pass
     candidates += TESSDATA_DIRS
-    return next((str(Path(c)) for c in candidates if c and any(Path(c).glob("*.traineddata"))), None)
+    return next((str(Path(c)) for c in candidates if c and _has_language_data(c)), None)
 
 
-def tesserocr_usable() -> bool:
-    """Whether the in-process engine can run: tesserocr imports and the language data is found."""
+def _has_language_data(directory: str) -> bool:
+    """Whether `directory` holds any of tesseract's `*.traineddata`."""
+    return any(Path(directory).glob("*.traineddata"))
+
+
+def data_dir(cfg: OcrConfig) -> str | None:
+    """The language data the stage reads: `ocr.tessdata_dir` when set, else `tessdata_dir()`."""
+    return cfg.tessdata_dir or tessdata_dir()
+
+
+def tesserocr_usable(directory: str | None = None) -> bool:
+    """Whether the in-process engine can run: tesserocr imports and language data is found (in
+    `directory` when given)."""
     try:
         import tesserocr  # noqa: F401
     except ImportError:
         return False
-    return tessdata_dir() is not None
+    return (directory or tessdata_dir()) is not None
 
 
 def engine_name(cfg: OcrConfig) -> str:
     """The engine `cfg.engine` resolves to: tesserocr when asked or usable under `auto`, else pytesseract."""
     if cfg.engine == "auto":
-        return "tesserocr" if tesserocr_usable() else "pytesseract"
+        return "tesserocr" if tesserocr_usable(cfg.tessdata_dir) else "pytesseract"
     return cfg.engine
+
+
+def _tessdata_option(cfg: OcrConfig) -> str:
+    """The tesseract command line's option for `ocr.tessdata_dir` ('' when unset)."""
+    return f"--tessdata-dir {shlex.quote(cfg.tessdata_dir)}" if cfg.tessdata_dir else ""
 
 
 def check_tesseract(cfg: OcrConfig) -> None:
     """Raise JobError, saying how to install what is missing, unless the engine and `cfg.languages` exist."""
+    if cfg.tessdata_dir and not _has_language_data(cfg.tessdata_dir):
+        raise JobError(f"ocr.tessdata_dir: no *.traineddata in {cfg.tessdata_dir!r} (a local directory on "
+                       "every worker), or set it to null for the installed language data")
     if engine_name(cfg) == "tesserocr":
-        if not tesserocr_usable():
+        if not tesserocr_usable(cfg.tessdata_dir):
             raise JobError(
                 "ocr.engine is tesserocr but it cannot run (`pip install tesserocr` and "
                 "`apt-get install tesseract-ocr` for the language data), or set ocr.engine: auto"
             )
         import tesserocr
 
-        installed = set(tesserocr.get_languages(tessdata_dir())[1])
+        installed = set(tesserocr.get_languages(data_dir(cfg))[1])
         _check_languages(cfg, installed, f"tesserocr {tesserocr.tesseract_version().split()[1]}")
         return
     try:
         version = pytesseract.get_tesseract_version()
-        installed = set(pytesseract.get_languages())
+        installed = set(pytesseract.get_languages(config=_tessdata_option(cfg)))
     except pytesseract.TesseractNotFoundError as e:
         raise JobError(
             f"OCR is enabled but tesseract is not installed or not on PATH ({e}); install it with "
@@ -165,10 +185,11 @@ def _check_languages(cfg: OcrConfig, installed: set[str], version: str) -> None:
     missing = [lang for lang in cfg.languages.split("+") if lang not in installed]
     if missing:
         packages = " ".join(f"tesseract-ocr-{lang.lower().replace('_', '-')}" for lang in missing)
+        fix = (f"add {', '.join(f'{lang}.traineddata' for lang in missing)} to ocr.tessdata_dir"
+               if cfg.tessdata_dir else f"install it with `apt-get install {packages}`")
         raise JobError(
             f"{version} has no language pack for {', '.join(missing)} (ocr.languages = "
-            f"{cfg.languages!r}; installed: {', '.join(sorted(installed)) or 'none'}); install it with "
-            f"`apt-get install {packages}`"
+            f"{cfg.languages!r}; installed: {', '.join(sorted(installed)) or 'none'}); {fix}"
         )
 
 
@@ -467,26 +488,27 @@ class OcrText:
             import tesserocr
 
             self._api = tesserocr.PyTessBaseAPI(
-                path=tessdata_dir(), lang=self.cfg.languages, psm=self.cfg.psm, oem=tesserocr.OEM.LSTM_ONLY,
-                variables=TESSERACT_VARIABLES,
+                path=data_dir(self.cfg), lang=self.cfg.languages, psm=self.cfg.psm,
+                oem=tesserocr.OEM.LSTM_ONLY, variables=TESSERACT_VARIABLES,
             )
         return self._api
 
     def words(self, grey: Image.Image, psm: int, timeout_s: float) -> list[Word] | None:
         """The words tesseract reads in `grey`; None after a failure (counted); raises _Timeout past
         `timeout_s`."""
-        if self.api is not None:
-            self.api.SetPageSegMode(psm)
+        if (api := self.api) is not None:
+            api.SetPageSegMode(psm)
             pixels = np.ascontiguousarray(np.asarray(grey, np.uint8))
-            self.api.SetImageBytes(pixels.tobytes(), grey.width, grey.height, 1, grey.width)
-            if not self.api.Recognize(timeout=max(1, round(timeout_s * 1000))):
+            api.SetImageBytes(pixels.tobytes(), grey.width, grey.height, 1, grey.width)
+            if not api.Recognize(timeout=max(1, round(timeout_s * 1000))):
                 raise _Timeout
-            return _word_confidences(self.api)
+            return _word_confidences(api)
         grey.format = "BMP"  # pytesseract writes its temp file in this format: uncompressed is fastest
         try:
             data = pytesseract.image_to_data(
                 grey, lang=self.cfg.languages, timeout=timeout_s,
-                config=" ".join([f"--psm {psm}", *(f"-c {k}={v}" for k, v in TESSERACT_VARIABLES.items())]),
+                config=" ".join([f"--psm {psm}", *(f"-c {k}={v}" for k, v in TESSERACT_VARIABLES.items()),
+                                 _tessdata_option(self.cfg)]),
                 output_type=pytesseract.Output.DICT,
             )
         except pytesseract.TesseractError:

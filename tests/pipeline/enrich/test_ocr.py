@@ -134,11 +134,30 @@ def test_check_tesseract_names_missing_language_and_binary(monkeypatch, engine):
         check_tesseract(OcrConfig(engine=engine))
 
 
+@pytest.mark.parametrize("engine", ["tesserocr", "pytesseract"])
+def test_tessdata_dir_is_where_the_languages_are_read(tmp_path, engine):
+    """`ocr.tessdata_dir`: the languages are those found there (the installed English model, renamed), for
+    the check and for reading; a directory without language data is an error that names the field."""
+    (tmp_path / "mine.traineddata").symlink_to(Path(ocr_module.tessdata_dir()) / "eng.traineddata")
+    cfg = OcrConfig(languages="mine", tessdata_dir=str(tmp_path), engine=engine)
+    check_tesseract(cfg)
+    with pytest.raises(JobError, match=r"no language pack for eng .*add eng.traineddata to ocr.tessdata_dir"):
+        check_tesseract(OcrConfig(languages="eng", tessdata_dir=str(tmp_path), engine=engine))
+    with pytest.raises(JobError, match=r"ocr.tessdata_dir: no \*.traineddata in '.*nothing'"):
+        check_tesseract(OcrConfig(tessdata_dir=str(tmp_path / "nothing"), engine=engine))
+    data, text = render_case(0)
+    read = OcrText(cfg).read(data)
+    assert read == OcrText(OcrConfig(engine=engine)).read(data) and read.lower() == text.lower()
+    assert OcrText(cfg).engine == engine
+    with pytest.raises(RuntimeError):  # an engine pointed at the default data: no language "mine" there
+        OcrText(OcrConfig(languages="mine", engine="tesserocr")).read(data)
+
+
 def test_auto_engine_is_in_process_and_falls_back_to_pytesseract(monkeypatch):
     from vlmforge.pipeline.enrich import ocr as ocr_module
 
     assert OcrText(OcrConfig()).engine == "tesserocr"
-    monkeypatch.setattr(ocr_module, "tesserocr_usable", lambda: False)
+    monkeypatch.setattr(ocr_module, "tesserocr_usable", lambda directory=None: False)
     assert OcrText(OcrConfig()).engine == "pytesseract"
     with pytest.raises(JobError, match="pip install tesserocr"):
         check_tesseract(OcrConfig(engine="tesserocr"))
