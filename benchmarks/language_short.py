@@ -1,7 +1,7 @@
 """Short-caption language ID on real text: English kept and non-English dropped, per rule and set, and the
 language stage's captions/s per rule on the same captions.
 
-    .venv/bin/python benchmarks/language_short.py [--sets cldr gettext-dev gettext-test]
+    .venv/bin/python benchmarks/language_short.py [--sets cldr gettext-dev gettext-test] [--show-kept]
 
 Sets (1,500 English captions, 500 in each of 13 other languages; non-English dropped is the mean over them).
 Since session 11 an English caption that one of the 13 languages also writes so (case-folded: ``taxi``,
@@ -27,6 +27,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+import wordfreq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -96,6 +98,19 @@ def table(name: str, english: dict[str, list[str]], others_of: dict[str, dict[st
               f"{kept['all']:.3f} / {dropped(others_of['all'], keep):.3f} |")
 
 
+def show_kept(name: str, others: dict[str, list[str]]) -> None:
+    """The unambiguous non-English captions the default rule keeps: those made only of words English uses
+    at Zipf >= 3 counted, the rest listed."""
+    stage = LanguageId(LanguageConfig())
+    kept = [(lang, t) for lang, captions in others.items() for t in captions
+            if stage.judge_one(t, len(t.split()), stage.predict(t))[2] is None]
+    rest = [(lang, t) for lang, t in kept
+            if not all(wordfreq.zipf_frequency(w, "en") >= 3 for w in t.lower().replace("-", " ").split())]
+    print(f"\n{name}: {len(kept)} non-English captions kept, {len(kept) - len(rest)} of them only words "
+          f"English uses at Zipf >= 3; the other {len(rest)}:\n")
+    print("\n".join(f"- {lang}: {t}" for lang, t in rest))
+
+
 def speed(captions: list[str], rounds: int = 3) -> None:
     """The stage's whole per-caption work (fastText, then the decision), each rule on the same captions:
     the fastest of `rounds` interleaved rounds (a shared machine's load shows less), after a warm-up pass
@@ -121,11 +136,15 @@ def speed(captions: list[str], rounds: int = 3) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="+", default=["cldr", "gettext-dev", "gettext-test"])
+    parser.add_argument("--show-kept", action="store_true",
+                        help="list the unambiguous non-English captions the default rule keeps")
     args = parser.parse_args()
     captions: list[str] = []
     for name in args.sets:
         english, others = load(name)
         table(name, english, others)
+        if args.show_kept:
+            show_kept(name, others["unambiguous"])
         captions += english["unambiguous"] + [t for v in others["unambiguous"].values() for t in v]
     speed(captions)
 

@@ -1,6 +1,8 @@
 """OCR engines side by side: speed on the same sample images, CER on real-font cases, text on blanks.
 
     OMP_THREAD_LIMIT=1 .venv/bin/python benchmarks/ocr_engines.py --speed 3000 --eval 350
+    # tesseract's other models (e.g. tessdata_best) through `ocr.tessdata_dir`, each a row of its own:
+    OMP_THREAD_LIMIT=1 .venv/bin/python benchmarks/ocr_engines.py ... --tessdata-dir DIR [DIR ...]
     # RapidOCR (not a dependency) from a side directory:
     #   .venv/bin/pip install --target /tmp/rapid rapidocr_onnxruntime==1.4.4
     OMP_THREAD_LIMIT=1 .venv/bin/python benchmarks/ocr_engines.py ... --rapidocr-path /tmp/rapid
@@ -20,7 +22,8 @@ sizes cycling through SIZES, every 8th case blank. Contenders: the OCR stage (te
 `colour_key` off and session 9's line_confidence (greyscale line crops), with `--oracle` the stage's
 reading of each case's ground-truth text box (what a perfect detector would leave), raw tesseract on
 the whole greyscale image (psm 11, min confidence 60, in-process), and RapidOCR (PP-OCRv4 on onnxruntime,
-models inside its wheel; text joined left to right, score >= 0.5) when `--rapidocr-path` is given.
+models inside its wheel; text joined left to right, score >= 0.5) when `--rapidocr-path` is given, and the
+stage reading with the language data of each `--tessdata-dir`.
 """
 
 from __future__ import annotations
@@ -147,7 +150,8 @@ def _on_true_boxes(cfg: OcrConfig):
     return read
 
 
-def accuracy(n: int, seed: int, rapidocr_path: str | None, raw: bool, oracle: bool) -> None:
+def accuracy(n: int, seed: int, rapidocr_path: str | None, raw: bool, oracle: bool,
+             tessdata_dirs: list[str]) -> None:
     evaluation = cases(n, seed=seed, blank_share=0.125)
     stage, grey_stage = OcrText(OcrConfig()), OcrText(OcrConfig(colour_key=False, line_confidence=50))
     contenders = {
@@ -159,6 +163,9 @@ def accuracy(n: int, seed: int, rapidocr_path: str | None, raw: bool, oracle: bo
         contenders["stage reading ground-truth boxes, colour_key off"] = _on_true_boxes(
             OcrConfig(colour_key=False)
         )
+    for directory in tessdata_dirs:
+        reader = OcrText(OcrConfig(tessdata_dir=directory))
+        contenders[f"OCR stage, language data of {directory}"] = lambda c, r=reader: r.read(c.image) or ""
     if raw:
         raw_read = _raw_tesseract()
         contenders["raw tesseract"] = lambda c: raw_read(c.image)
@@ -195,12 +202,14 @@ def main() -> None:
     parser.add_argument("--oracle", action="store_true",
                         help="also the stage reading each case's ground-truth text box (no detector errors)")
     parser.add_argument("--rapidocr-path", help="a directory holding rapidocr_onnxruntime and its deps")
+    parser.add_argument("--tessdata-dir", nargs="+", default=[],
+                        help="directories of other *.traineddata (ocr.tessdata_dir): the stage, one row each")
     args = parser.parse_args()
     if args.speed:
         speed(args.speed)
     if args.eval:
         for seed in args.seeds:
-            accuracy(args.eval, seed, args.rapidocr_path, not args.no_raw, args.oracle)
+            accuracy(args.eval, seed, args.rapidocr_path, not args.no_raw, args.oracle, args.tessdata_dir)
 
 
 if __name__ == "__main__":
