@@ -288,6 +288,7 @@ def _after_first_part(out: Path, action) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_a_store_outage_fails_naming_the_object_and_a_rerun_resumes(tmp_path, sharded, flaky):
     out = tmp_path / "out"
     _after_first_part(out, lambda: flaky.cut(down=True))

@@ -141,6 +141,7 @@ TINY_OPEN_CLIP = {
 }
 
 
+@pytest.mark.slow
 def test_open_clip_model_from_local_files(tmp_path):
     from safetensors.torch import save_file
 

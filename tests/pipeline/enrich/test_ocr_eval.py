@@ -20,6 +20,7 @@ from vlmforge.pipeline.sample_data.reading import edit_distance
 N_CASES, SEED, MAX_CER, MAX_SPURIOUS = 112, 4, 0.17, 2
 
 
+@pytest.mark.slow
 def test_ocr_stage_on_real_fonts_over_photos():
     try:
         fonts()
