@@ -66,6 +66,11 @@ def load(name: str) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]
     return {k: language_gettext.english(split, kind=k) for k in KINDS}, others
 
 
+def keeps_caption(judge, caption: str, top) -> bool:
+    """Whether `judge` (a LanguageId's `judge_one`) keeps `caption`, given its fastText top predictions."""
+    return judge(caption, len(caption.split()), top)[2] is None
+
+
 def table(name: str, english: dict[str, list[str]], others_of: dict[str, dict[str, list[str]]]) -> None:
     stage = LanguageId(LanguageConfig())
     others = others_of["unambiguous"]
@@ -75,7 +80,7 @@ def table(name: str, english: dict[str, list[str]], others_of: dict[str, dict[st
     keeps = {"fastText argmax": lambda t: tops[t][0][0] == "en"}
     for rule, overrides in RULES.items():
         judge = LanguageId(LanguageConfig(**overrides)).judge_one
-        keeps[rule] = lambda t, judge=judge: judge(t, len(t.split()), tops[t])[2] is None
+        keeps[rule] = lambda t, judge=judge: keeps_caption(judge, t, tops[t])
     langs = list(others)
     n_amb = {lang: len(v) for lang, v in others_of["ambiguous"].items()}
     print(f"\n{name}: {len(english['unambiguous'])} English captions, {len(langs)} other languages x 500; "
@@ -102,11 +107,11 @@ def show_kept(name: str, others: dict[str, list[str]]) -> None:
     """The unambiguous non-English captions the default rule keeps: those made only of words English uses
     at Zipf >= 3 counted, the rest listed."""
     stage = LanguageId(LanguageConfig())
-    kept = [(lang, t) for lang, captions in others.items() for t in captions
-            if stage.judge_one(t, len(t.split()), stage.predict(t))[2] is None]
-    rest = [(lang, t) for lang, t in kept
+    still = [(lang, t) for lang, captions in others.items() for t in captions
+             if keeps_caption(stage.judge_one, t, stage.predict(t))]
+    rest = [(lang, t) for lang, t in still
             if not all(wordfreq.zipf_frequency(w, "en") >= 3 for w in t.lower().replace("-", " ").split())]
-    print(f"\n{name}: {len(kept)} non-English captions kept, {len(kept) - len(rest)} of them only words "
+    print(f"\n{name}: {len(still)} non-English captions kept, {len(still) - len(rest)} of them only words "
           f"English uses at Zipf >= 3; the other {len(rest)}:\n")
     print("\n".join(f"- {lang}: {t}" for lang, t in rest))
 

@@ -79,7 +79,7 @@ def main() -> None:
 def report(images: list[bytes], stages: dict[str, types.ModuleType], args: argparse.Namespace) -> None:
     """The alternating passes and their table."""
     seconds: dict[str, list[float]] = {name: [] for name in stages}
-    split: dict[str, dict[bool, list[float]]] = {}  # per stage: detected text or not -> seconds per pass
+    split = {name: {True: [], False: []} for name in stages}  # detected text or not -> seconds per pass
     texts: dict[str, list[str | None]] = {}
     counters: dict[str, dict] = {}
     for _ in range(args.passes):
@@ -95,7 +95,7 @@ def report(images: list[bytes], stages: dict[str, types.ModuleType], args: argpa
                 by_kind[stage.counters["detected"] > detected] += time.process_time() - start
             seconds[name].append(sum(by_kind.values()))
             for kind, spent in by_kind.items():
-                split.setdefault(name, {True: [], False: []})[kind].append(spent)
+                split[name][kind].append(spent)
             counters[name] = dict(stage.counters)
     print(f"{len(images)} images (every {args.every}th row of {args.output})")
     print("| stage | ms/image, best | passes | tesseract runs | detected | given text | ms per image without"
